@@ -1,0 +1,29 @@
+# Every target sets itself up: a .venv is created and filled on first use.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: run test bench clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip uv
+	$(VENV)/bin/uv pip install -q --python $(VPY) -e ".[dev]"
+	touch $(STAMP)
+
+## The main job: train on an offline dataset (no download), print test metrics.
+run: $(STAMP)
+	$(VPY) -m mixjax.main --config=experiments/mnist1d.py --workdir=runs/mnist1d
+
+## The whole test suite (4 forced CPU devices; see tests/conftest.py).
+test: $(STAMP)
+	$(VPY) -m pytest -q -n 2 tests
+
+## Speed: mixup / ERM / approximate-risk steps side by side (and PyTorch if installed).
+bench: $(STAMP)
+	$(VENV)/bin/uv pip install -q --python $(VPY) -e ".[dev,bench]"
+	$(VPY) -m benchmarks.bench_steps
+
+clean-venv:
+	rm -rf $(VENV)
