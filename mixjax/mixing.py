@@ -1,0 +1,159 @@
+"""Mixup's input/label mixing: pairing, granularity, and the draw it made.
+
+For a batch (x_i, y_i), i = 1..B, mixup forms
+
+    x_mix_i = λ_i x_i + (1 − λ_i) x_{π(i)}        y_mix_i = λ_i y_i + (1 − λ_i) y_{π(i)}
+
+with λ_i drawn from a λ-law (a sampler, see `mixjax.samplers`) and π a pairing of the
+batch. `mix` returns the mixed batch *and* its draw (λ, π) so that analysis and tests
+can see exactly what happened (STYLE.md, "samplers return their draw").
+
+Averaged over λ and over a uniformly random partner, this is an unbiased estimate of the
+mixup risk E^mix of THEORY.md (Setup); by THEORY.md §1 only θ = max(λ, 1 − λ) matters for
+that risk. Folding λ to max(λ, 1 − λ) (`fold=True`) therefore leaves the expected loss
+unchanged whenever the pairing is symmetric in law: a uniform permutation makes every
+ordered pair (i, j) equally likely (P(π(i) = j) = 1/B, so the expectation over π is the
+full double sum over the batch), and `pairing="reverse"` contains both (i, π(i)) and
+(π(i), i). Folding changes only the variance.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Tuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+Sampler = Callable[..., jax.Array]
+
+GRANULARITIES = ("example", "batch")
+PAIRINGS = ("permutation", "reverse")
+
+# fold_in tags: one independent stream per purpose.
+_LAM_STREAM = 0
+_PARTNER_STREAM = 1
+
+
+def check_labels(y: Any, batch_size: int | None = None, *, name: str = "y") -> jax.Array:
+  """Validates (B, c) labels and returns them as a float array.
+
+  Labels in mixjax are one-hot or soft, shape (B, c), float. 1-D integer class ids are
+  the common mistake; they get a ValueError that says how to convert them
+  (`jax.nn.one_hot(y, num_classes)`). 2-D integer/bool one-hot labels are cast to
+  float32 (exact).
+
+  Args:
+    y: labels, (B, c).
+    batch_size: if given, the expected B (e.g. x.shape[0]).
+    name: the argument's name in error messages.
+
+  Returns:
+    y as a floating array of shape (B, c).
+  """
+  y = jnp.asarray(y)
+  if y.ndim == 1:
+    kind = "integer class ids" if not jnp.issubdtype(y.dtype, jnp.floating) else "a 1-D array"
+    raise ValueError(
+        f"Labels {name} have shape {y.shape} ({kind}); mixjax needs one-hot or soft labels "
+        f"of shape (B, c), float. Convert them with "
+        f"`{name} = jax.nn.one_hot({name}, num_classes)`.")
+  if y.ndim != 2:
+    raise ValueError(
+        f"Labels {name} must have shape (B, c) (one-hot or soft, float); got shape {y.shape}.")
+  if batch_size is not None and y.shape[0] != batch_size:
+    raise ValueError(
+        f"Batch size mismatch: x has {batch_size} examples but labels {name} have "
+        f"{y.shape[0]} (shape {y.shape}). Pass x of shape (B, ...) and {name} of shape (B, c).")
+  if not jnp.issubdtype(y.dtype, jnp.floating):
+    y = y.astype(jnp.float32)
+  return y
+
+
+def _check_choice(value: str, valid: Tuple[str, ...], what: str) -> None:
+  if value not in valid:
+    raise ValueError(
+        f"Unknown {what} {value!r}. Valid {what}s: {', '.join(repr(v) for v in valid)}.")
+
+
+def partners(key: jax.Array, batch_size: int, pairing: str = "permutation") -> jax.Array:
+  """The partner index π(i) of every example, (B,) int32.
+
+  Args:
+    key: PRNG key (used only by `pairing="permutation"`).
+    batch_size: B.
+    pairing: "permutation" (π a uniformly random permutation of 0..B−1) or "reverse"
+      (π(i) = B − 1 − i, the reversed batch, as in the official code of the mixup
+      regularization paper; with B odd the middle example is paired with itself).
+  """
+  _check_choice(pairing, PAIRINGS, "pairing")
+  if pairing == "permutation":
+    return jax.random.permutation(key, batch_size).astype(jnp.int32)
+  return jnp.arange(batch_size - 1, -1, -1, dtype=jnp.int32)
+
+
+def _bcast(lam: jax.Array, ndim: int) -> jax.Array:
+  """(B,) -> (B, 1, ..., 1) with `ndim` axes in total."""
+  return lam.reshape(lam.shape + (1,) * (ndim - 1))
+
+
+def mix(key: jax.Array, x: Any, y: Any, sampler: Sampler, *,
+        granularity: str = "example", pairing: str = "permutation",
+        fold: bool = False) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+  """Mixes a batch with its partners and returns the draw.
+
+      x_mix = lam * x + (1 − lam) * x[partner]     (lam broadcast over trailing axes)
+      y_mix = lam * y + (1 − lam) * y[partner]
+
+  λ and the partners come from separate key streams (`fold_in(key, 0)` for λ,
+  `fold_in(key, 1)` for the partners), so changing the pairing never changes λ.
+
+  Args:
+    key: PRNG key.
+    x: inputs, (B, ...) with any trailing shape. Integer inputs (e.g. uint8 images) are
+      converted to float32; mixed inputs are never quantized back.
+    y: labels, (B, c), one-hot or soft (see `check_labels`).
+    sampler: λ-law, `sampler(key, shape) -> λ` in [0, 1] (`mixjax.samplers`).
+    granularity: "example" (one λ per example, `sampler(key, (B,))`) or "batch" (one
+      λ for the whole batch, `sampler(key, ())`, broadcast to (B,)).
+    pairing: "permutation" or "reverse" (see `partners`).
+    fold: replace λ by max(λ, 1 − λ) (uncertainty-baselines' ImageNet mixup), so that
+      every mixed example is dominated by its own x_i.
+
+  Returns:
+    (x_mix, y_mix, lam, partner): x_mix (B, ...) float, y_mix (B, c) float, lam (B,)
+    float32 (the λ actually used, after folding), partner (B,) int32.
+
+  Raises:
+    ValueError: x and y batch sizes differ, y is not (B, c), x is a scalar, or
+      granularity/pairing is unknown.
+  """
+  _check_choice(granularity, GRANULARITIES, "granularity")
+  _check_choice(pairing, PAIRINGS, "pairing")
+  x = jnp.asarray(x)
+  if x.ndim < 1:
+    raise ValueError(f"x must have a batch axis, shape (B, ...); got a scalar of shape {x.shape}.")
+  batch_size = x.shape[0]
+  y = check_labels(y, batch_size)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    x = x.astype(jnp.float32)
+
+  lam_key = jax.random.fold_in(key, _LAM_STREAM)
+  partner_key = jax.random.fold_in(key, _PARTNER_STREAM)
+  if granularity == "example":
+    lam = jnp.asarray(sampler(lam_key, (batch_size,)), jnp.float32)
+  else:
+    lam0 = jnp.asarray(sampler(lam_key, ()), jnp.float32)
+    chex.assert_shape(lam0, ())
+    lam = jnp.broadcast_to(lam0, (batch_size,))
+  chex.assert_shape(lam, (batch_size,))
+  if fold:
+    lam = jnp.maximum(lam, 1.0 - lam)
+  partner = partners(partner_key, batch_size, pairing)
+
+  lam_x = _bcast(lam.astype(x.dtype), x.ndim)
+  x_mix = lam_x * x + (1 - lam_x) * x[partner]
+  lam_y = _bcast(lam.astype(y.dtype), 2)
+  y_mix = lam_y * y + (1 - lam_y) * y[partner]
+  chex.assert_equal_shape([x_mix, x])
+  chex.assert_equal_shape([y_mix, y])
+  return x_mix, y_mix, lam, partner
