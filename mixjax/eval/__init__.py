@@ -1,0 +1,22 @@
+"""Evaluation: summable metrics (accuracy, NLL, ECE, Brier), temperature scaling, and the
+collinearity / manifold-intrusion measure of Chidambaram et al."""
+from __future__ import annotations
+
+from mixjax.eval.calibration import apply_temperature
+from mixjax.eval.calibration import fit_temperature
+from mixjax.eval.calibration import temperature_nll
+from mixjax.eval.collinearity import collinearity
+from mixjax.eval.collinearity import make_mixup_points
+from mixjax.eval.collinearity import MixupPoints
+from mixjax.eval.metrics import finalize_metrics
+from mixjax.eval.metrics import METRIC_NAMES
+from mixjax.eval.metrics import metric_sums
+from mixjax.eval.metrics import MetricSums
+from mixjax.eval.metrics import reliability_curve
+from mixjax.eval.metrics import ReliabilityCurve
+
+__all__ = [
+    "METRIC_NAMES", "MetricSums", "MixupPoints", "ReliabilityCurve", "apply_temperature",
+    "collinearity", "finalize_metrics", "fit_temperature", "make_mixup_points",
+    "metric_sums", "reliability_curve", "temperature_nll",
+]
