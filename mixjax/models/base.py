@@ -1,0 +1,121 @@
+"""The MODELS registry, `get_model`, and the pieces shared by the models.
+
+Every model is a Flax **Linen** module with the call signature
+
+    logits = model.apply(variables, x, train=False)                          # eval
+    logits, updates = model.apply(variables, x, train=True,
+                                  mutable=["batch_stats"], rngs={"dropout": k})  # train
+
+`x` is a float batch `(B, ...)` (NHWC for the convolutional models), `logits` is
+`(B, num_classes)` float32. Parameters are float32; `dtype` (e.g. `jnp.bfloat16` on GPU)
+sets the computation dtype only. BatchNorm models take `bn_axis_name` (None, or the mesh
+axis name `"data"` inside `jax.shard_map`): with an axis name, the batch mean and variance
+are `pmean`-ed over that axis, so the statistics are those of the global batch
+(exactly, for equal per-device batch sizes).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mixjax.registry import Registry
+
+MODELS = Registry("model")
+
+ACTIVATIONS = Registry("activation")
+ACTIVATIONS.register("relu", nn.relu)
+ACTIVATIONS.register("gelu", nn.gelu)
+ACTIVATIONS.register("tanh", jnp.tanh)
+ACTIVATIONS.register("sigmoid", nn.sigmoid)
+ACTIVATIONS.register("silu", nn.silu)
+ACTIVATIONS.register("swish", nn.swish)
+ACTIVATIONS.register("elu", nn.elu)
+ACTIVATIONS.register("softplus", nn.softplus)
+ACTIVATIONS.register("identity", lambda x: x)
+
+# He initialization for convolutions (fan_out, normal), as in the CIFAR reference code.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+Dtype = Any
+
+
+def batch_norm(train: bool, axis_name: str | None, dtype: Dtype, name: str | None = None
+               ) -> nn.BatchNorm:
+  """BatchNorm with momentum 0.9; batch statistics averaged over `axis_name` if given."""
+  return nn.BatchNorm(
+      use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+      axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def check_common(module: nn.Module) -> None:
+  """Validates the fields shared by all models (called from `__post_init__`)."""
+  if int(module.num_classes) < 1:
+    raise ValueError(
+        f"{type(module).__name__}: num_classes must be >= 1, got {module.num_classes}.")
+  axis_name = getattr(module, "bn_axis_name", None)
+  if axis_name is not None and not isinstance(axis_name, str):
+    raise ValueError(
+        f"{type(module).__name__}: bn_axis_name must be None or a mesh axis name such as "
+        f"'data', got {axis_name!r}.")
+  try:
+    jnp.dtype(module.dtype)
+  except TypeError as e:
+    raise ValueError(
+        f"{type(module).__name__}: dtype {module.dtype!r} is not a dtype; use e.g. "
+        "jnp.float32 or jnp.bfloat16.") from e
+
+
+def check_input(module: nn.Module, x: jax.Array, min_ndim: int) -> None:
+  if x.ndim < min_ndim:
+    raise ValueError(
+        f"{type(module).__name__} expects a batch with at least {min_ndim} dimensions "
+        f"(B, H, W, C for convolutional models), got shape {x.shape}. Reshape 1-D "
+        "signals to (B, L, 1, 1) first.")
+
+
+def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+  """Builds the model registered as `name` with `num_classes` outputs.
+
+  Args:
+    name: one of `MODELS.names()` (`mlp`, `lenet`, `preact_resnet18`, `resnet34`,
+      `wrn28_10`).
+    num_classes: number of output logits.
+    **kwargs: constructor fields of the model (e.g. `bn_axis_name="data"`,
+      `dtype=jnp.bfloat16`, `width=16`, `dropout_rate=0.3`).
+
+  Raises:
+    ValueError: unknown name (the message lists the known ones) or a keyword argument
+      the model does not have (the message lists the ones it has), or a bad value.
+  """
+  factory = MODELS.get(name)
+  cls = factory if isinstance(factory, type) else getattr(factory, "module_class", None)
+  if cls is not None and dataclasses.is_dataclass(cls):
+    allowed = {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+      raise ValueError(
+          f"Model {name!r} got unknown keyword argument(s) {unknown}. Its options are: "
+          f"{', '.join(sorted(allowed - {'num_classes'}))}.")
+  return factory(num_classes=num_classes, **kwargs)
+
+
+def register(name: str, **defaults: Any) -> Callable[[type], type]:
+  """Registers a module class under `name`, with default field values for that name."""
+  def _add(cls):
+    if defaults:
+      def factory(**kwargs):
+        return cls(**{**defaults, **kwargs})
+      factory.module_class = cls
+      factory.__doc__ = f"{cls.__name__} with defaults {defaults}."
+      MODELS.register(name, factory)
+    else:
+      MODELS.register(name, cls)
+    return cls
+  return _add
