@@ -23,7 +23,7 @@ from mixjax.registry import Registry
 Loss = Callable[[jax.Array, jax.Array], jax.Array]
 LogitsFn = Callable[[jax.Array], jax.Array]
 
-LOSSES = Registry("loss")
+LOSSES = Registry("loss function")
 
 
 @LOSSES.register("cross_entropy")
