@@ -1,0 +1,665 @@
+"""Many small training runs inside one compiled program: the engine behind the studies.
+
+A study trains R small models (seeds × mixing laws × hyper-parameters) on one dataset.
+`train_runs` compiles ONE training program for all of them: every per-run quantity is
+an array with a leading run axis and the step is `jax.vmap`-ed over it,
+
+  * the seed (initialization, data order, mixing draws and dropout each get their own
+    `fold_in` stream of `jax.random.key(seed)`; the same seed gives the same
+    initialization and data order under every law and method, so comparisons between
+    laws are *paired* (common random numbers));
+  * the mixing law, packed as a fixed-size `laws.ParametricLaw` (one sampling function
+    for ERM, Beta(α, α), W-shaped, RegMixup-equivalent, atoms and the 1/8-optimal law);
+  * the learning rate and the weight decay (the optimizer's direction, Adam's or SGD
+    momentum's, is computed without them and scaled per run).
+
+Methods (`METHODS` registry; each run of one `train_runs` call uses the same method):
+
+  "erm"              (1/B) Σ ℓ(y_i, f(x_i)).
+  "mixup"            `mixjax.losses.mixup_loss` with the run's law (λ drawn per example,
+                     folded by default; the ERM law θ = 1 reproduces ERM exactly).
+  "erm_transformed"  ERM on Theorem 1's transformed data (x̃, ỹ) =
+                     `mixjax.theory.transform(x, y, stats, θ̄)` (THEORY.md §2).
+  "approx"           `mixjax.theory.approx_mixup_risk` (Theorem 3, THEORY.md §4), every
+                     term switchable through `EngineConfig.approx_terms`. It needs the
+                     law's moments as Python numbers, so runs are compiled per law
+                     (seeds and hyper-parameters are still vmapped).
+
+Training: minibatch SGD (heavy-ball momentum, L2 weight decay) or Adam (decoupled weight
+decay, AdamW) with a cosine or constant schedule; every run reshuffles the training set
+on device each epoch (`jax.random.permutation`, the last incomplete batch dropped); the
+steps of an epoch are a `lax.scan` and several epochs form one compiled segment. Between
+segments the engine evaluates ("checkpoints") and prints progress.
+
+Evaluation (at the end, and at `num_checkpoints` evenly spaced epochs): test and
+validation logits of every run, then `mixjax.eval.metric_sums`/`finalize_metrics`
+(accuracy, NLL, 15-bin ECE, Brier) for
+  * the plain model ("test_*"),
+  * the test-time rescaled model `mixjax.theory.rescaled(f, stats, θ̄)` (THEORY.md §5,
+    "test_rs_*"; identical to the plain model for θ̄ = 1),
+  * temperature scaling fit on the validation split (`mixjax.eval.fit_temperature`,
+    "test_ts_*" and "test_rs_ts_*"), at the end only.
+An optional `diagnostics_fn(logits_fn, run, ctx) -> dict of scalars` is vmapped over runs
+at every checkpoint (used by the diagnostics study for the expanded terms and bounds).
+
+Everything here is exact given the trained networks; the randomness is in training only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Sequence
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mixjax import losses
+from mixjax import mixing
+from mixjax.registry import Registry
+from mixjax.studies import laws as laws_lib
+
+METHODS = Registry("method")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+# fold_in tags of a run's key: one stream per purpose.
+_INIT, _ORDER, _MIX, _DROPOUT, _EVAL = range(5)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+  """Static settings shared by all runs of one compiled program.
+
+  Attributes:
+    model: name in `mixjax.models.MODELS`.
+    model_kwargs: constructor arguments of the model (e.g. {"hidden_sizes": (100, 100)}).
+    input_shape: if set, inputs are reshaped to (B, *input_shape) before the model only
+      (mixing and the theory see the dataset's own shape), e.g. (40, 1, 1) to feed
+      MNIST-1D to the LeNet CNN.
+    method: name in `METHODS` ("erm", "mixup", "erm_transformed", "approx").
+    loss: name in `mixjax.losses.LOSSES`.
+    optimizer: "adam" (decoupled weight decay) or "sgd" (momentum, L2 weight decay).
+    momentum: SGD momentum.
+    batch_size: examples per step.
+    num_epochs: passes over the training set.
+    schedule: "cosine" (to 0 at the end) or "constant"; `warmup_epochs` of linear warmup.
+    warmup_epochs: epochs of linear warm-up.
+    num_checkpoints: evaluations during training (evenly spaced, the last at the end).
+    granularity, pairing, fold: passed to `mixjax.mixing.mix` ("mixup").
+    approx_terms: the terms of the approximate risk used in training ("approx"); names as
+      in `mixjax.theory.approx_mixup_terms` (erm, jacobian, cross, hessian, label).
+    approx_estimator: "exact", "lowrank" or "stochastic".
+    approx_num_probes: probes of the stochastic estimator.
+    stats_rank: top-k principal directions kept in the `DataStats` (None: all / none).
+    eval_batch_size: evaluation batch size (logits are computed with `lax.map`).
+    train_eval_size: training examples (the first ones) evaluated at checkpoints.
+    num_bins: ECE bins.
+    max_parallel: at most this many runs per compiled call (None: all at once); more
+      runs are processed in chunks by the same compiled program.
+    keep_logits: return the final test logits (R, n_test, c) (plain and rescaled).
+    fit_temperature: fit temperature scaling on the validation split at the end.
+    verbose: print progress at checkpoints.
+  """
+  model: str = "mlp"
+  model_kwargs: dict = dataclasses.field(default_factory=dict)
+  input_shape: tuple[int, ...] | None = None
+  method: str = "mixup"
+  loss: str = "cross_entropy"
+  optimizer: str = "adam"
+  momentum: float = 0.9
+  batch_size: int = 128
+  num_epochs: int = 30
+  schedule: str = "cosine"
+  warmup_epochs: int = 0
+  num_checkpoints: int = 1
+  granularity: str = "example"
+  pairing: str = "permutation"
+  fold: bool = True
+  approx_terms: tuple[str, ...] = ("erm", "jacobian", "cross", "label")
+  approx_estimator: str = "exact"
+  approx_num_probes: int = 1
+  stats_rank: int | None = None
+  eval_batch_size: int = 1024
+  train_eval_size: int = 2048
+  num_bins: int = 15
+  max_parallel: int | None = None
+  keep_logits: bool = False
+  fit_temperature: bool = True
+  verbose: bool = True
+
+  def replace(self, **kw) -> EngineConfig:
+    return dataclasses.replace(self, **kw)
+
+  def to_json(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["model_kwargs"] = {k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in self.model_kwargs.items()}
+    return d
+
+
+class RunInputs(flax.struct.PyTreeNode):
+  """Per-run arrays (leading axis R when stacked): what `jax.vmap` maps over.
+
+  Attributes:
+    key: the run's PRNG key (from its seed).
+    law: the packed mixing law (`laws.ParametricLaw`, fields (K,)).
+    theta_bar: θ̄ of the law, float32 (exact, computed on the host in float64).
+    lr: peak learning rate.
+    weight_decay: weight decay coefficient.
+  """
+  key: jax.Array
+  law: laws_lib.ParametricLaw
+  theta_bar: jax.Array
+  lr: jax.Array
+  weight_decay: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Host description of one run (one row of the results)."""
+  law: laws_lib.Law
+  seed: int
+  lr: float
+  weight_decay: float = 0.0
+  tags: dict = dataclasses.field(default_factory=dict)
+
+  def describe(self) -> dict[str, Any]:
+    m = self.law.moments()
+    return {"law": self.law.label, "seed": int(self.seed), "lr": float(self.lr),
+            "weight_decay": float(self.weight_decay), "theta_bar": m.mean,
+            "sigma2": m.var, "gamma2": m.gamma2, "strength": m.strength,
+            "global_strength": m.global_strength, **self.tags}
+
+
+def make_runs(laws: Sequence[laws_lib.Law], seeds: Sequence[int], *,
+              lrs: Sequence[float] = (1e-3,), weight_decays: Sequence[float] = (0.0,),
+              tags: dict | None = None) -> list[Run]:
+  """The Cartesian product laws × lrs × weight_decays × seeds as a list of `Run`s."""
+  if not laws or not seeds:
+    raise ValueError("make_runs needs at least one law and one seed.")
+  return [Run(law, int(s), float(lr), float(wd), dict(tags or {}))
+          for law in laws for lr in lrs for wd in weight_decays for s in seeds]
+
+
+def pack_runs(runs: Sequence[Run], num_components: int | None = None) -> RunInputs:
+  """Stacks host `Run`s into `RunInputs` with a leading run axis."""
+  stacked = laws_lib.stack_laws([r.law for r in runs], num_components)
+  return RunInputs(
+      key=jnp.stack([jax.random.key(r.seed) for r in runs]),
+      law=stacked,
+      theta_bar=jnp.asarray([r.law.moments().mean for r in runs], jnp.float32),
+      lr=jnp.asarray([r.lr for r in runs], jnp.float32),
+      weight_decay=jnp.asarray([r.weight_decay for r in runs], jnp.float32))
+
+
+class RunState(flax.struct.PyTreeNode):
+  """Training state of one run: parameters, other model collections, optimizer state."""
+  params: Any
+  model_state: Any
+  opt_state: Any
+  step: jax.Array
+
+
+@dataclasses.dataclass
+class Context:
+  """Static per-program context passed to methods and diagnostics.
+
+  Attributes:
+    config: the `EngineConfig`.
+    stats: `mixjax.theory.DataStats` of the training set (or None if not needed).
+    law: the static `laws.Law` when runs are compiled per law (method "approx"), else None.
+    num_classes: c.
+  """
+  config: EngineConfig
+  stats: Any
+  law: laws_lib.Law | None
+  num_classes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A training objective.
+
+  objective(ctx, fwd, logits_fn, x, y, key, run) -> (loss, new_model_state) where
+  `fwd(x) -> (logits, new_model_state)` runs the model in training mode and `logits_fn`
+  is the same model as a pure function (state not updated). `static_law`: the method
+  needs the law as a Python object (runs are grouped per law). `needs_stats`: the method
+  uses the training-set `DataStats`.
+  """
+  objective: Callable[..., tuple[jax.Array, Any]]
+  static_law: bool = False
+  needs_stats: bool = False
+
+
+def _erm_objective(ctx, fwd, logits_fn, x, y, key, run):
+  del logits_fn, key, run
+  logits, new_state = fwd(x)
+  return jnp.mean(losses.batch_loss(ctx.config.loss, y, logits)), new_state
+
+
+def _mixup_objective(ctx, fwd, logits_fn, x, y, key, run):
+  cfg = ctx.config
+  sampler = laws_lib.as_sampler(run.law)
+  if logits_fn is not None:  # stateless model: the library's mixup loss as is.
+    loss = losses.mixup_loss(logits_fn, x, y, key, sampler, loss=cfg.loss,
+                             granularity=cfg.granularity, pairing=cfg.pairing, fold=cfg.fold)
+    return loss, None
+  # Stateful (BatchNorm) model: the same computation, keeping the state update.
+  x_mix, y_mix, _, _ = mixing.mix(key, x, y, sampler, granularity=cfg.granularity,
+                                  pairing=cfg.pairing, fold=cfg.fold)
+  logits, new_state = fwd(x_mix)
+  return jnp.mean(losses.batch_loss(cfg.loss, y_mix, logits)), new_state
+
+
+def _transformed_objective(ctx, fwd, logits_fn, x, y, key, run):
+  del logits_fn, key
+  from mixjax import theory  # pylint: disable=g-import-not-at-top
+  x_t, y_t = theory.transform(x, y, ctx.stats, run.theta_bar)
+  logits, new_state = fwd(x_t)
+  return jnp.mean(losses.batch_loss(ctx.config.loss, y_t, logits)), new_state
+
+
+def _approx_objective(ctx, fwd, logits_fn, x, y, key, run):
+  del fwd, run
+  from mixjax import theory  # pylint: disable=g-import-not-at-top
+  cfg = ctx.config
+  risk = theory.approx_mixup_risk(
+      logits_fn, x, y, ctx.stats, ctx.law.to_sampler(), loss=cfg.loss,
+      estimator=cfg.approx_estimator, key=key, num_probes=cfg.approx_num_probes,
+      terms=tuple(cfg.approx_terms))
+  return risk, None
+
+
+METHODS.register("erm", Method(_erm_objective))
+METHODS.register("mixup", Method(_mixup_objective))
+METHODS.register("erm_transformed", Method(_transformed_objective, needs_stats=True))
+METHODS.register("approx", Method(_approx_objective, static_law=True, needs_stats=True))
+
+
+# ----------------------------------------------------------------------------------------
+# Results.
+
+
+@dataclasses.dataclass
+class EngineResult:
+  """What `train_runs` returns.
+
+  Attributes:
+    runs: one dict per run: the run's description (law, seed, lr, moments, tags) and its
+      final metrics (floats): test_{accuracy,nll,ece,brier}, test_rs_* (rescaled),
+      test_ts_*/test_rs_ts_* (temperature-scaled), temperature, rs_temperature,
+      val_*, train_loss (mean training objective over the last epoch).
+    history: name -> (num_checkpoints, R) float arrays (test/train metrics and any
+      diagnostics at each checkpoint), plus "epoch": (num_checkpoints,).
+    logits: if `keep_logits`: {"test": (R, n, c), "test_rs": (R, n, c)} float32.
+    info: timings (compile and total seconds), steps, etc.
+  """
+  runs: list[dict[str, Any]]
+  history: dict[str, np.ndarray]
+  logits: dict[str, np.ndarray] | None
+  info: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------------------
+# The engine.
+
+
+def _check_config(cfg: EngineConfig, n_train: int) -> None:
+  METHODS.get(cfg.method)
+  losses.get_loss(cfg.loss)
+  if cfg.optimizer not in OPTIMIZERS:
+    raise ValueError(f"Unknown optimizer {cfg.optimizer!r}; known: {', '.join(OPTIMIZERS)}.")
+  if cfg.schedule not in SCHEDULES:
+    raise ValueError(f"Unknown schedule {cfg.schedule!r}; known: {', '.join(SCHEDULES)}.")
+  if not 1 <= cfg.batch_size <= n_train:
+    raise ValueError(
+        f"batch_size={cfg.batch_size} must be in [1, n_train={n_train}]; lower it.")
+  if cfg.num_epochs < 1:
+    raise ValueError(f"num_epochs must be ≥ 1; got {cfg.num_epochs}.")
+  if not 1 <= cfg.num_checkpoints <= cfg.num_epochs:
+    raise ValueError(
+        f"num_checkpoints={cfg.num_checkpoints} must be in [1, num_epochs={cfg.num_epochs}].")
+  if not 0 <= cfg.warmup_epochs < cfg.num_epochs:
+    raise ValueError(f"warmup_epochs={cfg.warmup_epochs} must be in [0, num_epochs).")
+  if cfg.max_parallel is not None and cfg.max_parallel < 1:
+    raise ValueError(f"max_parallel must be None or ≥ 1; got {cfg.max_parallel}.")
+
+
+def _checkpoint_epochs(num_epochs: int, num_checkpoints: int) -> list[int]:
+  """Evenly spaced epochs (1-based, the last = num_epochs) at which to evaluate."""
+  return sorted({max(1, round(num_epochs * (k + 1) / num_checkpoints))
+                 for k in range(num_checkpoints)})
+
+
+def _lr_factor(cfg: EngineConfig, step: jax.Array, total_steps: int,
+               warmup_steps: int) -> jax.Array:
+  """Schedule multiplier in [0, 1] at `step` (0-based)."""
+  step = step.astype(jnp.float32)
+  warm = jnp.minimum(1.0, (step + 1) / max(warmup_steps, 1)) if warmup_steps else 1.0
+  if cfg.schedule == "constant":
+    return warm * jnp.ones(())
+  frac = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
+  return warm * 0.5 * (1 + jnp.cos(jnp.pi * frac))
+
+
+class _Program:
+  """The compiled pieces for one (config, dataset, static law) combination."""
+
+  def __init__(self, cfg: EngineConfig, data: Any, ctx: Context,
+               diagnostics_fn: Callable | None):
+    from mixjax import models  # pylint: disable=g-import-not-at-top
+    self.cfg, self.ctx, self.diagnostics_fn = cfg, ctx, diagnostics_fn
+    self.method = METHODS.get(cfg.method)
+    self.model = models.get_model(cfg.model, ctx.num_classes, **cfg.model_kwargs)
+    c = ctx.num_classes
+    self.train_x = jnp.asarray(data.train_x, jnp.float32)
+    self.train_y = jax.nn.one_hot(jnp.asarray(data.train_y), c, dtype=jnp.float32)
+    self.n_train = int(self.train_x.shape[0])
+    self.steps_per_epoch = self.n_train // cfg.batch_size
+    self.total_steps = self.steps_per_epoch * cfg.num_epochs
+    self.warmup_steps = self.steps_per_epoch * cfg.warmup_epochs
+    self.eval_sets = {"test": (data.test_x, data.test_y), "val": (data.val_x, data.val_y)}
+    n_tr = min(cfg.train_eval_size, self.n_train)
+    self.eval_sets["train"] = (np.asarray(data.train_x)[:n_tr], np.asarray(data.train_y)[:n_tr])
+    if cfg.optimizer == "adam":
+      self.direction = optax.scale_by_adam()
+    else:
+      self.direction = optax.trace(decay=cfg.momentum)
+    self._segment = jax.jit(self._segment_all, static_argnums=(3,), donate_argnums=(0,))
+    self._init = jax.jit(jax.vmap(self._init_one))
+    self._eval = jax.jit(self._eval_all, static_argnums=(2,))
+    self._diag = (jax.jit(jax.vmap(self._diag_one)) if diagnostics_fn is not None else None)
+
+  def _segment_all(self, states, inputs, start_epoch, num_epochs: int):
+    return jax.vmap(lambda s, r: self._segment_one(s, r, start_epoch, num_epochs))(
+        states, inputs)
+
+  def _eval_all(self, states, inputs, which: tuple[str, ...]):
+    return jax.vmap(lambda s, r: self._eval_one(s, r, which))(states, inputs)
+
+  # --- model plumbing -------------------------------------------------------------------
+  def _reshape(self, x):
+    if self.cfg.input_shape is None:
+      return x
+    return jnp.reshape(x, (x.shape[0],) + tuple(self.cfg.input_shape))
+
+  def _variables(self, state: RunState):
+    return {"params": state.params, **state.model_state}
+
+  def logits_fn(self, state: RunState) -> Callable[[jax.Array], jax.Array]:
+    """The run's model in evaluation mode as a pure function (B, ...) -> (B, c)."""
+    variables = self._variables(state)
+    return lambda x: self.model.apply(variables, self._reshape(x), train=False)
+
+  # --- init / train ---------------------------------------------------------------------
+  def _init_one(self, run: RunInputs) -> RunState:
+    key = jax.random.fold_in(run.key, _INIT)
+    x0 = self._reshape(self.train_x[:1])
+    variables = self.model.init({"params": key, "dropout": key}, x0, train=False)
+    variables = dict(variables)
+    params = variables.pop("params")
+    return RunState(params=params, model_state=variables,
+                    opt_state=self.direction.init(params), step=jnp.zeros((), jnp.int32))
+
+  def _train_step(self, state: RunState, run: RunInputs, batch_idx, step_key):
+    cfg, ctx = self.cfg, self.ctx
+    x = self.train_x[batch_idx]
+    y = self.train_y[batch_idx]
+    stateful = bool(jax.tree.leaves(state.model_state))
+    mutable = list(state.model_state.keys())
+    dropout_key = jax.random.fold_in(step_key, _DROPOUT)
+    mix_key = jax.random.fold_in(step_key, _MIX)
+
+    def loss_fn(params):
+      variables = {"params": params, **state.model_state}
+
+      def fwd(z):
+        if stateful:
+          logits, upd = self.model.apply(variables, self._reshape(z), train=True,
+                                         mutable=mutable, rngs={"dropout": dropout_key})
+          return logits, dict(upd)
+        return self.model.apply(variables, self._reshape(z), train=True,
+                                rngs={"dropout": dropout_key}), None
+
+      pure = None if stateful else (lambda z: fwd(z)[0])
+      loss, new_state = self.method.objective(ctx, fwd, pure, x, y, mix_key, run)
+      return loss, new_state
+
+    (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if cfg.optimizer == "sgd":  # L2 weight decay, through momentum.
+      grads = jax.tree.map(lambda g, p: g + run.weight_decay * p, grads, state.params)
+    direction, opt_state = self.direction.update(grads, state.opt_state, state.params)
+    lr = run.lr * _lr_factor(cfg, state.step, self.total_steps, self.warmup_steps)
+    wd = run.weight_decay if cfg.optimizer == "adam" else 0.0  # decoupled (AdamW).
+    params = jax.tree.map(lambda p, d: p - lr * (d + wd * p), state.params, direction)
+    model_state = new_state if stateful else state.model_state
+    return RunState(params, model_state, opt_state, state.step + 1), loss
+
+  def _epoch(self, state: RunState, run: RunInputs, epoch):
+    spe, bs = self.steps_per_epoch, self.cfg.batch_size
+    order_key = jax.random.fold_in(jax.random.fold_in(run.key, _ORDER), epoch)
+    perm = jax.random.permutation(order_key, self.n_train)[: spe * bs].reshape(spe, bs)
+    epoch_key = jax.random.fold_in(run.key, 1000 + epoch)
+
+    def body(st, inp):
+      i, idx = inp
+      return self._train_step(st, run, idx, jax.random.fold_in(epoch_key, i))
+
+    state, step_losses = jax.lax.scan(body, state, (jnp.arange(spe), perm))
+    return state, jnp.mean(step_losses)
+
+  def _segment_one(self, state: RunState, run: RunInputs, start_epoch, num_epochs: int):
+    def body(st, e):
+      return self._epoch(st, run, start_epoch + e)
+    state, epoch_losses = jax.lax.scan(body, state, jnp.arange(num_epochs))
+    return state, epoch_losses
+
+  # --- evaluation -----------------------------------------------------------------------
+  def _logits_on(self, fn, x):
+    """fn over x (N, ...) in batches of eval_batch_size via lax.map -> (N, c)."""
+    n = x.shape[0]
+    bs = min(self.cfg.eval_batch_size, n)
+    nb = -(-n // bs)
+    pad = nb * bs - n
+    xp = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)]) if pad else x
+    out = jax.lax.map(fn, xp.reshape((nb, bs) + x.shape[1:]))
+    return out.reshape((nb * bs,) + out.shape[2:])[:n]
+
+  def _eval_one(self, state: RunState, run: RunInputs, which: tuple[str, ...]):
+    """Logits (plain and rescaled) of one run on the named eval sets."""
+    fn = self.logits_fn(state)
+    out = {}
+    for name in which:
+      x = jnp.asarray(self.eval_sets[name][0], jnp.float32)
+      out[name] = self._logits_on(fn, x)
+      if self.ctx.stats is not None and name != "train":
+        from mixjax import theory  # pylint: disable=g-import-not-at-top
+        fn_rs = theory.rescaled(fn, self.ctx.stats, run.theta_bar)
+        out[name + "_rs"] = self._logits_on(fn_rs, x)
+    return out
+
+  def _diag_one(self, state: RunState, run: RunInputs):
+    return self.diagnostics_fn(self.logits_fn(state), run, self.ctx)
+
+
+def _metrics(logits: np.ndarray, labels: np.ndarray, num_bins: int) -> list[dict[str, float]]:
+  """finalize_metrics(metric_sums(.)) for each run of logits (R, N, c)."""
+  from mixjax import eval as mj_eval  # pylint: disable=g-import-not-at-top
+  sums = jax.jit(jax.vmap(lambda u: mj_eval.metric_sums(u, labels, num_bins=num_bins)))(
+      jnp.asarray(logits))
+  sums = jax.device_get(sums)
+  r = np.asarray(logits).shape[0]
+  return [mj_eval.finalize_metrics(jax.tree.map(lambda a, i=i: a[i], sums)) for i in range(r)]
+
+
+def _data_stats(data: Any, cfg: EngineConfig, num_classes: int):
+  from mixjax import theory  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(data.train_x, jnp.float32)
+  y = jax.nn.one_hot(jnp.asarray(data.train_y), num_classes, dtype=jnp.float32)
+  return theory.data_stats(x, y, rank=cfg.stats_rank)
+
+
+def train_runs(config: EngineConfig, data: Any, runs: Sequence[Run], *,
+               diagnostics_fn: Callable | None = None, stats: Any = None,
+               log: Callable[[str], None] = print) -> EngineResult:
+  """Trains all `runs` with one compiled program (per law for static-law methods).
+
+  Args:
+    config: the static `EngineConfig`.
+    data: a `mixjax.data.Dataset` (host arrays train_x/train_y/val_x/val_y/test_x/test_y,
+      integer labels, num_classes).
+    runs: the runs (see `make_runs`); each has a law, a seed, a learning rate and a
+      weight decay. Run i's result is independent of the other runs (up to float
+      rounding of batched kernels).
+    diagnostics_fn: optional `fn(logits_fn, run: RunInputs, ctx: Context) -> dict of
+      scalars`, evaluated (vmapped over runs) at every checkpoint; results go to
+      `history["diag/<name>"]`.
+    stats: `DataStats` of the training set; computed with `mixjax.theory.data_stats`
+      when None (it is needed for rescaling and by some methods).
+    log: progress printer.
+
+  Returns:
+    An `EngineResult` (rows in the order of `runs`).
+  """
+  cfg = config
+  runs = list(runs)
+  if not runs:
+    raise ValueError("train_runs: no runs given; build them with make_runs(laws, seeds).")
+  num_classes = int(data.num_classes)
+  _check_config(cfg, int(np.asarray(data.train_x).shape[0]))
+  method = METHODS.get(cfg.method)
+  if method.static_law:
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+      groups.setdefault(r.law.label, []).append(i)
+    if any(len({runs[i].law for i in idx}) > 1 for idx in groups.values()):
+      raise ValueError("Two different laws share a label; give every law a distinct label.")
+  else:
+    groups = {"all": list(range(len(runs)))}
+  if stats is None:
+    stats = _data_stats(data, cfg, num_classes)
+  t_start = time.time()
+  num_components = max(r.law.num_components for r in runs)
+  ckpts = _checkpoint_epochs(cfg.num_epochs, cfg.num_checkpoints)
+  rows: list[dict[str, Any] | None] = [None] * len(runs)
+  hist_rows: list[dict[str, list[float]] | None] = [None] * len(runs)
+  logits_keep: dict[str, list[Any]] = {"test": [None] * len(runs), "test_rs": [None] * len(runs)}
+  compile_s = 0.0
+
+  for gname, idx in groups.items():
+    static_law = runs[idx[0]].law if method.static_law else None
+    ctx = Context(config=cfg, stats=stats, law=static_law, num_classes=num_classes)
+    prog = _Program(cfg, data, ctx, diagnostics_fn)
+    if static_law is not None and static_law.label != gname:
+      raise AssertionError(gname)
+    chunk = cfg.max_parallel or len(idx)
+    for c0 in range(0, len(idx), chunk):
+      ids = idx[c0:c0 + chunk]
+      padded = ids + [ids[-1]] * (chunk - len(ids))  # same shapes -> no recompilation
+      res, cs = _train_chunk(prog, [runs[i] for i in padded], num_components, ckpts, data,
+                             log, label=f"{cfg.method}/{gname} runs {c0}..{c0 + len(ids) - 1}"
+                             f" of {len(idx)}")
+      compile_s += cs
+      for j, i in enumerate(ids):
+        rows[i] = {**runs[i].describe(), **res["final"][j]}
+        hist_rows[i] = {k: v[:, j] for k, v in res["history"].items()}
+        if cfg.keep_logits:
+          logits_keep["test"][i] = res["logits"]["test"][j]
+          logits_keep["test_rs"][i] = res["logits"]["test_rs"][j]
+
+  history = {k: np.stack([h[k] for h in hist_rows], axis=1) for k in hist_rows[0]}
+  history["epoch"] = np.asarray(ckpts)
+  total = time.time() - t_start
+  info = {"total_seconds": total, "compile_seconds_approx": compile_s,
+          "steps_per_epoch": prog.steps_per_epoch, "num_runs": len(runs),
+          "num_programs": len(groups), "checkpoint_epochs": ckpts}
+  logits = None
+  if cfg.keep_logits:
+    logits = {k: np.stack(v).astype(np.float32) for k, v in logits_keep.items()}
+  return EngineResult(runs=rows, history=history, logits=logits, info=info)
+
+
+def _train_chunk(prog: _Program, runs: list[Run], num_components: int, ckpts: list[int],
+                 data: Any, log, label: str):
+  """Trains one chunk of runs; returns final metrics, history and logits."""
+  cfg = prog.cfg
+  inputs = pack_runs(runs, num_components)
+  t0 = time.time()
+  state = prog._init(inputs)
+  history: dict[str, list[np.ndarray]] = {}
+  done = 0
+  seg_len = None
+  compile_s = 0.0
+  last_losses = None
+  for ck in ckpts:
+    n = ck - done
+    # Compile once per distinct segment length (evenly spaced checkpoints: ≤ 2 lengths).
+    ts = time.time()
+    state, ep_losses = prog._segment(state, inputs, jnp.int32(done), n)
+    ep_losses = np.asarray(jax.device_get(ep_losses))  # (R, n)
+    if seg_len is None or n != seg_len:
+      compile_s += time.time() - ts  # upper bound: includes the segment's run time
+      seg_len = n
+    done = ck
+    last_losses = ep_losses[:, -1]
+    ev = _evaluate(prog, state, inputs, data, with_temperature=False)
+    for k, v in ev.items():
+      history.setdefault(k, []).append(v)
+    history.setdefault("train_objective", []).append(last_losses)
+    if prog._diag is not None:
+      diag = jax.device_get(prog._diag(state, inputs))
+      for k, v in diag.items():
+        history.setdefault(f"diag/{k}", []).append(np.asarray(v, np.float64))
+    if cfg.verbose:
+      log(f"[{label}] epoch {ck}/{cfg.num_epochs} {time.time() - t0:7.1f}s  "
+          f"objective {np.mean(last_losses):.4f}  test acc "
+          f"{np.mean(ev['test_accuracy']):.4f} ± {np.std(ev['test_accuracy']):.4f} "
+          f"(mean ± sd over {len(runs)} runs)")
+    if not np.all(np.isfinite(last_losses)):
+      bad = [runs[i].law.label for i in np.where(~np.isfinite(last_losses))[0]]
+      log(f"WARNING: non-finite training objective for runs with laws {sorted(set(bad))}.")
+  final_ev = _evaluate(prog, state, inputs, data, with_temperature=cfg.fit_temperature,
+                       keep_logits=cfg.keep_logits)
+  logits = final_ev.pop("_logits", None)
+  final = []
+  for j in range(len(runs)):
+    row = {k: float(v[j]) for k, v in final_ev.items()}
+    row["train_objective"] = float(last_losses[j])
+    final.append(row)
+  hist = {k: np.stack(v) for k, v in history.items()}
+  return {"final": final, "history": hist, "logits": logits}, compile_s
+
+
+def _evaluate(prog: _Program, state: RunState, inputs: RunInputs, data: Any, *,
+              with_temperature: bool, keep_logits: bool = False) -> dict[str, np.ndarray]:
+  """Metrics (R,) per name for test/val/train, plain and rescaled (and TS at the end)."""
+  from mixjax import eval as mj_eval  # pylint: disable=g-import-not-at-top
+  cfg = prog.cfg
+  which = ("test", "val", "train")
+  out = jax.device_get(prog._eval(state, inputs, which))
+  labels = {k: np.asarray(v[1]) for k, v in prog.eval_sets.items()}
+  res: dict[str, np.ndarray] = {}
+  for name, lg in out.items():
+    base = name.replace("_rs", "")
+    ms = _metrics(lg, labels[base], cfg.num_bins)
+    for key in ms[0]:
+      res[f"{name}_{key}"] = np.asarray([m[key] for m in ms])
+  if with_temperature:
+    for kind in ("", "_rs"):
+      if f"val{kind}" not in out:
+        continue
+      temps = np.asarray([mj_eval.fit_temperature(out[f"val{kind}"][j], labels["val"])
+                          for j in range(out["val"].shape[0])])
+      res[f"{kind.strip('_') + '_' if kind else ''}temperature"] = temps
+      scaled = out[f"test{kind}"] / temps[:, None, None]
+      ms = _metrics(scaled, labels["test"], cfg.num_bins)
+      for key in ms[0]:
+        res[f"test{kind}_ts_{key}"] = np.asarray([m[key] for m in ms])
+  if keep_logits:
+    res["_logits"] = {"test": out["test"], "test_rs": out.get("test_rs", out["test"])}
+  return res
