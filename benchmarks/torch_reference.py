@@ -1,0 +1,104 @@
+"""The usual PyTorch mixup recipe, for a side-by-side speed reference (benchmarks only).
+
+Same architectures as the JAX benchmark (`mixjax.models` "mlp" with hidden sizes
+(512, 512) and "lenet" with its defaults: two 5×5 SAME convolutions with 32 and 64
+channels, ReLU, 2×2 max-pooling, a 256-unit dense layer), the same batch and SGD with
+momentum. The mixup step is the recipe of Zhang et al.'s reference code
+(facebookresearch/mixup-cifar10): one λ ~ Beta(α, α) per batch, a `torch.randperm`
+partner, and the loss λ·CE(f(x_mix), y_a) + (1 − λ)·CE(f(x_mix), y_b). λ comes from a
+local NumPy Generator (no global RNG).
+
+`make_steps` returns closures `run(num_steps)` that run that many training steps
+synchronously (CPU), for `benchmarks.bench_steps` to time.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def mlp(in_features: int, num_classes: int, hidden_sizes: Sequence[int] = (512, 512)
+        ) -> nn.Module:
+  layers, width = [nn.Flatten()], in_features
+  for h in hidden_sizes:
+    layers += [nn.Linear(width, h), nn.ReLU()]
+    width = h
+  return nn.Sequential(*layers, nn.Linear(width, num_classes))
+
+
+def lenet(input_shape: Sequence[int], num_classes: int, features: Sequence[int] = (32, 64),
+          kernel_size: int = 5, dense_sizes: Sequence[int] = (256,)) -> nn.Module:
+  """Mirror of `mixjax.models.LeNet` (NCHW here; `input_shape` is (H, W, C))."""
+  height, width, channels = input_shape
+  layers = []
+  for f in features:
+    layers += [nn.Conv2d(channels, f, kernel_size, padding="same"), nn.ReLU(),
+               nn.MaxPool2d(2, ceil_mode=True)]
+    channels, height, width = f, -(-height // 2), -(-width // 2)
+  layers.append(nn.Flatten())
+  size = channels * height * width
+  for h in dense_sizes:
+    layers += [nn.Linear(size, h), nn.ReLU()]
+    size = h
+  return nn.Sequential(*layers, nn.Linear(size, num_classes))
+
+
+def make_steps(model_name: str, input_shape: Sequence[int], num_classes: int,
+               batch_size: int, *, alpha: float = 1.0, lr: float = 0.01,
+               momentum: float = 0.9, threads: int | None = None, seed: int = 0
+               ) -> Dict[str, Callable[[int], None]]:
+  """Builds the PyTorch ERM and mixup training steps on a fixed synthetic batch.
+
+  Args:
+    model_name: "mlp" or "lenet".
+    input_shape: one example's shape, (d,) or (H, W, C).
+    num_classes: c.
+    batch_size: B.
+    alpha: Beta(α, α) parameter of the mixup λ.
+    lr, momentum: SGD hyper-parameters.
+    threads: `torch.set_num_threads` (match the cores JAX uses).
+    seed: seed of the model initialization, data and λ stream.
+
+  Returns:
+    {"erm": run, "mixup": run}, each `run(num_steps)` trains in place.
+  """
+  if threads is not None:
+    torch.set_num_threads(threads)
+  torch.manual_seed(seed)
+  rng = np.random.default_rng(seed)
+  if model_name == "mlp":
+    model = mlp(int(np.prod(input_shape)), num_classes)
+    x = torch.from_numpy(rng.normal(size=(batch_size, *input_shape)).astype(np.float32))
+  elif model_name == "lenet":
+    model = lenet(input_shape, num_classes)
+    h, w, c = input_shape
+    x = torch.from_numpy(rng.normal(size=(batch_size, c, h, w)).astype(np.float32))
+  else:
+    raise ValueError(f"Unknown torch reference model {model_name!r}; known: lenet, mlp.")
+  y = torch.from_numpy(rng.integers(0, num_classes, size=batch_size))
+  opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+  criterion = nn.CrossEntropyLoss()
+  lam_rng = np.random.default_rng(seed + 1)
+
+  def erm(num_steps: int) -> None:
+    for _ in range(num_steps):
+      opt.zero_grad(set_to_none=True)
+      loss = criterion(model(x), y)
+      loss.backward()
+      opt.step()
+
+  def mixup(num_steps: int) -> None:
+    for _ in range(num_steps):
+      lam = float(lam_rng.beta(alpha, alpha))
+      index = torch.randperm(batch_size)
+      mixed_x = lam * x + (1 - lam) * x[index]
+      out = model(mixed_x)
+      loss = lam * criterion(out, y) + (1 - lam) * criterion(out, y[index])
+      opt.zero_grad(set_to_none=True)
+      loss.backward()
+      opt.step()
+
+  return {"erm": erm, "mixup": mixup}
