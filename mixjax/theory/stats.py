@@ -1,0 +1,228 @@
+"""Data statistics that the mixup theory needs: means and covariances (THEORY.md, Setup).
+
+    x̄ = (1/n) Σ_i x_i,   ȳ = (1/n) Σ_i y_i,
+    Σ_xx = (1/n) Σ_i (x_i − x̄)(x_i − x̄)ᵀ,  Σ_xy, Σ_yy likewise (1/n, not 1/(n − 1)).
+
+Inputs of any trailing shape are flattened to d = prod(shape[1:]); the original trailing
+shape is kept as static metadata (`DataStats.input_shape`) so that `transform` can map
+flattened means back onto images. For large d (CIFAR: 3072) the dense d×d Σ_xx can be
+replaced by its top-k eigenpairs (`rank=k`), which is all the low-rank estimator of the
+approximate risk needs (THEORY.md §4, "Estimators that scale").
+
+Everything is accumulated on the host in float64 with the pairwise update of Chan, Golub
+and LeVeque (1979), so streaming a dataset batch by batch (`StatsAccumulator`) gives the
+statistics of the concatenation to rounding error, also when the data have a large offset
+relative to their spread (where the naive Σxxᵀ/n − x̄x̄ᵀ loses all digits).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+
+
+@flax.struct.dataclass
+class DataStats:
+  """Means and (1/n) covariances of a dataset (THEORY.md, Setup); a JAX pytree.
+
+  Attributes:
+    x_mean: x̄, (d,).
+    y_mean: ȳ, (c,).
+    sxx: Σ_xx, (d, d), or None when only the top-k eigenpairs were kept (`rank=k`).
+    sxy: Σ_xy, (d, c).
+    syy: Σ_yy, (c, c).
+    eigvecs: (d, k) orthonormal top-k eigenvectors of Σ_xx (columns, eigenvalues in
+      decreasing order), or None.
+    eigvals: (k,) the matching eigenvalues (≥ 0, decreasing), or None.
+    n: number of examples (static).
+    input_shape: the trailing shape of one input before flattening (static), e.g.
+      (32, 32, 3); prod(input_shape) = d.
+  """
+  x_mean: jax.Array
+  y_mean: jax.Array
+  sxx: Optional[jax.Array]
+  sxy: jax.Array
+  syy: jax.Array
+  eigvecs: Optional[jax.Array]
+  eigvals: Optional[jax.Array]
+  n: int = flax.struct.field(pytree_node=False)
+  input_shape: Tuple[int, ...] = flax.struct.field(pytree_node=False)
+
+  @property
+  def dim(self) -> int:
+    """d, the flattened input dimension."""
+    return self.x_mean.shape[-1]
+
+  @property
+  def num_classes(self) -> int:
+    """c, the label dimension."""
+    return self.y_mean.shape[-1]
+
+  @property
+  def rank(self) -> Optional[int]:
+    """k, the number of kept eigenpairs, or None."""
+    return None if self.eigvecs is None else self.eigvecs.shape[-1]
+
+
+def _as_2d(x: Any, y: Any) -> Tuple[np.ndarray, np.ndarray, Tuple[int, ...]]:
+  """Host float64 copies: x flattened to (B, d), y (B, c); plus x's trailing shape."""
+  x = np.asarray(x, dtype=np.float64)
+  y = np.asarray(y, dtype=np.float64)
+  if x.ndim < 1:
+    raise ValueError(f"x must have a batch axis, shape (B, ...); got shape {x.shape}.")
+  if y.ndim != 2:
+    raise ValueError(
+        f"Labels must have shape (B, c) (one-hot or soft, float); got shape {y.shape}. "
+        "Convert integer class ids with `jax.nn.one_hot(y, num_classes)`.")
+  if x.shape[0] != y.shape[0]:
+    raise ValueError(
+        f"Batch size mismatch: x has {x.shape[0]} examples, y has {y.shape[0]}. "
+        "Pass x of shape (B, ...) and y of shape (B, c).")
+  input_shape = tuple(int(s) for s in x.shape[1:])
+  return x.reshape(x.shape[0], math.prod(input_shape)), y, input_shape
+
+
+class StatsAccumulator:
+  """Streams (x, y) batches into `DataStats`, in float64 on the host.
+
+  Keeps the count n, the joint mean of z = [x_flat, y] ((d + c),) and the co-moment
+  matrix C = Σ_i (z_i − z̄)(z_i − z̄)ᵀ ((d + c) × (d + c)). Two parts (n_a, z̄_a, C_a) and
+  (n_b, z̄_b, C_b) merge as (Chan et al., 1979)
+
+      n = n_a + n_b,  Δ = z̄_b − z̄_a,  z̄ = z̄_a + Δ n_b / n,
+      C = C_a + C_b + Δ Δᵀ n_a n_b / n,
+
+  which is exact in exact arithmetic and numerically stable, so any split of the data
+  into batches (uneven included) gives the one-shot statistics to rounding error.
+
+  Usage:
+    acc = StatsAccumulator()
+    for x, y in batches:
+      acc.update(x, y)
+    stats = acc.finalize(rank=None)
+  """
+
+  def __init__(self):
+    self.n = 0
+    self._mean: Optional[np.ndarray] = None
+    self._comoment: Optional[np.ndarray] = None
+    self._input_shape: Optional[Tuple[int, ...]] = None
+    self._num_classes: Optional[int] = None
+
+  def _merge(self, n_b: int, mean_b: np.ndarray, comoment_b: np.ndarray) -> None:
+    if self.n == 0:
+      self.n, self._mean, self._comoment = n_b, mean_b, comoment_b
+      return
+    n_a = self.n
+    n = n_a + n_b
+    delta = mean_b - self._mean
+    self._mean = self._mean + delta * (n_b / n)
+    self._comoment = self._comoment + comoment_b + np.outer(delta, delta) * (n_a * n_b / n)
+    self.n = n
+
+  def update(self, x: Any, y: Any) -> "StatsAccumulator":
+    """Adds a batch: x (B, ...) with the same trailing shape every time, y (B, c).
+
+    Returns:
+      self, so that calls chain.
+    """
+    x2, y2, input_shape = _as_2d(x, y)
+    if self._input_shape is None:
+      self._input_shape, self._num_classes = input_shape, y2.shape[1]
+    elif input_shape != self._input_shape or y2.shape[1] != self._num_classes:
+      raise ValueError(
+          f"Batch shapes changed: earlier batches had inputs {self._input_shape} and "
+          f"{self._num_classes} classes, this one has inputs {input_shape} and "
+          f"{y2.shape[1]} classes. Every batch must have the same trailing shapes.")
+    if x2.shape[0] == 0:
+      return self
+    z = np.concatenate([x2, y2], axis=1)
+    mean_b = z.mean(axis=0)
+    zc = z - mean_b
+    self._merge(z.shape[0], mean_b, zc.T @ zc)
+    return self
+
+  def merge(self, other: "StatsAccumulator") -> "StatsAccumulator":
+    """Adds everything `other` has seen (e.g. another host's shard). Returns self."""
+    if other.n == 0:
+      return self
+    if self._input_shape is not None and (
+        other._input_shape != self._input_shape or other._num_classes != self._num_classes):
+      raise ValueError(
+          f"Cannot merge accumulators with different shapes: inputs {self._input_shape} vs "
+          f"{other._input_shape}, classes {self._num_classes} vs {other._num_classes}.")
+    self._input_shape, self._num_classes = other._input_shape, other._num_classes
+    self._merge(other.n, other._mean.copy(), other._comoment.copy())
+    return self
+
+  def finalize(self, rank: Optional[int] = None) -> DataStats:
+    """The statistics of everything seen so far.
+
+    Args:
+      rank: None keeps the dense Σ_xx (and no eigenpairs). An integer k in [1, d] keeps
+        the top-k eigenpairs of Σ_xx (exact, from a float64 symmetric eigensolver) and
+        no dense Σ_xx, for large d.
+
+    Returns:
+      `DataStats` with jnp arrays (float64 when x64 is enabled, float32 otherwise).
+    """
+    if self.n == 0:
+      raise ValueError("No data: call update(x, y) with at least one example before finalize().")
+    d = math.prod(self._input_shape)
+    if rank is not None:
+      if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+        raise ValueError(f"rank must be None or an integer in [1, d={d}]; got {rank!r}.")
+      if not 1 <= rank <= d:
+        raise ValueError(
+            f"rank={rank} is impossible for inputs of dimension d={d}: use 1 <= rank <= {d}, "
+            "or rank=None for the dense covariance.")
+    cov = self._comoment / self.n
+    sxx, sxy, syy = cov[:d, :d], cov[:d, d:], cov[d:, d:]
+    eigvecs = eigvals = None
+    if rank is not None:
+      vals, vecs = scipy.linalg.eigh(sxx, subset_by_index=[d - rank, d - 1])
+      vals, vecs = vals[::-1], vecs[:, ::-1]
+      # Deterministic signs: the largest-magnitude entry of each eigenvector is positive.
+      signs = np.sign(vecs[np.argmax(np.abs(vecs), axis=0), np.arange(rank)])
+      vecs = vecs * np.where(signs == 0, 1.0, signs)
+      eigvals, eigvecs = jnp.asarray(np.maximum(vals, 0.0)), jnp.asarray(vecs)
+      sxx = None
+    return DataStats(
+        x_mean=jnp.asarray(self._mean[:d]),
+        y_mean=jnp.asarray(self._mean[d:]),
+        sxx=None if sxx is None else jnp.asarray(sxx),
+        sxy=jnp.asarray(sxy),
+        syy=jnp.asarray(syy),
+        eigvecs=eigvecs,
+        eigvals=eigvals,
+        n=int(self.n),
+        input_shape=tuple(self._input_shape))
+
+
+def data_stats(x: Any, y: Any, *, rank: Optional[int] = None) -> DataStats:
+  """Means and (1/n) covariances of (x, y) (THEORY.md, Setup), float64 on the host.
+
+  Args:
+    x: inputs (n, ...), any trailing shape (flattened to d).
+    y: labels (n, c), one-hot or soft.
+    rank: None for the dense Σ_xx; k in [1, d] for its top-k eigenpairs only.
+
+  Returns:
+    `DataStats`; equal to streaming the same rows through `StatsAccumulator`.
+  """
+  return StatsAccumulator().update(x, y).finalize(rank=rank)
+
+
+def check_stats(stats: DataStats, d: int, c: int, *, where: str = "") -> None:
+  """Raises ValueError unless `stats` describe inputs of dimension d and c classes."""
+  if stats.dim != d or stats.num_classes != c:
+    raise ValueError(
+        f"{where + ': ' if where else ''}the data statistics are for inputs of dimension "
+        f"{stats.dim} (shape {stats.input_shape}) with {stats.num_classes} classes, but x "
+        f"has dimension {d} and y has {c} classes. Compute the stats with "
+        "`data_stats(x_train, y_train)` on data shaped like x and y.")
