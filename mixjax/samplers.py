@@ -458,13 +458,13 @@ class ThetaMoments:
   stderr: ThetaStderr | None = None
 
   @classmethod
-  def from_raw(cls, m1: float, m2: float, *, exact: bool = True,
-               stderr: ThetaStderr | None = None) -> ThetaMoments:
-    """From the raw moments m1 = E θ and m2 = E θ²."""
-    var = max(m2 - m1 * m1, 0.0)
-    gamma2 = var + (1.0 - m1) ** 2
-    return cls(mean=float(m1), var=float(var), gamma2=float(gamma2),
-               strength=float(var / m1**2), global_strength=float(gamma2 / m1**2),
+  def from_mean_var(cls, mean: float, var: float, *, exact: bool = True,
+                    stderr: ThetaStderr | None = None) -> ThetaMoments:
+    """From θ̄ = E θ and σ² = Var θ."""
+    var = max(float(var), 0.0)
+    gamma2 = var + (1.0 - mean) ** 2
+    return cls(mean=float(mean), var=var, gamma2=float(gamma2),
+               strength=float(var / mean**2), global_strength=float(gamma2 / mean**2),
                exact=exact, stderr=stderr)
 
   def __repr__(self) -> str:
@@ -479,21 +479,20 @@ class ThetaMoments:
             f"global_strength={self.global_strength:.6g}±{se.global_strength:.2g})")
 
 
-def _raw_moments(c) -> tuple[float, float]:
-  """Exact (E θ, E θ²) of one θ-law component."""
+def _component_moments(c) -> tuple[float, float]:
+  """Exact (E θ, Var θ) of one θ-law component."""
   if isinstance(c, Atom):
-    return c.theta, c.theta**2
+    return c.theta, 0.0
   if isinstance(c, ShiftedBeta):
-    s = c.a + c.b
-    ex, ex2 = c.a / s, c.a * (c.a + 1.0) / (s * (s + 1.0))
-    return 0.5 + 0.5 * ex, 0.25 + 0.5 * ex + 0.25 * ex2
+    s = c.a + c.b  # θ = ½ + X/2: E θ = ½ + E X/2, Var θ = Var X/4.
+    return 0.5 + 0.5 * c.a / s, c.a * c.b / (s * s * (s + 1.0)) / 4.0
   if isinstance(c, FoldedBeta):
     a, b = c.a, c.b
     if a == b:
-      # E|λ − ½| = Γ(2α) / (α 4^α Γ(α)²), in log space for large α.
-      e_abs = math.exp(sp_special.gammaln(2 * a) - math.log(a) - a * math.log(4.0)
-                       - 2 * sp_special.gammaln(a))
-      return 0.5 + e_abs, 0.25 + e_abs + 1.0 / (4.0 * (2.0 * a + 1.0))
+      # E|λ − ½| = Γ(2α)/(α 4^α Γ(α)²) = Γ(α+½)/(2√π α Γ(α)) (duplication formula); the
+      # Pochhammer form keeps ~1e-11 relative accuracy up to α = 1e9.
+      e_abs = sp_special.poch(a, 0.5) / (2.0 * math.sqrt(math.pi) * a)
+      return 0.5 + e_abs, 1.0 / (4.0 * (2.0 * a + 1.0)) - e_abs**2
     # θ = λ on {λ > ½} and 1 − λ on {λ < ½}; with I the regularized incomplete beta,
     # E[λ^k; λ > ½] = (a)_k/(a+b)_k · I_½(b, a+k), E[(1−λ)^k; λ < ½] = (b)_k/(a+b)_k · I_½(a, b+k).
     s = a + b
@@ -501,7 +500,7 @@ def _raw_moments(c) -> tuple[float, float]:
     m1 = a / s * inc(b, a + 1.0, 0.5) + b / s * inc(a, b + 1.0, 0.5)
     m2 = (a * (a + 1.0) * inc(b, a + 2.0, 0.5)
           + b * (b + 1.0) * inc(a, b + 2.0, 0.5)) / (s * (s + 1.0))
-    return float(m1), float(m2)
+    return float(m1), float(m2 - m1 * m1)
   raise ValueError(f"No closed-form moments for θ-law component {c!r}.")
 
 
@@ -538,7 +537,7 @@ def _estimated_moments(sampler: Sampler, num_draws: int, seed: int) -> ThetaMome
   }
   se = {k: float(np.sqrt(max(np.asarray(g) @ cov @ np.asarray(g), 0.0)))
         for k, g in grads.items()}
-  return ThetaMoments.from_raw(m1, m2, exact=False,
+  return ThetaMoments.from_mean_var(m1, m2 - m1 * m1, exact=False,
                                stderr=ThetaStderr(**se, num_draws=num_draws))
 
 
@@ -559,12 +558,12 @@ def theta_moments(sampler: Sampler, *, num_draws: int = DEFAULT_NUM_DRAWS,
   law = sampler.theta_law()
   if not law.is_known:
     return _estimated_moments(sampler, int(num_draws), int(seed))
-  m1 = m2 = 0.0
-  for w, c in zip(law.weights, law.components):
-    r1, r2 = _raw_moments(c)
-    m1 += w * r1
-    m2 += w * r2
-  return ThetaMoments.from_raw(m1, m2)
+  # Mixtures: law of total variance (= mixing the raw moments E θ, E θ², but without
+  # the cancellation of E θ² − (E θ)² for concentrated laws).
+  w = np.asarray(law.weights, np.float64)
+  means, varis = np.asarray([_component_moments(c) for c in law.components]).T
+  mean = float(w @ means)
+  return ThetaMoments.from_mean_var(mean, float(w @ varis + w @ (means - mean) ** 2))
 
 
 # ---------------------------------------------------------------------------
@@ -605,11 +604,47 @@ def _gauss_from_discrete(x: np.ndarray, w: np.ndarray, n: int):
   return nodes + shift, weights / weights.sum()
 
 
-def _jacobi_on_01(m: int, p: float, q: float):
-  """m-point Gauss rule on [0, 1] for weight t^(p−1) (1−t)^(q−1), normalized to sum 1."""
-  t, wt = sp_special.roots_jacobi(m, q - 1.0, p - 1.0)
-  wt = np.asarray(wt, np.float64)
-  return (1.0 + np.asarray(t, np.float64)) / 2.0, wt / wt.sum()
+def _jacobi_on_01(m: int, p: float, q: float) -> tuple[np.ndarray, np.ndarray]:
+  """m-point Gauss rule on [0, 1] for the weight t^(p−1) (1−t)^(q−1): (nodes, log-weights).
+
+  Nodes: Golub–Welsch eigenvalues of the analytic Jacobi matrix (x = 2t − 1, weight
+  (1−x)^(q−1) (1+x)^(p−1)). Weights: Christoffel numbers 1 / Σ_k p_k(t_i)² of the
+  orthonormal polynomials, evaluated by their recurrence with rescaling, returned as logs
+  normalized to logsumexp = 0. Unlike eigenvector weights (or
+  `scipy.special.roots_jacobi`, which overflows for exponents of a few hundred), tiny
+  weights keep their relative accuracy, so the rule can be multiplied by a factor that is
+  huge where the weights are tiny.
+  """
+  al, be = q - 1.0, p - 1.0
+  diag = np.empty(m)
+  diag[0] = (be - al) / (al + be + 2.0)
+  k = np.arange(1, m, dtype=np.float64)
+  s = 2.0 * k + al + be
+  diag[1:] = (be * be - al * al) / (s * (s + 2.0))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    off2 = 4.0 * k * (k + al) * (k + be) * (k + al + be) / (s * s * (s + 1.0) * (s - 1.0))
+  if m > 1:  # k = 1 written without the removable 0/0 at al + be = −1.
+    off2[0] = 4.0 * (1.0 + al) * (1.0 + be) / ((2.0 + al + be) ** 2 * (3.0 + al + be))
+  d, e = (1.0 + diag) / 2.0, np.sqrt(off2) / 2.0
+  if m == 1:
+    return d.copy(), np.zeros(1)
+  t = sp_linalg.eigh_tridiagonal(d, e, eigvals_only=True)
+  prev, cur = np.zeros(m), np.ones(m)
+  ssum, logscale = np.ones(m), np.zeros(m)
+  for j in range(m - 1):
+    nxt = (t - d[j]) * cur - (e[j - 1] * prev if j > 0 else 0.0)
+    prev, cur = cur, nxt / e[j]
+    ssum += cur * cur
+    big = np.abs(cur) > 1e100
+    if big.any():
+      f = np.where(big, 1e-100, 1.0)
+      prev, cur, ssum = prev * f, cur * f, ssum * f * f
+      logscale += np.where(big, math.log(1e100), 0.0)
+  logw = -np.log(ssum) - 2.0 * logscale
+  return t, logw - sp_special.logsumexp(logw)
+
+
+_MAX_BASE_NODES = 4000
 
 
 @functools.lru_cache(maxsize=256)
@@ -618,25 +653,28 @@ def _component_rule(c, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
   if isinstance(c, Atom):
     return np.array([c.theta]), np.array([1.0])
   if isinstance(c, ShiftedBeta):
-    x, w = _jacobi_on_01(num_nodes, c.a, c.b)  # Exact: θ = ½ + X/2 is affine.
-    return 0.5 + 0.5 * x, w
+    x, logw = _jacobi_on_01(num_nodes, c.a, c.b)  # Exact: θ = ½ + X/2 is affine.
+    return 0.5 + 0.5 * x, np.exp(logw)
   if isinstance(c, FoldedBeta):
     # In u = 1 − θ ∈ [0, ½]: q(u) ∝ u^(a−1)(1−u)^(b−1) + u^(b−1)(1−u)^(a−1). Each term is
     # u^(c−1) (singular at u = 0 when c < 1) times a factor analytic on [0, ½]. A high-order
     # Gauss–Jacobi rule carrying u^(c−1) discretizes each term (geometric convergence in
     # the analytic factor); the Gauss rule of Q follows by Lanczos + Golub–Welsch.
     a, b = c.a, c.b
-    m = 2 * num_nodes + 80 + int(math.ceil(2 * max(a, b)))
+    # Base-rule size: the analytic factor needs O(sqrt(max(a, b))) extra nodes for large
+    # exponents (a concentrated density); capped, so beyond α ≈ 1e6 accuracy degrades.
+    m = min(num_nodes + 60 + int(math.ceil(2.0 * math.sqrt(max(a, b)))),
+            max(_MAX_BASE_NODES, num_nodes + 60))
     parts = [(a, b, 1.0)] if a == b else [
         (a, b, float(sp_special.betainc(a, b, 0.5))),
         (b, a, float(sp_special.betainc(b, a, 0.5)))]
     xs, ws = [], []
     for p, q, mass in parts:
-      t, wt = _jacobi_on_01(m, p, 1.0)  # t^(p−1) on [0, 1]; u = t/2.
+      t, logw = _jacobi_on_01(m, p, 1.0)  # Weight t^(p−1) on [0, 1]; u = t/2.
       u = t / 2.0
-      wu = wt * np.exp((q - 1.0) * np.log1p(-u))
+      logw = logw + (q - 1.0) * np.log1p(-u)
       xs.append(1.0 - u)
-      ws.append(mass * wu / wu.sum())
+      ws.append(mass * np.exp(logw - sp_special.logsumexp(logw)))
     return _gauss_from_discrete(np.concatenate(xs), np.concatenate(ws), num_nodes)
   raise ValueError(f"No quadrature rule for θ-law component {c!r}.")
 
