@@ -29,6 +29,7 @@ import functools
 from typing import NamedTuple
 
 import chex
+import numpy as np
 import jax
 import jax.numpy as jnp
 
@@ -87,12 +88,13 @@ def make_mixup_points(key, x, labels, sampler, num_points: int) -> MixupPoints:
   labels = _check_labels(labels, (n,), "labels")
   if n < 2:
     raise ValueError(f"Need at least 2 examples to mix, got {n}.")
-  if not isinstance(num_points, int) or num_points < 1:
+  if not isinstance(num_points, (int, np.integer)) or num_points < 1:
     raise ValueError(f"num_points must be a positive int, got {num_points!r}.")
   if not callable(sampler):
     raise ValueError(f"sampler must be callable as sampler(key, shape), got {sampler!r}; "
                      "build one with mixjax.samplers.make_sampler(name, ...).")
   key_a, key_b, key_lam = jax.random.split(key, 3)
+  num_points = int(num_points)
   a = jax.random.randint(key_a, (num_points,), 0, n)
   b = (a + jax.random.randint(key_b, (num_points,), 1, n)) % n  # uniform over b ≠ a
   lam = jnp.asarray(sampler(key_lam, (num_points,)), jnp.float32)
@@ -191,8 +193,9 @@ def collinearity(x, labels, points, source_labels, *, block_size: int = 512,
   labels = _check_labels(labels, (n,), "labels")
   source_labels = _check_labels(source_labels, (m, 2), "source_labels")
   for name, value in (("block_size", block_size), ("mix_block_size", mix_block_size)):
-    if not isinstance(value, int) or value < 1:
+    if not isinstance(value, (int, np.integer)) or value < 1:
       raise ValueError(f"{name} must be a positive int, got {value!r}.")
   dist, arg = _nearest_other_class(x, labels, points, source_labels,
-                                   block_size=block_size, mix_block_size=mix_block_size)
+                                   block_size=int(block_size),
+                                   mix_block_size=int(mix_block_size))
   return (dist, arg) if return_index else dist

@@ -126,7 +126,8 @@ def metric_sums(logits, labels, *, mask=None, num_bins: int = 15) -> MetricSums:
 
   Returns:
     `MetricSums` of float32 scalars and (num_bins,) vectors. jit/vmap-compatible; the
-    label-range check runs only on concrete (non-traced) labels.
+    label-range check runs only on concrete (non-traced) labels and mask; under jit an
+    out-of-range label gets an all-zero one-hot (counted wrong, meaningless NLL).
   """
   _check_num_bins(num_bins)
   logits = jnp.asarray(logits)
@@ -154,7 +155,7 @@ def metric_sums(logits, labels, *, mask=None, num_bins: int = 15) -> MetricSums:
       raise ValueError(f"mask must have shape ({batch},), got {mask.shape}.")
     weights = mask.astype(jnp.float32)
   valid = weights > 0
-  if _is_concrete(labels) and batch:
+  if _is_concrete(labels) and _is_concrete(weights) and batch:
     lab = np.asarray(labels)[np.asarray(valid)]
     if lab.size and (lab.min() < 0 or lab.max() >= num_classes):
       raise ValueError(
