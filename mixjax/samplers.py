@@ -644,7 +644,35 @@ def _jacobi_on_01(m: int, p: float, q: float) -> tuple[np.ndarray, np.ndarray]:
   return t, logw - sp_special.logsumexp(logw)
 
 
-_MAX_BASE_NODES = 4000
+_TAIL_MASS = 1e-20  # Relative mass a base discretization may leave out.
+
+
+def _half_beta_base(c: float, d: float, m: int) -> tuple[np.ndarray, np.ndarray]:
+  """m-point discretization of u ~ Beta(c, d) conditioned on u ∈ [0, ½]: (u, weights).
+
+  The window [lo, hi] ⊂ [0, ½] drops at most `_TAIL_MASS` (relative) on either side, so
+  concentrated laws (large c, d) are resolved by O(m) nodes whatever their width. When
+  the window reaches u = 0, a Gauss–Jacobi rule carries the u^(c−1) factor exactly (the
+  singularity of the θ-density at θ = 1 for c < 1) and the remaining factor
+  (1−u)^(d−1) is analytic on the window; otherwise Gauss–Legendre with the density
+  evaluated pointwise. Weights are formed in log space (no underflow for large c, d).
+  """
+  mass = float(sp_special.betainc(c, d, 0.5))
+  lo = float(sp_special.betaincinv(c, d, _TAIL_MASS * mass)) if mass > 0 else 0.0
+  hi = 1.0 - float(sp_special.betaincinv(d, c, min(1.0, (1.0 - mass) + _TAIL_MASS * mass)))
+  hi = min(max(hi, lo), 0.5) if math.isfinite(hi) else 0.5
+  lo = lo if math.isfinite(lo) else 0.0
+  if hi <= 0.0:
+    hi = 0.5
+  if lo <= 0.05 * hi:
+    t, logw = _jacobi_on_01(m, c, 1.0)
+    u = hi * t
+    logw = logw + (d - 1.0) * np.log1p(-u)
+  else:
+    t, logw = _jacobi_on_01(m, 1.0, 1.0)
+    u = lo + (hi - lo) * t
+    logw = logw + (c - 1.0) * np.log(u) + (d - 1.0) * np.log1p(-u)
+  return u, np.exp(logw - sp_special.logsumexp(logw))
 
 
 @functools.lru_cache(maxsize=256)
@@ -659,22 +687,18 @@ def _component_rule(c, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     # In u = 1 − θ ∈ [0, ½]: q(u) ∝ u^(a−1)(1−u)^(b−1) + u^(b−1)(1−u)^(a−1). Each term is
     # u^(c−1) (singular at u = 0 when c < 1) times a factor analytic on [0, ½]. A high-order
     # Gauss–Jacobi rule carrying u^(c−1) discretizes each term (geometric convergence in
-    # the analytic factor); the Gauss rule of Q follows by Lanczos + Golub–Welsch.
+    # the analytic factor; `_half_beta_base`); the Gauss rule of Q then follows by
+    # Lanczos (discretized Stieltjes) + Golub–Welsch.
     a, b = c.a, c.b
-    # Base-rule size: the analytic factor needs O(sqrt(max(a, b))) extra nodes for large
-    # exponents (a concentrated density); capped, so beyond α ≈ 1e6 accuracy degrades.
-    m = min(num_nodes + 60 + int(math.ceil(2.0 * math.sqrt(max(a, b)))),
-            max(_MAX_BASE_NODES, num_nodes + 60))
-    parts = [(a, b, 1.0)] if a == b else [
-        (a, b, float(sp_special.betainc(a, b, 0.5))),
-        (b, a, float(sp_special.betainc(b, a, 0.5)))]
+    m = 2 * num_nodes + 100
+    mass_ab = float(sp_special.betainc(a, b, 0.5))
+    parts = [(a, b, 1.0)] if a == b else [(a, b, mass_ab), (b, a, 1.0 - mass_ab)]
     xs, ws = [], []
     for p, q, mass in parts:
-      t, logw = _jacobi_on_01(m, p, 1.0)  # Weight t^(p−1) on [0, 1]; u = t/2.
-      u = t / 2.0
-      logw = logw + (q - 1.0) * np.log1p(-u)
-      xs.append(1.0 - u)
-      ws.append(mass * np.exp(logw - sp_special.logsumexp(logw)))
+      if mass > 0.0:
+        u, w = _half_beta_base(p, q, m)
+        xs.append(1.0 - u)
+        ws.append(mass * w)
     return _gauss_from_discrete(np.concatenate(xs), np.concatenate(ws), num_nodes)
   raise ValueError(f"No quadrature rule for θ-law component {c!r}.")
 
