@@ -1,0 +1,90 @@
+r"""Runs the points of a config's `get_sweep()` one after the other (or prints them).
+
+  python launch/sweep.py --config=experiments/mnist1d.py --workdir=runs/mnist1d_sweep
+  python launch/sweep.py --config=experiments/cifar10.py --workdir=runs/c10 --dry_run
+  python launch/sweep.py ... -- --config.num_epochs=10     (flags after -- go to every run)
+
+Each point is a dict of overrides {"a.b": value}; it runs as
+`python -m mixjax.main --config=CONFIG --workdir=WORKDIR/<point name> --config.a.b=value ...`
+(dict values such as sampler.params become dict literals), so every point is resumable
+and has its own config.json / metrics.jsonl / summary.json. With `--dry_run` the commands
+are printed and nothing runs; on a cluster, submit each printed command as a job.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+_CONFIG = flags.DEFINE_string("config", None, "Config file with get_config()/get_sweep().")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.")
+_PYTHON = flags.DEFINE_string("python", sys.executable, "Python interpreter for the runs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def load_sweep(config_path: str) -> list[dict]:
+  """`get_sweep()` of a config file (ValueError if it has none)."""
+  path = config_path.split(":", 1)[0]
+  spec = importlib.util.spec_from_file_location("_mixjax_sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_sweep"):
+    raise ValueError(f"{path} has no get_sweep(); nothing to sweep.")
+  return list(module.get_sweep())
+
+
+def _flag_value(value) -> str:
+  if isinstance(value, dict):
+    return json.dumps(value)
+  if isinstance(value, (list, tuple)):
+    return "(" + ", ".join(repr(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
+def point_name(overrides: dict) -> str:
+  """A directory name for a sweep point, e.g. 'method.name=erm'."""
+  parts = []
+  for k, v in overrides.items():
+    if isinstance(v, dict):
+      parts.extend(f"{a}={b}" for a, b in v.items())
+    else:
+      parts.append(f"{k.split('.')[-2] if k.endswith('.name') else k.split('.')[-1]}="
+                   f"{_flag_value(v)}")
+  return re.sub(r"[^A-Za-z0-9_.,=+-]", "", "_".join(parts)) or "default"
+
+
+def sweep_commands(config_path: str, workdir: str, extra: list[str],
+                   python: str = sys.executable) -> list[list[str]]:
+  """One `mixjax.main` command (argv list) per sweep point."""
+  cmds = []
+  for i, overrides in enumerate(load_sweep(config_path)):
+    run_dir = os.path.join(workdir, f"{i:02d}_{point_name(overrides)}")
+    cmd = [python, "-m", "mixjax.main", f"--config={config_path}", f"--workdir={run_dir}"]
+    cmd += [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]
+    cmds.append(cmd + list(extra))
+  return cmds
+
+
+def main(argv) -> None:
+  extra = argv[1:]
+  cmds = sweep_commands(_CONFIG.value, _WORKDIR.value, extra, _PYTHON.value)
+  failed = 0
+  for cmd in cmds:
+    print(shlex.join(cmd), flush=True)
+    if not _DRY_RUN.value and subprocess.run(cmd, check=False).returncode != 0:
+      failed += 1
+      print(f"FAILED: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+  if failed:
+    sys.exit(f"{failed} of {len(cmds)} sweep points failed.")
+
+
+if __name__ == "__main__":
+  app.run(main)

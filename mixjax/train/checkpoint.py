@@ -1,0 +1,73 @@
+"""Checkpoints through Orbax's `CheckpointManager`.
+
+A checkpoint holds the whole `TrainState` (params, batch_stats, opt_state, step, the
+root PRNG key, first_nonfinite) plus JSON metadata with the data position (`epoch`,
+`batch_in_epoch`, `steps_per_epoch`). The example order is a function of (key, epoch),
+so restoring the state is enough for the resumed run to see exactly the batches, λ draws
+and augmentations the uninterrupted run would have seen. `max_to_keep` bounds the disk
+use; `restore_latest` restores the newest checkpoint with the shardings of a template
+state, or returns None when the directory holds none.
+
+Never call `save` with a non-finite state: the loop checks `first_nonfinite` first, so
+the newest checkpoint is always the last good one.
+"""
+from __future__ import annotations
+
+import logging as py_logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class _QuietOrbax(py_logging.Filter):
+  """Drops Orbax's INFO chatter (a dozen lines per save) from the absl log."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+
+
+py_logging.getLogger("absl").addFilter(_QuietOrbax())
+
+
+class Checkpointer:
+  """Thin wrapper of `ocp.CheckpointManager` for `TrainState` + metadata."""
+
+  def __init__(self, workdir: str, *, max_to_keep: int = 2, asynchronous: bool = False):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            enable_async_checkpointing=asynchronous))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, metadata: dict[str, Any]) -> None:
+    """Saves `state` and `metadata` under `step` (all processes must call it)."""
+    self._manager.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), metadata=ocp.args.JsonSave(metadata)),
+        force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
+    """Restores checkpoint `step` with the structure, dtypes and shardings of `template`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+    out = self._manager.restore(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
+    return out["state"], dict(out["metadata"])
+
+  def restore_latest(self, template: Any) -> tuple[Any, dict[str, Any]] | None:
+    step = self.latest_step()
+    if step is None:
+      return None
+    return self.restore(step, template)
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

@@ -1,0 +1,163 @@
+"""Training objectives by name: the `METHODS` registry.
+
+A method computes the *local* (this device's) mean loss of a batch:
+
+    method(ctx, logits_fn, x, y, key) -> scalar
+
+with `x` (b, ...) this device's inputs, `y` (b, c) one-hot labels, `logits_fn` the
+model in training mode (BatchNorm statistics are handled by the caller) and `key` the
+method's key for this step. Inside the train step (see `step.py`) the caller takes
+`lax.pmean(loss, "data")` so that the differentiated objective is the global-batch mean.
+
+  erm              (1/b) Σ ℓ(y_i, f(x_i)).
+  mixup            (1/b) Σ ℓ(y_mix_i, f(x_mix_i)) with (x_mix, y_mix) from
+                   `mixjax.mixing.mix` (one-draw unbiased estimate of E^mix).
+  regmixup         (1/b) Σ ℓ(y_i, f(x_i)) + η (1/b) Σ ℓ(y_mix_i, f(x_mix_i)) (Pinto et al.),
+                   clean and mixed batch through the model as one concatenated batch.
+  erm_transformed  ERM on Theorem 1's transformed data (x̃, ỹ) (`theory.transform`):
+                   mixup's risk without its zero-mean perturbations.
+  perturbed_erm    Theorem 1's right-hand side at random (θ, j) draws
+                   (`theory.perturbed_erm_loss`): equal to E^mix in expectation.
+  approx           Theorem 3's second-order risk (`theory.approx_mixup_risk`) with the
+                   configured estimator and terms. Needs models without BatchNorm
+                   (its JVPs cannot carry batch-statistics updates): rejected otherwise.
+
+Where λ and the partners come from (mixup, regmixup): by default each device draws
+them for its own local batch with its own key (`fold_in(key, device_index)`): no
+communication, and the mixup estimate stays unbiased (partners are uniform within the
+local batch, which is itself a uniform sample). With `config.mixing.global_draw=True` the
+local batches are all-gathered, λ and the partner permutation are drawn for the global
+batch with a key shared by all devices, and each device keeps its own rows: the run is
+then the same (up to float rounding) for any device count — what the multi-device
+equivalence test checks — at the price of one all-gather per step.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+from mixjax import losses as losses_lib
+from mixjax import mixing
+from mixjax.registry import Registry
+
+AXIS = "data"
+METHODS = Registry("method")
+
+# Methods whose model is trained on Theorem 1's transformed data, so that test-time
+# rescaling (THEORY.md §5) applies to them.
+MIXUP_FAMILY = ("mixup", "regmixup", "erm_transformed", "perturbed_erm", "approx")
+# Methods that need DataStats (x̄, ȳ, Σ) of the training set.
+NEEDS_STATS = ("erm_transformed", "perturbed_erm", "approx")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodContext:
+  """What a method needs besides the batch (static, hashable by identity).
+
+  Attributes:
+    loss: per-example loss ℓ(y, u).
+    sampler: the λ-law.
+    stats: DataStats of the training set, or None when the method needs none (inside
+      the train step it is a replicated argument of the step, set with
+      `dataclasses.replace`, so large Σ_xx are not baked into the program).
+    theta_bar: E θ of the sampler (used by erm_transformed).
+    granularity, pairing, fold: mixing options (`mixjax.mixing.mix`).
+    global_draw: draw λ / partners over the global batch (see the module docstring).
+    eta: RegMixup weight. num_draws: perturbed_erm draws. estimator, num_probes,
+    terms: approx options.
+    axis_name: the mesh axis inside shard_map, or None outside it (single device).
+  """
+  loss: Callable[..., Any]
+  sampler: Any
+  stats: Any = None
+  theta_bar: float = 1.0
+  granularity: str = "example"
+  pairing: str = "permutation"
+  fold: bool = False
+  global_draw: bool = False
+  eta: float = 1.0
+  num_draws: int = 1
+  estimator: str = "stochastic"
+  num_probes: int = 1
+  terms: tuple[str, ...] = ("jacobian", "cross", "label")
+  axis_name: str | None = AXIS
+
+
+def _mean_loss(ctx: MethodContext, y, u):
+  return jnp.mean(losses_lib.batch_loss(ctx.loss, y, u))
+
+
+def draw_mix(ctx: MethodContext, key: jax.Array, x: jax.Array, y: jax.Array):
+  """This device's mixed rows (x_mix, y_mix, lam, partner) under the configured draw.
+
+  Per-device (default): `mix(fold_in(key, device), x, y)` on the local batch; `partner`
+  indexes the local batch. Global: `mix(key, all_gather(x), all_gather(y))` with the key
+  shared by all devices, then this device's rows; `partner` indexes the global batch.
+  """
+  kw = dict(granularity=ctx.granularity, pairing=ctx.pairing, fold=ctx.fold)
+  if ctx.axis_name is None:
+    return mixing.mix(key, x, y, ctx.sampler, **kw)
+  dev = lax.axis_index(ctx.axis_name)
+  if not ctx.global_draw:
+    return mixing.mix(jax.random.fold_in(key, dev), x, y, ctx.sampler, **kw)
+  b = x.shape[0]
+  xg = lax.all_gather(x, ctx.axis_name, tiled=True)
+  yg = lax.all_gather(y, ctx.axis_name, tiled=True)
+  x_mix, y_mix, lam, partner = mixing.mix(key, xg, yg, ctx.sampler, **kw)
+  rows = lambda a: lax.dynamic_slice_in_dim(a, dev * b, b, axis=0)
+  return rows(x_mix), rows(y_mix), rows(lam), rows(partner)
+
+
+def _local_key(ctx: MethodContext, key: jax.Array) -> jax.Array:
+  if ctx.axis_name is None:
+    return key
+  return jax.random.fold_in(key, lax.axis_index(ctx.axis_name))
+
+
+@METHODS.register("erm")
+def erm(ctx, logits_fn, x, y, key):
+  del key
+  return _mean_loss(ctx, y, logits_fn(x))
+
+
+@METHODS.register("mixup")
+def mixup(ctx, logits_fn, x, y, key):
+  x_mix, y_mix, _, _ = draw_mix(ctx, key, x, y)
+  return _mean_loss(ctx, y_mix, logits_fn(x_mix))
+
+
+@METHODS.register("regmixup")
+def regmixup(ctx, logits_fn, x, y, key):
+  x_mix, y_mix, _, _ = draw_mix(ctx, key, x, y)
+  b = x.shape[0]
+  u = logits_fn(jnp.concatenate([x.astype(x_mix.dtype), x_mix], axis=0))
+  per_example = losses_lib.batch_loss(ctx.loss, jnp.concatenate([y, y_mix], axis=0), u)
+  return jnp.mean(per_example[:b]) + ctx.eta * jnp.mean(per_example[b:])
+
+
+@METHODS.register("erm_transformed")
+def erm_transformed(ctx, logits_fn, x, y, key):
+  from mixjax import theory  # pylint: disable=g-import-not-at-top
+  del key
+  x_t, y_t = theory.transform(x, y, ctx.stats, ctx.theta_bar)
+  return _mean_loss(ctx, y_t, logits_fn(x_t))
+
+
+@METHODS.register("perturbed_erm")
+def perturbed_erm(ctx, logits_fn, x, y, key):
+  from mixjax import theory  # pylint: disable=g-import-not-at-top
+  return theory.perturbed_erm_loss(logits_fn, x, y, _local_key(ctx, key), ctx.sampler,
+                                   ctx.stats, loss=ctx.loss, num_draws=ctx.num_draws,
+                                   theta_bar=ctx.theta_bar)
+
+
+@METHODS.register("approx")
+def approx(ctx, logits_fn, x, y, key):
+  from mixjax import theory  # pylint: disable=g-import-not-at-top
+  return theory.approx_mixup_risk(
+      logits_fn, x, y, ctx.stats, ctx.sampler, loss=ctx.loss, estimator=ctx.estimator,
+      key=_local_key(ctx, key), num_probes=ctx.num_probes, terms=tuple(ctx.terms))

@@ -1,0 +1,201 @@
+"""The data-parallel train step: a per-device body over the mesh axis `'data'`,
+compiled as `jax.jit(jax.shard_map(body, mesh=..., in_specs=..., out_specs=...))` on a
+1-D mesh of all devices (the pmap style, written with today's `shard_map`).
+
+Per step s (B = global batch, D = devices, b = B / D, n = training-set size):
+
+  1. Data. With the training set held on device (replicated, `in_specs=P()`), the global
+     batch is positions [p·B, (p+1)·B) of the epoch permutation
+     π_e = permutation(fold_in(data_key, e), n), e = s // steps_per_epoch,
+     p = s mod steps_per_epoch; device k keeps rows [k·b, (k+1)·b) of it. (Host-fed
+     mode: the caller passes the global batch sharded as P('data') instead.)
+  2. Augmentation (images): example r of the global batch gets the key
+     fold_in(aug_key, r), so crops and flips do not depend on the device count.
+  3. The method's local loss (`methods.py`; λ and partners per device by default, over
+     the global batch with `config.mixing.global_draw=True`).
+  4. Gradient of lax.pmean(loss, 'data'). Inside shard_map the parameters are replicated
+     (device-invariant) and the transpose of their implicit broadcast is a psum, so the
+     gradient that comes out is already the cross-device sum of the per-device terms,
+     i.e. the gradient of the global-batch mean: it is NOT pmean-ed again (the
+     1-vs-4-device equivalence test would catch a second reduction, a factor D).
+  5. BatchNorm: the model is built with `bn_axis_name="data"`, so batch statistics are
+     those of the global batch; the running averages are therefore identical on all
+     devices and returned replicated.
+  6. Non-finite guard: if the loss or any gradient is NaN/inf, the update is skipped,
+     `first_nonfinite` records the (1-based) step, and every later step is a no-op; the
+     loop stops at its next check without saving, so the last checkpoint stays finite.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import chex
+import flax.linen as nn
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mixjax.train import methods as methods_lib
+from mixjax.train import state as state_lib
+
+AXIS = methods_lib.AXIS
+P = jax.sharding.PartitionSpec
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+  """A 1-D mesh with axis 'data' over `devices` (default: all devices of all processes)."""
+  devices = jax.devices() if devices is None else list(devices)
+  return jax.sharding.Mesh(np.asarray(devices), (AXIS,),
+                           axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
+  return jax.sharding.NamedSharding(mesh, P())
+
+
+def put_replicated(mesh: jax.sharding.Mesh, value: np.ndarray) -> jax.Array:
+  """A host array replicated on every device of `mesh` (works across processes: every
+  process passes the same value)."""
+  value = np.asarray(value)
+  return jax.make_array_from_callback(value.shape, replicated(mesh), lambda idx: value[idx])
+
+
+def put_sharded(mesh: jax.sharding.Mesh, value: np.ndarray) -> jax.Array:
+  """A host array (the same global value on every process) split over 'data' on axis 0."""
+  value = np.asarray(value)
+  sharding = jax.sharding.NamedSharding(mesh, P(AXIS))
+  return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+
+class Forward:
+  """`logits_fn` for the losses: the model in training mode on the current parameters.
+
+  It records the BatchNorm statistics update of its (single) call in `new_batch_stats`,
+  so the pure loss functions of `mixjax.losses` / `mixjax.theory` can be used unchanged.
+  Methods that call it several times keep the statistics of the last call.
+  """
+
+  def __init__(self, model: nn.Module, params, batch_stats, dropout_key: jax.Array):
+    self.model, self.params, self.batch_stats = model, params, batch_stats
+    self.dropout_key = dropout_key
+    self.new_batch_stats = batch_stats
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    rngs = {"dropout": self.dropout_key}
+    if not self.batch_stats:
+      return self.model.apply({"params": self.params}, x, train=True, rngs=rngs)
+    logits, updates = self.model.apply(
+        {"params": self.params, "batch_stats": self.batch_stats}, x, train=True,
+        mutable=["batch_stats"], rngs=rngs)
+    self.new_batch_stats = updates["batch_stats"]
+    return logits
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(
+    *, model: nn.Module, tx: optax.GradientTransformation, method: Callable[..., Any],
+    ctx: methods_lib.MethodContext, mesh: jax.sharding.Mesh, num_classes: int,
+    batch_size: int, steps_per_epoch: int, num_train: int | None,
+    schedule: optax.Schedule | None = None,
+    augment_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
+    permutation_fn: Callable[[jax.Array, int], jax.Array] | None = None,
+    max_traces: int | None = None,
+) -> Callable[..., tuple[state_lib.TrainState, dict[str, jax.Array]]]:
+  """Builds `train_step(state, x_src, y_src) -> (state, metrics)`, jitted and sharded.
+
+  Args:
+    model: Linen model (BatchNorm models built with `bn_axis_name="data"`).
+    tx: optimizer.
+    method: a `METHODS` entry, `method(ctx, logits_fn, x, y, key) -> local mean loss`.
+    ctx: the method's context (`ctx.axis_name` must be "data").
+    mesh: 1-D mesh with axis "data"; B must be divisible by its size.
+    num_classes: c, for the one-hot labels.
+    batch_size: B, the global batch.
+    steps_per_epoch: batches per epoch.
+    num_train: n when the training set is passed whole (held on device, replicated);
+      None for host-fed batches (x_src, y_src are then the (B, ...) global batch).
+    schedule: the learning-rate schedule (only logged).
+    augment_fn: `augment_fn(key, images) -> images` for a batch (or None).
+    permutation_fn: `permutation_fn(key, n) -> (n,) int` (the epoch order).
+    max_traces: wrap the body in `chex.assert_max_traces(n=max_traces)` (tests).
+
+  Returns:
+    The compiled step `train_step(state, x_src, y_src, stats)`; `stats` is the
+    DataStats pytree (replicated) or None. `x_src` (n, ...) or (B, ...) float, `y_src` (n,) or (B,) int32.
+    metrics: {"loss", "lr", "grad_norm", "param_norm", "finite"} replicated scalars;
+    "loss" is the global-batch mean before the update.
+  """
+  ndev = mesh.devices.size
+  if batch_size % ndev:
+    raise ValueError(f"batch_size={batch_size} is not divisible by the {ndev} devices.")
+  local_b = batch_size // ndev
+  on_device = num_train is not None
+  if on_device and batch_size > num_train:
+    raise ValueError(f"batch_size={batch_size} exceeds the {num_train} training examples; "
+                     f"use --config.batch_size<={num_train}.")
+  if permutation_fn is None:
+    permutation_fn = jax.random.permutation
+
+  def body(state: state_lib.TrainState, x_src: jax.Array, y_src: jax.Array, stats: Any):
+    step_ctx = dataclasses.replace(ctx, stats=stats)
+    dev = lax.axis_index(AXIS)
+    step = state.step
+    root = state_lib.root_key(state)
+    if on_device:
+      epoch, pos = step // steps_per_epoch, step % steps_per_epoch
+      order = permutation_fn(
+          jax.random.fold_in(jax.random.fold_in(root, state_lib.KEY_DATA), epoch), num_train)
+      idx = lax.dynamic_slice_in_dim(order, pos * batch_size + dev * local_b, local_b)
+      x, y = x_src[idx], y_src[idx]
+    else:
+      x, y = x_src, y_src
+    chex.assert_shape(y, (local_b,))
+    x = x.astype(jnp.float32)
+    step_key = jax.random.fold_in(jax.random.fold_in(root, state_lib.KEY_STEP), step)
+    aug_key, method_key, dropout_key = (jax.random.fold_in(step_key, i) for i in range(3))
+    if augment_fn is not None:
+      rows = dev * local_b + jnp.arange(local_b)
+      keys = jax.vmap(jax.random.fold_in, (None, 0))(aug_key, rows)
+      x = jax.vmap(lambda k, im: augment_fn(k, im[None])[0])(keys, x)
+    y1h = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
+    dropout_key = jax.random.fold_in(dropout_key, dev)
+
+    def loss_fn(params):
+      fwd = Forward(model, params, state.batch_stats, dropout_key)
+      local = method(step_ctx, fwd, x, y1h, method_key)
+      return lax.pmean(local, AXIS), fwd.new_batch_stats
+
+    (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, new_opt = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    healthy = state.first_nonfinite == state_lib.NO_NONFINITE
+    keep_new = finite & healthy
+    pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep_new, a, b), new, old)
+    first_nonfinite = jnp.where(healthy & ~finite, step + 1, state.first_nonfinite)
+    new_state = state.replace(
+        params=pick(new_params, state.params), batch_stats=pick(new_bs, state.batch_stats),
+        opt_state=pick(new_opt, state.opt_state), step=step + 1,
+        first_nonfinite=first_nonfinite.astype(jnp.int32))
+    metrics = {
+        "loss": loss,
+        "lr": jnp.asarray(schedule(step) if schedule is not None else 0.0, jnp.float32),
+        "grad_norm": optax.global_norm(grads),
+        "param_norm": optax.global_norm(state.params),
+        "finite": finite.astype(jnp.float32),
+    }
+    return new_state, metrics
+
+  if max_traces is not None:
+    body = chex.assert_max_traces(body, n=max_traces)
+  data_spec = P() if on_device else P(AXIS)
+  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), data_spec, data_spec, P()),
+                          out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=(0,))
