@@ -21,9 +21,11 @@ Methods (`METHODS` registry; each run of one `train_runs` call uses the same met
   "erm_transformed"  ERM on Theorem 1's transformed data (x̃, ỹ) =
                      `mixjax.theory.transform(x, y, stats, θ̄)` (THEORY.md §2).
   "approx"           `mixjax.theory.approx_mixup_risk` (Theorem 3, THEORY.md §4), every
-                     term switchable through `EngineConfig.approx_terms`. It needs the
-                     law's moments as Python numbers, so runs are compiled per law
-                     (seeds and hyper-parameters are still vmapped).
+                     term switchable through `EngineConfig.approx_terms`; the law's
+                     exact moments enter as arrays (`moments=`), so laws are vmapped too.
+
+A custom `Method` may declare `static_law=True`; runs are then compiled per law and the
+law is available as a Python object (`Context.law`).
 
 Training: minibatch SGD (heavy-ball momentum, L2 weight decay) or Adam (decoupled weight
 decay, AdamW) with a cosine or constant schedule; every run reshuffles the training set
@@ -47,6 +49,7 @@ Everything here is exact given the trained networks; the randomness is in traini
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable, Sequence
@@ -76,8 +79,11 @@ class EngineConfig:
   """Static settings shared by all runs of one compiled program.
 
   Attributes:
-    model: name in `mixjax.models.MODELS`.
+    model: name in `mixjax.models.MODELS`, or a Flax Linen module instance (any module
+      with the `apply(variables, x, train=...)` signature of `mixjax.models`; variables
+      outside "params" and `mutable` are constants, e.g. fixed random features).
     model_kwargs: constructor arguments of the model (e.g. {"hidden_sizes": (100, 100)}).
+    mutable: variable collections updated in training mode (BatchNorm statistics).
     input_shape: if set, inputs are reshaped to (B, *input_shape) before the model only
       (mixing and the theory see the dataset's own shape), e.g. (40, 1, 1) to feed
       MNIST-1D to the LeNet CNN.
@@ -91,8 +97,10 @@ class EngineConfig:
     warmup_epochs: epochs of linear warm-up.
     num_checkpoints: evaluations during training (evenly spaced, the last at the end).
     granularity, pairing, fold: passed to `mixjax.mixing.mix` ("mixup").
-    approx_terms: the terms of the approximate risk used in training ("approx"); names as
-      in `mixjax.theory.approx_mixup_terms` (erm, jacobian, cross, hessian, label).
+    approx_terms: the regularization terms of the approximate risk used in training
+      ("approx"), a subset of (jacobian, cross, hessian, label) as in
+      `mixjax.theory.approx_mixup_terms`; ERM on transformed data is always included.
+      The default drops "hessian", as the paper does.
     approx_estimator: "exact", "lowrank" or "stochastic".
     approx_num_probes: probes of the stochastic estimator.
     stats_rank: top-k principal directions kept in the `DataStats` (None: all / none).
@@ -105,8 +113,9 @@ class EngineConfig:
     fit_temperature: fit temperature scaling on the validation split at the end.
     verbose: print progress at checkpoints.
   """
-  model: str = "mlp"
+  model: Any = "mlp"
   model_kwargs: dict = dataclasses.field(default_factory=dict)
+  mutable: tuple[str, ...] = ("batch_stats",)
   input_shape: tuple[int, ...] | None = None
   method: str = "mixup"
   loss: str = "cross_entropy"
@@ -120,7 +129,7 @@ class EngineConfig:
   granularity: str = "example"
   pairing: str = "permutation"
   fold: bool = True
-  approx_terms: tuple[str, ...] = ("erm", "jacobian", "cross", "label")
+  approx_terms: tuple[str, ...] = ("jacobian", "cross", "label")
   approx_estimator: str = "exact"
   approx_num_probes: int = 1
   stats_rank: int | None = None
@@ -137,9 +146,23 @@ class EngineConfig:
 
   def to_json(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
+    if not isinstance(self.model, str):
+      d["model"] = repr(self.model)
     d["model_kwargs"] = {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in self.model_kwargs.items()}
     return d
+
+
+class MomentArrays(flax.struct.PyTreeNode):
+  """θ-moments as (traceable) arrays; duck-types `mixjax.samplers.ThetaMoments`.
+
+  Passed as `moments=` to the theory functions, so that they can be vmapped over laws.
+  """
+  mean: jax.Array
+  var: jax.Array
+  gamma2: jax.Array
+  strength: jax.Array
+  global_strength: jax.Array
 
 
 class RunInputs(flax.struct.PyTreeNode):
@@ -148,15 +171,19 @@ class RunInputs(flax.struct.PyTreeNode):
   Attributes:
     key: the run's PRNG key (from its seed).
     law: the packed mixing law (`laws.ParametricLaw`, fields (K,)).
-    theta_bar: θ̄ of the law, float32 (exact, computed on the host in float64).
+    moments: the law's exact θ-moments (computed on the host in float64), float32.
     lr: peak learning rate.
     weight_decay: weight decay coefficient.
   """
   key: jax.Array
   law: laws_lib.ParametricLaw
-  theta_bar: jax.Array
+  moments: MomentArrays
   lr: jax.Array
   weight_decay: jax.Array
+
+  @property
+  def theta_bar(self) -> jax.Array:
+    return self.moments.mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +219,9 @@ def pack_runs(runs: Sequence[Run], num_components: int | None = None) -> RunInpu
   return RunInputs(
       key=jnp.stack([jax.random.key(r.seed) for r in runs]),
       law=stacked,
-      theta_bar=jnp.asarray([r.law.moments().mean for r in runs], jnp.float32),
+      moments=MomentArrays(**{
+          f: jnp.asarray([getattr(r.law.moments(), f) for r in runs], jnp.float32)
+          for f in ("mean", "var", "gamma2", "strength", "global_strength")}),
       lr=jnp.asarray([r.lr for r in runs], jnp.float32),
       weight_decay=jnp.asarray([r.weight_decay for r in runs], jnp.float32))
 
@@ -265,20 +294,25 @@ def _transformed_objective(ctx, fwd, logits_fn, x, y, key, run):
 
 
 def _approx_objective(ctx, fwd, logits_fn, x, y, key, run):
-  del fwd, run
+  del fwd
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   cfg = ctx.config
+  if logits_fn is None:
+    raise ValueError(
+        "method='approx' needs a model without mutable state (no BatchNorm): the "
+        "approximate risk differentiates f example by example.")
+  terms = tuple(t for t in cfg.approx_terms if t != "erm")
   risk = theory.approx_mixup_risk(
-      logits_fn, x, y, ctx.stats, ctx.law.to_sampler(), loss=cfg.loss,
+      logits_fn, x, y, ctx.stats, laws_lib.as_sampler(run.law), loss=cfg.loss,
       estimator=cfg.approx_estimator, key=key, num_probes=cfg.approx_num_probes,
-      terms=tuple(cfg.approx_terms))
+      terms=terms, moments=run.moments)
   return risk, None
 
 
 METHODS.register("erm", Method(_erm_objective))
 METHODS.register("mixup", Method(_mixup_objective))
 METHODS.register("erm_transformed", Method(_transformed_objective, needs_stats=True))
-METHODS.register("approx", Method(_approx_objective, static_law=True, needs_stats=True))
+METHODS.register("approx", Method(_approx_objective, needs_stats=True))
 
 
 # ----------------------------------------------------------------------------------------
@@ -355,7 +389,13 @@ class _Program:
     from mixjax import models  # pylint: disable=g-import-not-at-top
     self.cfg, self.ctx, self.diagnostics_fn = cfg, ctx, diagnostics_fn
     self.method = METHODS.get(cfg.method)
-    self.model = models.get_model(cfg.model, ctx.num_classes, **cfg.model_kwargs)
+    if isinstance(cfg.model, str):
+      self.model = models.get_model(cfg.model, ctx.num_classes, **cfg.model_kwargs)
+    else:
+      if cfg.model_kwargs:
+        raise ValueError("model_kwargs apply to registry names only; configure the module "
+                         "instance passed as `model` directly.")
+      self.model = cfg.model
     c = ctx.num_classes
     self.train_x = jnp.asarray(data.train_x, jnp.float32)
     self.train_y = jax.nn.one_hot(jnp.asarray(data.train_y), c, dtype=jnp.float32)
@@ -410,8 +450,8 @@ class _Program:
     cfg, ctx = self.cfg, self.ctx
     x = self.train_x[batch_idx]
     y = self.train_y[batch_idx]
-    stateful = bool(jax.tree.leaves(state.model_state))
-    mutable = list(state.model_state.keys())
+    mutable = [k for k in state.model_state if k in cfg.mutable]
+    stateful = bool(mutable)
     dropout_key = jax.random.fold_in(step_key, _DROPOUT)
     mix_key = jax.random.fold_in(step_key, _MIX)
 
@@ -422,7 +462,7 @@ class _Program:
         if stateful:
           logits, upd = self.model.apply(variables, self._reshape(z), train=True,
                                          mutable=mutable, rngs={"dropout": dropout_key})
-          return logits, dict(upd)
+          return logits, {**state.model_state, **dict(upd)}
         return self.model.apply(variables, self._reshape(z), train=True,
                                 rngs={"dropout": dropout_key}), None
 
@@ -487,12 +527,16 @@ class _Program:
     return self.diagnostics_fn(self.logits_fn(state), run, self.ctx)
 
 
+@functools.partial(jax.jit, static_argnums=(2,))
+def _many_metric_sums(logits, labels, num_bins: int):
+  from mixjax import eval as mj_eval  # pylint: disable=g-import-not-at-top
+  return jax.vmap(lambda u: mj_eval.metric_sums(u, labels, num_bins=num_bins))(logits)
+
+
 def _metrics(logits: np.ndarray, labels: np.ndarray, num_bins: int) -> list[dict[str, float]]:
   """finalize_metrics(metric_sums(.)) for each run of logits (R, N, c)."""
   from mixjax import eval as mj_eval  # pylint: disable=g-import-not-at-top
-  sums = jax.jit(jax.vmap(lambda u: mj_eval.metric_sums(u, labels, num_bins=num_bins)))(
-      jnp.asarray(logits))
-  sums = jax.device_get(sums)
+  sums = jax.device_get(_many_metric_sums(jnp.asarray(logits), jnp.asarray(labels), num_bins))
   r = np.asarray(logits).shape[0]
   return [mj_eval.finalize_metrics(jax.tree.map(lambda a, i=i: a[i], sums)) for i in range(r)]
 

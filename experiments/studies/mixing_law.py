@@ -1,0 +1,302 @@
+r"""Does a stronger mixing law regularize better? (THEORY.md §6)
+
+Trains, for each setting, ERM and mixup under many θ-laws (Beta(α, α), W-shaped,
+RegMixup-equivalent, the σ²/θ̄²-optimal law, and discrete laws matched in θ̄ and σ² to a
+Beta and a W-shaped law) over several seeds, all runs of a setting in one vmapped
+program (`mixjax.studies.engine`), and reports test accuracy, NLL and ECE, with and
+without test-time rescaling (THEORY.md §5) and with temperature scaling, against σ²/θ̄²
+and γ²/θ̄².
+
+  python -m experiments.studies.mixing_law --out results/mixing_law            # all
+  python -m experiments.studies.mixing_law --out results/mixing_law --parts=mnist1d_mlp
+  python -m experiments.studies.mixing_law --out results/mixing_law --mode=report
+  python -m experiments.studies.mixing_law --out /tmp/ml --quick              # smoke test
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import numpy as np
+
+from experiments.studies import common
+from mixjax.studies import analysis
+from mixjax.studies import engine
+from mixjax.studies import laws as L
+from mixjax.studies import plots
+from mixjax.studies import records
+from mixjax.studies.random_features import RandomFeatures
+
+# Equal-moment groups: laws with the same θ̄ and σ² (hence γ²) but different shapes.
+_M_BETA1 = L.beta(1.0).moments()
+_M_W05 = L.w_shaped(0.5).moments()
+GROUPS = {
+    "θ̄=3/4, σ²=1/48": [
+        L.beta(1.0),
+        L.matched_atoms(_M_BETA1.mean, _M_BETA1.var, 2, label="2 atoms ≡ Beta(1)"),
+        L.matched_atoms(_M_BETA1.mean, _M_BETA1.var, 3, label="3 atoms ≡ Beta(1)")],
+    "θ̄=3/4, σ²=1/32": [
+        L.w_shaped(0.5),
+        L.matched_atoms(_M_W05.mean, _M_W05.var, 2, label="2 atoms ≡ W(0.5)"),
+        L.matched_atoms(_M_W05.mean, _M_W05.var, 3, label="3 atoms ≡ W(0.5)")],
+}
+
+
+def all_laws() -> list[L.Law]:
+  """ERM, Beta(α, α), W-shaped, RegMixup-equivalent, optimal and matched laws."""
+  out = [L.erm()] + [L.beta(a) for a in (0.1, 0.2, 0.5, 1.0, 2.0, 10.0)]
+  out += [L.w_shaped(0.5), L.w_shaped(0.2), L.w_shaped(0.3, 0.6)]
+  out += [L.regmixup(10.0, 1.0), L.regmixup(1.0, 1.0), L.regmixup(math.inf, 1.0)]
+  out += [L.optimal()]
+  for group in GROUPS.values():
+    out += [law for law in group if law.label not in {l.label for l in out}]
+  return out
+
+
+def core_laws() -> list[L.Law]:
+  """A smaller set for the more expensive CNN setting."""
+  return [L.erm(), L.beta(0.2), L.beta(1.0), L.beta(2.0), L.w_shaped(0.5),
+          L.regmixup(10.0, 1.0), L.regmixup(math.inf, 1.0), L.optimal()]
+
+
+# Each setting: dataset, engine config, laws. Lengths chosen for a 2-core CPU.
+SETTINGS = {
+    "mnist1d_mlp": dict(
+        dataset="mnist1d", laws=all_laws,
+        config=engine.EngineConfig(model="mlp", model_kwargs={"hidden_sizes": (256, 256)},
+                                   num_epochs=100, batch_size=128, num_checkpoints=4),
+        lr=3e-3),
+    "mnist1d_cnn": dict(
+        dataset="mnist1d", laws=core_laws,
+        config=engine.EngineConfig(
+            model="lenet", input_shape=(40, 1, 1),
+            model_kwargs={"features": (16, 32), "kernel_size": 5, "dense_sizes": (64,)},
+            num_epochs=60, batch_size=128, num_checkpoints=3),
+        lr=3e-3),
+    "digits_mlp": dict(
+        dataset="digits", laws=all_laws,
+        config=engine.EngineConfig(model="mlp", model_kwargs={"hidden_sizes": (128,)},
+                                   num_epochs=100, batch_size=64, num_checkpoints=4),
+        lr=1e-3),
+    "two_moons_rf": dict(
+        dataset="two_moons", laws=all_laws,
+        config=engine.EngineConfig(model=RandomFeatures(num_classes=2, num_features=256,
+                                                        bandwidth=0.5),
+                                   num_epochs=400, batch_size=32, num_checkpoints=4),
+        lr=1e-2),
+}
+
+METRICS = ["test_accuracy", "test_nll", "test_ece", "test_rs_accuracy", "test_rs_nll",
+           "test_rs_ece", "test_ts_nll", "test_ts_ece", "test_rs_ts_ece", "temperature",
+           "train_objective"]
+
+
+def run(args) -> None:
+  for part in args.parts:
+    s = SETTINGS[part]
+    cfg, laws, seeds = s["config"], s["laws"](), list(range(args.seeds))
+    if args.quick:
+      cfg = cfg.replace(num_epochs=2, num_checkpoints=1)
+      laws, seeds = [L.erm(), L.beta(1.0), L.optimal()] + GROUPS["θ̄=3/4, σ²=1/48"][1:], seeds[:2]
+    data = common.load(s["dataset"])
+    runs = engine.make_runs(laws, seeds, lrs=[s["lr"]])
+    print(f"[mixing_law/{part}] {len(laws)} laws x {len(seeds)} seeds = {len(runs)} runs, "
+          f"{cfg.num_epochs} epochs, one vmapped program", flush=True)
+    res = engine.train_runs(cfg, data, runs)
+    config = {"setting": part, "dataset": s["dataset"], "engine": cfg.to_json(),
+              "lr": s["lr"], "seeds": seeds, "laws": [l.describe() for l in laws],
+              "groups": {g: [l.label for l in ls] for g, ls in GROUPS.items()},
+              "quick": bool(args.quick),
+              "data_sizes": {k: int(np.asarray(getattr(data, k)).shape[0])
+                             for k in ("train_x", "val_x", "test_x")}}
+    records.save(args.out, part, config=config, **records.engine_record(res))
+    print(f"[mixing_law/{part}] {res.info['total_seconds']:.0f}s", flush=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Report.
+
+_PANELS = [("test_accuracy", "test accuracy", "higher"), ("test_nll", "test NLL", "lower"),
+           ("test_ece", "test ECE (15 bins)", "lower")]
+
+
+def _figure_vs(rows, summary, part: str, out: str) -> str:
+  fig, axes = plots.new_figure(2, 3, size=(4.3, 3.4))
+  labels = [r["law"] for r in summary]
+  for row_i, (xkey, xname) in enumerate([("strength", "σ²/θ̄²"),
+                                         ("global_strength", "γ²/θ̄²")]):
+    xs = np.asarray([r[xkey] for r in summary])
+    span = np.ptp(xs) or 1.0
+    for col, (m, name, _) in enumerate(_PANELS):
+      ax = axes[row_i, col]
+      plots.errorbar_points(ax, xs, [r[m] for r in summary], [r[m + "_se"] for r in summary],
+                            labels)
+      rs = m.replace("test_", "test_rs_")
+      plots.errorbar_points(ax, xs, [r[rs] for r in summary],
+                            [r[rs + "_se"] for r in summary], labels, hollow=True,
+                            offset=0.012 * span, alpha=0.8)
+      mix = [r for r in rows if r["law"] != "ERM"]
+      fit = analysis.linear_fit(
+          [r[xkey] for r in summary if r["law"] != "ERM"],
+          [r[m] for r in summary if r["law"] != "ERM"])
+      if np.isfinite(fit["slope"]) and mix:
+        xx = np.linspace(min(r[xkey] for r in mix), max(r[xkey] for r in mix), 10)
+        ax.plot(xx, fit["intercept"] + fit["slope"] * xx, color="gray", lw=1, ls="--",
+                zorder=1)
+      ax.set_xlabel(xname)
+      ax.set_ylabel(name)
+      ax.grid(alpha=0.3)
+  from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
+  extra = [Line2D([], [], color="k", marker="o", ls="", label="plain"),
+           Line2D([], [], color="k", marker="o", mfc="white", ls="", label="rescaled"),
+           Line2D([], [], color="gray", ls="--", label="OLS fit (mixup laws, plain)")]
+  plots.family_legend(axes[0, 0], labels, extra=extra, fontsize=6)
+  fig.suptitle(f"{part}: metric vs regularization strength (mean ± se over seeds)",
+               fontsize=10)
+  return plots.save(fig, os.path.join(out, f"{part}_vs_strength.png"))
+
+
+def _figure_groups(summary_by_law: dict, part: str, out: str) -> str:
+  fig, axes = plots.new_figure(1, 3, size=(4.3, 3.6))
+  for col, (m, name, _) in enumerate(_PANELS):
+    ax = axes[0, col]
+    pos, ticks, tick_labels = 0, [], []
+    for gi, (gname, group) in enumerate(GROUPS.items()):
+      for law in group:
+        r = summary_by_law.get(law.label)
+        if r is None:
+          continue
+        c, _ = plots.style(law.label)
+        ax.bar(pos, r[m], yerr=r[m + "_se"], color=c, alpha=0.75, capsize=3,
+               edgecolor="k", lw=0.5)
+        ticks.append(pos)
+        tick_labels.append(law.label)
+        pos += 1
+      pos += 0.8
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(tick_labels, rotation=40, ha="right", fontsize=7)
+    vals = [summary_by_law[l.label][m] for g in GROUPS.values() for l in g
+            if l.label in summary_by_law]
+    if vals:
+      lo, hi = min(vals), max(vals)
+      pad = 0.6 * (hi - lo) + 1e-3
+      ax.set_ylim(lo - pad, hi + pad)
+    ax.set_ylabel(name)
+    ax.grid(alpha=0.3, axis="y")
+  fig.suptitle(f"{part}: laws with equal θ̄ and σ² (left: 3/4, 1/48; right: 3/4, 1/32), "
+               "mean ± se", fontsize=9)
+  return plots.save(fig, os.path.join(out, f"{part}_equal_moments.png"))
+
+
+def report_part(out: str, part: str) -> str:
+  rec = records.load(out, part)
+  rows = rec["runs"]
+  summary = analysis.group_summary(rows, "law", METRICS,
+                                   keep=("theta_bar", "strength", "global_strength"))
+  by_law = {r["law"]: r for r in summary}
+  cfg = rec["config"]
+  info = rec["info"]
+  md = [f"## {part}\n",
+        f"Dataset `{cfg['dataset']}` (train/val/test = "
+        f"{cfg['data_sizes']['train_x']}/{cfg['data_sizes']['val_x']}/"
+        f"{cfg['data_sizes']['test_x']}), model `{cfg['engine']['model']}` "
+        f"{cfg['engine']['model_kwargs'] or ''}, {cfg['engine']['optimizer']} lr {cfg['lr']} "
+        f"({cfg['engine']['schedule']}), batch {cfg['engine']['batch_size']}, "
+        f"{cfg['engine']['num_epochs']} epochs, {len(cfg['seeds'])} seeds × "
+        f"{len(cfg['laws'])} laws = {len(rows)} runs in one vmapped program: "
+        f"{info.get('total_seconds', float('nan')):.0f} s on "
+        f"{rec['provenance']['cpu_count']} CPU cores ({rec['provenance']['jax_backend']}).\n"]
+  header = ["law", "θ̄", "σ²/θ̄²", "γ²/θ̄²", "acc", "NLL", "ECE", "acc (rs)", "NLL (rs)",
+            "ECE (rs)", "ECE (TS)", "T"]
+  body = []
+  for r in summary:
+    body.append([r["law"], f"{r['theta_bar']:.3f}", f"{r['strength']:.4f}",
+                 f"{r['global_strength']:.3f}",
+                 analysis.fmt(r["test_accuracy"], r["test_accuracy_se"], 2, 100),
+                 analysis.fmt(r["test_nll"], r["test_nll_se"], 3),
+                 analysis.fmt(r["test_ece"], r["test_ece_se"], 3),
+                 analysis.fmt(r["test_rs_accuracy"], r["test_rs_accuracy_se"], 2, 100),
+                 analysis.fmt(r["test_rs_nll"], r["test_rs_nll_se"], 3),
+                 analysis.fmt(r["test_rs_ece"], r["test_rs_ece_se"], 3),
+                 analysis.fmt(r["test_ts_ece"], r["test_ts_ece_se"], 3),
+                 analysis.fmt(r["temperature"], None, 2)])
+  md.append("Test metrics, mean ± se over seeds (accuracy in %; rs = test-time rescaling; "
+            "TS = temperature scaling fit on the validation split; T = fitted "
+            "temperature):\n")
+  md.append(analysis.markdown_table(header, body))
+
+  mix_rows = [r for r in rows if r["law"] != "ERM"]
+  md.append("\nSlopes over the mixup laws (ERM excluded), per-law means; t = OLS t-interval, "
+            "boot = cluster bootstrap over seeds (95%); ρ = Spearman rank correlation:\n")
+  sh = ["metric", "vs", "slope", "t 95% CI", "boot 95% CI", "ρ", "partial coef. (both)",
+        "boot 95% CI (partial)"]
+  sb, verdicts = [], []
+  for m, name, better in _PANELS + [("test_rs_accuracy", "test accuracy (rs)", "higher"),
+                                    ("test_rs_ece", "test ECE (rs)", "lower"),
+                                    ("test_ts_nll", "test NLL (TS)", "lower")]:
+    both = analysis.regress_laws(mix_rows, ["strength", "global_strength"], m)
+    for xkey, xname in [("strength", "σ²/θ̄²"), ("global_strength", "γ²/θ̄²")]:
+      f = analysis.slope_vs(mix_rows, xkey, m)
+      b = both[xkey]
+      sb.append([name, xname, f"{f['slope']:.3g}", f"[{f['ci_low']:.3g}, {f['ci_high']:.3g}]",
+                 f"[{f['boot_low']:.3g}, {f['boot_high']:.3g}]", f"{f['spearman']:.2f}",
+                 f"{b['coef']:.3g}", f"[{b['boot_low']:.3g}, {b['boot_high']:.3g}]"])
+      if m in ("test_accuracy", "test_nll", "test_ece"):
+        verdicts.append("- " + analysis.verdict_from_slope(f, better=better, what=name,
+                                                            x_name=xname))
+  md.append(analysis.markdown_table(sh, sb))
+  md.append("\nAutomatic reading of the simple slopes (mixup laws only):\n")
+  md += [v + "\n" for v in verdicts]
+
+  md.append("\nEqual θ-moments, different shapes (repeated-measures ANOVA over seeds; "
+            "a small p says the moments alone do not determine the outcome):\n")
+  gh = ["group", "laws", "metric", "means", "F", "p"]
+  gb = []
+  for gname, group in GROUPS.items():
+    labels = [l.label for l in group if l.label in by_law]
+    if len(labels) < 2:
+      continue
+    for m, name, _ in _PANELS:
+      t = analysis.within_group_test(rows, m, labels)
+      scale = 100 if "accuracy" in m else 1
+      means = ", ".join(analysis.fmt(by_law[l][m], by_law[l][m + "_se"],
+                                     2 if scale == 100 else 3, scale) for l in labels)
+      gb.append([gname, " / ".join(labels), name, means, f"{t['F']:.2f}", f"{t['p']:.3g}"])
+  md.append(analysis.markdown_table(gh, gb))
+  erm = by_law.get("ERM")
+  if erm is not None:
+    best = max((r for r in summary if r["law"] != "ERM"), key=lambda r: r["test_accuracy"])
+    d = analysis.paired_difference(rows, "test_accuracy", best["law"], "ERM")
+    md.append(f"\nBest law by mean test accuracy: {best['law']} "
+              f"({analysis.fmt(best['test_accuracy'], best['test_accuracy_se'], 2, 100)}%); "
+              f"paired difference to ERM {d['diff'] * 100:+.2f} points, 95% CI "
+              f"[{d['ci_low'] * 100:+.2f}, {d['ci_high'] * 100:+.2f}] (selected as the best "
+              "of many laws, so optimistic).\n")
+  f1 = _figure_vs(rows, summary, part, out)
+  f2 = _figure_groups(by_law, part, out)
+  md.append(f"\n![{part} vs strength]({os.path.basename(f1)})\n\n"
+            f"![{part} equal moments]({os.path.basename(f2)})\n")
+  return "\n".join(md)
+
+
+def report(args) -> None:
+  parts = [p for p in SETTINGS if os.path.exists(os.path.join(args.out, f"{p}.json"))]
+  if not parts:
+    raise ValueError(f"No saved results in {args.out}; run the study first.")
+  md = ["# Mixing-law study: does a stronger mixing law regularize better?\n",
+        "Generated by `python -m experiments.studies.mixing_law --out "
+        f"{args.out} --mode=report` from the saved JSON files (no retraining).\n"]
+  for part in parts:
+    md.append(report_part(args.out, part))
+  with open(os.path.join(args.out, "report.md"), "w") as f:
+    f.write("\n".join(md))
+
+
+def main(argv=None) -> None:
+  args = common.parse_args(__doc__.splitlines()[0], list(SETTINGS), argv)
+  common.main(args, run, report)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

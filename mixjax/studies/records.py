@@ -1,0 +1,125 @@
+"""Saving and loading study results with their provenance.
+
+A study writes, per part, `<out>/<name>.json` (per-run rows, history, info, the study's
+config and the provenance: package versions, git revision, devices, command line) and,
+when it kept logits, `<out>/<name>_arrays.npz`. The `report` steps read only these files,
+so tables and figures are remade without retraining.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "scipy", "scikit-learn",
+             "matplotlib", "mnist1d", "tensorflow-datasets")
+
+
+def _git(*args: str) -> str | None:
+  try:
+    out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance() -> dict[str, Any]:
+  """Package versions, git revision (and whether the tree was dirty), devices, command."""
+  import jax  # pylint: disable=g-import-not-at-top
+  versions = {}
+  for p in _PACKAGES:
+    try:
+      versions[p] = metadata.version(p)
+    except metadata.PackageNotFoundError:
+      versions[p] = None
+  status = _git("status", "--porcelain", "--", "mixjax", "experiments")
+  return {
+      "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "git_revision": _git("rev-parse", "HEAD"),
+      "git_dirty": bool(status) if status is not None else None,
+      "python": sys.version.split()[0],
+      "packages": versions,
+      "platform": platform.platform(),
+      "processor": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(),
+      "jax_backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+      "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+  }
+
+
+def _jsonable(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _jsonable(x.tolist())
+  if isinstance(x, (np.floating, float)):
+    v = float(x)
+    return v if np.isfinite(v) else None
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (np.bool_,)):
+    return bool(x)
+  return x
+
+
+def save(out_dir: str, name: str, *, runs: list[dict], config: dict,
+         history: dict | None = None, info: dict | None = None,
+         arrays: dict[str, np.ndarray] | None = None, extra: dict | None = None) -> str:
+  """Writes `<out_dir>/<name>.json` (+ `<name>_arrays.npz`); returns the JSON path.
+
+  Args:
+    out_dir: directory (created).
+    name: file stem of this part of the study.
+    runs: per-run rows (dicts of JSON-able values).
+    config: the study configuration (engine config, laws, datasets, lengths).
+    history: name -> array (num_checkpoints, R) from the engine.
+    info: timings etc.
+    arrays: large arrays (e.g. logits) for the npz file.
+    extra: anything else JSON-able (e.g. non-training measurements).
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  record = {"name": name, "provenance": provenance(), "config": config, "runs": runs,
+            "history": history or {}, "info": info or {}, "extra": extra or {}}
+  path = os.path.join(out_dir, f"{name}.json")
+  with open(path, "w") as f:
+    json.dump(_jsonable(record), f, indent=1, ensure_ascii=False)
+  if arrays:
+    np.savez_compressed(os.path.join(out_dir, f"{name}_arrays.npz"), **arrays)
+  return path
+
+
+def load(out_dir: str, name: str) -> dict[str, Any]:
+  """Reads a saved part; history entries come back as float arrays (None -> nan)."""
+  path = os.path.join(out_dir, f"{name}.json")
+  if not os.path.exists(path):
+    raise ValueError(f"No saved results at {path}; run the study first (without --report_only).")
+  with open(path) as f:
+    record = json.load(f)
+  record["history"] = {k: np.asarray([[np.nan if v is None else v for v in row]
+                                      if isinstance(row, list) else
+                                      (np.nan if row is None else row) for row in vals],
+                                     dtype=np.float64)
+                       for k, vals in record.get("history", {}).items()}
+  npz = os.path.join(out_dir, f"{name}_arrays.npz")
+  record["arrays"] = dict(np.load(npz)) if os.path.exists(npz) else {}
+  return record
+
+
+def engine_record(result: Any) -> dict[str, Any]:
+  """The keyword arguments of `save` for an `engine.EngineResult`."""
+  arrays = None
+  if result.logits is not None:
+    arrays = {f"logits_{k}": v.astype(np.float32) for k, v in result.logits.items()}
+  return {"runs": result.runs, "history": result.history, "info": result.info,
+          "arrays": arrays}
