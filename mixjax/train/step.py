@@ -21,9 +21,10 @@ Per step s (B = global batch, D = devices, b = B / D, n = training-set size):
   5. BatchNorm: the model is built with `bn_axis_name="data"`, so batch statistics are
      those of the global batch; the running averages are therefore identical on all
      devices and returned replicated.
-  6. Non-finite guard: if the loss or any gradient is NaN/inf, the update is skipped,
-     `first_nonfinite` records the (1-based) step, and every later step is a no-op; the
-     loop stops at its next check without saving, so the last checkpoint stays finite.
+  6. Non-finite guard: if the loss, a gradient or an updated parameter is NaN/inf, the
+     update is skipped, `first_nonfinite` records the (1-based) step, and every later
+     step is a no-op; the loop stops at its next check without saving, so the last
+     checkpoint stays finite.
 """
 from __future__ import annotations
 
@@ -175,7 +176,7 @@ def make_train_step(
     (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
     healthy = state.first_nonfinite == state_lib.NO_NONFINITE
     keep_new = finite & healthy
     pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep_new, a, b), new, old)
@@ -187,8 +188,8 @@ def make_train_step(
     metrics = {
         "loss": loss,
         "lr": jnp.asarray(schedule(step) if schedule is not None else 0.0, jnp.float32),
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(state.params),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(state.params),
         "finite": finite.astype(jnp.float32),
     }
     return new_state, metrics
