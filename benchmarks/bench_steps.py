@@ -40,6 +40,7 @@ import optax
 
 from mixjax import losses
 from mixjax import samplers
+from mixjax import theory
 from mixjax.models import get_model
 
 BATCH = 128
@@ -78,20 +79,15 @@ def _jax_variants(model_key: str, *, seed: int = 0, lr: float = 0.01,
       "erm": lambda p, x, y, k: losses.erm_loss(logits_fn(p), x, y),
       "mixup": lambda p, x, y, k: losses.mixup_loss(logits_fn(p), x, y, k, sampler),
   }
-  try:
-    from mixjax.theory import approx_mixup_risk, data_stats  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    print(f"[{model_key}] approx_mixup_risk unavailable ({e}); its rows are skipped.")
-  else:
-    # Statistics of a synthetic training set (computed once, outside the step).
-    train_x = rng.normal(size=(8 * BATCH, *input_shape)).astype(np.float32)
-    train_y = np.asarray(jax.nn.one_hot(rng.integers(0, NUM_CLASSES, 8 * BATCH), NUM_CLASSES))
-    stats = data_stats(train_x, train_y)
-    loss_fns["approx_stochastic"] = lambda p, x, y, k: approx_mixup_risk(
-        logits_fn(p), x, y, stats, sampler, estimator="stochastic", key=k)
-    if model_key == "mlp":
-      loss_fns["approx_exact"] = lambda p, x, y, k: approx_mixup_risk(
-          logits_fn(p), x, y, stats, sampler, estimator="exact")
+  # Statistics of a synthetic training set (computed once, outside the step).
+  train_x = rng.normal(size=(8 * BATCH, *input_shape)).astype(np.float32)
+  train_y = np.asarray(jax.nn.one_hot(rng.integers(0, NUM_CLASSES, 8 * BATCH), NUM_CLASSES))
+  stats = theory.data_stats(train_x, train_y)
+  loss_fns["approx_stochastic"] = lambda p, x, y, k: theory.approx_mixup_risk(
+      logits_fn(p), x, y, stats, sampler, estimator="stochastic", key=k)
+  if model_key == "mlp":
+    loss_fns["approx_exact"] = lambda p, x, y, k: theory.approx_mixup_risk(
+        logits_fn(p), x, y, stats, sampler, estimator="exact")
 
   runs = {}
   for variant, loss_fn in loss_fns.items():
@@ -160,7 +156,7 @@ def main(argv=None) -> None:
   parser.add_argument("--warmup", type=int, default=None)
   parser.add_argument("--models", default="mlp,cnn")
   args = parser.parse_args(argv)
-  repeats = args.repeats or (3 if args.quick else 15)
+  repeats = args.repeats or (3 if args.quick else 11)
   warmup = args.warmup if args.warmup is not None else (1 if args.quick else 5)
   threads = _threads()
 
@@ -172,7 +168,7 @@ def main(argv=None) -> None:
   for model_key in args.models.split(","):
     if model_key not in MODELS:
       raise ValueError(f"Unknown benchmark model {model_key!r}; known: {', '.join(MODELS)}.")
-    steps = args.steps or (2 if args.quick else (20 if model_key == "mlp" else 5))
+    steps = args.steps or (2 if args.quick else (20 if model_key == "mlp" else 3))
     runs = _jax_variants(model_key)
     runs.update(_torch_variants(model_key, threads))
     times = _time(runs, warmup=warmup, repeats=repeats, steps=steps)
