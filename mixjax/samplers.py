@@ -122,7 +122,7 @@ class Sampler:
 
   @property
   def name(self) -> str:
-    """A readable name, e.g. 'beta(alpha=1.0)'; builds the same law via the registry."""
+    """A readable name, e.g. 'beta(alpha=1.0)' or 'regmixup(alpha=1.0, eta=1.0)'."""
     label = getattr(self, "label", None)
     return label if label else self._default_name()
 
@@ -400,6 +400,12 @@ def from_fn(fn: Callable[..., Any], name: str | None = None) -> FromFn:
   """
   if not callable(fn):
     raise ValueError(f"from_fn: fn must be callable as fn(key, shape) -> λ, got {fn!r}.")
+  try:
+    hash(fn)
+  except TypeError:
+    raise ValueError(
+        f"from_fn: fn must be hashable (samplers are static under jit), got {fn!r}; wrap "
+        "it in a plain function.") from None
   return FromFn(fn, label=None if name is None else f"from_fn({name})")
 
 
@@ -512,21 +518,22 @@ def _check_sampler(sampler) -> Sampler:
   return sampler
 
 
-@functools.lru_cache(maxsize=128)
 def _theta_draws(sampler: Sampler, num_draws: int, seed: int) -> np.ndarray:
   """θ draws (float64 host array) of a sampler, drawn under jit with a fixed key."""
+  if isinstance(num_draws, bool) or not isinstance(num_draws, (int, np.integer)) \
+      or num_draws < 2:
+    raise ValueError(f"num_draws must be an integer ≥ 2, got {num_draws!r}.")
   lam = jax.jit(lambda k: sampler(k, (num_draws,)))(jax.random.key(seed))
   lam = np.asarray(lam, np.float64)
   _check_lambda_values(lam, sampler)
-  theta = np.maximum(lam, 1.0 - lam)
-  theta.setflags(write=False)
-  return theta
+  return np.maximum(lam, 1.0 - lam)
 
 
+@functools.lru_cache(maxsize=128)
 def _estimated_moments(sampler: Sampler, num_draws: int, seed: int) -> ThetaMoments:
   """Monte-Carlo θ-moments with delta-method standard errors."""
   theta = _theta_draws(sampler, num_draws, seed)
-  m1, m2 = float(theta.mean()), float(np.mean(theta**2))
+  m1, m2, var = float(theta.mean()), float(np.mean(theta**2)), float(theta.var())
   cov = np.cov(np.stack([theta, theta**2])) / num_draws  # Cov of (m1, m2).
   g2 = 1.0 - 2.0 * m1 + m2
   grads = {
@@ -537,16 +544,16 @@ def _estimated_moments(sampler: Sampler, num_draws: int, seed: int) -> ThetaMome
   }
   se = {k: float(np.sqrt(max(np.asarray(g) @ cov @ np.asarray(g), 0.0)))
         for k, g in grads.items()}
-  return ThetaMoments.from_mean_var(m1, m2 - m1 * m1, exact=False,
-                               stderr=ThetaStderr(**se, num_draws=num_draws))
+  return ThetaMoments.from_mean_var(m1, var, exact=False,
+                                    stderr=ThetaStderr(**se, num_draws=num_draws))
 
 
 def theta_moments(sampler: Sampler, *, num_draws: int = DEFAULT_NUM_DRAWS,
                   seed: int = 0) -> ThetaMoments:
   """θ̄, σ², γ² and the strengths σ²/θ̄², γ²/θ̄² of a sampler's θ-law.
 
-  Exact for every built-in law and mixtures of them (mixtures mix the raw moments E θ and
-  E θ²). Closed forms: Beta(α, α) via E|λ − ½| = Γ(2α)/(α 4^α Γ(α)²), θ̄ = ½ + E|λ − ½|,
+  Exact for every built-in law and mixtures of them (mixtures combine the components'
+  means and variances by the law of total variance, i.e. they mix E θ and E θ²). Closed forms: Beta(α, α) via E|λ − ½| = Γ(2α)/(α 4^α Γ(α)²), θ̄ = ½ + E|λ − ½|,
   σ² = 1/(4(2α+1)) − (E|λ − ½|)²; asymmetric Beta via the regularized incomplete beta
   function; ShiftedBeta and atoms directly.
 
@@ -557,7 +564,7 @@ def theta_moments(sampler: Sampler, *, num_draws: int = DEFAULT_NUM_DRAWS,
   sampler = _check_sampler(sampler)
   law = sampler.theta_law()
   if not law.is_known:
-    return _estimated_moments(sampler, int(num_draws), int(seed))
+    return _estimated_moments(sampler, num_draws, int(seed))
   # Mixtures: law of total variance (= mixing the raw moments E θ, E θ², but without
   # the cancellation of E θ² − (E θ)² for concentrated laws).
   w = np.asarray(law.weights, np.float64)
@@ -703,6 +710,13 @@ def _component_rule(c, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
   raise ValueError(f"No quadrature rule for θ-law component {c!r}.")
 
 
+@functools.lru_cache(maxsize=32)
+def _empirical_rule(sampler: Sampler, num_nodes: int, num_draws: int, seed: int):
+  """Gauss rule of the empirical θ-law of `num_draws` draws (an estimate)."""
+  vals, counts = np.unique(_theta_draws(sampler, num_draws, seed), return_counts=True)
+  return _gauss_from_discrete(vals, counts / counts.sum(), num_nodes)
+
+
 def theta_quadrature(sampler: Sampler, num_nodes: int, *, empirical: bool = False,
                      num_draws: int = 2**16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """A quadrature rule for E_Q g(θ): (nodes, weights), float64 numpy, sorted by node.
@@ -739,9 +753,7 @@ def theta_quadrature(sampler: Sampler, num_nodes: int, *, empirical: bool = Fals
             "quadrature rule for it. Build the law from built-in samplers (beta, "
             "w_shaped, constant, mixture, ...), or pass empirical=True for an estimated "
             "rule from its draws.")
-      vals, counts = np.unique(_theta_draws(c.sampler, int(num_draws), int(seed)),
-                               return_counts=True)
-      x, v = _gauss_from_discrete(vals, counts / counts.sum(), num_nodes)
+      x, v = _empirical_rule(c.sampler, num_nodes, num_draws, int(seed))
     else:
       x, v = _component_rule(c, num_nodes)
     nodes.append(x)
