@@ -1,0 +1,159 @@
+"""TFDS image datasets read from array_record files with `tfds.data_source`.
+
+No TensorFlow and no download: the dataset must already be prepared (in array_record
+format) under `data_dir`. The preparation check runs first and only looks at local files
+(`builder.is_prepared()` reads `dataset_info.json`; nothing is fetched), so a missing
+dataset fails within a second with the command that prepares it.
+
+Reading: the split is read in chunks of consecutive indices with the data source's
+batched `__getitems__` (array_record reads the records of a chunk in parallel; tfds then
+decodes each image), chunks spread over a small thread pool. Images are stored as uint8
+and normalized per channel: `(x/255 − mean_c) / std_c` with the training split's
+statistics.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from typing import Any, Sequence
+
+from absl import logging
+import numpy as np
+
+from mixjax.data import dataset as ds_lib
+
+# name -> (num_classes, image shape)
+TFDS_DATASETS = {
+    "cifar10": (10, (32, 32, 3)),
+    "cifar100": (100, (32, 32, 3)),
+    "mnist": (10, (28, 28, 1)),
+    "fashion_mnist": (10, (28, 28, 1)),
+    "svhn_cropped": (10, (32, 32, 3)),
+}
+
+
+def _default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+
+
+def preparation_message(name: str, looked_in: str, data_dir: str | None,
+                        problem: str = "is not prepared") -> str:
+  shown = data_dir if data_dir is not None else f"{_default_data_dir()} (tfds default)"
+  return (
+      f"TFDS dataset {name!r} {problem}: looked in {looked_in} (data_dir={shown}). "
+      "mixjax never downloads data. On a machine with internet access run\n"
+      "  pip install tensorflow tensorflow-datasets\n"
+      f"  tfds build {name} --file_format=array_record --data_dir=DIR\n"
+      "then copy DIR to this machine and pass --config.data_dir=DIR "
+      "(or load_dataset(..., data_dir=DIR)).")
+
+
+def check_prepared(name: str, data_dir: str | None):
+  """Returns the tfds builder if `name` is prepared as array_record under `data_dir`.
+
+  Only local metadata is read (no network, no download). Raises FileNotFoundError with
+  the preparation command otherwise.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
+  looked_in = str(builder.data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(preparation_message(name, looked_in, data_dir))
+  file_format = builder.info.file_format
+  if file_format is not None and "array_record" not in str(file_format).lower():
+    raise FileNotFoundError(preparation_message(
+        name, looked_in, data_dir,
+        problem=f"is prepared as {file_format}, but reading without TensorFlow needs "
+                "array_record"))
+  return builder
+
+
+def _batched_getter(source):
+  """`keys -> list of examples`: `__getitems__` when it works, else one call per key."""
+  getitems = getattr(source, "__getitems__", None)
+  if getitems is not None:
+    try:
+      getitems([0])
+      return getitems
+    except (TypeError, NotImplementedError, AttributeError) as e:
+      # tfds.testing.mock_data's data source has a broken __getitems__.
+      logging.warning("Data source %r has no working __getitems__ (%s); reading one "
+                      "example per call.", source, e)
+  return lambda keys: [source[k] for k in keys]
+
+
+def read_split(source: Sequence[Any], *, image_key: str = "image",
+               label_key: str = "label", chunk_size: int = 1024,
+               num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Reads a whole tfds data source into (images uint8 (n, H, W, C), labels int64 (n,))."""
+  n = len(source)
+  if n == 0:
+    raise ValueError(f"Data source {source!r} is empty.")
+  get = _batched_getter(source)
+  first = get([0])[0]
+  image0 = np.asarray(first[image_key])
+  images = np.empty((n, *image0.shape), image0.dtype)
+  labels = np.empty((n,), np.int64)
+
+  def read(start: int) -> None:
+    stop = min(start + chunk_size, n)
+    examples = get(list(range(start, stop)))
+    if len(examples) != stop - start:
+      raise IOError(f"Read {len(examples)} examples for indices [{start}, {stop}).")
+    images[start:stop] = np.stack([np.asarray(e[image_key]) for e in examples])
+    labels[start:stop] = [int(e[label_key]) for e in examples]
+
+  starts = range(0, n, chunk_size)
+  threads = num_threads or min(8, os.cpu_count() or 1)
+  if threads <= 1 or len(starts) == 1:
+    for s in starts:
+      read(s)
+  else:
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+      list(pool.map(read, starts))  # list() re-raises any reader's exception
+  return images, labels
+
+
+def load_tfds(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
+              seed: int = 0, train_split: str = "train", test_split: str = "test",
+              label_key: str = "label", chunk_size: int = 1024,
+              num_threads: int | None = None) -> ds_lib.Dataset:
+  """Loads a prepared tfds image dataset into host arrays (see the module docstring).
+
+  Args:
+    name: a key of `TFDS_DATASETS`.
+    data_dir: tfds data directory holding `<name>/<version>/` (default: tfds's).
+    val_fraction, seed: the validation split carved from `train_split`.
+    train_split, test_split: tfds split names.
+    label_key: e.g. "coarse_label" for cifar100's 20 superclasses (num_classes is then
+      taken from the dataset info).
+    chunk_size, num_threads: reading granularity and parallelism.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = check_prepared(name, data_dir)
+  num_classes = TFDS_DATASETS[name][0]
+  if label_key != "label":
+    num_classes = builder.info.features[label_key].num_classes
+  arrays = {}
+  for split in (train_split, test_split):
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                              try_gcs=False)
+    arrays[split] = read_split(source, label_key=label_key, chunk_size=chunk_size,
+                               num_threads=num_threads)
+  (train_x, train_y), (test_x, test_y) = arrays[train_split], arrays[test_split]
+  if train_x.dtype != np.uint8:
+    raise ValueError(f"{name}: expected uint8 images, got {train_x.dtype}.")
+  return ds_lib.build(name, train_x, train_y, test_x, test_y, num_classes=num_classes,
+                      is_image=True, val_fraction=val_fraction, seed=seed,
+                      raw_scale=1.0 / 255.0)
+
+
+def _register(name: str) -> None:
+  def loader(**kwargs):
+    return load_tfds(name, **kwargs)
+  loader.__doc__ = f"tfds {name!r} (array_record, no download); see `load_tfds`."
+  ds_lib.DATASETS.register(name, loader)
+
+
+for _name in TFDS_DATASETS:
+  _register(_name)
