@@ -279,9 +279,20 @@ def test_sampler_is_static_friendly_and_vmappable():
   g(jax.random.key(1), S.uniform())  # Equal law: no retrace.
   assert len(traces) == 1
   keys = jax.random.split(jax.random.key(0), 3)
-  out = jax.vmap(lambda k: S.regmixup(0.5)(k, (2,)))(keys)
+  out = jax.vmap(lambda k: S.mixture([S.constant(0.5), S.uniform()], [0.5, 0.5])(k, (2,)))(keys)
   assert out.shape == (3, 2) and out.dtype == jnp.float32
   assert S.constant(0.3)(jax.random.key(0)).shape == ()
+
+
+def test_theta_law_structure():
+  law = S.regmixup(0.4, eta=3.0).theta_law()
+  assert law.components == (S.Atom(1.0), S.FoldedBeta(0.4, 0.4))
+  np.testing.assert_allclose(law.weights, [0.25, 0.75])
+  nested = S.mixture([S.optimal(), S.w_shaped(1.0, 2.0)], [0.5, 0.5]).theta_law()
+  assert nested.components == (S.Atom(0.5), S.Atom(1.0), S.ShiftedBeta(1.0, 2.0))
+  np.testing.assert_allclose(nested.weights, [1 / 3, 1 / 6, 1 / 2])
+  assert S.constant(0.2).theta_law().components == (S.Atom(0.8),)
+  assert not S.from_fn(lambda k, s: jnp.zeros(s)).theta_law().is_known
 
 
 # ---------------------------------------------------------------------------
