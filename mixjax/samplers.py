@@ -500,7 +500,8 @@ def _component_moments(c) -> tuple[float, float]:
       e_abs = sp_special.poch(a, 0.5) / (2.0 * math.sqrt(math.pi) * a)
       return 0.5 + e_abs, 1.0 / (4.0 * (2.0 * a + 1.0)) - e_abs**2
     # θ = λ on {λ > ½} and 1 − λ on {λ < ½}; with I the regularized incomplete beta,
-    # E[λ^k; λ > ½] = (a)_k/(a+b)_k · I_½(b, a+k), E[(1−λ)^k; λ < ½] = (b)_k/(a+b)_k · I_½(a, b+k).
+    # E[λ^k; λ > ½] = (a)_k/(a+b)_k · I_½(b, a+k) and
+    # E[(1−λ)^k; λ < ½] = (b)_k/(a+b)_k · I_½(a, b+k)  ((x)_k rising factorials).
     s = a + b
     inc = sp_special.betainc
     m1 = a / s * inc(b, a + 1.0, 0.5) + b / s * inc(a, b + 1.0, 0.5)
@@ -553,7 +554,8 @@ def theta_moments(sampler: Sampler, *, num_draws: int = DEFAULT_NUM_DRAWS,
   """θ̄, σ², γ² and the strengths σ²/θ̄², γ²/θ̄² of a sampler's θ-law.
 
   Exact for every built-in law and mixtures of them (mixtures combine the components'
-  means and variances by the law of total variance, i.e. they mix E θ and E θ²). Closed forms: Beta(α, α) via E|λ − ½| = Γ(2α)/(α 4^α Γ(α)²), θ̄ = ½ + E|λ − ½|,
+  means and variances by the law of total variance, i.e. they mix E θ and E θ²).
+  Closed forms: Beta(α, α) via E|λ − ½| = Γ(2α)/(α 4^α Γ(α)²), θ̄ = ½ + E|λ − ½|,
   σ² = 1/(4(2α+1)) − (E|λ − ½|)²; asymmetric Beta via the regularized incomplete beta
   function; ShiftedBeta and atoms directly.
 
