@@ -148,7 +148,7 @@ def _time(runs: Dict[str, Callable[[int], None]], *, warmup: int, repeats: int,
   return times
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> Dict[str, Dict[str, float]]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="short smoke run")
   parser.add_argument("--repeats", type=int, default=None)
