@@ -106,15 +106,16 @@ def slope_vs(rows: Sequence[dict], x_key: str, metric: str, *, law_key: str = "l
   table = _law_seed_table(rows, metric, laws, seeds, law_key, seed_key)
   means = np.nanmean(table, axis=1)
   fit = linear_fit(xs, means)
-  rng = np.random.default_rng(seed)
-  boots = []
-  for _ in range(num_boot):
-    pick = rng.integers(0, len(seeds), len(seeds))
-    m = np.nanmean(table[:, pick], axis=1)
-    b = linear_fit(xs, m)["slope"]
-    if np.isfinite(b):
-      boots.append(b)
-  if boots:
+  boot_means = _bootstrap_means(table, num_boot, seed)  # (n_laws, num_boot)
+  ok = np.isfinite(xs)
+  xc = xs[ok] - xs[ok].mean()
+  if len(xc) >= 3 and np.any(xc != 0):
+    mb = boot_means[ok]
+    boots = (xc @ (mb - mb.mean(0))) / (xc @ xc)
+    boots = boots[np.isfinite(boots)]
+  else:
+    boots = np.asarray([])
+  if boots.size:
     fit["boot_low"], fit["boot_high"] = (float(np.percentile(boots, 2.5)),
                                          float(np.percentile(boots, 97.5)))
   else:
@@ -134,6 +135,18 @@ def _law_seed_table(rows, metric, laws, seeds, law_key, seed_key) -> np.ndarray:
       if sub and sub[0].get(metric) is not None:
         table[i, j] = sub[0][metric]
   return table
+
+
+def _bootstrap_means(table: np.ndarray, num_boot: int, seed: int) -> np.ndarray:
+  """Per-law means over seeds resampled with replacement (whole seeds), (n_laws, B)."""
+  rng = np.random.default_rng(seed)
+  n_seeds = table.shape[1]
+  pick = rng.integers(0, n_seeds, (num_boot, n_seeds))
+  with np.errstate(invalid="ignore"):
+    import warnings  # pylint: disable=g-import-not-at-top
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      return np.nanmean(table[:, pick], axis=2)
 
 
 def _ols(xmat: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -166,12 +179,9 @@ def regress_laws(rows: Sequence[dict], x_keys: Sequence[str], metric: str, *,
   table = _law_seed_table(rows, metric, laws, seeds, law_key, seed_key)
   coef, se, dof = _ols(xmat, np.nanmean(table, axis=1))
   t = sp_stats.t.ppf(0.975, dof) if dof > 0 else math.nan
-  rng = np.random.default_rng(seed)
-  boots = []
-  for _ in range(num_boot):
-    pick = rng.integers(0, len(seeds), len(seeds))
-    boots.append(_ols(xmat, np.nanmean(table[:, pick], axis=1))[0])
-  boots = np.asarray(boots)
+  boot_means = _bootstrap_means(table, num_boot, seed)
+  ok = np.all(np.isfinite(boot_means), axis=1)
+  boots = (np.linalg.pinv(xmat[ok]) @ boot_means[ok]).T  # (num_boot, 1 + k)
   out = {}
   for i, k in enumerate(x_keys, start=1):
     out[k] = {"coef": float(coef[i]), "ci_low": float(coef[i] - t * se[i]),

@@ -707,3 +707,36 @@ def _evaluate(prog: _Program, state: RunState, inputs: RunInputs, data: Any, *,
   if keep_logits:
     res["_logits"] = {"test": out["test"], "test_rs": out.get("test_rs", out["test"])}
   return res
+
+
+def train_one(config: EngineConfig, data: Any, run: Run, *, stats: Any = None
+              ) -> dict[str, Any]:
+  """The same training as `train_runs` for ONE run, without `jax.vmap` (a reference).
+
+  Uses the per-run functions that `train_runs` vmaps (`_init_one`, `_segment_one`), each
+  only jitted. Used by the tests to check that batching runs changes nothing but float
+  rounding; also handy to debug a single run.
+
+  Returns:
+    {"state": the final `RunState`, "test_logits": (n_test, c) float32,
+     "test_rs_logits": (n_test, c) (rescaled)}.
+  """
+  cfg = config
+  num_classes = int(data.num_classes)
+  _check_config(cfg, int(np.asarray(data.train_x).shape[0]))
+  if stats is None:
+    stats = _data_stats(data, cfg, num_classes)
+  method = METHODS.get(cfg.method)
+  ctx = Context(config=cfg, stats=stats, law=run.law if method.static_law else None,
+                num_classes=num_classes)
+  prog = _Program(cfg, data, ctx, None)
+  inputs = jax.tree.map(lambda a: a[0], pack_runs([run]))
+  state = jax.jit(prog._init_one)(inputs)
+  segment = jax.jit(prog._segment_one, static_argnums=(3,))
+  done = 0
+  for ck in _checkpoint_epochs(cfg.num_epochs, cfg.num_checkpoints):
+    state, _ = segment(state, inputs, jnp.int32(done), ck - done)
+    done = ck
+  out = jax.jit(lambda s, r: prog._eval_one(s, r, ("test",)))(state, inputs)
+  return {"state": state, "test_logits": np.asarray(out["test"]),
+          "test_rs_logits": np.asarray(out["test_rs"])}

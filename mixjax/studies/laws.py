@@ -37,6 +37,7 @@ functions and by the tests, which check that both agree in moments and in law).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Sequence
 
@@ -247,16 +248,26 @@ def sample_theta(law: ParametricLaw, key: jax.Array, shape: Sequence[int] = ()) 
 
   Args:
     law: a `ParametricLaw` with fields of shape (K,) (vmap over extra leading axes).
-    key: PRNG key. `fold_in(key, 0)` picks the component, `fold_in(key, 1)` draws W.
+    key: PRNG key. `fold_in(key, 0)` picks the component (inverse CDF of a uniform on
+      the cumulative weights), `fold_in(key, 1)` draws W.
     shape: output shape.
 
   Returns:
-    θ, float32 array of `shape`. Atoms are reproduced exactly (θ = loc).
+    θ, float32 array of `shape`. Atoms are reproduced exactly (θ = loc). The draws do not
+    depend on the padding: a law packed to any K ≥ its size gives the same θ.
   """
+  return _sample_theta(law, key, tuple(int(s) for s in shape))
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _sample_theta(law: ParametricLaw, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   chex.assert_rank(law.weight, 1)
-  shape = tuple(shape)
-  logits = jnp.log(law.weight)
-  comp = jax.random.categorical(jax.random.fold_in(key, 0), logits, shape=shape)
+  cum = jnp.cumsum(law.weight)
+  cum = cum / cum[-1]
+  u = jax.random.uniform(jax.random.fold_in(key, 0), shape, jnp.float32)
+  comp = jnp.searchsorted(cum, u, side="right")
+  last = jnp.max(jnp.where(law.weight > 0, jnp.arange(law.weight.shape[0]), 0))
+  comp = jnp.minimum(comp, last)
   a, b = law.a[comp], law.b[comp]
   w = jax.random.beta(jax.random.fold_in(key, 1), a, b, shape=shape, dtype=jnp.float32)
   theta = law.loc[comp] + law.scale[comp] * w ** law.power[comp]

@@ -1,0 +1,244 @@
+"""Tests for mixjax.studies: the vmapped engine, the parametric laws, the report step."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import types
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats as sp_stats
+
+from mixjax import mixing
+from mixjax import samplers
+from mixjax.studies import analysis
+from mixjax.studies import engine
+from mixjax.studies import laws as L
+from mixjax.studies import records
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:  # the study commands live in experiments/ at the repo root
+  sys.path.insert(0, _ROOT)
+_K = 5  # every law packed to 5 components: one compiled sampler for all tests
+
+
+def _tiny_data(n_train=96, n_val=32, n_test=40, d=5, c=3):
+  """Gaussian blobs (a local Generator; deterministic)."""
+  rng = np.random.default_rng(0)
+  centers = rng.normal(size=(c, d)) * 2.0
+
+  def make(n):
+    y = rng.integers(0, c, n).astype(np.int32)
+    return (centers[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+  (tx, ty), (vx, vy), (sx, sy) = make(n_train), make(n_val), make(n_test)
+  return types.SimpleNamespace(train_x=tx, train_y=ty, val_x=vx, val_y=vy, test_x=sx,
+                               test_y=sy, num_classes=c)
+
+
+_CFG = engine.EngineConfig(model="mlp", model_kwargs={"hidden_sizes": (8,), "activation": "tanh"},
+                           num_epochs=2, num_checkpoints=2, batch_size=32, keep_logits=True,
+                           fit_temperature=False, verbose=False, train_eval_size=32)
+
+
+# ----------------------------------------------------------------------------------------
+# Engine.
+
+
+def test_vmapped_runs_equal_single_unvmapped_run():
+  data = _tiny_data()
+  runs = [engine.Run(L.erm(), 0, 1e-2), engine.Run(L.regmixup(1.0), 1, 3e-3, 1e-3),
+          engine.Run(L.w_shaped(0.5), 2, 5e-3)]
+  res = engine.train_runs(_CFG, data, runs)
+  ref = engine.train_one(_CFG, data, runs[1])
+  np.testing.assert_allclose(res.logits["test"][1], ref["test_logits"], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(res.logits["test_rs"][1], ref["test_rs_logits"], rtol=1e-4,
+                             atol=1e-4)
+  # Different laws/seeds/lrs do give different models (the comparison is not vacuous).
+  assert np.max(np.abs(res.logits["test"][1] - res.logits["test"][2])) > 1e-2
+  # Rows carry the run's description and metrics; ERM's rescaling is the identity.
+  assert [r["law"] for r in res.runs] == ["ERM", "RegMixup(1,η=1)", "W(0.5)"]
+  assert res.runs[0]["test_accuracy"] == res.runs[0]["test_rs_accuracy"]
+  assert res.history["test_accuracy"].shape == (2, 3)
+
+
+def test_erm_law_mixes_nothing():
+  # With the ERM law (θ = 1) the engine's mixup objective sees exactly the clean batch,
+  # so "mixup" with this law is the "erm" method (same loss on the same inputs).
+  x = jax.random.normal(jax.random.key(0), (_KS_N, 2))
+  y = jax.nn.one_hot(jax.numpy.arange(_KS_N) % 4, 4)
+  x_mix, y_mix, lam, _ = mixing.mix(jax.random.key(1), x, y,
+                                    L.as_sampler(L.erm().params(_K)), fold=True)
+  np.testing.assert_array_equal(np.asarray(lam), np.ones(_KS_N, np.float32))
+  np.testing.assert_array_equal(np.asarray(x_mix), np.asarray(x))
+  np.testing.assert_array_equal(np.asarray(y_mix), np.asarray(y))
+
+
+def test_engine_rejects_bad_config_before_compiling():
+  data = _tiny_data()
+  runs = [engine.Run(L.erm(), 0, 1e-2)]
+  with pytest.raises(ValueError, match="Known methods"):
+    engine.train_runs(_CFG.replace(method="mixupp"), data, runs)
+  with pytest.raises(ValueError, match="batch_size"):
+    engine.train_runs(_CFG.replace(batch_size=1000), data, runs)
+  with pytest.raises(ValueError, match="optimizer"):
+    engine.train_runs(_CFG.replace(optimizer="lamb"), data, runs)
+
+
+# ----------------------------------------------------------------------------------------
+# Parametric laws vs mixjax.samplers and scipy.stats.
+
+_LAWS = [L.beta(0.1), L.beta(0.5), L.beta(1.0), L.beta(10.0), L.w_shaped(0.5),
+         L.w_shaped(0.3, 0.6), L.regmixup(10.0, 1.0), L.regmixup(math.inf, 2.0), L.optimal(),
+         L.matched_atoms(0.75, 1 / 48, 3), L.erm()]
+
+
+@pytest.mark.parametrize("law", _LAWS, ids=lambda l: l.label)
+def test_moments_match_samplers_exactly(law):
+  ours = law.moments()
+  ref = samplers.theta_moments(law.to_sampler())
+  assert ref.exact
+  for f in ("mean", "var", "gamma2", "strength", "global_strength"):
+    assert getattr(ours, f) == pytest.approx(getattr(ref, f), rel=1e-12, abs=1e-15), f
+
+
+def test_moments_match_theory_table():
+  # THEORY.md §6 (exact values quoted there to 6 digits).
+  table = {"Beta(0.2)": (0.898810, 0.019522), "Beta(10)": (0.588099, 0.004143),
+           "W(0.5)": (0.75, 1 / 32), "optimal": (2 / 3, 1 / 18)}
+  for law in (L.beta(0.2), L.beta(10.0), L.w_shaped(0.5), L.optimal()):
+    m = law.moments()
+    assert m.mean == pytest.approx(table[law.label][0], abs=1e-6)
+    assert m.var == pytest.approx(table[law.label][1], abs=1e-6)
+  assert L.optimal().moments().strength == pytest.approx(1 / 8, rel=1e-12)
+  assert L.beta(0.5).moments().mean == pytest.approx(0.5 + 1 / math.pi, rel=1e-12)
+
+
+def _theta_cdf(law: L.Law):
+  """Exact CDF of θ for continuous laws, from scipy.stats."""
+  (comp,) = law.components
+  if comp.kind == "folded_beta":  # P(θ ≤ t) = P(1 − t ≤ λ ≤ t), λ ~ Beta(α, α).
+    a = comp.b
+    return lambda t: sp_stats.beta.cdf(t, a, a) - sp_stats.beta.cdf(1 - t, a, a)
+  return lambda t: sp_stats.beta.cdf(2 * t - 1, comp.a, comp.b)  # θ = ½ + X/2.
+
+
+_KS_N = 20000
+# Critical value of the KS statistic at level 1e-4: sqrt(−ln(α/2)/2)/√n (asymptotic).
+_KS_CRIT_1 = math.sqrt(-math.log(0.5e-4) / 2) / math.sqrt(_KS_N)
+_KS_CRIT_2 = math.sqrt(-math.log(0.5e-4) / 2) * math.sqrt(2 / _KS_N)
+
+
+@pytest.mark.parametrize("law", [L.beta(0.1), L.beta(1.0), L.beta(10.0), L.w_shaped(0.5),
+                                 L.w_shaped(0.3, 0.6)], ids=lambda l: l.label)
+def test_draws_in_distribution(law):
+  key = jax.random.key(7)
+  theta = np.asarray(L.sample_theta(law.params(_K), key, (_KS_N,)), np.float64)
+  assert theta.min() >= 0.5 and theta.max() <= 1.0
+  # One-sample KS against the exact CDF. The sup is taken over draws below 1 − 1e-6:
+  # float32 cannot resolve θ within 6e-8 of 1 (for α = 0.1 about 19% of the mass lies
+  # there and is rounded to exactly 1), which a sup over a subset of points ignores.
+  xs = np.sort(theta)
+  ecdf_hi = np.arange(1, _KS_N + 1) / _KS_N
+  ecdf_lo = np.arange(0, _KS_N) / _KS_N
+  ok = xs < 1 - 1e-6
+  cdf = _theta_cdf(law)(xs[ok])
+  d1 = max(np.max(np.abs(ecdf_hi[ok] - cdf)), np.max(np.abs(ecdf_lo[ok] - cdf)))
+  assert d1 < _KS_CRIT_1, (d1, _KS_CRIT_1)
+  # Same law as the mixjax.samplers sampler (its λ folded to θ): two-sample KS.
+  # Values within 1e-6 of 1 are merged: below float32 resolution the two samplers round
+  # differently (½ + ½√W vs 1 − λ) although their laws agree.
+  lam = np.asarray(law.to_sampler()(jax.random.key(8), (_KS_N,)), np.float64)
+  top = 1 - 1e-6
+  d2 = sp_stats.ks_2samp(np.minimum(theta, top),
+                         np.minimum(np.maximum(lam, 1 - lam), top)).statistic
+  assert d2 < _KS_CRIT_2, (d2, _KS_CRIT_2)
+  # sample_lambda is symmetric about ½ and folds back to θ.
+  lam_ours = np.asarray(L.sample_lambda(law.params(_K), key, (_KS_N,)))
+  frac_low = np.mean(lam_ours < 0.5)
+  assert abs(frac_low - 0.5) < 5 * math.sqrt(0.25 / _KS_N) + 1.0 / _KS_N
+
+
+def test_atoms_and_mixture_weights():
+  law = L.regmixup(math.inf, 2.0)  # θ = 1 w.p. 1/3, θ = ½ w.p. 2/3.
+  theta = np.asarray(L.sample_theta(law.params(_K), jax.random.key(1), (_KS_N,)))
+  assert set(np.unique(theta)) == {0.5, 1.0}
+  p = np.mean(theta == 1.0)
+  assert abs(p - 1 / 3) < 5 * math.sqrt((1 / 3) * (2 / 3) / _KS_N)
+  # Padding does not change the draws.
+  np.testing.assert_array_equal(
+      theta, np.asarray(L.sample_theta(law.params(2), jax.random.key(1), (_KS_N,))))
+  # ERM is exactly θ = 1.
+  assert np.all(np.asarray(L.sample_theta(L.erm().params(_K), jax.random.key(0), (_KS_N,))) == 1.0)
+
+
+def test_vmapped_sampling_over_stacked_laws():
+  laws = [L.beta(1.0), L.optimal(), L.erm()]
+  stacked = L.stack_laws(laws, _K)
+  draws = jax.vmap(lambda p: L.sample_theta(p, jax.random.key(2), (_KS_N,)))(stacked)
+  for law, th in zip(laws, np.asarray(draws, np.float64)):
+    m = law.moments()
+    se = math.sqrt(m.var / _KS_N) if m.var > 0 else 0.0
+    assert abs(th.mean() - m.mean) <= 5 * se + 1e-6
+
+
+def test_law_from_sampler_roundtrip_and_errors():
+  for s in (samplers.beta(0.2), samplers.regmixup(10.0), samplers.optimal(),
+            samplers.w_shaped(0.5, 0.5)):
+    law = L.law_from_sampler(s)
+    assert law.moments().strength == pytest.approx(samplers.theta_moments(s).strength,
+                                                   rel=1e-12)
+  with pytest.raises(ValueError, match="parametric form"):
+    L.law_from_sampler(samplers.beta(0.5, 2.0))
+  with pytest.raises(ValueError, match=r"\[½, 1\]"):
+    L.atoms([0.2, 0.9])
+  with pytest.raises(ValueError, match="Known laws"):
+    L.make_law("gamma")
+  with pytest.raises(ValueError, match="cannot match"):
+    L.matched_atoms(0.9, 0.05, 3)
+
+
+# ----------------------------------------------------------------------------------------
+# Analysis and the report step.
+
+
+def test_slope_and_group_statistics_against_closed_forms():
+  # Per-law means exactly linear in x: slope recovered, zero-width t interval.
+  rows = [{"law": f"l{i}", "seed": s, "x": float(i), "m": 2.0 * i + 1.0}
+          for i in range(4) for s in range(3)]
+  fit = analysis.slope_vs(rows, "x", "m", num_boot=50)
+  assert fit["slope"] == pytest.approx(2.0)
+  assert fit["ci_low"] == pytest.approx(2.0) and fit["ci_high"] == pytest.approx(2.0)
+  m, se, n = analysis.mean_se([1.0, 2.0, 3.0, 4.0])
+  assert (m, n) == (2.5, 4) and se == pytest.approx(np.std([1, 2, 3, 4], ddof=1) / 2)
+  d = analysis.paired_difference(rows, "m", "l3", "l1")
+  assert d["diff"] == pytest.approx(4.0)
+
+
+def test_report_step_on_tiny_saved_result(tmp_path):
+  from experiments.studies import mixing_law  # pylint: disable=g-import-not-at-top
+  laws = [L.erm(), L.beta(0.2), L.beta(2.0)] + [l for g in mixing_law.GROUPS.values()
+                                                 for l in g]
+  rng = np.random.default_rng(0)
+  runs = []
+  for law in laws:
+    for seed in range(3):
+      row = engine.Run(law, seed, 1e-3).describe()
+      for m in mixing_law.METRICS:
+        row[m] = float(rng.uniform(0.05, 0.9))
+      runs.append(row)
+  config = {"setting": "digits_mlp", "dataset": "digits", "lr": 1e-3, "seeds": [0, 1, 2],
+            "laws": [l.describe() for l in laws],
+            "engine": engine.EngineConfig(num_epochs=1).to_json(),
+            "data_sizes": {"train_x": 10, "val_x": 2, "test_x": 3}}
+  records.save(str(tmp_path), "digits_mlp", runs=runs, config=config,
+               info={"total_seconds": 1.0})
+  mixing_law.main(["--out", str(tmp_path), "--mode", "report"])
+  for f in ("report.md", "digits_mlp_vs_strength.png", "digits_mlp_equal_moments.png"):
+    assert os.path.getsize(tmp_path / f) > 1000, f
+  text = (tmp_path / "report.md").read_text()
+  assert "Beta(0.2)" in text and "3 atoms ≡ W(0.5)" in text and "p |" in text
+  rec = records.load(str(tmp_path), "digits_mlp")
+  assert rec["provenance"]["packages"]["jax"] == jax.__version__
