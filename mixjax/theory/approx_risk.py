@@ -262,7 +262,8 @@ def approx_mixup_terms(logits_fn, x: Any, y: Any, stats: stats_lib.DataStats, sa
     num_probes: draws per example averaged by "stochastic".
     terms: subset of ("jacobian", "cross", "hessian", "label") to compute.
     rank: "lowrank" only: keep the top `rank` eigenpairs (default all available: the
-      stats' eigenpairs, or all d from an eigendecomposition of the dense Σ_xx).
+      stats' eigenpairs, or all d from an eigendecomposition of the dense Σ_xx, which is
+      then redone at every call: for training, precompute `data_stats(..., rank=k)`).
     derivatives: loss derivatives, "auto" | "autodiff" | "closed_form" (`loss_derivatives`).
     moments: θ-moments to use instead of `theta_moments(sampler)`.
     diagnostics: "exact" only: also return the paper's R1..R4.
@@ -299,7 +300,7 @@ def approx_mixup_terms(logits_fn, x: Any, y: Any, stats: stats_lib.DataStats, sa
   need_jac = bool(want & {"jacobian", "cross"})
 
   if estimator == "exact":
-    if need_jac or diagnostics:
+    if need_jac:
       jac = _jacobians(fn, x_t, c)
       chex.assert_shape(jac, (n, c, x_t.shape[1]))
       per["jacobian"] = 0.5 * jnp.einsum("nab,nba->n", der.huu, cov.xx_sandwich(jac))
