@@ -80,7 +80,7 @@ SETTINGS = {
                                    num_epochs=100, batch_size=64, num_checkpoints=4),
         lr=1e-3),
     "two_moons_rf": dict(
-        dataset="two_moons", laws=all_laws,
+        dataset="two_moons", dataset_kwargs={"feature_map": "none"}, laws=all_laws,
         config=engine.EngineConfig(model=RandomFeatures(num_classes=2, num_features=256,
                                                         bandwidth=0.5),
                                    num_epochs=400, batch_size=32, num_checkpoints=4),
@@ -99,12 +99,13 @@ def run(args) -> None:
     if args.quick:
       cfg = cfg.replace(num_epochs=2, num_checkpoints=1)
       laws, seeds = [L.erm(), L.beta(1.0), L.optimal()] + GROUPS["θ̄=3/4, σ²=1/48"][1:], seeds[:2]
-    data = common.load(s["dataset"])
+    data = common.load(s["dataset"], **s.get("dataset_kwargs", {}))
     runs = engine.make_runs(laws, seeds, lrs=[s["lr"]])
     print(f"[mixing_law/{part}] {len(laws)} laws x {len(seeds)} seeds = {len(runs)} runs, "
           f"{cfg.num_epochs} epochs, one vmapped program", flush=True)
     res = engine.train_runs(cfg, data, runs)
-    config = {"setting": part, "dataset": s["dataset"], "engine": cfg.to_json(),
+    config = {"setting": part, "dataset": s["dataset"],
+              "dataset_kwargs": s.get("dataset_kwargs", {}), "engine": cfg.to_json(),
               "lr": s["lr"], "seeds": seeds, "laws": [l.describe() for l in laws],
               "groups": {g: [l.label for l in ls] for g, ls in GROUPS.items()},
               "quick": bool(args.quick),

@@ -10,7 +10,7 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
 `--config.sampler.params='{"lam": 0.7}'`):
 
   seed                         one integer for everything (init, data order, λ, augment)
-  dataset.name / data_dir / val_fraction
+  dataset.name / data_dir / val_fraction / kwargs (loader options, e.g. two_moons' features)
   model.name / kwargs          `mixjax.models.get_model(name, num_classes, **kwargs)`
   method.name                  erm | mixup | regmixup | erm_transformed | perturbed_erm | approx
   method.loss                  per-example loss name (`mixjax.losses.LOSSES`)
@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.name = "mnist1d"
   c.dataset.data_dir = config_dict.placeholder(str)
   c.dataset.val_fraction = 0.1
+  c.dataset.kwargs = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"
@@ -134,15 +135,12 @@ def sweep_config(config: ml_collections.ConfigDict, overrides: dict[str, Any]
   return config
 
 
-def steps_per_epoch(num_train: int, batch_size: int) -> int:
-  """Full batches per epoch (the remainder of each epoch's permutation is dropped)."""
-  return max(num_train // batch_size, 1)
-
-
 def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+  """config.num_steps if > 0, else num_epochs × full batches per epoch."""
+  from mixjax import data as data_lib  # pylint: disable=g-import-not-at-top
   if config.num_steps and config.num_steps > 0:
     return int(config.num_steps)
-  return int(config.num_epochs) * steps_per_epoch(num_train, config.batch_size)
+  return int(config.num_epochs) * data_lib.steps_per_epoch(num_train, config.batch_size)
 
 
 def _fail(msg: str):
@@ -184,12 +182,12 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   methods_lib.METHODS.get(config.method.name)
   losses_lib.get_loss(config.method.loss)
   samplers_lib.SAMPLERS.get(config.sampler.name)
-  try:
+  try:  # builds the sampler: α <= 0 and other impossible parameters raise here
     samplers_lib.make_sampler(config.sampler.name, **dict(config.sampler.params))
-  except TypeError as e:  # wrong parameter names
+  except (TypeError, ValueError) as e:
     _fail(f"config.sampler.params={dict(config.sampler.params)} do not fit sampler "
-          f"{config.sampler.name!r}: {e}. Set them with "
-          f"--config.sampler.params='{{\"name\": value}}'.")
+          f"{config.sampler.name!r}: {e} Set them with "
+          f"--config.sampler.params='{{\"<name>\": <value>}}'.")
   choice(config.mixing.granularity, mixing_lib.GRANULARITIES, "mixing.granularity")
   choice(config.mixing.pairing, mixing_lib.PAIRINGS, "mixing.pairing")
   choice(config.optimizer.name, OPTIMIZERS, "optimizer.name")
@@ -211,8 +209,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
 
   ndev = jax.device_count() if num_devices is None else num_devices
   if config.batch_size <= 0 or config.batch_size % ndev:
-    _fail(f"config.batch_size={config.batch_size} must be a positive multiple of the "
-          f"device count ({ndev}); e.g. --config.batch_size={max(ndev, 1) * max(1, round(max(config.batch_size, 1) / ndev))}.")
+    suggestion = ndev * max(1, round(max(config.batch_size, 1) / ndev))
+    _fail(f"config.batch_size={config.batch_size} must be positive and divisible by the "
+          f"device count ({ndev}): each device takes batch_size / {ndev} examples. "
+          f"Use e.g. --config.batch_size={suggestion}.")
   if not config.optimizer.lr > 0 or not math.isfinite(config.optimizer.lr):
     _fail(f"config.optimizer.lr={config.optimizer.lr} must be a finite number > 0.")
   if config.optimizer.weight_decay < 0:

@@ -101,7 +101,8 @@ def needs_stats(config: ml_collections.ConfigDict) -> bool:
 
 
 def _stats_fingerprint(config, ds) -> dict[str, Any]:
-  return {"dataset": config.dataset.name, "val_fraction": float(config.dataset.val_fraction),
+  return {"dataset": config.dataset.name, "kwargs": json.dumps(dict(config.dataset.kwargs)),
+          "val_fraction": float(config.dataset.val_fraction),
           "seed": int(config.seed), "n": int(ds.train_x.shape[0]),
           "rank": -1 if config.stats.rank is None else int(config.stats.rank)}
 
@@ -201,9 +202,13 @@ class Predictor:
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
+_metric_sums = jax.jit(eval_lib.metric_sums, static_argnames=("num_bins",))
+
+
 def metrics_of(logits: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[str, float]:
   """accuracy / nll / ece / brier (`mixjax.eval`)."""
-  sums = eval_lib.metric_sums(jnp.asarray(logits), jnp.asarray(labels), num_bins=num_bins)
+  sums = _metric_sums(np.asarray(logits, np.float32), np.asarray(labels, np.int32),
+                      num_bins=num_bins)
   return {k: float(v) for k, v in eval_lib.finalize_metrics(sums).items()}
 
 
@@ -217,8 +222,7 @@ def evaluate(predict: Predictor, variables, ds, *, num_bins: int, rescale: bool,
     out["val_accuracy"] = metrics_of(val_logits, ds.val_y, num_bins)["accuracy"]
     if np.all(np.isfinite(val_logits)) and np.all(np.isfinite(test_logits)):
       t = eval_lib.fit_temperature(val_logits, ds.val_y)
-      cal = metrics_of(np.asarray(eval_lib.apply_temperature(test_logits, t)), ds.test_y,
-                       num_bins)
+      cal = metrics_of(test_logits / np.float32(t), ds.test_y, num_bins)
       out.update(temperature=t, ece_temp_scaled=cal["ece"], nll_temp_scaled=cal["nll"],
                  brier_temp_scaled=cal["brier"])
   return out
@@ -277,7 +281,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = step_lib.make_mesh(devices)
 
   ds = data_lib.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
-                             val_fraction=config.dataset.val_fraction, seed=config.seed)
+                             val_fraction=config.dataset.val_fraction, seed=config.seed,
+                             **dict(config.dataset.kwargs))
   num_train = int(ds.train_x.shape[0])
   if config.batch_size > num_train:
     raise ValueError(f"config.batch_size={config.batch_size} exceeds the {num_train} "
@@ -294,14 +299,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f"cannot carry BatchNorm batch statistics; model {config.model.name!r} has "
         "BatchNorm. Use a model without BatchNorm (mlp, lenet) or another method.")
 
-  spe = config_lib.steps_per_epoch(num_train, config.batch_size)
+  spe = data_lib.steps_per_epoch(num_train, config.batch_size)
   total = config_lib.total_steps(config, num_train)
   moments = None
   if config.method.name in methods_lib.MIXUP_FAMILY:
     moments = samplers_lib.theta_moments(effective_sampler(config, sampler))
   stats = load_or_compute_stats(config, ds, workdir) if needs_stats(config) else None
   if stats is not None and not jax.config.jax_enable_x64:
-    stats = jax.tree.map(lambda a: a.astype(jnp.float32), stats)
+    stats = jax.tree.map(lambda a: np.asarray(a, np.float32), stats)
 
   ctx = methods_lib.MethodContext(
       loss=losses_lib.get_loss(config.method.loss), sampler=sampler,
@@ -337,8 +342,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_step = step_lib.make_train_step(
       model=model, tx=tx, method=methods_lib.METHODS.get(config.method.name), ctx=ctx,
       mesh=mesh, num_classes=ds.num_classes, batch_size=config.batch_size,
-      steps_per_epoch=spe, num_train=num_train if on_device else None, schedule=schedule,
-      augment_fn=augment_fn, permutation_fn=data_lib.epoch_permutation)
+      num_train=num_train if on_device else None, schedule=schedule,
+      augment_fn=augment_fn)
   if on_device:
     x_src = step_lib.put_replicated(mesh, ds.train_x)
     y_src = step_lib.put_replicated(mesh, ds.train_y.astype(np.int32))
@@ -382,9 +387,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if on_device:
       state, m = train_step(state, x_src, y_src, stats_dev)
     else:
-      order = np.asarray(data_lib.epoch_permutation(jax.random.fold_in(data_key, s // spe),
-                                                    num_train))
-      idx = order[(s % spe) * config.batch_size:(s % spe + 1) * config.batch_size]
+      idx = np.asarray(data_lib.batch_indices(data_key, s, num_examples=num_train,
+                                              batch_size=config.batch_size))
       state, m = train_step(state, step_lib.put_sharded(mesh, ds.train_x[idx]),
                             step_lib.put_sharded(mesh, ds.train_y[idx].astype(np.int32)),
                             stats_dev)

@@ -5,10 +5,11 @@ compiled as `jax.jit(jax.shard_map(body, mesh=..., in_specs=..., out_specs=...))
 Per step s (B = global batch, D = devices, b = B / D, n = training-set size):
 
   1. Data. With the training set held on device (replicated, `in_specs=P()`), the global
-     batch is positions [p·B, (p+1)·B) of the epoch permutation
-     π_e = permutation(fold_in(data_key, e), n), e = s // steps_per_epoch,
-     p = s mod steps_per_epoch; device k keeps rows [k·b, (k+1)·b) of it. (Host-fed
-     mode: the caller passes the global batch sharded as P('data') instead.)
+     batch is `mixjax.data.batch_indices(data_key, s, ...)`: positions [p·B, (p+1)·B) of
+     the epoch permutation π_e = epoch_permutation(fold_in(data_key, e), n),
+     e = s // steps_per_epoch, p = s mod steps_per_epoch; device k keeps rows
+     [k·b, (k+1)·b) of it (`local_indices`). (Host-fed mode: the caller passes the
+     global batch sharded as P('data') instead, drawn from the same indices.)
   2. Augmentation (images): example r of the global batch gets the key
      fold_in(aug_key, r), so crops and flips do not depend on the device count.
   3. The method's local loss (`methods.py`; λ and partners per device by default, over
@@ -39,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mixjax import data as data_lib
 from mixjax.train import methods as methods_lib
 from mixjax.train import state as state_lib
 
@@ -103,10 +105,9 @@ def _all_finite(tree) -> jax.Array:
 def make_train_step(
     *, model: nn.Module, tx: optax.GradientTransformation, method: Callable[..., Any],
     ctx: methods_lib.MethodContext, mesh: jax.sharding.Mesh, num_classes: int,
-    batch_size: int, steps_per_epoch: int, num_train: int | None,
+    batch_size: int, num_train: int | None,
     schedule: optax.Schedule | None = None,
     augment_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
-    permutation_fn: Callable[[jax.Array, int], jax.Array] | None = None,
     max_traces: int | None = None,
 ) -> Callable[..., tuple[state_lib.TrainState, dict[str, jax.Array]]]:
   """Builds `train_step(state, x_src, y_src) -> (state, metrics)`, jitted and sharded.
@@ -119,12 +120,10 @@ def make_train_step(
     mesh: 1-D mesh with axis "data"; B must be divisible by its size.
     num_classes: c, for the one-hot labels.
     batch_size: B, the global batch.
-    steps_per_epoch: batches per epoch.
     num_train: n when the training set is passed whole (held on device, replicated);
       None for host-fed batches (x_src, y_src are then the (B, ...) global batch).
     schedule: the learning-rate schedule (only logged).
     augment_fn: `augment_fn(key, images) -> images` for a batch (or None).
-    permutation_fn: `permutation_fn(key, n) -> (n,) int` (the epoch order).
     max_traces: wrap the body in `chex.assert_max_traces(n=max_traces)` (tests).
 
   Returns:
@@ -141,8 +140,6 @@ def make_train_step(
   if on_device and batch_size > num_train:
     raise ValueError(f"batch_size={batch_size} exceeds the {num_train} training examples; "
                      f"use --config.batch_size<={num_train}.")
-  if permutation_fn is None:
-    permutation_fn = jax.random.permutation
 
   def body(state: state_lib.TrainState, x_src: jax.Array, y_src: jax.Array, stats: Any):
     step_ctx = dataclasses.replace(ctx, stats=stats)
@@ -150,11 +147,10 @@ def make_train_step(
     step = state.step
     root = state_lib.root_key(state)
     if on_device:
-      epoch, pos = step // steps_per_epoch, step % steps_per_epoch
-      order = permutation_fn(
-          jax.random.fold_in(jax.random.fold_in(root, state_lib.KEY_DATA), epoch), num_train)
-      idx = lax.dynamic_slice_in_dim(order, pos * batch_size + dev * local_b, local_b)
-      x, y = x_src[idx], y_src[idx]
+      idx = data_lib.batch_indices(
+          jax.random.fold_in(root, state_lib.KEY_DATA), step, num_examples=num_train,
+          batch_size=batch_size)
+      x, y = data_lib.take((x_src, y_src), data_lib.local_indices(idx, AXIS))
     else:
       x, y = x_src, y_src
     chex.assert_shape(y, (local_b,))
