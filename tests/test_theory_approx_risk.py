@@ -158,7 +158,7 @@ def test_lowrank_truncation_is_the_projected_covariance():
   st = data_stats(x, y)
   projected = st.replace(sxx=(v * lam) @ v.T, sxy=v @ (v.T @ st.sxy))
   exact = approx_mixup_terms(f, x, y, projected, sampler, estimator="exact", diagnostics=False)
-  for stats, kw in ((st_k, {}), (st, {"rank": 2})):
+  for stats, kw in ((st_k, {}), (st, {"rank": 2}), (st_k, {"direction_batch_size": 1})):
     low = approx_mixup_terms(f, x, y, stats, sampler, estimator="lowrank", **kw)
     for k in ALL_TERMS:
       np.testing.assert_allclose(low[k], exact[k], rtol=1e-10, atol=1e-14)

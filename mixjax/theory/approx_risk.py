@@ -310,7 +310,7 @@ def approx_mixup_terms(logits_fn, x: Any, y: Any, stats: stats_lib.DataStats, sa
 
   elif estimator == "lowrank":
     if need_jac or second:
-      _, ju, huu_dir = _directional(fn, x_t, cov.u, second)
+      _, ju, hu = _directional(fn, x_t, cov.u, second)
       vecs, vals = _eigenbasis(cov, rank)
 
       def along(v):
@@ -331,7 +331,7 @@ def approx_mixup_terms(logits_fn, x: Any, y: Any, stats: stats_lib.DataStats, sa
             + g_str * jnp.einsum("kb,nbc,knc->n", sxy_proj, der.m, jv))
       if second:
         per["hessian"] = 0.5 * (
-            s * jnp.einsum("nc,nc->n", der.g, huu_dir)
+            s * jnp.einsum("nc,nc->n", der.g, hu)
             + g_str * jnp.einsum("k,nc,knc->n", vals, der.g, hv))
 
   else:  # stochastic
