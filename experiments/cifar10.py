@@ -9,7 +9,7 @@ The data is read through `tfds.data_source` (array_record) and must be prepared 
 
   python -m mixjax.main --config=experiments/cifar10.py --workdir=runs/cifar10
   python -m mixjax.main --config=experiments/cifar10.py --config.method.name=erm ...
-  python -m launch.sweep --config=experiments/cifar10.py --workdir=runs/cifar10_sweep
+  python launch/sweep.py --config=experiments/cifar10.py --workdir=runs/cifar10_sweep
 """
 from __future__ import annotations
 

@@ -1,14 +1,15 @@
 r"""MNIST-1D (Greydanus, 2020; built offline by the `mnist1d` package): the main job.
 
 `make run` = `python -m mixjax.main --config=experiments/mnist1d.py --workdir=runs/mnist1d`.
-A small MLP trained with mixup (λ ~ Beta(1, 1)) and Adam with a cosine schedule; sized to
-finish in well under 3 minutes on a 2-core CPU, compilation included, and to print test
-accuracy / NLL / ECE / Brier, with and without test-time rescaling (THEORY.md §5).
+A small LeNet (1-D convolutions) trained with mixup (λ ~ Beta(1, 1)) and Adam with a
+cosine schedule; sized to finish in well under 3 minutes on a 2-core CPU, compilation
+included (about 45 s), and to print test accuracy (about 94%) / NLL / ECE / Brier, with
+and without test-time rescaling (THEORY.md §5).
 
 The sweep compares the θ-laws of THEORY.md §6 (ERM, Beta(α, α), W-shaped, the σ²/θ̄²
 optimum):
 
-  python -m launch.sweep --config=experiments/mnist1d.py --workdir=runs/mnist1d_sweep
+  python launch/sweep.py --config=experiments/mnist1d.py --workdir=runs/mnist1d_sweep
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = base_config()
   c.dataset.name = "mnist1d"
   c.dataset.val_fraction = 0.1
-  c.model.name = "mlp"
-  c.model.kwargs = ml_collections.ConfigDict({"hidden_sizes": (256, 256)})
+  # A small LeNet over the signal seen as a (40, 1, 1) image: ~94% test accuracy, where
+  # an MLP stays near 67% (Greydanus reports the same gap).
+  c.model.name = "lenet"
+  c.model.kwargs = ml_collections.ConfigDict({"features": (16, 32), "dense_sizes": (128,)})
+  c.model.input_shape = (40, 1, 1)
   c.method.name = "mixup"
   c.sampler.name = "beta"
   c.sampler.params = ml_collections.ConfigDict({"alpha": 1.0})
@@ -33,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_epochs = 2.0
   c.batch_size = 128
-  c.num_epochs = 150
+  c.num_epochs = 100
   c.eval.every_epochs = 25
   c.log_every_steps = 500
   c.checkpoint_every_steps = 1000

@@ -23,11 +23,15 @@ import sys
 from absl import app
 from absl import flags
 
-_CONFIG = flags.DEFINE_string("config", None, "Config file with get_config()/get_sweep().")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.")
-_PYTHON = flags.DEFINE_string("python", sys.executable, "Python interpreter for the runs.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+def _define_flags() -> None:
+  """Defined only when run as a script, so that importing this module (tests) does not
+  clash with mixjax.main's --config flag."""
+  flags.DEFINE_string("config", None, "Config file with get_config()/get_sweep().")
+  flags.DEFINE_string("workdir", None, "Parent directory of the runs' workdirs.")
+  flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.")
+  flags.DEFINE_string("python", sys.executable, "Python interpreter for the runs.")
+  flags.mark_flags_as_required(["config", "workdir"])
 
 
 def load_sweep(config_path: str) -> list[dict]:
@@ -75,11 +79,12 @@ def sweep_commands(config_path: str, workdir: str, extra: list[str],
 
 def main(argv) -> None:
   extra = argv[1:]
-  cmds = sweep_commands(_CONFIG.value, _WORKDIR.value, extra, _PYTHON.value)
+  f = flags.FLAGS
+  cmds = sweep_commands(f.config, f.workdir, extra, f.python)
   failed = 0
   for cmd in cmds:
     print(shlex.join(cmd), flush=True)
-    if not _DRY_RUN.value and subprocess.run(cmd, check=False).returncode != 0:
+    if not f.dry_run and subprocess.run(cmd, check=False).returncode != 0:
       failed += 1
       print(f"FAILED: {shlex.join(cmd)}", file=sys.stderr, flush=True)
   if failed:
@@ -87,4 +92,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -101,7 +101,8 @@ def test_main_runs_with_overrides(tmp_path, capsys, monkeypatch):
              "--config.batch_size=64", "--config.log_every_steps=2",
              "--config.eval.every_epochs=0", "--config.method.name=regmixup",
              "--config.sampler.params={\"alpha\": 2.0}",
-             "--config.model.kwargs={\"hidden_sizes\": [16]}"], monkeypatch)
+             "--config.model.kwargs={\"features\": [4], \"dense_sizes\": [8]}"],
+            monkeypatch)
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["method"]["name"] == "regmixup"
   assert saved["sampler"]["params"] == {"alpha": 2.0}

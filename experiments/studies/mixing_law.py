@@ -80,7 +80,7 @@ SETTINGS = {
                                    num_epochs=100, batch_size=64, num_checkpoints=4),
         lr=1e-3),
     "two_moons_rf": dict(
-        dataset="two_moons", dataset_kwargs={"feature_map": "none"}, laws=all_laws,
+        dataset="two_moons", dataset_kwargs={"feature_map": "none", "val_fraction": 0.0}, laws=all_laws,
         config=engine.EngineConfig(model=RandomFeatures(num_classes=2, num_features=256,
                                                         bandwidth=0.5),
                                    num_epochs=400, batch_size=32, num_checkpoints=4),
@@ -131,12 +131,26 @@ def _figure_vs(rows, summary, part: str, out: str) -> str:
     span = np.ptp(xs) or 1.0
     for col, (m, name, _) in enumerate(_PANELS):
       ax = axes[row_i, col]
-      plots.errorbar_points(ax, xs, [r[m] for r in summary], [r[m + "_se"] for r in summary],
-                            labels)
       rs = m.replace("test_", "test_rs_")
-      plots.errorbar_points(ax, xs, [r[rs] for r in summary],
-                            [r[rs + "_se"] for r in summary], labels, hollow=True,
-                            offset=0.012 * span, alpha=0.8)
+      mix = [i for i, r in enumerate(summary) if r["law"] != "ERM"]
+      erm = [i for i, r in enumerate(summary) if r["law"] == "ERM"]
+      plots.errorbar_points(ax, xs[mix], [summary[i][m] for i in mix],
+                            [summary[i][m + "_se"] for i in mix], [labels[i] for i in mix])
+      plots.errorbar_points(ax, xs[mix], [summary[i][rs] for i in mix],
+                            [summary[i][rs + "_se"] for i in mix], [labels[i] for i in mix],
+                            hollow=True, offset=0.012 * span, alpha=0.8)
+      vals = [summary[i][k] for i in mix for k in (m, rs)]
+      lo, hi = min(vals), max(vals)
+      pad = 0.12 * (hi - lo) + 1e-4
+      ax.set_ylim(lo - pad, hi + pad)
+      for i in erm:  # ERM: a horizontal band (mean ± se), or a note when off scale.
+        e, se = summary[i][m], summary[i][m + "_se"]
+        if lo - pad <= e <= hi + pad:
+          ax.axhline(e, color="k", lw=1, ls=":")
+          ax.axhspan(e - se, e + se, color="k", alpha=0.08)
+        else:
+          ax.text(0.02, 0.97 if e > hi else 0.03, f"ERM: {e:.3f} ± {se:.3f} (off scale)",
+                  transform=ax.transAxes, fontsize=7, va="top" if e > hi else "bottom")
       mix = [r for r in rows if r["law"] != "ERM"]
       fit = analysis.linear_fit(
           [r[xkey] for r in summary if r["law"] != "ERM"],
@@ -152,10 +166,14 @@ def _figure_vs(rows, summary, part: str, out: str) -> str:
   extra = [Line2D([], [], color="k", marker="o", ls="", label="plain"),
            Line2D([], [], color="k", marker="o", mfc="white", ls="", label="rescaled"),
            Line2D([], [], color="gray", ls="--", label="OLS fit (mixup laws, plain)")]
-  plots.family_legend(axes[0, 0], labels, extra=extra, fontsize=6)
+  extra.append(Line2D([], [], color="k", ls=":", label="ERM (± se band)"))
+  mix_labels = [l for l in labels if l != "ERM"]
+  plots.family_legend(fig, mix_labels, extra=extra, fontsize=8, loc="lower center",
+                      ncol=len(set(plots.family(l) for l in mix_labels)) + len(extra))
   fig.suptitle(f"{part}: metric vs regularization strength (mean ± se over seeds)",
                fontsize=10)
-  return plots.save(fig, os.path.join(out, f"{part}_vs_strength.png"))
+  fig.tight_layout(rect=(0, 0.05, 1, 1))
+  return plots.save(fig, os.path.join(out, f"{part}_vs_strength.png"), tight=False)
 
 
 def _figure_groups(summary_by_law: dict, part: str, out: str) -> str:

@@ -1,8 +1,26 @@
 """Training: the per-device step under jax.jit(jax.shard_map(...)), the loop, Orbax
-checkpoints, metric writers, the METHODS registry and the config schema."""
-from mixjax.train.config import base_config
-from mixjax.train.config import validate_config
-from mixjax.train.loop import NonFiniteLossError
-from mixjax.train.loop import train_and_evaluate
-from mixjax.train.methods import METHODS
-from mixjax.train.state import TrainState
+checkpoints, metric writers, the METHODS registry and the config schema.
+
+Names are imported lazily, so that reading a config (`mixjax.train.config`) does not
+import JAX, Flax, Orbax or the datasets.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "base_config": "mixjax.train.config",
+    "validate_config": "mixjax.train.config",
+    "NonFiniteLossError": "mixjax.train.loop",
+    "train_and_evaluate": "mixjax.train.loop",
+    "METHODS": "mixjax.train.methods",
+    "TrainState": "mixjax.train.state",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+  if name in _EXPORTS:
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+  raise AttributeError(f"module 'mixjax.train' has no attribute {name!r}")

@@ -55,9 +55,11 @@ class Checkpointer:
         force=True)
     self._manager.wait_until_finished()
 
-  def restore(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
-    """Restores checkpoint `step` with the structure, dtypes and shardings of `template`."""
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+  def restore(self, step: int, template: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Restores checkpoint `step` with the structure, dtypes and shardings of `template`
+    (a TrainState); without a template, as the saved tree of arrays (inspection)."""
+    abstract = None if template is None else jax.tree.map(
+        ocp.utils.to_shape_dtype_struct, template)
     out = self._manager.restore(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), metadata=ocp.args.JsonRestore()))
     return out["state"], dict(out["metadata"])

@@ -12,6 +12,9 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   seed                         one integer for everything (init, data order, λ, augment)
   dataset.name / data_dir / val_fraction / kwargs (loader options, e.g. two_moons' features)
   model.name / kwargs          `mixjax.models.get_model(name, num_classes, **kwargs)`
+  model.input_shape            reshape each example to this shape inside the model (e.g.
+                               (40, 1, 1) to run LeNet on MNIST-1D signals); data, stats and
+                               mixing stay in the dataset's shape
   method.name                  erm | mixup | regmixup | erm_transformed | perturbed_erm | approx
   method.loss                  per-example loss name (`mixjax.losses.LOSSES`)
   method.eta                   RegMixup weight η (regmixup only)
@@ -59,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "mlp"
   c.model.kwargs = ml_collections.ConfigDict()
+  c.model.input_shape = config_dict.placeholder(tuple)
 
   c.method = ml_collections.ConfigDict()
   c.method.name = "mixup"

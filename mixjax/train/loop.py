@@ -27,6 +27,7 @@ import time
 from typing import Any
 
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -63,17 +64,41 @@ class _Interrupted(Exception):
 # ----------------------------------------------------------------------------- pieces
 
 
+class Reshaped(nn.Module):
+  """Applies `module` to the batch reshaped to (B, *input_shape) (`config.model.input_shape`).
+
+  The data, the DataStats, mixing and the theory all stay in the dataset's input shape;
+  only the network sees the reshaped view (e.g. MNIST-1D's (40,) as (40, 1, 1) for LeNet).
+  """
+  module: nn.Module
+  input_shape: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return self.module(x.reshape((x.shape[0],) + tuple(self.input_shape)), train=train)
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int, *,
+                input_shape: tuple[int, ...] | None = None,
                 bn_axis_name: str | None = step_lib.AXIS):
   """`get_model(config.model.name, num_classes, **kwargs)`, BatchNorm over `bn_axis_name`
-  for the models that have BatchNorm."""
+  for the models that have BatchNorm, wrapped in `Reshaped` if config.model.input_shape."""
   kwargs = dict(config.model.kwargs)
   factory = models_lib.MODELS.get(config.model.name)
   cls = factory if isinstance(factory, type) else getattr(factory, "module_class", None)
   fields = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
   if "bn_axis_name" in fields:
     kwargs.setdefault("bn_axis_name", bn_axis_name)
-  return models_lib.get_model(config.model.name, num_classes, **kwargs)
+  model = models_lib.get_model(config.model.name, num_classes, **kwargs)
+  target = config.model.input_shape
+  if target is None:
+    return model
+  target = tuple(int(s) for s in target)
+  if input_shape is not None and math.prod(target) != math.prod(input_shape):
+    raise ValueError(
+        f"config.model.input_shape={target} has {math.prod(target)} entries but the "
+        f"dataset's examples have shape {tuple(input_shape)} ({math.prod(input_shape)}).")
+  return Reshaped(model, target)
 
 
 def training_sampler(config: ml_collections.ConfigDict):
@@ -177,8 +202,8 @@ class Predictor:
     self.batch_size = int(math.ceil(batch_size / ndev) * ndev)
     self.stats = stats
     self.theta_bar = theta_bar
-    batch_sharding = jax.sharding.NamedSharding(self.local_mesh, step_lib.P(step_lib.AXIS))
-    rep = step_lib.replicated(self.local_mesh)
+    self._batch = jax.sharding.NamedSharding(self.local_mesh, step_lib.P(step_lib.AXIS))
+    self._rep = step_lib.replicated(self.local_mesh)
 
     def logits(variables, x, stats, rescale: bool):
       fn = lambda z: model.apply(variables, z, train=False)
@@ -186,11 +211,13 @@ class Predictor:
         fn = theory.rescaled(fn, stats, theta_bar)
       return fn(x)
 
-    self._fn = jax.jit(logits, static_argnums=(3,), in_shardings=(rep, batch_sharding, rep),
-                       out_shardings=batch_sharding)
+    self._fn = jax.jit(logits, static_argnums=(3,), out_shardings=self._batch)
 
   def __call__(self, variables, x: np.ndarray, *, rescale: bool = False) -> np.ndarray:
-    variables = _local(variables)
+    # Everything is put on this process's devices explicitly (multi-process jit refuses
+    # host arrays with non-trivial shardings).
+    variables = jax.device_put(_local(variables), self._rep)
+    stats = None if self.stats is None else jax.device_put(self.stats, self._rep)
     n = x.shape[0]
     out = []
     for i in range(0, n, self.batch_size):
@@ -198,7 +225,8 @@ class Predictor:
       pad = self.batch_size - xb.shape[0]
       if pad:
         xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-      out.append(np.asarray(self._fn(variables, xb, self.stats, rescale))[:xb.shape[0] - pad])
+      logits = self._fn(variables, jax.device_put(xb, self._batch), stats, rescale)
+      out.append(np.asarray(logits)[:xb.shape[0] - pad])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
@@ -291,8 +319,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f"config.augment.enabled=True but {config.dataset.name} is not an "
                      "image dataset; set --config.augment.enabled=False.")
   sampler = training_sampler(config)
-  model = build_model(config, ds.num_classes)
   input_shape = tuple(ds.input_shape)
+  model = build_model(config, ds.num_classes, input_shape=input_shape)
   if config.method.name == "approx" and _has_batch_stats(model, input_shape):
     raise ValueError(
         f"method 'approx' differentiates the model along input directions (JVPs), which "
@@ -383,6 +411,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   t_start = t_last = time.time()
   s_last = start
   eval_every = config.eval.every_epochs * spe
+  sync_every_step = any(d.platform == "cpu" for d in devices)
+  prev_loss = None
   for s in range(start, total):
     if on_device:
       state, m = train_step(state, x_src, y_src, stats_dev)
@@ -392,6 +422,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       state, m = train_step(state, step_lib.put_sharded(mesh, ds.train_x[idx]),
                             step_lib.put_sharded(mesh, ds.train_y[idx].astype(np.int32)),
                             stats_dev)
+    # Bound the steps in flight: on CPU, queued steps can starve the collectives of the
+    # forced host devices of threads (an XLA rendezvous timeout), so wait for each step;
+    # elsewhere keep one step in flight.
+    if sync_every_step:
+      jax.block_until_ready(m["loss"])
+    elif prev_loss is not None:
+      jax.block_until_ready(prev_loss)
+    prev_loss = m["loss"]
     done = s + 1
     if interrupt_at_step is not None and done == interrupt_at_step:
       raise _Interrupted(f"interrupted after step {done}")

@@ -1,0 +1,246 @@
+r"""Diagnostics along mixup training: Theorem 3's terms, R1–R4, the notes' bounds, and the
+gap between the mixup loss and the approximate risk (THEORY.md §4, seed notes).
+
+Trains a small tanh MLP on MNIST-1D (d = 40, so every term is computed exactly) with mixup
+under several laws and seeds (seeds vmapped; one program per law so that the exact mixup
+risk can use the law's θ-quadrature). At every checkpoint, on a fixed subset of training
+examples (with that subset's own statistics, so that the identities are exact):
+
+  * `mixjax.theory.approx_mixup_terms` (exact estimator): erm (on transformed data),
+    jacobian, cross, hessian, label and the paper's R1–R4;
+  * the exact mixup risk of the subset (`mixjax.theory.exact_mixup_risk`: all n² pairs,
+    θ-quadrature) and the sampled mixup loss (`mixjax.losses.mixup_loss`, mean of 16 draws);
+  * the per-example terms and the notes' upper bounds (`mixjax.studies.diagnostics`):
+    prediction entropy, ‖S(f(x̃)) − ỹ‖ (EL2N-like), input-Hessian traces.
+
+  python -m experiments.studies.diagnostics --out results/diagnostics
+  python -m experiments.studies.diagnostics --out results/diagnostics --mode=report
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.studies import common
+from mixjax import losses
+from mixjax import theory
+from mixjax.studies import analysis
+from mixjax.studies import diagnostics as diag_lib
+from mixjax.studies import engine
+from mixjax.studies import laws as L
+from mixjax.studies import plots
+from mixjax.studies import records
+
+PARTS = ("mnist1d_tanh",)
+SUBSET = 256
+NUM_DRAWS = 16
+NUM_NODES = 16
+LAWS = (L.beta(1.0), L.beta(0.2), L.w_shaped(0.5), L.optimal())
+CONFIG = engine.EngineConfig(
+    model="mlp", model_kwargs={"hidden_sizes": (128, 128), "activation": "tanh"},
+    num_epochs=60, batch_size=128, num_checkpoints=12)
+
+
+def make_diagnostics_fn(x_sub: np.ndarray, y_sub: np.ndarray):
+  """The engine's `diagnostics_fn` on a fixed subset (its own DataStats)."""
+  c = int(y_sub.max()) + 1
+  xs = jnp.asarray(x_sub, jnp.float32).reshape(x_sub.shape[0], -1)
+  ys = jax.nn.one_hot(jnp.asarray(y_sub), c)
+  stats = theory.data_stats(xs, ys)
+
+  def fn(logits_fn, run, ctx):
+    sampler = ctx.law.to_sampler()
+    terms = theory.approx_mixup_terms(logits_fn, xs, ys, stats, sampler,
+                                      moments=run.moments, diagnostics=True)
+    out = {f"t_{k}": v for k, v in terms.items()}
+    approx_all = terms["erm"] + terms["jacobian"] + terms["cross"] + terms["hessian"] + \
+        terms["label"]
+    out["approx_all"] = approx_all
+    out["approx_no_hessian"] = approx_all - terms["hessian"]
+    out["exact_mixup"] = theory.exact_mixup_risk(logits_fn, xs, ys, sampler,
+                                                 num_nodes=NUM_NODES)
+    draws = jax.vmap(lambda k: losses.mixup_loss(
+        logits_fn, xs, ys, k, L.as_sampler(run.law), fold=True))(
+            jax.random.split(jax.random.fold_in(run.key, 77), NUM_DRAWS))
+    out["sampled_mixup"] = jnp.mean(draws)
+    out["sampled_mixup_sd"] = jnp.std(draws)
+    out["gap_all"] = out["exact_mixup"] - approx_all
+    out["gap_no_hessian"] = out["exact_mixup"] - out["approx_no_hessian"]
+    per = diag_lib.per_example_terms(logits_fn, xs, ys, stats, run.moments)
+    out.update({f"b_{k}": v for k, v in diag_lib.summarize_bounds(per).items()})
+    return out
+
+  return fn
+
+
+def run(args) -> None:
+  cfg, laws, seeds = CONFIG, list(LAWS), list(range(args.seeds))
+  subset = SUBSET
+  if args.quick:
+    cfg = cfg.replace(num_epochs=2, num_checkpoints=2)
+    laws, seeds, subset = laws[:2], seeds[:2], 32
+  data = common.load("mnist1d")
+  fn = make_diagnostics_fn(data.train_x[:subset], data.train_y[:subset])
+  runs = engine.make_runs(laws, seeds, lrs=[3e-3])
+  print(f"[diagnostics] {len(laws)} laws x {len(seeds)} seeds, {cfg.num_epochs} epochs, "
+        f"{cfg.num_checkpoints} checkpoints, subset {subset}", flush=True)
+  res = engine.train_runs(cfg, data, runs, diagnostics_fn=fn, group_by_law=True)
+  config = {"dataset": "mnist1d", "engine": cfg.to_json(), "lr": 3e-3, "seeds": seeds,
+            "laws": [l.describe() for l in laws], "subset": subset, "num_draws": NUM_DRAWS,
+            "num_nodes": NUM_NODES, "quick": bool(args.quick)}
+  records.save(args.out, PARTS[0], config=config, **records.engine_record(res))
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def _series(rec, key, law):
+  """(epochs, mean over the law's seeds, se) of a history entry."""
+  idx = [i for i, r in enumerate(rec["runs"]) if r["law"] == law]
+  h = rec["history"][key][:, idx]
+  n = h.shape[1]
+  se = h.std(1, ddof=1) / np.sqrt(n) if n > 1 else np.full(h.shape[0], np.nan)
+  return rec["history"]["epoch"], h.mean(1), se
+
+
+def _plot_lines(ax, rec, law, items, logy=False):
+  for key, name, color, ls in items:
+    ep, m, se = _series(rec, key, law)
+    if logy:
+      m = np.abs(m)
+    ax.errorbar(ep, m, yerr=se, color=color, ls=ls, marker="o", ms=3, capsize=2,
+                label=name, lw=1.2)
+  if logy:
+    ax.set_yscale("log")
+  ax.set_xlabel("epoch")
+  ax.grid(alpha=0.3)
+
+
+def report(args) -> None:
+  rec = records.load(args.out, PARTS[0])
+  laws = analysis.unique(rec["runs"], "law")
+  out = args.out
+  # 1. Terms along training.
+  fig, axes = plots.new_figure(1, len(laws), size=(4.0, 3.4))
+  for ax, law in zip(axes[0], laws):
+    _plot_lines(ax, rec, law, [
+        ("diag/t_jacobian", "jacobian", "tab:blue", "-"),
+        ("diag/t_cross", "cross", "tab:orange", "-"),
+        ("diag/t_hessian", "hessian (R2)", "tab:green", "-"),
+        ("diag/t_R1", "R1", "tab:purple", "--"),
+        ("diag/t_R3", "R3", "tab:red", "--")])
+    ax.set_title(law, fontsize=9)
+    ax.set_ylabel("term value (mean over subset)")
+  axes[0, 0].legend(fontsize=7)
+  fig.suptitle("Theorem 3 terms along mixup training (MNIST-1D, tanh MLP; mean ± se over "
+               "seeds)", fontsize=9)
+  f1 = plots.save(fig, os.path.join(out, "terms_along_training.png"))
+  # 2. Bounds next to the terms they bound.
+  fig, axes = plots.new_figure(3, len(laws), size=(4.0, 3.0))
+  for j, law in enumerate(laws):
+    _plot_lines(axes[0, j], rec, law, [("diag/b_R1", "R1", "tab:purple", "-"),
+                                       ("diag/b_B1_mid", "bound: tr Σ·tr H·‖J−J*‖²",
+                                        "gray", "--"),
+                                       ("diag/b_B1", "bound: tr Σ·Ent·‖J−J*‖²", "k", ":")],
+                logy=True)
+    _plot_lines(axes[1, j], rec, law, [("diag/b_R2", "|R2| (hessian)", "tab:green", "-"),
+                                       ("diag/b_B2", "bound: tr Σ·‖S−ỹ‖·‖tr∇²f‖", "k",
+                                        ":")], logy=True)
+    _plot_lines(axes[2, j], rec, law, [("diag/b_R3", "|R3|", "tab:red", "-"),
+                                       ("diag/b_B3", "notes: ·Ent", "k", ":"),
+                                       ("diag/b_B3_corrected", "corrected: ·tr H⁺", "gray",
+                                        "--")], logy=True)
+    axes[0, j].set_title(law, fontsize=9)
+    for i in range(3):
+      axes[i, j].set_ylabel("mean over subset (log)")
+  for i in range(3):
+    axes[i, 0].legend(fontsize=6)
+  fig.suptitle("Per-example terms and the notes' upper bounds (means over the subset; "
+               "± se over seeds)", fontsize=9)
+  f2 = plots.save(fig, os.path.join(out, "bounds_along_training.png"))
+  # 3. Mixup loss vs approximate risk.
+  fig, axes = plots.new_figure(1, len(laws), size=(4.0, 3.4))
+  for ax, law in zip(axes[0], laws):
+    _plot_lines(ax, rec, law, [("diag/exact_mixup", "exact mixup risk", "k", "-"),
+                               ("diag/sampled_mixup", "sampled mixup loss (16 draws)",
+                                "tab:gray", ":"),
+                               ("diag/approx_all", "approx (all terms)", "tab:blue", "--"),
+                               ("diag/approx_no_hessian", "approx (no hessian)",
+                                "tab:orange", "--"),
+                               ("diag/t_erm", "ERM on transformed data", "tab:green",
+                                "-.")])
+    ax.set_title(law, fontsize=9)
+    ax.set_ylabel("risk on the subset")
+  axes[0, 0].legend(fontsize=6)
+  fig.suptitle("Mixup risk vs the second-order approximation along training", fontsize=9)
+  f3 = plots.save(fig, os.path.join(out, "gap_along_training.png"))
+
+  # Tables at the last checkpoint.
+  h = rec["history"]
+  last = -1
+  md = ["# Diagnostics along mixup training\n",
+        f"MNIST-1D, MLP (128, 128) tanh, Adam lr {rec['config']['lr']}, "
+        f"{rec['config']['engine']['num_epochs']} epochs, seeds {rec['config']['seeds']}; "
+        f"diagnostics on the first {rec['config']['subset']} training examples with their "
+        f"own statistics, at epochs {list(h['epoch'].astype(int))}. Run time "
+        f"{rec['info'].get('total_seconds', float('nan')):.0f} s "
+        f"({rec['provenance']['cpu_count']} CPU cores). Generated by "
+        f"`python -m experiments.studies.diagnostics --out {out} --mode=report`.\n",
+        "## Terms and the approximation gap at the end of training (mean ± se over seeds)\n"]
+
+  def cell(key, law, digits=4):
+    idx = [i for i, r in enumerate(rec["runs"]) if r["law"] == law]
+    m, se, _ = analysis.mean_se(h[key][last, idx])
+    return analysis.fmt(m, se, digits)
+
+  rows = []
+  for law in laws:
+    rows.append([law] + [cell(f"diag/{k}", law) for k in
+                         ("t_erm", "t_jacobian", "t_cross", "t_hessian", "t_R1", "t_R3",
+                          "exact_mixup", "sampled_mixup", "gap_all", "gap_no_hessian")])
+  md.append(analysis.markdown_table(
+      ["law", "ERM~", "jacobian", "cross", "hessian", "R1", "R3", "E^mix (exact)",
+       "sampled", "E^mix − approx", "E^mix − approx (no hess.)"], rows))
+  md.append("\nR1 + R3 = jacobian + cross holds at every checkpoint to "
+            f"{np.nanmax(np.abs(h['diag/t_R1'] + h['diag/t_R3'] - h['diag/t_jacobian'] - h['diag/t_cross'])):.2e}"
+            " (max abs difference), a check of the pseudo-inverse construction.\n")
+  md.append("\n## Where the notes' bounds hold, and how tight they are (last checkpoint)\n")
+  md.append("holds = fraction of subset examples with |term_i| ≤ bound_i; tight = median of "
+            "|term_i| / bound_i (1 = tight). B2 (signed) checks R2_i ≤ B2_i.\n")
+  rows = []
+  for law in laws:
+    rows.append([law] + [cell(f"diag/b_{k}", law, 3) for k in
+                         ("holds_B1", "tight_B1", "holds_B1_mid", "holds_B2",
+                          "holds_B2_signed", "tight_B2", "holds_B3", "tight_B3",
+                          "holds_B3_corrected", "tight_B3_corrected")])
+  md.append(analysis.markdown_table(
+      ["law", "B1 holds", "B1 tight", "B1' holds", "B2 holds", "B2 (signed)", "B2 tight",
+       "B3 (notes) holds", "B3 tight", "B3 (corrected) holds", "B3c tight"], rows))
+  md.append("\nThe same fractions over all checkpoints (min – max over checkpoints and "
+            "seeds):\n")
+  rows = []
+  for law in laws:
+    idx = [i for i, r in enumerate(rec["runs"]) if r["law"] == law]
+    rows.append([law] + [f"{np.nanmin(h[f'diag/b_{k}'][:, idx]):.2f} – "
+                         f"{np.nanmax(h[f'diag/b_{k}'][:, idx]):.2f}"
+                         for k in ("holds_B1", "holds_B2", "holds_B2_signed", "holds_B3",
+                                   "holds_B3_corrected")])
+  md.append(analysis.markdown_table(
+      ["law", "B1", "B2", "B2 (signed)", "B3 (notes)", "B3 (corrected)"], rows))
+  md.append(f"\n![terms]({os.path.basename(f1)})\n\n![bounds]({os.path.basename(f2)})\n\n"
+            f"![gap]({os.path.basename(f3)})\n")
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write("\n".join(md))
+
+
+def main(argv=None) -> None:
+  args = common.parse_args(__doc__.splitlines()[0], list(PARTS), argv, default_seeds=3)
+  common.main(args, run, report)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,326 @@
+r"""The paper's claims (Carratino et al., JMLR 2022), on small data.
+
+(a) rescaling:  test-time rescaling (THEORY.md §5) on/off per law: accuracy, NLL, ECE and
+    the paired difference rescaled − plain, on MNIST-1D (MLP).
+(b) approx:     the approximate mixup risk (Theorem 3) as a training objective, with all
+    terms, each term dropped in turn, and without the hessian term as the paper does,
+    against sampled mixup, ERM on the transformed data (Theorem 1) and ERM, on MNIST-1D
+    with a tanh MLP (smooth, so the hessian term is not identically 0; d = 40, so the
+    exact estimator is affordable). The label term is identically 0 for cross-entropy.
+(c) two_moons:  decision boundaries of ERM, mixup and approximate mixup on the paper's
+    two moons (n = 300, noise 0.01, 50/50 split), random Fourier features model.
+
+  python -m experiments.studies.paper_claims --out results/paper_claims
+  python -m experiments.studies.paper_claims --out results/paper_claims --mode=report
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from experiments.studies import common
+from mixjax.studies import analysis
+from mixjax.studies import engine
+from mixjax.studies import laws as L
+from mixjax.studies import plots
+from mixjax.studies import records
+from mixjax.studies.random_features import RandomFeatures
+
+PARTS = ("rescaling", "approx", "two_moons")
+
+RESCALING_LAWS = (L.erm(), L.beta(0.2), L.beta(1.0), L.beta(2.0), L.beta(10.0),
+                  L.w_shaped(0.5), L.regmixup(10.0, 1.0), L.optimal())
+RESCALING_CONFIG = engine.EngineConfig(
+    model="mlp", model_kwargs={"hidden_sizes": (256, 256)}, num_epochs=100, batch_size=128,
+    num_checkpoints=2)
+
+# (name, method, approx terms). The label term is 0 for cross-entropy; it is kept in the
+# term lists so that "all terms" is literally all of them.
+APPROX_VARIANTS = (
+    ("ERM", "erm", ()),
+    ("ERM on transformed data", "erm_transformed", ()),
+    ("mixup (sampled)", "mixup", ()),
+    ("approx: all terms", "approx", ("jacobian", "cross", "hessian", "label")),
+    ("approx: no hessian (paper)", "approx", ("jacobian", "cross", "label")),
+    ("approx: no jacobian", "approx", ("cross", "hessian", "label")),
+    ("approx: no cross", "approx", ("jacobian", "hessian", "label")),
+)
+APPROX_LAWS = (L.beta(1.0), L.optimal())
+APPROX_CONFIG = engine.EngineConfig(
+    model="mlp", model_kwargs={"hidden_sizes": (128, 128), "activation": "tanh"},
+    num_epochs=60, batch_size=128, num_checkpoints=3)
+
+MOONS_VARIANTS = (("ERM", "erm", ()), ("mixup", "mixup", ()),
+                  ("approx mixup (no hessian)", "approx", ("jacobian", "cross", "label")),
+                  ("approx mixup (all terms)", "approx",
+                   ("jacobian", "cross", "hessian", "label")))
+MOONS_CONFIG = engine.EngineConfig(
+    model=RandomFeatures(num_classes=2, num_features=256, bandwidth=0.5), num_epochs=300,
+    batch_size=45, num_checkpoints=2, fit_temperature=False)
+GRID = 120
+
+
+def _run_rescaling(args):
+  cfg, laws, seeds = RESCALING_CONFIG, list(RESCALING_LAWS), list(range(args.seeds))
+  if args.quick:
+    cfg, laws, seeds = cfg.replace(num_epochs=2, num_checkpoints=1), laws[:3], seeds[:2]
+  data = common.load("mnist1d")
+  res = engine.train_runs(cfg, data, engine.make_runs(laws, seeds, lrs=[3e-3]))
+  records.save(args.out, "rescaling", config={
+      "dataset": "mnist1d", "engine": cfg.to_json(), "lr": 3e-3, "seeds": seeds,
+      "laws": [l.describe() for l in laws], "quick": bool(args.quick)},
+               **records.engine_record(res))
+
+
+def _run_variants(args, name, variants, laws, cfg, dataset, lr, dataset_kwargs=None,
+                  extra_inputs=None):
+  seeds = list(range(args.seeds))
+  if args.quick:
+    cfg, seeds = cfg.replace(num_epochs=2, num_checkpoints=1), seeds[:2]
+  data = common.load(dataset, **(dataset_kwargs or {}))
+  rows, arrays, infos = [], {}, {}
+  for label, method, terms in variants:
+    vlaws = [L.erm()] if method == "erm" else list(laws)
+    runs = engine.make_runs(vlaws, seeds, lrs=[lr], tags={"variant": label})
+    vcfg = cfg.replace(method=method, approx_terms=tuple(terms))
+    print(f"[paper_claims/{name}] {label}: {len(runs)} runs", flush=True)
+    extra = extra_inputs(data) if extra_inputs else None
+    res = engine.train_runs(vcfg, data, runs, extra_inputs=extra)
+    rows += res.runs
+    infos[label] = res.info
+    if res.logits:
+      for k, v in res.logits.items():
+        arrays[f"{label}|{k}"] = v
+  config = {"dataset": dataset, "dataset_kwargs": dataset_kwargs or {},
+            "engine": cfg.to_json(), "lr": lr, "seeds": seeds,
+            "variants": [list(v[:2]) + [list(v[2])] for v in variants],
+            "laws": [l.describe() for l in laws], "quick": bool(args.quick)}
+  extra_rec = {}
+  if extra_inputs:
+    extra_rec = {"train_points": data.extras["train_points"].tolist(),
+                 "train_labels": np.asarray(data.train_y).tolist(),
+                 "norm_mean": np.asarray(data.norm_mean).tolist(),
+                 "norm_std": np.asarray(data.norm_std).tolist()}
+    arrays["grid"] = extra_inputs(data)["grid"]
+  records.save(args.out, name, runs=rows, config=config, info=infos,
+               arrays={k: np.asarray(v, np.float32) for k, v in arrays.items()},
+               extra=extra_rec)
+
+
+def _moons_grid(data):
+  """A GRID×GRID grid over the normalized input box (inputs are the 2-D points)."""
+  x = np.concatenate([data.train_x, data.test_x])
+  lo, hi = x.min(0) - 0.5, x.max(0) + 0.5
+  g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], GRID), np.linspace(lo[1], hi[1], GRID))
+  return {"grid": np.stack([g0.ravel(), g1.ravel()], 1).astype(np.float32)}
+
+
+def run(args) -> None:
+  if "rescaling" in args.parts:
+    _run_rescaling(args)
+  if "approx" in args.parts:
+    _run_variants(args, "approx", APPROX_VARIANTS, APPROX_LAWS, APPROX_CONFIG, "mnist1d",
+                  3e-3)
+  if "two_moons" in args.parts:
+    _run_variants(args, "two_moons", MOONS_VARIANTS, [L.beta(1.0)], MOONS_CONFIG,
+                  "two_moons", 1e-2, dataset_kwargs={"feature_map": "none",
+                                                     "val_fraction": 0.0},
+                  extra_inputs=_moons_grid)
+
+
+# ----------------------------------------------------------------------------------------
+
+
+def _report_rescaling(out):
+  rec = records.load(out, "rescaling")
+  rows = rec["runs"]
+  md = ["## (a) Test-time rescaling on/off per law\n",
+        f"MNIST-1D, MLP (256, 256), Adam lr {rec['config']['lr']}, "
+        f"{rec['config']['engine']['num_epochs']} epochs, {len(rec['config']['seeds'])} "
+        "seeds. Rescaled: f_test(x) = ȳ + (f(x̄ + θ̄(x − x̄)) − ȳ)/θ̄ (THEORY.md §5). "
+        "Δ = rescaled − plain, paired by seed, mean with 95% t-interval.\n"]
+  body = []
+  laws = analysis.unique(rows, "law")
+  for law in laws:
+    sub = analysis.select(rows, law=law)
+    cells = [law, f"{sub[0]['theta_bar']:.3f}"]
+    for m, scale, dig in (("accuracy", 100, 2), ("nll", 1, 3), ("ece", 1, 3)):
+      a = analysis.mean_se(r[f"test_{m}"] for r in sub)
+      b = analysis.mean_se(r[f"test_rs_{m}"] for r in sub)
+      diffs = [r[f"test_rs_{m}"] - r[f"test_{m}"] for r in sub]
+      d = analysis.mean_se(diffs)
+      from scipy import stats as sp_stats  # pylint: disable=g-import-not-at-top
+      t = sp_stats.t.ppf(0.975, d[2] - 1) if d[2] > 1 else float("nan")
+      cells += [analysis.fmt(a[0], a[1], dig, scale), analysis.fmt(b[0], b[1], dig, scale),
+                f"{d[0] * scale:+.{dig}f} [{(d[0] - t * d[1]) * scale:+.{dig}f}, "
+                f"{(d[0] + t * d[1]) * scale:+.{dig}f}]"]
+    body.append(cells)
+  md.append(analysis.markdown_table(
+      ["law", "θ̄", "acc plain", "acc rescaled", "Δ acc (pts)", "NLL plain", "NLL rescaled",
+       "Δ NLL", "ECE plain", "ECE rescaled", "Δ ECE"], body))
+  # Figure: paired differences vs θ̄.
+  fig, axes = plots.new_figure(1, 3, size=(4.2, 3.4))
+  for ax, (m, name, scale) in zip(axes[0], (("accuracy", "Δ test accuracy (points)", 100),
+                                            ("nll", "Δ test NLL", 1),
+                                            ("ece", "Δ test ECE", 1))):
+    xs, ys, es, labs = [], [], [], []
+    for law in laws:
+      if law == "ERM":
+        continue
+      sub = analysis.select(rows, law=law)
+      d = analysis.mean_se(r[f"test_rs_{m}"] - r[f"test_{m}"] for r in sub)
+      xs.append(sub[0]["theta_bar"])
+      ys.append(d[0] * scale)
+      es.append(d[1] * scale)
+      labs.append(law)
+    plots.errorbar_points(ax, xs, ys, es, labs)
+    for x, y, lab in zip(xs, ys, labs):
+      ax.annotate(lab, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("θ̄ of the law")
+    ax.set_ylabel(f"{name}, rescaled − plain")
+    ax.grid(alpha=0.3)
+  fig.suptitle("Effect of test-time rescaling (paired by seed; mean ± se)", fontsize=10)
+  f = plots.save(fig, os.path.join(out, "rescaling.png"))
+  md.append(f"\n![rescaling]({os.path.basename(f)})\n")
+  return "\n".join(md)
+
+
+def _report_approx(out):
+  rec = records.load(out, "approx")
+  rows = rec["runs"]
+  cfg = rec["config"]
+  md = ["## (b) Approximate mixup as a training objective\n",
+        f"MNIST-1D, MLP (128, 128) tanh, Adam lr {cfg['lr']}, "
+        f"{cfg['engine']['num_epochs']} epochs, {len(cfg['seeds'])} seeds; approx = "
+        "ERM on transformed data + the selected terms of Theorem 3 with the exact "
+        "estimator (full Jacobians and Hessians per example) on each minibatch, with the "
+        "training set's statistics. Wall time per variant: " +
+        ", ".join(f"{k}: {v.get('total_seconds', float('nan')):.0f} s"
+                  for k, v in rec["info"].items()) + ".\n"]
+  body = []
+  variants = analysis.unique(rows, "variant")
+  summary = {}
+  for law in analysis.unique(rows, "law"):
+    for var in variants:
+      sub = analysis.select(rows, law=law, variant=var)
+      if not sub:
+        continue
+      cells = [var, law]
+      for m, scale, dig in (("test_accuracy", 100, 2), ("test_nll", 1, 3),
+                            ("test_ece", 1, 3), ("test_rs_accuracy", 100, 2),
+                            ("test_rs_ece", 1, 3)):
+        mu, se, _ = analysis.mean_se(r[m] for r in sub)
+        summary[(var, law, m)] = (mu, se)
+        cells.append(analysis.fmt(mu, se, dig, scale))
+      nonfinite = sum(1 for r in sub if not np.isfinite(r.get("train_objective") or np.nan))
+      cells.append(str(nonfinite))
+      body.append(cells)
+  md.append(analysis.markdown_table(
+      ["variant", "law", "acc", "NLL", "ECE", "acc (rs)", "ECE (rs)", "diverged runs"],
+      body))
+  md.append("\n(ERM is trained once and listed under the ERM law.)\n")
+  fig, axes = plots.new_figure(1, 3, size=(5.0, 3.8))
+  lawlist = [l for l in analysis.unique(rows, "law") if l != "ERM"]
+  colors = ["tab:blue", "tab:red", "tab:green"]
+  width = 0.8 / max(len(lawlist), 1)
+  for ax, (m, name) in zip(axes[0], (("test_accuracy", "test accuracy"),
+                                     ("test_nll", "test NLL"), ("test_ece", "test ECE"))):
+    for li, law in enumerate(lawlist):
+      xs, ys, es = [], [], []
+      for vi, var in enumerate(variants):
+        key = (var, "ERM" if var == "ERM" else law, m)
+        if key in summary:
+          xs.append(vi + (li - (len(lawlist) - 1) / 2) * width)
+          ys.append(summary[key][0])
+          es.append(summary[key][1])
+      ax.bar(xs, ys, width=width, yerr=es, color=colors[li % 3], alpha=0.75, capsize=2,
+             label=f"law {law}", edgecolor="k", lw=0.4)
+    vals = [v[0] for k, v in summary.items() if k[2] == m and np.isfinite(v[0])]
+    if vals:
+      lo, hi = min(vals), max(vals)
+      ax.set_ylim(lo - 0.3 * (hi - lo) - 1e-3, hi + 0.3 * (hi - lo) + 1e-3)
+    ax.set_xticks(range(len(variants)))
+    ax.set_xticklabels(variants, rotation=40, ha="right", fontsize=7)
+    ax.set_ylabel(name)
+    ax.grid(alpha=0.3, axis="y")
+  axes[0, 0].legend(fontsize=7)
+  fig.suptitle("Approximate mixup vs sampled mixup vs ERM variants (mean ± se over seeds)",
+               fontsize=10)
+  f = plots.save(fig, os.path.join(out, "approx.png"))
+  md.append(f"\n![approx]({os.path.basename(f)})\n")
+  return "\n".join(md)
+
+
+def _report_moons(out):
+  rec = records.load(out, "two_moons")
+  arrays = rec["arrays"]
+  grid = arrays["grid"]
+  rows = rec["runs"]
+  variants = analysis.unique(rows, "variant")
+  mean = np.asarray(rec["extra"]["norm_mean"])
+  std = np.asarray(rec["extra"]["norm_std"])
+  pts = np.asarray(rec["extra"]["train_points"])
+  lab = np.asarray(rec["extra"]["train_labels"])
+  raw_grid = grid * std + mean
+  g0 = raw_grid[:, 0].reshape(GRID, GRID)
+  g1 = raw_grid[:, 1].reshape(GRID, GRID)
+  fig, axes = plots.new_figure(1, len(variants), size=(3.6, 3.3))
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  for ax, var in zip(axes[0], variants):
+    lg = arrays[f"{var}|grid"][0]  # seed 0
+    p1 = np.exp(lg[:, 1] - np.logaddexp(lg[:, 0], lg[:, 1])).reshape(GRID, GRID)
+    cf = ax.contourf(g0, g1, p1, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.75)
+    ax.contour(g0, g1, p1, levels=[0.5], colors="k", linewidths=1.5)
+    for seed_i in range(1, arrays[f"{var}|grid"].shape[0]):
+      lgs = arrays[f"{var}|grid"][seed_i]
+      ps = np.exp(lgs[:, 1] - np.logaddexp(lgs[:, 0], lgs[:, 1])).reshape(GRID, GRID)
+      ax.contour(g0, g1, ps, levels=[0.5], colors="k", linewidths=0.6, alpha=0.4,
+                 linestyles="--")
+    ax.scatter(pts[:, 0], pts[:, 1], c=lab, cmap="bwr", s=8, edgecolor="k", lw=0.3)
+    sub = analysis.select(rows, variant=var)
+    acc = analysis.mean_se(r["test_accuracy"] for r in sub)
+    nll = analysis.mean_se(r["test_nll"] for r in sub)
+    ax.set_title(f"{var}\nacc {acc[0] * 100:.1f}%, NLL {nll[0]:.3f}", fontsize=8)
+    ax.set_xlabel("x₁")
+    ax.set_ylabel("x₂")
+  fig.colorbar(cf, ax=axes[0].tolist(), label="P(class 1)", shrink=0.85)
+  fig.suptitle("Two moons (n=300, noise 0.01), random Fourier features: P(class 1); "
+               "solid = 0.5 contour (seed 0), dashed = other seeds", fontsize=9)
+  f = plots.save(fig, os.path.join(out, "two_moons.png"), tight=False)
+  plt.close("all")
+  md = ["## (c) Two moons: decision boundaries\n",
+        f"{rec['config']['engine']['num_epochs']} epochs, Adam lr {rec['config']['lr']}, "
+        f"batch {rec['config']['engine']['batch_size']}, {len(rec['config']['seeds'])} "
+        "seeds; mixup and approx use λ ~ Beta(1, 1). Test metrics (mean ± se):\n"]
+  body = []
+  for var in variants:
+    sub = analysis.select(rows, variant=var)
+    body.append([var] + [analysis.fmt(*analysis.mean_se(r[m] for r in sub)[:2], d, s)
+                         for m, d, s in (("test_accuracy", 1, 100), ("test_nll", 3, 1),
+                                         ("test_ece", 3, 1), ("test_rs_nll", 3, 1))])
+  md.append(analysis.markdown_table(["variant", "acc", "NLL", "ECE", "NLL (rs)"], body))
+  md.append(f"\n![two moons]({os.path.basename(f)})\n")
+  return "\n".join(md)
+
+
+def report(args) -> None:
+  md = ["# Paper claims\n", "Generated by `python -m experiments.studies.paper_claims "
+        f"--out {args.out} --mode=report` from the saved results.\n"]
+  for part, fn in (("rescaling", _report_rescaling), ("approx", _report_approx),
+                   ("two_moons", _report_moons)):
+    if os.path.exists(os.path.join(args.out, f"{part}.json")):
+      md.append(fn(args.out))
+  with open(os.path.join(args.out, "report.md"), "w") as f:
+    f.write("\n".join(md))
+
+
+def main(argv=None) -> None:
+  args = common.parse_args(__doc__.splitlines()[0], list(PARTS), argv)
+  common.main(args, run, report)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

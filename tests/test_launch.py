@@ -1,0 +1,94 @@
+"""launch/: the 2-process loopback launch (both processes finish, agree with each other and
+with a single-process run on the same 4 devices) and the sweep launcher's commands (each
+one parses through the real flags into a valid config)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+from absl import flags
+import jax
+import pytest
+
+from mixjax import main as main_lib  # noqa: F401  (defines the flags parsed below)
+from mixjax.train import config as config_lib
+from mixjax.train import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST1D = os.path.join(ROOT, "experiments", "mnist1d.py")
+TINY_FLAGS = ["--config.num_steps=3", "--config.batch_size=64", "--config.log_every_steps=1",
+              "--config.checkpoint_every_steps=2", "--config.eval.every_epochs=0",
+              '--config.model.kwargs={"features": [4], "dense_sizes": [8]}']
+VOLATILE = ("train_time_s", "process_index")
+
+
+def _load_sweep_module():
+  spec = importlib.util.spec_from_file_location(
+      "_mixjax_launch_sweep", os.path.join(ROOT, "launch", "sweep.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _parse(argv, monkeypatch):
+  """The config that `python -m mixjax.main argv...` would run."""
+  monkeypatch.setattr(sys, "argv", argv)
+  flags.FLAGS.unparse_flags()
+  for name in list(flags.FLAGS):
+    if name.startswith("config."):
+      delattr(flags.FLAGS, name)
+  flags.FLAGS(argv)
+  return flags.FLAGS.config
+
+
+def test_two_processes_finish_and_agree(tmp_path, monkeypatch):
+  workdir = tmp_path / "two_proc"
+  env = dict(os.environ, PYTHON=sys.executable)
+  proc = subprocess.run(
+      ["bash", os.path.join(ROOT, "launch", "local_2proc.sh"), MNIST1D, str(workdir)]
+      + TINY_FLAGS, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  s0 = json.loads((workdir / "summary.json").read_text())
+  s1 = json.loads((workdir / "summary.process_1.json").read_text())
+  assert (s0["process_count"], s0["num_devices"], s0["step"]) == (2, 4, 3)
+  assert (s0["process_index"], s1["process_index"]) == (0, 1)
+  strip = lambda s: {k: v for k, v in s.items() if k not in VOLATILE}
+  assert strip(s0) == strip(s1)
+  # Reference: the same command in one process over this process's 4 forced devices
+  # (only the all-reduce implementation differs: gloo vs in-process).
+  assert jax.device_count() == 4
+  config = _parse(["mixjax.main", f"--config={MNIST1D}", f"--workdir={tmp_path / 'one'}"]
+                  + TINY_FLAGS, monkeypatch)
+  ref = loop.train_and_evaluate(config, str(tmp_path / "one"))
+  assert s0["param_l1"] == pytest.approx(ref["param_l1"], rel=1e-5)
+  for k in ("accuracy", "nll", "brier"):
+    assert s0["test"][k] == pytest.approx(ref["test"][k], rel=1e-4, abs=1e-6)
+
+
+def test_sweep_commands_parse_into_valid_configs(tmp_path, monkeypatch):
+  sweep = _load_sweep_module()
+  points = sweep.load_sweep(MNIST1D)
+  cmds = sweep.sweep_commands(MNIST1D, str(tmp_path), ["--config.num_epochs=1"],
+                              python="python")
+  assert len(cmds) == len(points) and len({c[4] for c in cmds}) == len(cmds)
+  for cmd, point in zip(cmds, points):
+    assert cmd[:3] == ["python", "-m", "mixjax.main"]
+    config = _parse(["mixjax.main"] + cmd[3:], monkeypatch)
+    config_lib.validate_config(config, num_devices=4)
+    assert config.num_epochs == 1
+    expected = config_lib.sweep_config(config, point)  # the point applied to the parsed one
+    assert config.to_dict() == expected.to_dict()
+
+
+def test_sweep_dry_run_prints_without_running(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch", "sweep.py"), f"--config={MNIST1D}",
+       f"--workdir={tmp_path}", "--dry_run"], cwd=ROOT, capture_output=True, text=True,
+      timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = [l for l in proc.stdout.splitlines() if "mixjax.main" in l]
+  assert len(lines) == len(_load_sweep_module().load_sweep(MNIST1D))
+  assert not any(tmp_path.iterdir())  # nothing ran
