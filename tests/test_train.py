@@ -84,6 +84,25 @@ def test_digits_on_device_and_host_fed_agree(tmp_path):
   assert a["test"] == b["test"] and a["test_rescaled"] == b["test_rescaled"]
 
 
+def test_same_config_on_four_devices_and_one_device(tmp_path):
+  """The mnist1d config with global λ/partner draws: 4 devices and a mesh over
+  jax.devices()[:1] end with the same parameters and metrics (float tolerance)."""
+  config = get_config("mnist1d", num_steps=4, batch_size=64, log_every_steps=2,
+                      **{"mixing.global_draw": True, "eval.every_epochs": 0,
+                         "model.kwargs": {"features": (4,), "dense_sizes": (8,)}})
+  four = loop.train_and_evaluate(config, str(tmp_path / "four"), devices=jax.devices())
+  one = loop.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+  assert (four["num_devices"], one["num_devices"]) == (4, 1)
+  assert four["param_l1"] == pytest.approx(one["param_l1"], rel=1e-5)
+  losses4 = [r["train/loss"] for r in writers.read_metrics(str(tmp_path / "four"))
+             if "train/loss" in r]
+  losses1 = [r["train/loss"] for r in writers.read_metrics(str(tmp_path / "one"))
+             if "train/loss" in r]
+  np.testing.assert_allclose(losses4, losses1, rtol=1e-5)
+  for k in ("accuracy", "nll", "ece", "brier"):
+    assert four["test"][k] == pytest.approx(one["test"][k], rel=1e-4, abs=1e-6)
+
+
 def test_two_moons_reaches_linear_separability(tmp_path):
   """The paper's two-moons setup (linear model on 128 random ReLU features, full batch):
   mixup training for 300 steps classifies the noise-0.01 moons almost perfectly."""
@@ -138,6 +157,10 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
   assert _comparable(writers.read_metrics(wd)) == _comparable(writers.read_metrics(full))
   for key in ("test", "test_rescaled", "param_l1"):
     assert got[key] == ref[key]
+  # Running the finished command again only re-evaluates: nothing changes.
+  again = loop.train_and_evaluate(config(), wd)
+  assert _comparable(writers.read_metrics(wd)) == _comparable(writers.read_metrics(full))
+  assert again["test"] == ref["test"] and again["param_l1"] == ref["param_l1"]
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_a_finite_checkpoint(tmp_path):

@@ -359,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                  ckpt.directory, meta["step"], meta["epoch"], meta["batch_in_epoch"])
   start = int(_to_host(state.step))
   writer = writers.MetricWriter(workdir)
-  writer.truncate_after(start)
+  writer.truncate_after(start, drop_prefix="final")  # the final records are rewritten
 
   augment_fn = None
   if config.augment.enabled:

@@ -44,14 +44,17 @@ class MetricWriter:
         except ImportError:
           logging.info("tensorboardX not installed: writing %s only.", self.path)
 
-  def truncate_after(self, step: int) -> None:
+  def truncate_after(self, step: int, *, drop_prefix: str | None = None) -> None:
+    """Drops the records after `step` (and those with a key starting with drop_prefix)."""
     if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
       records = [json.loads(line) for line in f if line.strip()]
+    keep = lambda r: r.get("step", 0) <= step and not (
+        drop_prefix and any(k.startswith(drop_prefix) for k in r))
     with open(self.path, "w") as f:
       for r in records:
-        if r.get("step", 0) <= step:
+        if keep(r):
           f.write(json.dumps(r) + "\n")
 
   def write(self, step: int, scalars: Mapping[str, Any]) -> None:
