@@ -378,8 +378,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   else:
     logging.info("Training set (%.1f GB) fed from the host.", train_bytes / 1e9)
     data_key = jax.random.fold_in(jax.random.wrap_key_data(root), state_lib.KEY_DATA)
-  stats_dev = None if stats is None else jax.tree.map(
-      lambda a: step_lib.put_replicated(mesh, np.asarray(a)), stats)
+  stats_dev = None  # only the methods that use them get the statistics in the step
+  if stats is not None and config.method.name in methods_lib.NEEDS_STATS:
+    stats_dev = jax.tree.map(lambda a: step_lib.put_replicated(mesh, np.asarray(a)), stats)
 
   predict = Predictor(model, config.eval.batch_size, stats=stats,
                       theta_bar=ctx.theta_bar)

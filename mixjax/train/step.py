@@ -128,7 +128,8 @@ def make_train_step(
 
   Returns:
     The compiled step `train_step(state, x_src, y_src, stats)`; `stats` is the
-    DataStats pytree (replicated) or None. `x_src` (n, ...) or (B, ...) float, `y_src` (n,) or (B,) int32.
+    DataStats pytree (replicated) or None; `x_src` (n, ...) or (B, ...) float, `y_src`
+    (n,) or (B,) int32.
     metrics: {"loss", "lr", "grad_norm", "param_norm", "finite"} replicated scalars;
     "loss" is the global-batch mean before the update.
   """
