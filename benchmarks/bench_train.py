@@ -43,11 +43,7 @@ IMAGE_SHAPE = (32, 32, 3)
 def cifar10_config(model: str | None):
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "experiments", "cifar10.py")
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("_bench_cifar10_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config_module(path).get_config()
   if model:
     config.model.name = model
   return config

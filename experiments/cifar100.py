@@ -5,18 +5,16 @@ r"""CIFAR-100 with the CIFAR-10 mixup recipe (PreAct-ResNet-18, Beta(1, 1), SGD 
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import ml_collections
 
+from mixjax.train.config import load_config_module
+
 
 def _cifar10():
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cifar10.py")
-  spec = importlib.util.spec_from_file_location("_mixjax_cifar10_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                         "cifar10.py"))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

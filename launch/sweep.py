@@ -12,7 +12,6 @@ are printed and nothing runs; on a cluster, submit each printed command as a job
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -22,6 +21,8 @@ import sys
 
 from absl import app
 from absl import flags
+
+from mixjax.train import config as config_lib
 
 
 def _define_flags() -> None:
@@ -36,12 +37,9 @@ def _define_flags() -> None:
 
 def load_sweep(config_path: str) -> list[dict]:
   """`get_sweep()` of a config file (ValueError if it has none)."""
-  path = config_path.split(":", 1)[0]
-  spec = importlib.util.spec_from_file_location("_mixjax_sweep_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = config_lib.load_config_module(config_path)
   if not hasattr(module, "get_sweep"):
-    raise ValueError(f"{path} has no get_sweep(); nothing to sweep.")
+    raise ValueError(f"{config_path} has no get_sweep(); nothing to sweep.")
   return list(module.get_sweep())
 
 

@@ -2,7 +2,6 @@
 the published one (Zhang et al., ICLR 2018; THEORY.md §7)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
@@ -14,11 +13,7 @@ CONFIGS = ("mnist1d", "digits", "two_moons", "cifar10", "cifar100")
 
 
 def load(name):
-  path = os.path.join(ROOT, "experiments", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return config_lib.load_config_module(os.path.join(ROOT, "experiments", f"{name}.py"))
 
 
 @pytest.mark.parametrize("name", CONFIGS)

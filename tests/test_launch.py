@@ -3,7 +3,6 @@ with a single-process run on the same 4 devices) and the sweep launcher's comman
 one parses through the real flags into a valid config)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,9 +12,9 @@ from absl import flags
 import jax
 import pytest
 
-from mixjax import main as main_lib  # noqa: F401  (defines the flags parsed below)
 from mixjax.train import config as config_lib
 from mixjax.train import loop
+from test_main import parse_main_flags  # the same flag parsing as mixjax.main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST1D = os.path.join(ROOT, "experiments", "mnist1d.py")
@@ -26,21 +25,13 @@ VOLATILE = ("train_time_s", "process_index")
 
 
 def _load_sweep_module():
-  spec = importlib.util.spec_from_file_location(
-      "_mixjax_launch_sweep", os.path.join(ROOT, "launch", "sweep.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  # launch/sweep.py is a script (its flags are defined only under __main__).
+  return config_lib.load_config_module(os.path.join(ROOT, "launch", "sweep.py"))
 
 
 def _parse(argv, monkeypatch):
   """The config that `python -m mixjax.main argv...` would run."""
-  monkeypatch.setattr(sys, "argv", argv)
-  flags.FLAGS.unparse_flags()
-  for name in list(flags.FLAGS):
-    if name.startswith("config."):
-      delattr(flags.FLAGS, name)
-  flags.FLAGS(argv)
+  parse_main_flags(argv[1:], monkeypatch)
   return flags.FLAGS.config
 
 

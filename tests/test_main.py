@@ -66,15 +66,19 @@ def test_good_config_validates():
   config_lib.validate_config(config_lib.base_config(), num_devices=4)
 
 
-def _run_main(argv, monkeypatch):
-  # config_flags reads the `--config.*` overrides from sys.argv.
-  argv = ["mixjax.main"] + argv
-  monkeypatch.setattr(sys, "argv", argv)
+def parse_main_flags(argv, monkeypatch):
+  """Parses `python -m mixjax.main argv...`'s flags in this process."""
+  argv = ["mixjax.main"] + list(argv)
+  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads `--config.*` from sys.argv
   flags.FLAGS.unparse_flags()
   for name in list(flags.FLAGS):  # override flags are defined per parse
     if name.startswith("config."):
       delattr(flags.FLAGS, name)
   flags.FLAGS(argv)
+
+
+def _run_main(argv, monkeypatch):
+  parse_main_flags(argv, monkeypatch)
   main_lib.main(["mixjax.main"])
 
 

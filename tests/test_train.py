@@ -8,7 +8,6 @@ and a diverging run stops naming the step and leaves a finite checkpoint.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from unittest import mock
@@ -51,10 +50,8 @@ def compilation_cache(tmp_path_factory):
 
 
 def get_config(name, **overrides):
-  path = os.path.join(ROOT, "experiments", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  """experiments/<name>.py's config with `overrides` ({"a.b": value}) applied."""
+  module = config_lib.load_config_module(os.path.join(ROOT, "experiments", f"{name}.py"))
   return config_lib.sweep_config(module.get_config(), overrides)
 
 

@@ -71,8 +71,8 @@ SETTINGS = {
         dataset="mnist1d", laws=core_laws,
         config=engine.EngineConfig(
             model="lenet", input_shape=(40, 1, 1),
-            model_kwargs={"features": (16, 32), "kernel_size": 5, "dense_sizes": (64,)},
-            num_epochs=60, batch_size=128, num_checkpoints=3),
+            model_kwargs={"features": (16, 32), "kernel_size": 3, "dense_sizes": (64,)},
+            num_epochs=40, batch_size=128, num_checkpoints=2),
         lr=3e-3),
     "digits_mlp": dict(
         dataset="digits", laws=all_laws,

@@ -228,10 +228,14 @@ def _report_approx(out):
   width = 0.8 / max(len(lawlist), 1)
   for ax, (m, name) in zip(axes[0], (("test_accuracy", "test accuracy"),
                                      ("test_nll", "test NLL"), ("test_ece", "test ECE"))):
+    if ("ERM", "ERM", m) in summary:  # ERM does not depend on the law: one gray bar.
+      mu, se = summary[("ERM", "ERM", m)]
+      ax.bar([variants.index("ERM")], [mu], width=0.8 * width * len(lawlist), yerr=[se],
+             color="tab:gray", alpha=0.75, capsize=2, edgecolor="k", lw=0.4, label="ERM")
     for li, law in enumerate(lawlist):
       xs, ys, es = [], [], []
       for vi, var in enumerate(variants):
-        key = (var, "ERM" if var == "ERM" else law, m)
+        key = (var, law, m)
         if key in summary:
           xs.append(vi + (li - (len(lawlist) - 1) / 2) * width)
           ys.append(summary[key][0])
@@ -267,7 +271,7 @@ def _report_moons(out):
   raw_grid = grid * std + mean
   g0 = raw_grid[:, 0].reshape(GRID, GRID)
   g1 = raw_grid[:, 1].reshape(GRID, GRID)
-  fig, axes = plots.new_figure(1, len(variants), size=(3.6, 3.3))
+  fig, axes = plots.new_figure(1, len(variants), size=(3.4, 3.4), layout="constrained")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   for ax, var in zip(axes[0], variants):
     lg = arrays[f"{var}|grid"][0]  # seed 0
@@ -287,8 +291,9 @@ def _report_moons(out):
     ax.set_xlabel("x₁")
     ax.set_ylabel("x₂")
   fig.colorbar(cf, ax=axes[0].tolist(), label="P(class 1)", shrink=0.85)
-  fig.suptitle("Two moons (n=300, noise 0.01), random Fourier features: P(class 1); "
-               "solid = 0.5 contour (seed 0), dashed = other seeds", fontsize=9)
+  fig.suptitle("Two moons (n = 300, noise 0.01), random Fourier features: colour = "
+               "P(class 1) of seed 0; solid line = its 0.5 contour, dashed = other seeds; "
+               "dots = training points", fontsize=9)
   f = plots.save(fig, os.path.join(out, "two_moons.png"), tight=False)
   plt.close("all")
   md = ["## (c) Two moons: decision boundaries\n",

@@ -36,7 +36,10 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
 """
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import types
 from typing import Any
 
 import ml_collections
@@ -118,6 +121,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_to_keep = 2
   c.data_on_device = True
   return c
+
+
+def load_config_module(path: str) -> types.ModuleType:
+  """Imports a config file (`experiments/*.py`, the part before any `:arg`) by path.
+
+  Config files are loaded by path, not as a package, as `--config=<file>` does."""
+  path = os.path.abspath(path.split(":", 1)[0])
+  name = "_mixjax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None:
+    raise ValueError(f"Cannot load config file {path!r}.")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def sweep_config(config: ml_collections.ConfigDict, overrides: dict[str, Any]
