@@ -312,9 +312,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                              val_fraction=config.dataset.val_fraction, seed=config.seed,
                              **dict(config.dataset.kwargs))
   num_train = int(ds.train_x.shape[0])
-  if config.batch_size > num_train:
-    raise ValueError(f"config.batch_size={config.batch_size} exceeds the {num_train} "
-                     f"training examples of {config.dataset.name}.")
+  spe = data_lib.steps_per_epoch(num_train, config.batch_size)  # rejects B > n
   if config.augment.enabled and not ds.is_image:
     raise ValueError(f"config.augment.enabled=True but {config.dataset.name} is not an "
                      "image dataset; set --config.augment.enabled=False.")
@@ -327,7 +325,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         f"cannot carry BatchNorm batch statistics; model {config.model.name!r} has "
         "BatchNorm. Use a model without BatchNorm (mlp, lenet) or another method.")
 
-  spe = data_lib.steps_per_epoch(num_train, config.batch_size)
   total = config_lib.total_steps(config, num_train)
   moments = None
   if config.method.name in methods_lib.MIXUP_FAMILY:

@@ -110,7 +110,7 @@ def make_train_step(
     augment_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     max_traces: int | None = None,
 ) -> Callable[..., tuple[state_lib.TrainState, dict[str, jax.Array]]]:
-  """Builds `train_step(state, x_src, y_src) -> (state, metrics)`, jitted and sharded.
+  """Builds `train_step(state, x_src, y_src, stats) -> (state, metrics)`, jitted, sharded.
 
   Args:
     model: Linen model (BatchNorm models built with `bn_axis_name="data"`).
@@ -138,9 +138,6 @@ def make_train_step(
     raise ValueError(f"batch_size={batch_size} is not divisible by the {ndev} devices.")
   local_b = batch_size // ndev
   on_device = num_train is not None
-  if on_device and batch_size > num_train:
-    raise ValueError(f"batch_size={batch_size} exceeds the {num_train} training examples; "
-                     f"use --config.batch_size<={num_train}.")
 
   def body(state: state_lib.TrainState, x_src: jax.Array, y_src: jax.Array, stats: Any):
     step_ctx = dataclasses.replace(ctx, stats=stats)
