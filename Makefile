@@ -20,10 +20,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest -q -n 2 tests
 
-## Speed: mixup / ERM / approximate-risk steps side by side (and PyTorch if installed).
+## Speed: mixup / ERM / approximate-risk steps side by side (and PyTorch if installed),
+## then images/s of the CIFAR-10 recipe step (PreAct-ResNet-18), ERM vs mixup.
 bench: $(STAMP)
 	$(VPY) -m pip install -q "torch==2.13.*" || echo "PyTorch not installed: the PyTorch column is skipped"
 	$(VPY) -m benchmarks.bench_steps
+	$(VPY) -m benchmarks.bench_train --steps=3 --repeats=2
 
 clean-venv:
 	rm -rf $(VENV)
