@@ -18,9 +18,10 @@ SGD with momentum. Variants:
   same models and batch, `torch.set_num_threads` = the cores available to this process.
 
 Timing: every variant is compiled and warmed up first; then, for each repeat, the
-variants are run one after the other in a rotating order (so slow drifts of a shared
-machine hit all of them alike), `steps` steps each, ending with `block_until_ready`.
-The reported time per step is the median over repeats. Benchmarks are not tests: the
+variants are run one after the other in a random order (so slow drifts of a shared
+machine, and the spinning worker threads a previous variant leaves behind, hit all of
+them alike), `steps` steps each, ending with `block_until_ready`. The reported time per
+step is the median over repeats (the minimum is printed too). Benchmarks are not tests: the
 targets (mixup/ERM ≤ 1.05, approx_stochastic/ERM ≤ 3) are printed, never asserted.
 """
 from __future__ import annotations
@@ -132,16 +133,22 @@ def _torch_variants(model_key: str, threads: int) -> Dict[str, Callable[[int], N
 
 
 def _time(runs: Dict[str, Callable[[int], None]], *, warmup: int, repeats: int,
-          steps: int) -> Dict[str, list[float]]:
-  """Seconds per step of every variant, per repeat, interleaving the variants."""
+          steps: int, pause: float = 0.05) -> Dict[str, list[float]]:
+  """Seconds per step of every variant, per repeat, interleaving the variants.
+
+  Each repeat runs the variants in a fresh random order (seeded), after a short pause,
+  so that no variant always follows the same one: PyTorch's OpenMP workers keep spinning
+  for a while after a step and would otherwise slow down whichever variant comes next.
+  """
   for run in runs.values():
     run(1)        # compile
     run(warmup)
   names = list(runs)
   times = {n: [] for n in names}
-  for r in range(repeats):
-    order = names[r % len(names):] + names[:r % len(names)]
-    for n in order:
+  order_rng = np.random.default_rng(0)
+  for _ in range(repeats):
+    for n in order_rng.permutation(names):
+      time.sleep(pause)  # let the previous variant's spinning worker threads go idle
       t0 = time.perf_counter()
       runs[n](steps)
       times[n].append((time.perf_counter() - t0) / steps)
@@ -162,7 +169,8 @@ def main(argv=None) -> Dict[str, Dict[str, float]]:
 
   print(f"mixjax step benchmark: batch {BATCH}, {NUM_CLASSES} classes, "
         f"jax {jax.__version__} on {jax.devices()[0].platform} "
-        f"({platform.processor() or platform.machine()}), {threads} CPU threads"
+        f"({platform.processor() or platform.machine()}), {threads} CPU threads, "
+        f"load average {os.getloadavg()[0]:.2f} at start"
         + (" [--quick]" if args.quick else ""))
   results = {}
   for model_key in args.models.split(","):
