@@ -176,7 +176,7 @@ def test_missing_tfds_dataset_fails_fast_without_network(tmp_path, monkeypatch):
   assert elapsed < 10, f"took {elapsed:.1f} s"
   msg = str(err.value)
   assert "tfds build cifar10 --file_format=array_record" in msg
-  assert str(tmp_path) in msg and "--config.data_dir" in msg
+  assert str(tmp_path) in msg and "--config.dataset.data_dir=" in msg
   assert attempts == []
   assert list(tmp_path.iterdir()) == []  # nothing was written either
 

@@ -44,7 +44,7 @@ def preparation_message(name: str, looked_in: str, data_dir: str | None,
       "mixjax never downloads data. On a machine with internet access run\n"
       "  pip install tensorflow tensorflow-datasets\n"
       f"  tfds build {name} --file_format=array_record --data_dir=DIR\n"
-      "then copy DIR to this machine and pass --config.data_dir=DIR "
+      "then copy DIR to this machine and pass --config.dataset.data_dir=DIR "
       "(or load_dataset(..., data_dir=DIR)).")
 
 
