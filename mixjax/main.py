@@ -11,6 +11,9 @@ environment (Slurm, Cloud TPU, ...) or from `--coordinator_address`, `--num_proc
 Order: parse flags -> (distributed init) -> `validate_config` (nothing compiled yet) ->
 log devices and the resolved config -> write WORKDIR/config.json ->
 `mixjax.train.train_and_evaluate(config, workdir)`.
+
+Exit codes: 2 invalid config (nothing compiled), 3 non-finite loss (the last finite
+checkpoint is kept), 4 dataset not prepared (the message says how to prepare it).
 """
 from __future__ import annotations
 
@@ -98,6 +101,10 @@ def main(argv) -> None:
   except train.NonFiniteLossError as e:
     print(str(e), file=sys.stderr, flush=True)
     sys.exit(3)
+  except FileNotFoundError as e:  # a dataset that is not prepared: say how, no traceback
+    logging.error("Missing data: %s", e)
+    print(f"Missing data: {e}", file=sys.stderr, flush=True)
+    sys.exit(4)
 
 
 if __name__ == "__main__":

@@ -119,3 +119,20 @@ def test_main_runs_with_overrides(tmp_path, capsys, monkeypatch):
   # RegMixup's effective θ-law: atom at 1 w.p. 1/2, folded Beta(2,2) (θ̄ = 0.6875) w.p. 1/2.
   assert summary["theta_bar"] == pytest.approx(0.5 * 1.0 + 0.5 * 0.6875, abs=1e-6)
   assert "accuracy" in capsys.readouterr().out
+
+
+def test_main_missing_tfds_data_exits_fast_with_instructions(tmp_path, monkeypatch, capsys):
+  """CIFAR-10 with an empty data_dir: exit code 4 within seconds, the message says how to
+  prepare the data (`tfds build ... --file_format=array_record`) and which flag to pass."""
+  import time  # pylint: disable=g-import-not-at-top
+  cifar = os.path.join(os.path.dirname(MNIST1D), "cifar10.py")
+  empty = tmp_path / "tfds"
+  empty.mkdir()
+  start = time.monotonic()
+  with pytest.raises(SystemExit) as e:
+    _run_main([f"--config={cifar}", f"--workdir={tmp_path / 'w'}",
+               f"--config.dataset.data_dir={empty}"], monkeypatch)
+  assert time.monotonic() - start < 30
+  assert e.value.code == 4
+  err = capsys.readouterr().err
+  assert "tfds build cifar10" in err and "--config.dataset.data_dir=" in err
