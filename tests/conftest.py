@@ -9,3 +9,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 jax.config.update("jax_enable_x64", False)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def x64():
+  """float64 for one test module (`pytestmark = pytest.mark.usefixtures("x64")`), restored
+  afterwards: the theory references are checked to 1e-6 and beyond."""
+  prev = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  yield
+  jax.config.update("jax_enable_x64", prev)

@@ -21,12 +21,7 @@ D, C, HIDDEN = 3, 4, 8
 ALL_TERMS = ("jacobian", "cross", "hessian", "label")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-  prev = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", prev)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 for this module (conftest.py)
 
 
 def _net(seed=0):

@@ -15,12 +15,7 @@ from mixjax.theory import exact_mixup_risk
 N, D, C, HIDDEN = 7, 3, 4, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-  prev = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", prev)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 for this module (conftest.py)
 
 
 def _problem(seed=0):

@@ -20,12 +20,7 @@ from mixjax.theory import (data_stats, exact_mixup_risk, perturbation_covariance
 N, D, C, HIDDEN = 8, 3, 4, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-  prev = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", prev)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 for this module (conftest.py)
 
 
 def _problem(seed=0, soft=True):

@@ -10,12 +10,7 @@ from mixjax import samplers
 from mixjax.theory import data_stats, rescaled
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-  prev = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", prev)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 for this module (conftest.py)
 
 
 def _problem(seed=0, n=9, shape=(2, 2, 1), c=3):

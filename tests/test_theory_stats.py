@@ -8,12 +8,7 @@ import pytest
 from mixjax.theory import DataStats, StatsAccumulator, data_stats
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-  prev = jax.config.jax_enable_x64
-  jax.config.update("jax_enable_x64", True)
-  yield
-  jax.config.update("jax_enable_x64", prev)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 for this module (conftest.py)
 
 
 def _data(n=40, shape=(2, 3), c=4, seed=0, offset=0.0):
