@@ -36,11 +36,13 @@ def _conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Conv:
 
 
 class PreActBlock(nn.Module):
-  """Pre-activation basic block (He et al. 2016, Fig. 4e)."""
+  """Pre-activation basic block (He et al. 2016, Fig. 4e); WideResNet's block with
+  `dropout_rate > 0` (dropout between the two convolutions, Zagoruyko & Komodakis)."""
   features: int
   stride: int
   bn_axis_name: str | None
   dtype: base.Dtype
+  dropout_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -51,6 +53,8 @@ class PreActBlock(nn.Module):
       shortcut = x
     h = _conv(self.features, 3, self.stride, self.dtype, "conv1")(a)
     h = nn.relu(base.batch_norm(train, self.bn_axis_name, self.dtype, "bn2")(h))
+    if self.dropout_rate > 0:
+      h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
     h = _conv(self.features, 3, 1, self.dtype, "conv2")(h)
     return h + shortcut
 

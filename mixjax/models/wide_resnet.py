@@ -16,29 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from mixjax.models import base
+from mixjax.models.resnet import PreActBlock
 from mixjax.models.resnet import _conv
-
-
-class WideBlock(nn.Module):
-  features: int
-  stride: int
-  dropout_rate: float
-  bn_axis_name: str | None
-  dtype: base.Dtype
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    a = nn.relu(base.batch_norm(train, self.bn_axis_name, self.dtype, "bn1")(x))
-    if self.stride != 1 or x.shape[-1] != self.features:
-      shortcut = _conv(self.features, 1, self.stride, self.dtype, "shortcut")(a)
-    else:
-      shortcut = x
-    h = _conv(self.features, 3, self.stride, self.dtype, "conv1")(a)
-    h = nn.relu(base.batch_norm(train, self.bn_axis_name, self.dtype, "bn2")(h))
-    if self.dropout_rate > 0:
-      h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
-    h = _conv(self.features, 3, 1, self.dtype, "conv2")(h)
-    return h + shortcut
 
 
 @base.register("wrn28_10")
@@ -80,9 +59,9 @@ class WideResNet(nn.Module):
     x = _conv(16, 3, 1, self.dtype, "stem")(x.astype(self.dtype))
     for s in range(3):
       for b in range(n):
-        x = WideBlock(16 * self.widen_factor * 2**s, 2 if (s > 0 and b == 0) else 1,
-                      self.dropout_rate, self.bn_axis_name, self.dtype,
-                      name=f"stage{s + 1}_block{b + 1}")(x, train)
+        x = PreActBlock(16 * self.widen_factor * 2**s, 2 if (s > 0 and b == 0) else 1,
+                        self.bn_axis_name, self.dtype, self.dropout_rate,
+                        name=f"stage{s + 1}_block{b + 1}")(x, train)
     x = nn.relu(base.batch_norm(train, self.bn_axis_name, self.dtype, "final_bn")(x))
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
