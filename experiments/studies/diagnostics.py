@@ -21,12 +21,16 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 from experiments.studies import common
-from mixjax import losses
+
+if __name__ == "__main__":  # before jax is imported; see common.single_thread_eigen
+  common.single_thread_eigen()
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np  # noqa: E402
+
+from mixjax import losses  # noqa: E402
 from mixjax import theory
 from mixjax.studies import analysis
 from mixjax.studies import diagnostics as diag_lib

@@ -243,18 +243,28 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],
 
 def verdict_from_slope(fit: dict[str, float], *, better: str, what: str, x_name: str
                        ) -> str:
-  """A one-sentence reading of a slope fit (`better`: 'higher' or 'lower' is better)."""
+  """A one-sentence reading of a slope fit (`better`: 'higher' or 'lower' is better).
+
+  Two intervals answer two questions. The t-interval over laws treats the laws' scatter
+  around the line as noise: it excludes 0 only if `x_name` explains the ranking of the
+  laws. The seed bootstrap keeps the laws fixed and resamples only training noise: it
+  excludes 0 when the least-squares trend through *these* laws is not a seed artefact,
+  even if the laws scatter widely around it.
+  """
   lo, hi = fit.get("boot_low", math.nan), fit.get("boot_high", math.nan)
-  if not (np.isfinite(lo) and np.isfinite(hi)):
+  tlo, thi = fit.get("ci_low", math.nan), fit.get("ci_high", math.nan)
+  if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(tlo)):
     return f"{what}: not enough laws/seeds to fit a slope against {x_name}."
   sign = 1 if better == "higher" else -1
+  direction = "improves" if (fit["slope"] > 0) == (sign > 0) else "worsens"
+  desc = (f"slope {fit['slope']:.3g}, t-CI over laws [{tlo:.3g}, {thi:.3g}], seed-bootstrap "
+          f"CI [{lo:.3g}, {hi:.3g}], Spearman ρ = {fit.get('spearman', math.nan):.2f}")
+  if tlo > 0 or thi < 0:
+    return f"{what} {direction} with {x_name}, and {x_name} explains the laws' ranking ({desc})."
   if lo > 0 or hi < 0:
-    good = (lo > 0) == (sign > 0)
-    return (f"{what} {'improves' if good else 'worsens'} with {x_name} (slope "
-            f"{fit['slope']:.3g}, bootstrap 95% CI [{lo:.3g}, {hi:.3g}], t-CI "
-            f"[{fit['ci_low']:.3g}, {fit['ci_high']:.3g}]).")
-  return (f"{what}: no detectable linear trend in {x_name} (slope {fit['slope']:.3g}, "
-          f"bootstrap 95% CI [{lo:.3g}, {hi:.3g}] contains 0).")
+    return (f"{what} {direction} with {x_name} on average over these laws, but the laws "
+            f"scatter too much around the line to call it a law-level effect ({desc}).")
+  return f"{what}: no detectable linear trend in {x_name} ({desc})."
 
 
 def apply_rows(rows: Sequence[dict], fn: Callable[[dict], dict]) -> list[dict]:

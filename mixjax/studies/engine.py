@@ -110,7 +110,8 @@ class EngineConfig:
     max_parallel: at most this many runs per compiled call (None: all at once); more
       runs are processed in chunks by the same compiled program.
     keep_logits: return the final test logits (R, n_test, c) (plain and rescaled).
-    fit_temperature: fit temperature scaling on the validation split at the end.
+    fit_temperature: fit temperature scaling on the validation split at the end (skipped
+      when the dataset has no validation split).
     verbose: print progress at checkpoints.
   """
   model: Any = "mlp"
@@ -330,7 +331,8 @@ class EngineResult:
       val_*, train_loss (mean training objective over the last epoch).
     history: name -> (num_checkpoints, R) float arrays (test/train metrics and any
       diagnostics at each checkpoint), plus "epoch": (num_checkpoints,).
-    logits: if `keep_logits`: {"test": (R, n, c), "test_rs": (R, n, c)} float32.
+    logits: {"test", "test_rs"} (R, n_test, c) if `keep_logits`, and (R, N, c) for every
+      `extra_inputs` name (plain and "_rs"); float32. None if neither was asked for.
     info: timings (compile and total seconds), steps, etc.
   """
   runs: list[dict[str, Any]]
@@ -385,7 +387,7 @@ class _Program:
   """The compiled pieces for one (config, dataset, static law) combination."""
 
   def __init__(self, cfg: EngineConfig, data: Any, ctx: Context,
-               diagnostics_fn: Callable | None):
+               diagnostics_fn: Callable | None, extra_inputs: dict | None = None):
     from mixjax import models  # pylint: disable=g-import-not-at-top
     self.cfg, self.ctx, self.diagnostics_fn = cfg, ctx, diagnostics_fn
     self.method = METHODS.get(cfg.method)
@@ -403,9 +405,22 @@ class _Program:
     self.steps_per_epoch = self.n_train // cfg.batch_size
     self.total_steps = self.steps_per_epoch * cfg.num_epochs
     self.warmup_steps = self.steps_per_epoch * cfg.warmup_epochs
-    self.eval_sets = {"test": (data.test_x, data.test_y), "val": (data.val_x, data.val_y)}
+    self.eval_sets = {"test": (data.test_x, data.test_y)}
+    if np.asarray(data.val_x).shape[0] > 0:  # an empty validation split is allowed
+      self.eval_sets["val"] = (data.val_x, data.val_y)
+    self.metric_sets = tuple(k for k in ("test", "val", "train") if k in self.eval_sets or
+                             k == "train")
     n_tr = min(cfg.train_eval_size, self.n_train)
     self.eval_sets["train"] = (np.asarray(data.train_x)[:n_tr], np.asarray(data.train_y)[:n_tr])
+    self.extra_names = tuple(sorted(extra_inputs or {}))
+    for name in self.extra_names:
+      if name in self.eval_sets:
+        raise ValueError(f"extra_inputs name {name!r} clashes with a split name.")
+      xe = np.asarray(extra_inputs[name], np.float32)
+      if xe.shape[1:] != self.train_x.shape[1:]:
+        raise ValueError(f"extra_inputs[{name!r}] has per-example shape {xe.shape[1:]}; "
+                         f"the training inputs have {self.train_x.shape[1:]}.")
+      self.eval_sets[name] = (xe, None)
     if cfg.optimizer == "adam":
       self.direction = optax.scale_by_adam()
     else:
@@ -550,6 +565,8 @@ def _data_stats(data: Any, cfg: EngineConfig, num_classes: int):
 
 def train_runs(config: EngineConfig, data: Any, runs: Sequence[Run], *,
                diagnostics_fn: Callable | None = None, stats: Any = None,
+               extra_inputs: dict[str, np.ndarray] | None = None,
+               group_by_law: bool = False,
                log: Callable[[str], None] = print) -> EngineResult:
   """Trains all `runs` with one compiled program (per law for static-law methods).
 
@@ -565,6 +582,12 @@ def train_runs(config: EngineConfig, data: Any, runs: Sequence[Run], *,
       `history["diag/<name>"]`.
     stats: `DataStats` of the training set; computed with `mixjax.theory.data_stats`
       when None (it is needed for rescaling and by some methods).
+    extra_inputs: name -> inputs (N, ...) whose final logits (plain and rescaled) are
+      returned in `logits[name]` / `logits[name + "_rs"]` (e.g. a grid for decision
+      boundaries), whatever `keep_logits` says.
+    group_by_law: compile one program per law (seeds and hyper-parameters still
+      vmapped) so that the method and `diagnostics_fn` see the law as a Python object
+      (`ctx.law`), e.g. for `mixjax.theory.exact_mixup_risk`'s θ-quadrature.
     log: progress printer.
 
   Returns:
@@ -577,7 +600,8 @@ def train_runs(config: EngineConfig, data: Any, runs: Sequence[Run], *,
   num_classes = int(data.num_classes)
   _check_config(cfg, int(np.asarray(data.train_x).shape[0]))
   method = METHODS.get(cfg.method)
-  if method.static_law:
+  static = method.static_law or group_by_law
+  if static:
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(runs):
       groups.setdefault(r.law.label, []).append(i)
@@ -592,13 +616,15 @@ def train_runs(config: EngineConfig, data: Any, runs: Sequence[Run], *,
   ckpts = _checkpoint_epochs(cfg.num_epochs, cfg.num_checkpoints)
   rows: list[dict[str, Any] | None] = [None] * len(runs)
   hist_rows: list[dict[str, list[float]] | None] = [None] * len(runs)
-  logits_keep: dict[str, list[Any]] = {"test": [None] * len(runs), "test_rs": [None] * len(runs)}
+  keep_names = (["test", "test_rs"] if cfg.keep_logits else []) + [
+      n + sfx for n in sorted(extra_inputs or {}) for sfx in ("", "_rs")]
+  logits_keep: dict[str, list[Any]] = {k: [None] * len(runs) for k in keep_names}
   compile_s = 0.0
 
   for gname, idx in groups.items():
-    static_law = runs[idx[0]].law if method.static_law else None
+    static_law = runs[idx[0]].law if static else None
     ctx = Context(config=cfg, stats=stats, law=static_law, num_classes=num_classes)
-    prog = _Program(cfg, data, ctx, diagnostics_fn)
+    prog = _Program(cfg, data, ctx, diagnostics_fn, extra_inputs)
     if static_law is not None and static_law.label != gname:
       raise AssertionError(gname)
     chunk = cfg.max_parallel or len(idx)
@@ -612,9 +638,8 @@ def train_runs(config: EngineConfig, data: Any, runs: Sequence[Run], *,
       for j, i in enumerate(ids):
         rows[i] = {**runs[i].describe(), **res["final"][j]}
         hist_rows[i] = {k: v[:, j] for k, v in res["history"].items()}
-        if cfg.keep_logits:
-          logits_keep["test"][i] = res["logits"]["test"][j]
-          logits_keep["test_rs"][i] = res["logits"]["test_rs"][j]
+        for k in keep_names:
+          logits_keep[k][i] = res["logits"][k][j]
 
   history = {k: np.stack([h[k] for h in hist_rows], axis=1) for k in hist_rows[0]}
   history["epoch"] = np.asarray(ckpts)
@@ -623,7 +648,7 @@ def train_runs(config: EngineConfig, data: Any, runs: Sequence[Run], *,
           "steps_per_epoch": prog.steps_per_epoch, "num_runs": len(runs),
           "num_programs": len(groups), "checkpoint_epochs": ckpts}
   logits = None
-  if cfg.keep_logits:
+  if keep_names:
     logits = {k: np.stack(v).astype(np.float32) for k, v in logits_keep.items()}
   return EngineResult(runs=rows, history=history, logits=logits, info=info)
 
@@ -669,7 +694,9 @@ def _train_chunk(prog: _Program, runs: list[Run], num_components: int, ckpts: li
       log(f"WARNING: non-finite training objective for runs with laws {sorted(set(bad))}.")
   final_ev = _evaluate(prog, state, inputs, data, with_temperature=cfg.fit_temperature,
                        keep_logits=cfg.keep_logits)
-  logits = final_ev.pop("_logits", None)
+  logits = final_ev.pop("_logits", None) or {}
+  if prog.extra_names:
+    logits.update(jax.device_get(prog._eval(state, inputs, prog.extra_names)))
   final = []
   for j in range(len(runs)):
     row = {k: float(v[j]) for k, v in final_ev.items()}
@@ -684,8 +711,7 @@ def _evaluate(prog: _Program, state: RunState, inputs: RunInputs, data: Any, *,
   """Metrics (R,) per name for test/val/train, plain and rescaled (and TS at the end)."""
   from mixjax import eval as mj_eval  # pylint: disable=g-import-not-at-top
   cfg = prog.cfg
-  which = ("test", "val", "train")
-  out = jax.device_get(prog._eval(state, inputs, which))
+  out = jax.device_get(prog._eval(state, inputs, prog.metric_sets))
   labels = {k: np.asarray(v[1]) for k, v in prog.eval_sets.items()}
   res: dict[str, np.ndarray] = {}
   for name, lg in out.items():

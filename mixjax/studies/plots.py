@@ -62,8 +62,8 @@ def errorbar_points(ax, x: Sequence[float], y: Sequence[float], yerr: Sequence[f
 
 
 def family_legend(ax, labels: Sequence[str], *, extra: Sequence = (), loc: str = "best",
-                  fontsize: int = 7) -> None:
-  """A legend with one entry per family present among `labels` (+ extra handles)."""
+                  fontsize: int = 7, ncol: int = 1) -> None:
+  """A legend (on an axes or a figure) with one entry per family among `labels`."""
   from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
   fams = []
   for lab in labels:
@@ -72,12 +72,15 @@ def family_legend(ax, labels: Sequence[str], *, extra: Sequence = (), loc: str =
       fams.append(f)
   handles = [Line2D([], [], color=FAMILY_STYLE[f][0], marker=FAMILY_STYLE[f][1], ls="",
                     label=f) for f in fams]
-  ax.legend(handles=handles + list(extra), loc=loc, fontsize=fontsize, framealpha=0.85)
+  ax.legend(handles=handles + list(extra), loc=loc, fontsize=fontsize, framealpha=0.85,
+            ncol=ncol)
 
 
-def save(fig, path: str, dpi: int = 130) -> str:
+def save(fig, path: str, dpi: int = 130, tight: bool = True) -> str:
+  """Saves a PNG (creating the directory) and closes the figure."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fig.tight_layout()
+  if tight:
+    fig.tight_layout()
   fig.savefig(path, dpi=dpi)
   plt.close(fig)
   return path
