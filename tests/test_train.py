@@ -189,3 +189,45 @@ def test_approx_with_batchnorm_model_is_rejected_before_training(tmp_path):
                                    "model.input_shape": (8, 8, 1)})
   with pytest.raises(ValueError, match="BatchNorm"):
     loop.train_and_evaluate(config, str(tmp_path))
+
+
+def test_sigkill_at_an_arbitrary_point_then_same_command_resumes_exactly(tmp_path):
+  """A real kill: `python -m mixjax.main` is SIGKILLed as soon as its first checkpoint
+  is on disk (wherever it is then: training, logging or writing the next checkpoint),
+  and the same command is run again. The final summary equals that of an uninterrupted
+  run of the same command exactly."""
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+
+  def command(workdir):
+    return [sys.executable, "-m", "mixjax.main",
+            f"--config={os.path.join(ROOT, 'experiments', 'mnist1d.py')}",
+            f"--workdir={workdir}", "--config.num_steps=300", "--config.batch_size=64",
+            "--config.checkpoint_every_steps=25", "--config.log_every_steps=25",
+            "--config.eval.every_epochs=0",
+            '--config.model.kwargs={"features": [4], "dense_sizes": [8]}']
+
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  full, killed = tmp_path / "full", tmp_path / "killed"
+  subprocess.run(command(full), env=env, check=True, cwd=ROOT, capture_output=True,
+                 timeout=300)
+  proc = subprocess.Popen(command(killed), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  ckpt_dir = killed / "checkpoints"
+  deadline = time.monotonic() + 240
+  while time.monotonic() < deadline and proc.poll() is None:
+    if ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "summary.json").exists()
+  subprocess.run(command(killed), env=env, check=True, cwd=ROOT, capture_output=True,
+                 timeout=300)
+  got, ref = _summary(killed), _summary(full)
+  assert got["step"] == ref["step"] == 300
+  for key in ("test", "test_rescaled", "param_l1"):
+    assert got[key] == ref[key], key
