@@ -3,26 +3,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Callable, Sequence
 
 MODES = ("all", "run", "report")
-
-
-def single_thread_eigen() -> None:
-  """Sets XLA_FLAGS=--xla_cpu_multi_thread_eigen=false (call before jax is imported).
-
-  Works around an intermittent hang of XLA:CPU's multi-threaded Eigen pool on large
-  vmapped graphs (all threads parked on futexes, 0% CPU, the program waiting in
-  `device_get`); seen here in the diagnostics study (vmapped eigh/pinv, Jacobians and
-  Hessians), and reported upstream-adjacent in PyAutoLabs/PyAutoFit#1528/#1530.
-  """
-  if "jax" in sys.modules:
-    raise RuntimeError("single_thread_eigen() must run before jax is imported.")
-  flag = "--xla_cpu_multi_thread_eigen=false"
-  if flag not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
 
 
 def parse_args(description: str, parts: Sequence[str], argv: Sequence[str] | None = None,

@@ -85,6 +85,14 @@ SETTINGS = {
                                                         bandwidth=0.5),
                                    num_epochs=400, batch_size=32, num_checkpoints=4),
         lr=1e-2),
+    "two_moons_noisy_rf": dict(
+        dataset="two_moons",
+        dataset_kwargs={"feature_map": "none", "noise": 0.25, "val_fraction": 0.2},
+        laws=all_laws,
+        config=engine.EngineConfig(model=RandomFeatures(num_classes=2, num_features=256,
+                                                        bandwidth=0.5),
+                                   num_epochs=400, batch_size=30, num_checkpoints=4),
+        lr=1e-2),
 }
 
 METRICS = ["test_accuracy", "test_nll", "test_ece", "test_rs_accuracy", "test_rs_nll",
@@ -139,7 +147,8 @@ def _figure_vs(rows, summary, part: str, out: str) -> str:
       plots.errorbar_points(ax, xs[mix], [summary[i][rs] for i in mix],
                             [summary[i][rs + "_se"] for i in mix], [labels[i] for i in mix],
                             hollow=True, offset=0.012 * span, alpha=0.8)
-      vals = [summary[i][k] for i in mix for k in (m, rs)]
+      vals = [summary[i][k] + sgn * np.nan_to_num(summary[i][k + "_se"])
+              for i in mix for k in (m, rs) for sgn in (-1, 1)]
       lo, hi = min(vals), max(vals)
       pad = 0.12 * (hi - lo) + 1e-4
       ax.set_ylim(lo - pad, hi + pad)
@@ -219,7 +228,7 @@ def report_part(out: str, part: str) -> str:
   md = [f"## {part}\n",
         f"Dataset `{cfg['dataset']}` (train/val/test = "
         f"{cfg['data_sizes']['train_x']}/{cfg['data_sizes']['val_x']}/"
-        f"{cfg['data_sizes']['test_x']}), model `{cfg['engine']['model']}` "
+        f"{cfg['data_sizes']['test_x']}), model `{' '.join(str(cfg['engine']['model']).split())}` "
         f"{cfg['engine']['model_kwargs'] or ''}, {cfg['engine']['optimizer']} lr {cfg['lr']} "
         f"({cfg['engine']['schedule']}), batch {cfg['engine']['batch_size']}, "
         f"{cfg['engine']['num_epochs']} epochs, {len(cfg['seeds'])} seeds × "

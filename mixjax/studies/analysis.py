@@ -260,7 +260,7 @@ def verdict_from_slope(fit: dict[str, float], *, better: str, what: str, x_name:
   desc = (f"slope {fit['slope']:.3g}, t-CI over laws [{tlo:.3g}, {thi:.3g}], seed-bootstrap "
           f"CI [{lo:.3g}, {hi:.3g}], Spearman ρ = {fit.get('spearman', math.nan):.2f}")
   if tlo > 0 or thi < 0:
-    return f"{what} {direction} with {x_name}, and {x_name} explains the laws' ranking ({desc})."
+    return f"{what} {direction} with {x_name}, significantly across laws ({desc})."
   if lo > 0 or hi < 0:
     return (f"{what} {direction} with {x_name} on average over these laws, but the laws "
             f"scatter too much around the line to call it a law-level effect ({desc}).")

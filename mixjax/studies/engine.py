@@ -148,7 +148,10 @@ class EngineConfig:
   def to_json(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
     if not isinstance(self.model, str):
-      d["model"] = repr(self.model)
+      fields = [f for f in dataclasses.fields(self.model)
+                if f.init and f.name not in ("parent", "name")]
+      d["model"] = (type(self.model).__name__ + "(" + ", ".join(
+          f"{f.name}={getattr(self.model, f.name)!r}" for f in fields) + ")")
     d["model_kwargs"] = {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in self.model_kwargs.items()}
     return d
@@ -428,7 +431,11 @@ class _Program:
     self._segment = jax.jit(self._segment_all, static_argnums=(3,), donate_argnums=(0,))
     self._init = jax.jit(jax.vmap(self._init_one))
     self._eval = jax.jit(self._eval_all, static_argnums=(2,))
-    self._diag = (jax.jit(jax.vmap(self._diag_one)) if diagnostics_fn is not None else None)
+    self._diag = None
+    if diagnostics_fn is not None:
+      fns = diagnostics_fn if isinstance(diagnostics_fn, dict) else {"": diagnostics_fn}
+      self._diag = {name: jax.jit(jax.vmap(functools.partial(self._diag_one, fn)))
+                    for name, fn in fns.items()}
 
   def _segment_all(self, states, inputs, start_epoch, num_epochs: int):
     return jax.vmap(lambda s, r: self._segment_one(s, r, start_epoch, num_epochs))(
@@ -538,8 +545,8 @@ class _Program:
         out[name + "_rs"] = self._logits_on(fn_rs, x)
     return out
 
-  def _diag_one(self, state: RunState, run: RunInputs):
-    return self.diagnostics_fn(self.logits_fn(state), run, self.ctx)
+  def _diag_one(self, fn, state: RunState, run: RunInputs):
+    return fn(self.logits_fn(state), run, self.ctx)
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
@@ -579,7 +586,10 @@ def train_runs(config: EngineConfig, data: Any, runs: Sequence[Run], *,
       rounding of batched kernels).
     diagnostics_fn: optional `fn(logits_fn, run: RunInputs, ctx: Context) -> dict of
       scalars`, evaluated (vmapped over runs) at every checkpoint; results go to
-      `history["diag/<name>"]`.
+      `history["diag/<name>"]`. A dict of such functions compiles each one as its own
+      program (smaller XLA graphs; their output names must not clash). On XLA:CPU one
+      large program combining Jacobians, Hessians, eigendecompositions and `lax.map`
+      was seen to hang intermittently (all threads idle), while its parts run fine.
     stats: `DataStats` of the training set; computed with `mixjax.theory.data_stats`
       when None (it is needed for rescaling and by some methods).
     extra_inputs: name -> inputs (N, ...) whose final logits (plain and rescaled) are
@@ -681,9 +691,10 @@ def _train_chunk(prog: _Program, runs: list[Run], num_components: int, ckpts: li
       history.setdefault(k, []).append(v)
     history.setdefault("train_objective", []).append(last_losses)
     if prog._diag is not None:
-      diag = jax.device_get(prog._diag(state, inputs))
-      for k, v in diag.items():
-        history.setdefault(f"diag/{k}", []).append(np.asarray(v, np.float64))
+      for diag_fn in prog._diag.values():  # separate programs, one after the other
+        diag = jax.device_get(diag_fn(state, inputs))
+        for k, v in diag.items():
+          history.setdefault(f"diag/{k}", []).append(np.asarray(v, np.float64))
     if cfg.verbose:
       log(f"[{label}] epoch {ck}/{cfg.num_epochs} {time.time() - t0:7.1f}s  "
           f"objective {np.mean(last_losses):.4f}  test acc "
