@@ -117,24 +117,27 @@ def report(args) -> None:
     sub = analysis.select(rows, dataset=ds)
     beta_rows = [r for r in sub if r["alpha"] is not None]
     alphas = sorted({r["alpha"] for r in beta_rows})
-    for key, name, color in (("min", "min_i D_i", "tab:red"), ("q01", "1% quantile", "tab:orange"),
+    for key, name, color in (("min", "min_i D_i", "black"), ("q01", "1% quantile", "tab:gray"),
                              ("q50", "median", "tab:blue")):
       ms = [analysis.mean_se(r[key] for r in beta_rows if r["alpha"] == a) for a in alphas]
       ax.errorbar(alphas, [m[0] for m in ms], yerr=[m[1] for m in ms], marker="o", ms=4,
                   capsize=2, color=color, label=f"Beta(α, α): {name}")
     for law in analysis.unique([r for r in sub if r["alpha"] is None], "law"):
       m = analysis.mean_se(r["min"] for r in sub if r["law"] == law)
-      c, mk = plots.style(law)
-      ax.axhline(m[0], color=c, ls=":", lw=1)
-      ax.text(alphas[0], m[0], f" {law}: min", fontsize=6, color=c, va="bottom")
+      c, _ = plots.style(law)
+      ax.axhline(m[0], color=c, ls=":", lw=1.2, label=f"{law}: min_i D_i")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("α")
-    ax.set_ylabel("distance (standardized inputs)")
+    ax.set_ylabel("distance (standardized inputs, log scale)")
     ax.set_title(f"{ds} (N = {sub[0]['n']}, M = {sub[0]['m']})", fontsize=9)
     ax.grid(alpha=0.3)
-  axes[0, 0].legend(fontsize=6)
-  fig.suptitle("Distance to the nearest mixup point of two other classes", fontsize=10)
-  f = plots.save(fig, os.path.join(args.out, "collinearity.png"))
+  handles, labels = axes[0, -1].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7)
+  fig.suptitle("Distance to the nearest mixup point of two other classes (mean ± se over "
+               "draws of the mixup points)", fontsize=10)
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
+  f = plots.save(fig, os.path.join(args.out, "collinearity.png"), tight=False)
   for ds in datasets:
     sub = analysis.select(rows, dataset=ds)
     md.append(f"\n## {ds}\n\nN = {sub[0]['n']} points {sub[0]['note']}, M = {sub[0]['m']} "

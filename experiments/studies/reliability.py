@@ -32,6 +32,7 @@ from mixjax.studies import plots
 from mixjax.studies import records
 
 PART = "mnist1d_mlp"
+MIN_BIN_COUNT = 10  # bins with fewer pooled test predictions are not drawn
 
 
 def _all_laws_by_label():
@@ -113,7 +114,7 @@ def report(args) -> None:
       ax = axes[i, j]
       edges = curve.bin_edges
       centers = 0.5 * (edges[1:] + edges[:-1])
-      ok = curve.count > 0
+      ok = curve.count >= MIN_BIN_COUNT
       se = np.nanstd(seed_acc, axis=0, ddof=1) / np.sqrt(np.sum(np.isfinite(seed_acc), 0))
       ax.bar(centers[ok], curve.accuracy[ok], width=edges[1] - edges[0], color="tab:blue",
              alpha=0.6, edgecolor="k", lw=0.4, label="accuracy")
@@ -138,11 +139,13 @@ def report(args) -> None:
       body.append([law, kind, analysis.fmt(m, s_, 3)])
   from matplotlib.lines import Line2D  # pylint: disable=g-import-not-at-top
   h, _ = axes[0, 0].get_legend_handles_labels()
-  axes[0, 0].legend(handles=h + [Line2D([], [], color="gray", ls=":",
-                                        label="fraction of examples (right axis)")],
-                    fontsize=6, loc="upper left")
-  fig.suptitle("Reliability diagrams on MNIST-1D (test set; pooled over seeds)", fontsize=10)
-  f = plots.save(fig, os.path.join(args.out, "reliability.png"))
+  h = h + [Line2D([], [], color="gray", ls=":", label="fraction of examples (right axis)"),
+           Line2D([], [], color="k", ls="--", label="perfect calibration")]
+  fig.legend(handles=h, loc="lower center", ncol=len(h), fontsize=8)
+  fig.suptitle("Reliability diagrams on MNIST-1D (test set; pooled over seeds; bins with "
+               f"< {MIN_BIN_COUNT} predictions not drawn)", fontsize=10)
+  fig.tight_layout(rect=(0, 0.03, 1, 1))
+  f = plots.save(fig, os.path.join(args.out, "reliability.png"), tight=False)
   md.append(analysis.markdown_table(["law", "prediction", "ECE (mean ± se over seeds)"], body))
   md.append(f"\n![reliability]({os.path.basename(f)})\n")
   with open(os.path.join(args.out, "report.md"), "w") as fh:
