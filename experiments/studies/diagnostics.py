@@ -15,10 +15,19 @@ examples (with that subset's own statistics, so that the identities are exact):
 
   python -m experiments.studies.diagnostics --out results/diagnostics
   python -m experiments.studies.diagnostics --out results/diagnostics --mode=report
+
+XLA:CPU (jaxlib 0.10.2) sometimes never finishes executing these diagnostics programs
+(Jacobians, Hessians and batched pseudo-inverses): every thread idles and the host waits
+forever. Splitting them into four programs made it rarer, not impossible, so each law
+runs in its own child process with a timeout and is retried (`MAX_ATTEMPTS`); the parent
+merges the per-law results. The attempts are recorded in `info["attempts"]`.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import shutil
+import subprocess
 import sys
 
 import jax
@@ -40,6 +49,8 @@ SUBSET = 256
 NUM_DRAWS = 16
 NUM_NODES = 16
 LAWS = (L.beta(1.0), L.beta(0.2), L.w_shaped(0.5), L.optimal())
+LAW_TIMEOUT_S = 1200  # one law (3 seeds) takes ~1 min on 2 cores; a hang never ends
+MAX_ATTEMPTS = 4
 CONFIG = engine.EngineConfig(
     model="mlp", model_kwargs={"hidden_sizes": (128, 128), "activation": "tanh"},
     num_epochs=60, batch_size=128, num_checkpoints=12)
@@ -90,23 +101,62 @@ def _add_gaps(history: dict) -> None:
   h["diag/gap_no_hessian"] = h["diag/exact_mixup"] - h["diag/approx_no_hessian"]
 
 
-def run(args) -> None:
-  cfg, laws, seeds = CONFIG, list(LAWS), list(range(args.seeds))
-  subset = SUBSET
+def _run_one_law(args, law_label: str, out: str) -> None:
+  """Trains one law (its seeds vmapped) with the diagnostics; saves `<out>/<label>.json`."""
+  cfg, seeds, subset = CONFIG, list(range(args.seeds)), SUBSET
   if args.quick:
     cfg = cfg.replace(num_epochs=2, num_checkpoints=2)
-    laws, seeds, subset = laws[:2], seeds[:2], 32
+    seeds, subset = seeds[:2], 32
+  law = {l.label: l for l in LAWS}[law_label]
   data = common.load("mnist1d")
   fns = make_diagnostics_fns(data.train_x[:subset], data.train_y[:subset])
-  runs = engine.make_runs(laws, seeds, lrs=[3e-3])
-  print(f"[diagnostics] {len(laws)} laws x {len(seeds)} seeds, {cfg.num_epochs} epochs, "
-        f"{cfg.num_checkpoints} checkpoints, subset {subset}", flush=True)
+  runs = engine.make_runs([law], seeds, lrs=[3e-3])
   res = engine.train_runs(cfg, data, runs, diagnostics_fn=fns, group_by_law=True)
-  _add_gaps(res.history)
   config = {"dataset": "mnist1d", "engine": cfg.to_json(), "lr": 3e-3, "seeds": seeds,
-            "laws": [l.describe() for l in laws], "subset": subset, "num_draws": NUM_DRAWS,
-            "num_nodes": NUM_NODES, "quick": bool(args.quick)}
-  records.save(args.out, PARTS[0], config=config, **records.engine_record(res))
+            "subset": subset, "num_draws": NUM_DRAWS, "num_nodes": NUM_NODES,
+            "quick": bool(args.quick)}
+  records.save(out, _law_file(law_label), config=config, **records.engine_record(res))
+
+
+def _law_file(label: str) -> str:
+  return "law_" + "".join(ch if ch.isalnum() else "_" for ch in label)
+
+
+def run(args) -> None:
+  """One child process per law, each retried on a hang (see module docstring)."""
+  laws = list(LAWS)[:2] if args.quick else list(LAWS)
+  tmp = os.path.join(args.out, "_per_law")
+  os.makedirs(tmp, exist_ok=True)
+  print(f"[diagnostics] {len(laws)} laws x {args.seeds} seeds, one process per law",
+        flush=True)
+  attempts = {}
+  for law in laws:
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+      cmd = [sys.executable, "-m", "experiments.studies.diagnostics", "--out", args.out,
+             "--mode", "run", "--seeds", str(args.seeds), "--law", law.label] + (
+                 ["--quick"] if args.quick else [])
+      try:
+        subprocess.run(cmd, check=True, timeout=LAW_TIMEOUT_S)
+        attempts[law.label] = attempt
+        break
+      except subprocess.TimeoutExpired:
+        print(f"[diagnostics] {law.label}: attempt {attempt} exceeded {LAW_TIMEOUT_S} s "
+              "(XLA:CPU hang, all threads idle); retrying", flush=True)
+    else:
+      raise RuntimeError(f"diagnostics for {law.label} hung {MAX_ATTEMPTS} times.")
+  parts = [records.load(tmp, _law_file(l.label)) for l in laws]
+  runs = [r for p in parts for r in p["runs"]]
+  keys = [k for k in parts[0]["history"] if k != "epoch"]
+  history = {k: np.concatenate([p["history"][k] for p in parts], axis=1) for k in keys}
+  history["epoch"] = parts[0]["history"]["epoch"]
+  _add_gaps(history)
+  config = dict(parts[0]["config"], laws=[l.describe() for l in laws])
+  info = {"total_seconds": float(sum(p["info"]["total_seconds"] for p in parts)),
+          "per_law_seconds": {l.label: p["info"]["total_seconds"]
+                              for l, p in zip(laws, parts)},
+          "attempts": attempts, "checkpoint_epochs": parts[0]["info"]["checkpoint_epochs"]}
+  records.save(args.out, PARTS[0], runs=runs, config=config, history=history, info=info)
+  shutil.rmtree(tmp)
 
 
 # ----------------------------------------------------------------------------------------
@@ -203,7 +253,8 @@ def report(args) -> None:
         f"own statistics, at epochs {[int(e) for e in h['epoch']]}. Run time "
         f"{rec['info'].get('total_seconds', float('nan')):.0f} s "
         f"({rec['provenance']['cpu_count']} CPU cores). Generated by "
-        f"`python -m experiments.studies.diagnostics --out {out} --mode=report`.\n",
+        f"`python -m experiments.studies.diagnostics --out {out} --mode=report`. Attempts "
+        f"per law (a retry follows an XLA:CPU hang): {rec['info'].get('attempts', 'n/a')}.\n",
         "## Terms and the approximation gap at the end of training (mean ± se over seeds)\n"]
 
   def cell(key, law, digits=4):
@@ -254,7 +305,13 @@ def report(args) -> None:
 
 
 def main(argv=None) -> None:
-  args = common.parse_args(__doc__.splitlines()[0], list(PARTS), argv, default_seeds=3)
+  extra = argparse.ArgumentParser(add_help=False)
+  extra.add_argument("--law", default=None, help=argparse.SUPPRESS)  # child process
+  known, rest = extra.parse_known_args(argv)
+  args = common.parse_args(__doc__.splitlines()[0], list(PARTS), rest, default_seeds=3)
+  if known.law is not None:
+    _run_one_law(args, known.law, os.path.join(args.out, "_per_law"))
+    return
   common.main(args, run, report)
 
 
