@@ -3,8 +3,16 @@
   sgd:   add_decayed_weights(wd) then SGD with (Nesterov) momentum: L2 coupled to the
          gradient, as in the classic PyTorch CIFAR recipe (wd 1e-4 on all parameters).
   adam:  AdamW (decoupled weight decay, `weight_decay` times the learning rate).
-Schedules: constant; piecewise (×decay_factor at each epoch in `boundaries`); cosine
-(from lr to 0 at the last step). `warmup_epochs` > 0 prepends a linear ramp 0 -> lr.
+Schedules (s = the optimizer's step count, 0 at the first update; T = total_steps;
+w = round(warmup_epochs · steps_per_epoch)):
+  constant   lr.
+  piecewise  lr · decay_factor^k, k = the number of boundaries b (epochs) with
+             s ≥ round(b · steps_per_epoch); boundaries that land on the same step
+             each apply.
+  cosine     lr · ½(1 + cos(π (s − w)/(T − w))): from lr at s = w to its end value 0 at
+             s = T, the count after the last update (the last update, s = T − 1, still
+             has a small positive rate), as `optax.warmup_cosine_decay_schedule(0, lr, w, T)`.
+`warmup_epochs` > 0 prepends a linear ramp lr · s / w for s < w (0 at the first update).
 """
 from __future__ import annotations
 
@@ -18,9 +26,13 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_st
   if cfg.schedule == "constant":
     main = optax.constant_schedule(cfg.lr)
   elif cfg.schedule == "piecewise":
-    main = optax.piecewise_constant_schedule(
-        cfg.lr, {int(b * steps_per_epoch) - warmup: cfg.decay_factor
-                 for b in cfg.boundaries})
+    # round(), not int(): 0.29 · 100 is 28.999… in floats. Scales of boundaries that
+    # land on the same step multiply (a dict keyed by step would keep only one).
+    scales: dict[int, float] = {}
+    for b in cfg.boundaries:
+      at = int(round(b * steps_per_epoch)) - warmup
+      scales[at] = scales.get(at, 1.0) * cfg.decay_factor
+    main = optax.piecewise_constant_schedule(cfg.lr, scales)
   elif cfg.schedule == "cosine":
     main = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warmup, 1))
   else:
