@@ -80,7 +80,8 @@ SETTINGS = {
                                    num_epochs=100, batch_size=64, num_checkpoints=4),
         lr=1e-3),
     "two_moons_rf": dict(
-        dataset="two_moons", dataset_kwargs={"feature_map": "none", "val_fraction": 0.0}, laws=all_laws,
+        dataset="two_moons", dataset_kwargs={"feature_map": "none", "val_fraction": 0.0},
+        laws=all_laws,
         config=engine.EngineConfig(model=RandomFeatures(num_classes=2, num_features=256,
                                                         bandwidth=0.5),
                                    num_epochs=400, batch_size=32, num_checkpoints=4),
@@ -255,10 +256,12 @@ def report_part(out: str, part: str) -> str:
   md.append(analysis.markdown_table(header, body))
 
   mix_rows = [r for r in rows if r["law"] != "ERM"]
-  md.append("\nSlopes over the mixup laws (ERM excluded), per-law means; t = OLS t-interval, "
-            "boot = cluster bootstrap over seeds (95%); ρ = Spearman rank correlation:\n")
+  md.append("\nSlopes over the mixup laws (ERM excluded), per-law means; t = OLS t-interval "
+            "over laws (do the laws follow the line?), boot = cluster bootstrap over seeds "
+            "(is the fitted trend more than seed noise?), both 95%; ρ = Spearman rank "
+            "correlation; partial = coefficient in the joint fit on σ²/θ̄² and γ²/θ̄²:\n")
   sh = ["metric", "vs", "slope", "t 95% CI", "boot 95% CI", "ρ", "partial coef. (both)",
-        "boot 95% CI (partial)"]
+        "t 95% CI (partial)", "boot 95% CI (partial)"]
   sb, verdicts = [], []
   for m, name, better in _PANELS + [("test_rs_accuracy", "test accuracy (rs)", "higher"),
                                     ("test_rs_ece", "test ECE (rs)", "lower"),
@@ -269,7 +272,8 @@ def report_part(out: str, part: str) -> str:
       b = both[xkey]
       sb.append([name, xname, f"{f['slope']:.3g}", f"[{f['ci_low']:.3g}, {f['ci_high']:.3g}]",
                  f"[{f['boot_low']:.3g}, {f['boot_high']:.3g}]", f"{f['spearman']:.2f}",
-                 f"{b['coef']:.3g}", f"[{b['boot_low']:.3g}, {b['boot_high']:.3g}]"])
+                 f"{b['coef']:.3g}", f"[{b['ci_low']:.3g}, {b['ci_high']:.3g}]",
+                 f"[{b['boot_low']:.3g}, {b['boot_high']:.3g}]"])
       if m in ("test_accuracy", "test_nll", "test_ece"):
         verdicts.append("- " + analysis.verdict_from_slope(f, better=better, what=name,
                                                             x_name=xname))
@@ -291,7 +295,8 @@ def report_part(out: str, part: str) -> str:
       means = ", ".join(analysis.fmt(by_law[l][m], by_law[l][m + "_se"],
                                      2 if scale == 100 else 3, scale) for l in labels)
       gb.append([gname, " / ".join(labels), name, means, f"{t['F']:.2f}", f"{t['p']:.3g}"])
-  md.append(analysis.markdown_table(gh, gb))
+  md.append(analysis.markdown_table(gh, gb) if gb else
+            "(no laws with equal θ-moments in this setting)\n")
   erm = by_law.get("ERM")
   if erm is not None:
     best = max((r for r in summary if r["law"] != "ERM"), key=lambda r: r["test_accuracy"])

@@ -14,6 +14,7 @@ Conventions:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -104,7 +105,7 @@ def slope_vs(rows: Sequence[dict], x_key: str, metric: str, *, law_key: str = "l
   seeds = unique(rows, seed_key)
   xs = np.asarray([select(rows, **{law_key: l})[0][x_key] for l in laws], np.float64)
   table = _law_seed_table(rows, metric, laws, seeds, law_key, seed_key)
-  means = np.nanmean(table, axis=1)
+  means = _row_means(table)
   fit = linear_fit(xs, means)
   boot_means = _bootstrap_means(table, num_boot, seed)  # (n_laws, num_boot)
   ok = np.isfinite(xs)
@@ -137,16 +138,21 @@ def _law_seed_table(rows, metric, laws, seeds, law_key, seed_key) -> np.ndarray:
   return table
 
 
+def _row_means(table: np.ndarray) -> np.ndarray:
+  """Per-law means over seeds ignoring NaNs (NaN for a law without values)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanmean(table, axis=1)
+
+
 def _bootstrap_means(table: np.ndarray, num_boot: int, seed: int) -> np.ndarray:
   """Per-law means over seeds resampled with replacement (whole seeds), (n_laws, B)."""
   rng = np.random.default_rng(seed)
   n_seeds = table.shape[1]
   pick = rng.integers(0, n_seeds, (num_boot, n_seeds))
-  with np.errstate(invalid="ignore"):
-    import warnings  # pylint: disable=g-import-not-at-top
-    with warnings.catch_warnings():
-      warnings.simplefilter("ignore", RuntimeWarning)
-      return np.nanmean(table[:, pick], axis=2)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanmean(table[:, pick], axis=2)
 
 
 def _ols(xmat: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -177,7 +183,7 @@ def regress_laws(rows: Sequence[dict], x_keys: Sequence[str], metric: str, *,
   xmat = np.asarray([[1.0] + [select(rows, **{law_key: l})[0][k] for k in x_keys]
                      for l in laws], np.float64)
   table = _law_seed_table(rows, metric, laws, seeds, law_key, seed_key)
-  coef, se, dof = _ols(xmat, np.nanmean(table, axis=1))
+  coef, se, dof = _ols(xmat, _row_means(table))
   t = sp_stats.t.ppf(0.975, dof) if dof > 0 else math.nan
   boot_means = _bootstrap_means(table, num_boot, seed)
   ok = np.all(np.isfinite(boot_means), axis=1)
