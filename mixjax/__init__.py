@@ -5,7 +5,11 @@ theory of Carratino et al. (perturbed ERM, Lemma 2, the exact and approximate mi
 test-time rescaling). See THEORY.md for the mathematics and docs/ARCHITECTURE.md for the
 layout. Models, data, training and evaluation live in their sub-packages and are not
 imported here, so `import mixjax` stays light.
+
+Importing mixjax first sets the XLA:CPU workaround of `mixjax._xla_cpu` (YNNPACK fusions
+off) before JAX is imported.
 """
+from mixjax import _xla_cpu  # noqa: F401  (must run before jax is imported)
 from mixjax import samplers
 from mixjax.losses import LOSSES
 from mixjax.losses import batch_loss

@@ -1,4 +1,5 @@
-"""Test set-up: 4 forced CPU devices, set before JAX is imported anywhere."""
+"""Test set-up: 4 forced CPU devices and the XLA:CPU workaround of `mixjax._xla_cpu`
+(YNNPACK fusions off), both set before JAX is imported anywhere."""
 import os
 
 os.environ["XLA_FLAGS"] = (
@@ -6,6 +7,8 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+# Adds the YNN flag to XLA_FLAGS; importing mixjax imports jax right after.
+import mixjax  # noqa: E402,F401
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 
 jax.config.update("jax_enable_x64", False)

@@ -1,0 +1,27 @@
+"""XLA:CPU workaround, applied before JAX creates its CPU backend.
+
+With jaxlib 0.10.2, XLA:CPU's YNNPACK fusions miscompile some batched reductions:
+`jax.jit(jax.vmap(f))` returned run 0's value for every run (or [a, b, a] for three
+runs) for `mixjax.theory.exact_mixup_risk` on 64 × 40 inputs, while `jax.jit(f)` per run
+and `jax.disable_jit()` agree with each other. They also slow 2-D convolutions (a LeNet
+step on 28×28×1 went from 319 to 201 ms with them off). Disabling those fusions
+(`--xla_cpu_experimental_ynn_fusion_type=`) gives the correct values, so mixjax sets that
+flag in `XLA_FLAGS` when it is imported, before `jax` is (the flag only touches the CPU
+backend; GPU and TPU runs ignore it). `tests/test_api.py` keeps a check that would catch
+the miscompile. Set `MIXJAX_KEEP_YNN=1` to leave `XLA_FLAGS` alone.
+"""
+import os
+
+YNN_OFF_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def disable_ynn_fusions() -> None:
+  """Appends `YNN_OFF_FLAG` to `XLA_FLAGS` (once), unless `MIXJAX_KEEP_YNN` is set."""
+  if os.environ.get("MIXJAX_KEEP_YNN"):
+    return
+  flags = os.environ.get("XLA_FLAGS", "")
+  if YNN_OFF_FLAG not in flags.split():
+    os.environ["XLA_FLAGS"] = (flags + " " + YNN_OFF_FLAG).strip()
+
+
+disable_ynn_fusions()
