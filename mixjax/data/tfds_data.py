@@ -38,10 +38,23 @@ def _default_data_dir() -> str:
 
 def preparation_message(name: str, looked_in: str, data_dir: str | None,
                         problem: str = "is not prepared") -> str:
+  """Why `name` cannot be read from `data_dir`, and the commands that prepare it.
+
+  Datasets with original files that `mixjax.data.prepare` builds offline
+  (`fashion_mnist`: Debian's `dataset-fashion-mnist` or the IDX files from anywhere) get
+  those routes; the others (CIFAR, SVHN, ...) get `tfds build` on a connected machine.
+  """
   shown = data_dir if data_dir is not None else f"{_default_data_dir()} (tfds default)"
+  head = (f"TFDS dataset {name!r} {problem}: looked in {looked_in} (data_dir={shown}). "
+          "mixjax never downloads data. ")
+  from mixjax.data import prepare  # pylint: disable=g-import-not-at-top
+  if name in prepare.SOURCES:
+    target = data_dir if data_dir is not None else _default_data_dir()
+    return (head + prepare.instructions(name, target) + "\n"
+            f"then pass --config.dataset.data_dir={target} "
+            f"(or load_dataset(..., data_dir={target!r})).")
   return (
-      f"TFDS dataset {name!r} {problem}: looked in {looked_in} (data_dir={shown}). "
-      "mixjax never downloads data. On a machine with internet access run\n"
+      head + "On a machine with internet access run\n"
       "  pip install tensorflow tensorflow-datasets\n"
       f"  tfds build {name} --file_format=array_record --data_dir=DIR\n"
       "then copy DIR to this machine and pass --config.dataset.data_dir=DIR "
