@@ -21,6 +21,10 @@ import numpy as np
 from mixjax.registry import Registry
 
 DATASETS = Registry("dataset")
+# name -> `size(*, val_fraction, seed, **kwargs) -> (num_train_and_val, ...)`: the size of
+# the training split before the validation split is carved, from known sizes (offline
+# datasets register one next to their loader; tfds sizes come from the builder's info).
+TRAIN_SIZES = Registry("dataset size")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -101,6 +105,48 @@ def register(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Data
   return DATASETS.register(name)
 
 
+def register_size(name: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+  """Registers `size(**loader_kwargs) -> n`, the training split's size before the
+  validation split (the loader's kwargs minus data_dir / val_fraction / seed)."""
+  return TRAIN_SIZES.register(name)
+
+
+def num_validation(n: int, val_fraction: float) -> int:
+  """Examples `split_validation` holds out of n: round(val_fraction·n)."""
+  return int(round(float(val_fraction) * n))
+
+
+def _tfds_size(name: str, data_dir: str | None, train_split: str = "train",
+               **unused: Any) -> int | None:
+  from mixjax.data import tfds_data  # pylint: disable=g-import-not-at-top
+  del unused
+  try:
+    builder = tfds_data.check_prepared(name, data_dir)
+  except FileNotFoundError:  # loading will fail with the preparation instructions
+    return None
+  return int(builder.info.splits[train_split].num_examples)
+
+
+def train_size(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
+               seed: int = 0, **kwargs: Any) -> int | None:
+  """The number of training examples `load_dataset(name, ...)` would return, without
+  reading the data: known sizes for the offline datasets, the builder's split sizes
+  (local metadata) for tfds. None when unknown (a tfds dataset that is not prepared).
+
+  Raises:
+    ValueError: unknown dataset name; TypeError: a loader option it does not take.
+  """
+  DATASETS.get(name)
+  del seed  # the validation split's size does not depend on it
+  if name in TRAIN_SIZES:
+    n = TRAIN_SIZES.get(name)(**kwargs)
+  else:
+    n = _tfds_size(name, data_dir, **kwargs)
+  if n is None:
+    return None
+  return n - num_validation(n, val_fraction)
+
+
 def split_validation(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """(train_x, train_y, val_x, val_y): `round(val_fraction·n)` examples held out.
@@ -109,7 +155,7 @@ def split_validation(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: in
   both parts keep the original order of their examples.
   """
   n = x.shape[0]
-  n_val = int(round(val_fraction * n))
+  n_val = num_validation(n, val_fraction)
   if n_val >= n:
     raise ValueError(f"val_fraction={val_fraction} leaves no training examples (n={n}).")
   perm = np.random.default_rng(seed).permutation(n)

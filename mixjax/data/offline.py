@@ -55,6 +55,30 @@ def load_mnist1d(*, data_dir=None, val_fraction: float = 0.1, seed: int = 0,
                       seed=seed)
 
 
+@ds_lib.register_size("mnist1d")
+def mnist1d_size(*, num_samples: int = 5000, data_seed: int = 42) -> int:
+  """make_dataset's training split: 10 classes × num_samples // 10, times train_split."""
+  from mnist1d.data import get_dataset_args  # pylint: disable=g-import-not-at-top
+  del data_seed
+  return int(10 * (int(num_samples) // 10) * get_dataset_args().train_split)
+
+
+# Examples per class of scikit-learn's digits (1797 in all).
+DIGITS_CLASS_COUNTS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
+
+
+def _stratified_train_size(class_counts, test_fraction: float) -> int:
+  """Training examples `dataset.stratified_split` keeps: n_k − round(f·n_k) per class."""
+  return sum(n - int(round(test_fraction * n)) for n in class_counts)
+
+
+@ds_lib.register_size("digits")
+def digits_size(*, as_image: bool = False, test_fraction: float = 0.2, data_seed: int = 0
+                ) -> int:
+  del as_image, data_seed
+  return _stratified_train_size(DIGITS_CLASS_COUNTS, test_fraction)
+
+
 @ds_lib.register("digits")
 def load_digits(*, data_dir=None, val_fraction: float = 0.1, seed: int = 0,
                 as_image: bool = False, test_fraction: float = 0.2, data_seed: int = 0
@@ -100,6 +124,16 @@ def random_features(points: np.ndarray, w: np.ndarray, b: np.ndarray, kind: str
   if kind == "fourier":
     return (np.sqrt(2.0 / d) * np.cos(z)).astype(np.float32)
   raise ValueError(f"Unknown feature_map {kind!r}; use one of {FEATURE_MAPS}.")
+
+
+@ds_lib.register_size("two_moons")
+def two_moons_size(*, n_samples: int = 300, noise: float = 0.01, num_features: int = 128,
+                   feature_map: str = "relu", feature_scale: float = 1.0,
+                   data_seed: int = 0) -> int:
+  """make_moons puts n // 2 points in the outer moon and n − n // 2 in the inner one."""
+  del noise, num_features, feature_map, feature_scale, data_seed
+  n = int(n_samples)
+  return _stratified_train_size((n // 2, n - n // 2), 0.5)
 
 
 @ds_lib.register("two_moons")

@@ -8,6 +8,13 @@ and augmentations the uninterrupted run would have seen. `max_to_keep` bounds th
 use; `restore_latest` restores the newest checkpoint with the shardings of a template
 state, or returns None when the directory holds none.
 
+A checkpoint that cannot be restored (files truncated or corrupted, or a state of
+another shape) is never papered over: `restore_latest` logs a warning naming it, deletes
+it and restores the previous one, trying older ones in turn; when none can be restored it
+raises `WorkdirError` naming the folder (the run must not start from scratch over
+existing checkpoints). A folder Orbax did not finish writing (killed mid-save) is not a
+checkpoint: Orbax renames it into place only once everything is written.
+
 Never call `save` with a non-finite state: the loop checks `first_nonfinite` first, so
 the newest checkpoint is always the last good one.
 """
@@ -17,8 +24,11 @@ import logging as py_logging
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
+
+from mixjax.train.config import WorkdirError
 
 
 class _QuietOrbax(py_logging.Filter):
@@ -29,6 +39,13 @@ class _QuietOrbax(py_logging.Filter):
 
 
 py_logging.getLogger("absl").addFilter(_QuietOrbax())
+
+
+def _one_line(e: BaseException, limit: int = 300) -> str:
+  """`Type: message` of an exception, on one line, at most `limit` characters."""
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  text = f"{type(e).__name__}: {lines[-1] if lines else ''}"
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class Checkpointer:
@@ -65,10 +82,38 @@ class Checkpointer:
     return out["state"], dict(out["metadata"])
 
   def restore_latest(self, template: Any) -> tuple[Any, dict[str, Any]] | None:
-    step = self.latest_step()
-    if step is None:
+    """The newest checkpoint that restores into `template`, or None if there is none.
+
+    Unreadable newer checkpoints are logged and deleted once an older one restored (so
+    the resumed run can save those steps again).
+
+    Raises:
+      WorkdirError: there are checkpoints and none of them can be restored.
+    """
+    steps = sorted(self.all_steps(), reverse=True)
+    failed = []
+    for step in steps:
+      try:
+        out = self.restore(step, template)
+      except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore errors)
+        failed.append((step, _one_line(e)))
+        logging.warning("Checkpoint step %d in %s cannot be restored (%s); trying the "
+                        "previous one.", step, self.directory, failed[-1][1])
+        continue
+      for bad, _ in failed:
+        logging.warning("Deleting unreadable checkpoint step %d in %s; resuming from "
+                        "step %d.", bad, self.directory, step)
+        self._manager.delete(bad)
+      return out
+    if not failed:
       return None
-    return self.restore(step, template)
+    raise WorkdirError(
+        f"None of the {len(steps)} checkpoint(s) in {self.directory} (steps "
+        f"{', '.join(str(s) for s, _ in failed)}) can be restored into this run's "
+        f"state; the newest fails with: {failed[0][1]}. If the model or another "
+        "setting that changes the state's shapes differs from the run that wrote them, "
+        "use a fresh --workdir; if the files are damaged, delete that folder to start "
+        "over (its training progress is lost).")
 
   def close(self) -> None:
     self._manager.wait_until_finished()

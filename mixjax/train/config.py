@@ -33,14 +33,31 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   eval.every_epochs / batch_size / num_bins / rescale
   log_every_steps / checkpoint_every_steps / max_to_keep
   data_on_device               hold the training set on device (replicated) if it fits
+  allow_config_change          resume a workdir whose config.json differs in keys outside
+                               `RESUMABLE_CHANGES` (default False: refused, see below)
+
+Errors a run's inputs can raise, each mapped to one exit code by `mixjax.main`:
+`ConfigError` (a ValueError: a bad config, exit 2) and `WorkdirError` (an unusable
+workdir or checkpoint, or a config that differs from the one the workdir was started
+with, exit 5).
+
+Resuming with a changed config (`check_workdir_config`): WORKDIR/config.json holds the
+config of the run's first start. When the workdir holds a run (checkpoints or a summary),
+a config that differs from it in any key outside `RESUMABLE_CHANGES` is refused, listing
+the keys (old → new), unless `allow_config_change=True`; the keys of `RESUMABLE_CHANGES`
+(length of training, logging, evaluation and checkpoint cadence, the data folder) may
+change by design. An accepted change is logged and config.json is rewritten.
 """
 from __future__ import annotations
 
+import difflib
 import importlib.util
+import inspect
+import json
 import math
 import os
 import types
-from typing import Any
+from typing import Any, Mapping
 
 import ml_collections
 from ml_collections import config_dict
@@ -49,6 +66,22 @@ METHOD_NAMES = ("erm", "mixup", "regmixup", "erm_transformed", "perturbed_erm", 
 APPROX_TERMS = ("jacobian", "cross", "hessian", "label")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "piecewise", "cosine")
+CONFIG_FILE = "config.json"
+# Dict-valued knobs: overridden whole with a dict literal (their keys are free).
+DICT_KNOBS = ("dataset.kwargs", "model.kwargs", "sampler.params")
+# Keys (and dotted prefixes) a resumed run may change without allow_config_change.
+RESUMABLE_CHANGES = ("num_epochs", "num_steps", "log_every_steps", "eval.every_epochs",
+                     "eval.batch_size", "checkpoint_every_steps", "max_to_keep",
+                     "dataset.data_dir", "allow_config_change")
+
+
+class ConfigError(ValueError):
+  """A bad config value or key; the message names it, the valid choices and the fix."""
+
+
+class WorkdirError(RuntimeError):
+  """The workdir cannot be used: not creatable, no restorable checkpoint, or started
+  with a config that differs from this one. The message says what to do."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -120,6 +153,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.max_to_keep = 2
   c.data_on_device = True
+  c.allow_config_change = False
   return c
 
 
@@ -147,13 +181,32 @@ def sweep_config(config: ml_collections.ConfigDict, overrides: dict[str, Any]
     for p in parents:
       node = node[p]
     if leaf not in node:
-      raise ValueError(f"Sweep override {path!r}: no such config key. Known keys here: "
-                       f"{', '.join(sorted(node.keys()))}.")
+      raise ConfigError(f"Sweep override {path!r}: no such config key. "
+                        + unknown_key_hint(node, leaf))
     if isinstance(node[leaf], ml_collections.ConfigDict) and isinstance(value, dict):
       node[leaf] = ml_collections.ConfigDict(value)
     else:
       node[leaf] = value
   return config
+
+
+def unknown_key_hint(node: Mapping[str, Any], key: str) -> str:
+  """'Known keys here: ...; did you mean ...?' for `key` missing from `node`."""
+  known = sorted(node.keys())
+  close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+  return ((f"Known keys here: {', '.join(known)}." if known else "No keys are set here.")
+          + (f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""))
+
+
+def find_unknown_key(config: Mapping[str, Any], path: str) -> tuple[str, str] | None:
+  """(parent path, missing key) of the first component of dotted `path` not in `config`,
+  or None when the whole path exists."""
+  node, parents = config, []
+  for part in path.split("."):
+    if not isinstance(node, Mapping) or part not in node:
+      return ".".join(["config"] + parents), part
+    node, parents = node[part], parents + [part]
+  return None
 
 
 def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
@@ -165,11 +218,62 @@ def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
 
 
 def _fail(msg: str):
-  raise ValueError(msg)
+  raise ConfigError(msg)
+
+
+def model_arguments(name: str) -> list[str]:
+  """The keyword arguments model `name` takes (besides num_classes): the init fields of
+  its Flax module (a dataclass), or its factory's parameters."""
+  from mixjax import models as models_lib  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  factory = models_lib.MODELS.get(name)
+  cls = factory if isinstance(factory, type) else getattr(factory, "module_class", None)
+  if cls is not None and dataclasses.is_dataclass(cls):
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+  else:
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+      return []  # takes anything: nothing to check
+    names = {p.name for p in params}
+  return sorted(names - {"parent", "name", "num_classes"})
+
+
+def _check_model_kwargs(config) -> None:
+  kwargs = dict(config.model.kwargs)
+  allowed = model_arguments(config.model.name)
+  unknown = sorted(k for k in kwargs if allowed and k not in allowed)
+  if "num_classes" in kwargs:
+    unknown.append("num_classes")
+  if unknown:
+    close = sorted({c for k in unknown
+                    for c in difflib.get_close_matches(k, allowed, n=2, cutoff=0.6)})
+    _fail(f"config.model.kwargs={kwargs}: model {config.model.name!r} has no argument "
+          f"{', '.join(repr(k) for k in unknown)}"
+          + (" (num_classes comes from the dataset)" if "num_classes" in unknown else "")
+          + f". Its arguments: {', '.join(allowed)}."
+          + (f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else "")
+          + " Set them with --config.model.kwargs='{\"<argument>\": <value>}'.")
+
+
+def _check_batch_fits(config) -> None:
+  """batch_size <= the number of training examples (from metadata; no data is read)."""
+  from mixjax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
+  try:
+    n = dataset_lib.train_size(config.dataset.name, data_dir=config.dataset.data_dir,
+                            val_fraction=config.dataset.val_fraction, seed=config.seed,
+                            **dict(config.dataset.kwargs))
+  except TypeError as e:  # a loader option the dataset does not take
+    _fail(f"config.dataset.kwargs={dict(config.dataset.kwargs)} do not fit dataset "
+          f"{config.dataset.name!r}: {e}.")
+  if n is not None and config.batch_size > n:
+    _fail(f"config.batch_size={config.batch_size} is larger than the training split of "
+          f"{config.dataset.name!r} ({n} examples with "
+          f"val_fraction={config.dataset.val_fraction}): every step takes a full batch. "
+          f"Use --config.batch_size=N with N <= {n}.")
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
-                    ) -> None:
+                    check_data: bool = True) -> None:
   """Checks a resolved config before anything is compiled or loaded.
 
   Raises a ValueError naming the bad key, the bad value and the valid choices (names go
@@ -178,11 +282,18 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   pairing / estimator / approx term; sampler parameters the sampler rejects (α ≤ 0, …:
   the sampler is built here); batch size not divisible by the device count; lr ≤ 0;
   no epochs or steps; val_fraction outside [0, 1); negative weight decay, momentum
-  outside [0, 1), η < 0; nonpositive intervals. Cheap: nothing is traced.
+  outside [0, 1), η < 0; nonpositive intervals; model arguments (`model.kwargs`) the
+  model does not take; a batch larger than the training split (its size from metadata:
+  `mixjax.data.train_size`, no data is read; skipped when unknown, e.g. a tfds dataset
+  not prepared yet). Cheap: nothing is traced.
 
   Args:
     config: the resolved config.
     num_devices: devices the batch is split over (default: `jax.device_count()`).
+    check_data: also check the batch size against the training split's size.
+
+  Raises:
+    ConfigError (a ValueError) naming the key, the value, the choices and the fix.
   """
   # Imported here so that reading a config never imports the heavy modules.
   import jax  # pylint: disable=g-import-not-at-top
@@ -198,11 +309,17 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
       _fail(f"config.{key}={value!r} is not valid. Valid choices: "
             f"{', '.join(repr(v) for v in valid)}.")
 
-  data_lib.DATASETS.get(config.dataset.name)
-  models_lib.MODELS.get(config.model.name)
-  methods_lib.METHODS.get(config.method.name)
-  losses_lib.get_loss(config.method.loss)
-  samplers_lib.SAMPLERS.get(config.sampler.name)
+  for key, lookup in (("dataset.name", data_lib.DATASETS.get),
+                      ("model.name", models_lib.MODELS.get),
+                      ("method.name", methods_lib.METHODS.get),
+                      ("method.loss", losses_lib.get_loss),
+                      ("sampler.name", samplers_lib.SAMPLERS.get)):
+    section, leaf = key.split(".")
+    try:
+      lookup(config[section][leaf])
+    except ValueError as e:
+      _fail(f"config.{key}: {e} Set it with --config.{key}=<name>.")
+  _check_model_kwargs(config)
   try:  # builds the sampler: α <= 0 and other impossible parameters raise here
     samplers_lib.make_sampler(config.sampler.name, **dict(config.sampler.params))
   except (TypeError, ValueError) as e:
@@ -268,3 +385,114 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
           "config.eval.batch_size and config.eval.num_bins > 0.")
   if config.augment.crop_padding < 0:
     _fail(f"config.augment.crop_padding={config.augment.crop_padding} must be >= 0.")
+  if check_data:
+    _check_batch_fits(config)
+
+
+# ----------------------------------------------------------------------------- workdir
+
+
+def make_workdir(workdir: str) -> str:
+  """Creates `workdir` (with parents) and checks it is writable; returns its absolute
+  path. Raises WorkdirError (exit 5) naming the path and the reason otherwise."""
+  path = os.path.abspath(workdir)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir}: cannot create it ({e.strerror or e}). "
+                       "Pass a folder you can write to.") from e
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise WorkdirError(f"--workdir={workdir}: not writable. Pass a folder you can "
+                       "write to.")
+  return path
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+  """The config as written to WORKDIR/config.json (tuples as lists)."""
+  if hasattr(config, "to_json_best_effort"):
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping) and v:
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+_ABSENT = "<absent>"
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]
+                   ) -> dict[str, tuple[Any, Any]]:
+  """{dotted key: (old value, new value)} for the leaves where two JSON configs differ
+  (a key present on one side only shows `<absent>` on the other)."""
+  old, new = _flatten(old), _flatten(new)
+  return {k: (old.get(k, _ABSENT), new.get(k, _ABSENT))
+          for k in sorted(set(old) | set(new))
+          if old.get(k, _ABSENT) != new.get(k, _ABSENT)}
+
+
+def is_resumable_change(key: str) -> bool:
+  return any(key == a or key.startswith(a + ".") for a in RESUMABLE_CHANGES)
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *,
+                         has_run: bool, write: bool = True) -> dict[str, tuple[Any, Any]]:
+  """Compares `config` with WORKDIR/config.json, then (if `write`) writes it there.
+
+  Args:
+    config: the resolved config of this start.
+    workdir: the run's folder.
+    has_run: the workdir holds a run to resume (checkpoints or a summary). Without one,
+      a changed config simply replaces config.json (a start that failed early).
+    write: write config.json (process 0 only, so a multi-process run writes it once).
+
+  Returns:
+    The changes accepted ({key: (old, new)}), empty for a first start or the same config.
+
+  Raises:
+    WorkdirError: the workdir's run was started with a config that differs in a key
+      outside `RESUMABLE_CHANGES` and `config.allow_config_change` is False; the message
+      lists the keys (old → new) and the two ways out.
+  """
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, CONFIG_FILE)
+  text = config_to_json(config)
+  changes = {}
+  if has_run and os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, ValueError) as e:
+      old = None
+      if not config.allow_config_change:
+        raise WorkdirError(
+            f"{path} cannot be read ({e}), so this run cannot be checked against the "
+            "config the workdir was started with. Pass --config.allow_config_change=True "
+            "to resume anyway, or use a fresh --workdir.") from e
+    if old is not None:
+      changes = config_changes(old, json.loads(text))
+    refused = {k: v for k, v in changes.items() if not is_resumable_change(k)}
+    if refused and not config.allow_config_change:
+      listed = "; ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}"
+                         for k, (a, b) in refused.items())
+      raise WorkdirError(
+          f"--workdir={workdir} holds a run started with a different config ({listed}); "
+          "resuming it would report the old run's results as this config's. Use a "
+          "fresh --workdir, or pass --config.allow_config_change=True to resume with the "
+          f"new config anyway. Changes allowed without it: {', '.join(RESUMABLE_CHANGES)}.")
+    if changes:
+      logging.warning("Resuming %s with a changed config (config.json rewritten): %s",
+                      workdir, "; ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}"
+                                         for k, (a, b) in changes.items()))
+  if write:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  return changes

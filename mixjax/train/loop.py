@@ -1,11 +1,15 @@
 """`train_and_evaluate(config, workdir)`: the whole run, from data to `summary.json`.
 
-  1. Validate the config (before anything is loaded or compiled), load the dataset,
-     build the sampler, the model (BatchNorm over the mesh axis "data") and the method.
+  1. Validate the config (before anything is loaded or compiled), check it against the
+     workdir's config.json (a changed config does not resume silently:
+     `config.check_workdir_config`), load the dataset, build the sampler, the model
+     (BatchNorm over the mesh axis "data") and the method.
   2. DataStats of the training split (x̄, ȳ, Σ; `mixjax.theory.data_stats`) when the
      method or the test-time rescaling needs them, cached in `WORKDIR/data_stats.npz`.
   3. Create the state replicated on the mesh, restore the latest checkpoint if any (same
-     command = resume), put the training set on device (replicated) when it fits.
+     command = resume; an unreadable one falls back to the previous one, see
+     `checkpoint`), record the step resumed from (`resumed_from_step` in metrics.jsonl
+     and summary.json), put the training set on device (replicated) when it fits.
   4. Train: `step.make_train_step`; a log line with step rate and ETA every
      `log_every_steps`; checkpoints every `checkpoint_every_steps` (never of a
      non-finite state: a NaN/inf loss stops the run with the step named, and the last
@@ -15,7 +19,8 @@
      temperature scaling fitted on the validation split; for the mixup family
      (mixup, regmixup, erm_transformed, perturbed_erm, approx) the same again with
      test-time rescaling (THEORY.md §5, `theory.rescaled` with θ̄ of the training law),
-     side by side. Printed and written to `WORKDIR/summary.json`.
+     side by side. Printed and written to `WORKDIR/summary.json`; the logits and labels
+     it was computed from go to `WORKDIR/predictions.npz` (`PREDICTIONS_FILE`).
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ from mixjax.train import step as step_lib
 from mixjax.train import writers
 
 SUMMARY_FILE = "summary.json"
+PREDICTIONS_FILE = "predictions.npz"
 STATS_FILE = "data_stats.npz"
 # Hold the training set on device when it takes at most this many bytes per device.
 MAX_ON_DEVICE_BYTES = 4 << 30
@@ -241,12 +247,20 @@ def metrics_of(logits: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[st
 
 
 def evaluate(predict: Predictor, variables, ds, *, num_bins: int, rescale: bool,
-             calibrate: bool = True) -> dict[str, Any]:
-  """Test metrics; + temperature-scaled metrics (T fitted on the validation split)."""
+             calibrate: bool = True, logits: dict[str, np.ndarray] | None = None
+             ) -> dict[str, Any]:
+  """Test metrics; + temperature-scaled metrics (T fitted on the validation split).
+
+  If `logits` is a dict, the test (and validation) logits are stored in it under
+  "test" (and "val")."""
   test_logits = predict(variables, ds.test_x, rescale=rescale)
+  if logits is not None:
+    logits["test"] = test_logits
   out = metrics_of(test_logits, ds.test_y, num_bins)
   if calibrate and ds.val_x.shape[0] > 0:
     val_logits = predict(variables, ds.val_x, rescale=rescale)
+    if logits is not None:
+      logits["val"] = val_logits
     out["val_accuracy"] = metrics_of(val_logits, ds.val_y, num_bins)["accuracy"]
     if np.all(np.isfinite(val_logits)) and np.all(np.isfinite(test_logits)):
       t = eval_lib.fit_temperature(val_logits, ds.val_y)
@@ -254,6 +268,25 @@ def evaluate(predict: Predictor, variables, ds, *, num_bins: int, rescale: bool,
       out.update(temperature=t, ece_temp_scaled=cal["ece"], nll_temp_scaled=cal["nll"],
                  brier_temp_scaled=cal["brier"])
   return out
+
+
+def save_predictions(path: str, ds, logits: dict[str, np.ndarray],
+                     logits_rescaled: dict[str, np.ndarray]) -> None:
+  """Writes the final evaluation's inputs to `path` (.npz, atomically).
+
+  Arrays: `test_logits` (n_test, c) float32, `test_labels` (n_test,) int32, and when
+  computed `val_logits` / `val_labels` (the split temperature scaling is fitted on),
+  `test_logits_rescaled` / `val_logits_rescaled` (test-time rescaling). Every number of
+  summary.json's "test" and "test_rescaled" columns can be recomputed from them.
+  """
+  arrays = {"test_logits": logits["test"], "test_labels": ds.test_y}
+  if "val" in logits:
+    arrays.update(val_logits=logits["val"], val_labels=ds.val_y)
+  for split, a in logits_rescaled.items():
+    arrays[f"{split}_logits_rescaled"] = a
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+  os.replace(tmp, path)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -298,14 +331,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     The summary dict (also written to WORKDIR/summary.json by process 0).
 
   Raises:
-    ValueError: a bad config (before anything is compiled).
+    ConfigError: a bad config (a ValueError; before anything is loaded or compiled where
+      the problem can be seen from the config alone).
+    WorkdirError: the workdir cannot be created, holds a run started with a different
+      config (outside `config.RESUMABLE_CHANGES`, unless config.allow_config_change),
+      or holds checkpoints none of which can be restored.
     NonFiniteLossError: the loss became NaN/inf; the message names the step and the
       last good checkpoint.
   """
   devices = jax.devices() if devices is None else list(devices)
   config_lib.validate_config(config, num_devices=len(devices))
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = config_lib.make_workdir(workdir)
+  ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.max_to_keep)
+  config_lib.check_workdir_config(
+      config, workdir, write=jax.process_index() == 0,
+      has_run=bool(ckpt.all_steps()) or os.path.exists(os.path.join(workdir, SUMMARY_FILE)))
   mesh = step_lib.make_mesh(devices)
 
   ds = data_lib.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
@@ -314,13 +354,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   num_train = int(ds.train_x.shape[0])
   spe = data_lib.steps_per_epoch(num_train, config.batch_size)  # rejects B > n
   if config.augment.enabled and not ds.is_image:
-    raise ValueError(f"config.augment.enabled=True but {config.dataset.name} is not an "
-                     "image dataset; set --config.augment.enabled=False.")
+    raise config_lib.ConfigError(
+        f"config.augment.enabled=True but {config.dataset.name} is not an image dataset; "
+        "set --config.augment.enabled=False.")
   sampler = training_sampler(config)
   input_shape = tuple(ds.input_shape)
-  model = build_model(config, ds.num_classes, input_shape=input_shape)
+  try:
+    model = build_model(config, ds.num_classes, input_shape=input_shape)
+  except (TypeError, ValueError) as e:
+    raise config_lib.ConfigError(
+        f"config.model ({config.model.name!r}, kwargs={dict(config.model.kwargs)}, "
+        f"input_shape={config.model.input_shape}): {e}") from e
   if config.method.name == "approx" and _has_batch_stats(model, input_shape):
-    raise ValueError(
+    raise config_lib.ConfigError(
         f"method 'approx' differentiates the model along input directions (JVPs), which "
         f"cannot carry BatchNorm batch statistics; model {config.model.name!r} has "
         "BatchNorm. Use a model without BatchNorm (mlp, lenet) or another method.")
@@ -348,7 +394,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   root = jax.random.key_data(jax.random.key(config.seed))
   state = jax.jit(lambda k: state_lib.create_state(model, tx, k, sample),
                   out_shardings=rep)(root)
-  ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.max_to_keep)
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state, meta = restored
@@ -357,6 +402,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   start = int(_to_host(state.step))
   writer = writers.MetricWriter(workdir)
   writer.truncate_after(start, drop_prefix="final")  # the final records are rewritten
+  if restored is not None:
+    writer.write(start, {"resumed_from_step": start})
 
   augment_fn = None
   if config.augment.enabled:
@@ -390,7 +437,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       msg = (f"Non-finite loss or gradient at step {bad} (NaN/inf); training stopped. "
              + (f"The last good checkpoint is step {last} in {ckpt.directory}. "
                 if last is not None else "No checkpoint was saved before it. ")
-             + "Lower the learning rate (config.optimizer.lr) or check the data.")
+             + "Lower the learning rate (config.optimizer.lr) or check the data, and "
+             "rerun with a fresh --workdir (or add --config.allow_config_change=True to "
+             "continue from the last good checkpoint).")
       logging.error(msg)
       writer.close()
       ckpt.close()
@@ -463,16 +512,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       "theta_bar": None if moments is None else float(moments.mean),
       "strength": None if moments is None else float(moments.strength),
       "train_time_s": train_time,
+      "resumed_from_step": start if restored is not None else None,
       "process_index": jax.process_index(), "process_count": jax.process_count(),
       # Σ |w| over all parameters: a cheap fingerprint to compare runs and processes.
       "param_l1": float(sum(np.abs(_to_host(p)).astype(np.float64).sum()
                             for p in jax.tree.leaves(state.params))),
   }
+  logits, logits_rescaled = {}, {}
   summary["test"] = evaluate(predict, state.variables, ds, num_bins=config.eval.num_bins,
-                             rescale=False)
+                             rescale=False, logits=logits)
   if rescale:
     summary["test_rescaled"] = evaluate(predict, state.variables, ds,
-                                        num_bins=config.eval.num_bins, rescale=True)
+                                        num_bins=config.eval.num_bins, rescale=True,
+                                        logits=logits_rescaled)
   writer.write(total, {"final/" + k: v for k, v in summary["test"].items()}
                | {"final_rescaled/" + k: v
                   for k, v in summary.get("test_rescaled", {}).items()})
@@ -480,6 +532,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt.close()
   text = format_summary(summary)
   if jax.process_index() == 0:
+    save_predictions(os.path.join(workdir, PREDICTIONS_FILE), ds, logits, logits_rescaled)
     with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
       json.dump(summary, f, indent=2)
     print(text, flush=True)
