@@ -130,34 +130,204 @@ def test_cifar10_config_under_mock_data(tmp_path):
 
 
 def _comparable(records):
+  """The records without wall-clock rates and without the resume markers."""
   drop = ("steps_per_sec",)
-  return [{k: v for k, v in r.items() if k not in drop} for r in records]
+  return [{k: v for k, v in r.items() if k not in drop} for r in records
+          if "resumed_from_step" not in r]
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
-  """Interrupted after step 7 (checkpoints at 3 and 6), restarted with the same call:
-  the metrics file and the final summary equal those of an uninterrupted run exactly
-  (same batches, λ draws and optimizer state after the restore from step 6)."""
-  def config():
-    return get_config("mnist1d", num_steps=9, batch_size=64, log_every_steps=1,
-                      checkpoint_every_steps=3,
-                      **{"model.kwargs": {"features": (4,), "dense_sizes": (8,)},
-                         "eval.every_epochs": 0})
-  full = str(tmp_path / "full")
-  ref = loop.train_and_evaluate(config(), full)
-  wd = str(tmp_path / "resumed")
+def _train_steps(workdir):
+  return [r["step"] for r in writers.read_metrics(workdir) if "train/loss" in r]
+
+
+def _resumes(workdir):
+  return [r["resumed_from_step"] for r in writers.read_metrics(workdir)
+          if "resumed_from_step" in r]
+
+
+# The resume tests' run: 9 steps, logged every step, checkpoints at 3, 6 and 9.
+RESUME = {"num_steps": 9, "batch_size": 64, "log_every_steps": 1,
+          "checkpoint_every_steps": 3, "eval.every_epochs": 0,
+          "model.kwargs": {"features": (4,), "dense_sizes": (8,)}}
+RESUME_FLAGS = ["--config.num_steps=9", "--config.batch_size=64",
+                "--config.log_every_steps=1", "--config.checkpoint_every_steps=3",
+                "--config.eval.every_epochs=0",
+                '--config.model.kwargs={"features": [4], "dense_sizes": [8]}']
+
+
+def resume_config(**overrides):
+  return get_config("mnist1d", **{**RESUME, **overrides})
+
+
+@pytest.fixture(scope="module")
+def reference(compilation_cache, tmp_path_factory):  # pylint: disable=redefined-outer-name,unused-argument
+  """(workdir, summary) of the uninterrupted RESUME run, shared by the tests below."""
+  wd = str(tmp_path_factory.mktemp("reference"))
+  return wd, loop.train_and_evaluate(resume_config(), wd)
+
+
+@pytest.fixture(scope="module")
+def interrupted(compilation_cache, tmp_path_factory):  # pylint: disable=redefined-outer-name,unused-argument
+  """A workdir of the RESUME run stopped abruptly after step 7 (checkpoints 3 and 6);
+  tests copy it, never change it."""
+  wd = str(tmp_path_factory.mktemp("interrupted"))
   with pytest.raises(loop._Interrupted):  # pylint: disable=protected-access
-    loop.train_and_evaluate(config(), wd, interrupt_at_step=7)
-  assert checkpoint_lib.Checkpointer(wd).latest_step() == 6
+    loop.train_and_evaluate(resume_config(), wd, interrupt_at_step=7)
+  return wd
+
+
+def _copy(src, dst):
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(src, dst)
+  return str(dst)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(reference, interrupted,
+                                                             tmp_path):
+  """Interrupted after step 7 (checkpoints at 3 and 6), restarted with the same call:
+  the run records that it resumed from step 6 (metrics.jsonl and summary.json), no
+  step is logged twice, and the metrics file and the final summary equal those of an
+  uninterrupted run exactly (same batches, λ draws and optimizer state)."""
+  full, ref = reference
+  assert ref["resumed_from_step"] is None and _resumes(full) == []
+  wd = _copy(interrupted, tmp_path / "resumed")
+  assert checkpoint_lib.Checkpointer(wd).all_steps() == [3, 6]
   assert max(r["step"] for r in writers.read_metrics(wd)) == 6  # 7 was not logged
-  got = loop.train_and_evaluate(config(), wd)
+  got = loop.train_and_evaluate(resume_config(), wd)
+  assert got["resumed_from_step"] == 6 and _resumes(wd) == [6]
+  assert _train_steps(wd) == list(range(1, 10))  # strictly increasing, none repeated
   assert _comparable(writers.read_metrics(wd)) == _comparable(writers.read_metrics(full))
   for key in ("test", "test_rescaled", "param_l1"):
     assert got[key] == ref[key]
   # Running the finished command again only re-evaluates: nothing changes.
-  again = loop.train_and_evaluate(config(), wd)
+  again = loop.train_and_evaluate(resume_config(), wd)
+  assert again["resumed_from_step"] == 9 and _resumes(wd) == [6, 9]
+  assert _train_steps(wd) == list(range(1, 10))
   assert _comparable(writers.read_metrics(wd)) == _comparable(writers.read_metrics(full))
   assert again["test"] == ref["test"] and again["param_l1"] == ref["param_l1"]
+
+
+def _truncate_arrays(workdir, step):
+  """Cuts every array data file of checkpoint `step` to half its size."""
+  root = os.path.join(workdir, "checkpoints", str(step), "state")
+  files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+           if os.path.basename(d) == "d"]
+  assert files, f"no array files under {root}"
+  for f in files:
+    os.truncate(f, os.path.getsize(f) // 2)
+
+
+def test_corrupted_newest_checkpoint_falls_back_to_the_previous_one(reference, interrupted,
+                                                                    tmp_path):
+  """The newest checkpoint's array files truncated: the rerun warns, restores step 3
+  instead, and ends with exactly the uninterrupted run's metrics."""
+  _, ref = reference
+  wd = _copy(interrupted, tmp_path / "w")
+  _truncate_arrays(wd, 6)
+  with mock.patch.object(checkpoint_lib.logging, "warning") as warning:
+    got = loop.train_and_evaluate(resume_config(), wd)
+  warned = " ".join(str(c.args[0] % c.args[1:]) for c in warning.call_args_list)
+  assert "step 6" in warned and "cannot be restored" in warned
+  assert got["resumed_from_step"] == 3 and _resumes(wd) == [3]
+  assert _train_steps(wd) == list(range(1, 10))
+  for key in ("test", "test_rescaled", "param_l1"):
+    assert got[key] == ref[key], key
+  assert checkpoint_lib.Checkpointer(wd).all_steps() == [6, 9]  # 6 rewritten, good
+
+
+def test_no_restorable_checkpoint_stops_and_names_the_folder(interrupted, tmp_path):
+  """Every checkpoint unreadable, or all of another model's shapes (config.json removed,
+  so only the checkpoints can tell): WorkdirError (exit 5 in main) naming the folder and
+  what to do; the run never starts from scratch over them."""
+  damaged = _copy(interrupted, tmp_path / "damaged")
+  for step in (3, 6):
+    _truncate_arrays(damaged, step)
+  other = _copy(interrupted, tmp_path / "other_model")
+  os.remove(os.path.join(other, "config.json"))
+  for wd, config in ((damaged, resume_config()),
+                     (other, resume_config(**{"model.kwargs": {"features": (8,),
+                                                               "dense_sizes": (8,)}}))):
+    with pytest.raises(config_lib.WorkdirError) as e:
+      loop.train_and_evaluate(config, wd)
+    msg = str(e.value)
+    assert os.path.join(wd, "checkpoints") in msg and "fresh --workdir" in msg, msg
+    assert "steps 6, 3" in msg and "\n" not in msg
+    assert not os.path.exists(os.path.join(wd, "summary.json"))
+  assert "shape" in msg  # the other model's error is named
+
+
+def test_changed_config_is_refused_unless_allowed(reference, tmp_path):
+  """A finished workdir rerun with another λ law or another model: refused, listing the
+  keys old -> new, config.json untouched, before any data is loaded. A change in the
+  allow-list (here log_every_steps) resumes and rewrites config.json."""
+  wd = _copy(reference[0], tmp_path / "w")
+  before = open(os.path.join(wd, "config.json")).read()
+  with mock.patch.object(loop.data_lib, "load_dataset",
+                         side_effect=AssertionError("data loaded")):
+    with pytest.raises(config_lib.WorkdirError) as e:
+      loop.train_and_evaluate(resume_config(**{"sampler.params": {"alpha": 0.2}}), wd)
+    assert "sampler.params.alpha: 1.0 -> 0.2" in str(e.value)
+    assert "allow_config_change=True" in str(e.value) and "fresh --workdir" in str(e.value)
+    with pytest.raises(config_lib.WorkdirError) as e:
+      loop.train_and_evaluate(resume_config(**{"model.kwargs": {"features": (8,),
+                                                                "dense_sizes": (8,)}}), wd)
+    assert "model.kwargs.features: [4] -> [8]" in str(e.value)
+  assert open(os.path.join(wd, "config.json")).read() == before
+  got = loop.train_and_evaluate(resume_config(log_every_steps=3), wd)
+  assert got["resumed_from_step"] == 9 and got["test"] == reference[1]["test"]
+  with open(os.path.join(wd, "config.json")) as f:
+    assert json.load(f)["log_every_steps"] == 3
+
+
+def test_saved_predictions_reproduce_the_summary(reference):
+  """summary.json's test metrics recomputed from predictions.npz with plain NumPy/SciPy:
+  accuracy, NLL, 15-bin ECE, Brier, and the temperature-scaled NLL/ECE with T fitted
+  independently on the validation logits (both columns: plain and rescaled)."""
+  from scipy import optimize, special  # pylint: disable=g-import-not-at-top
+  wd, summary = reference
+  with open(os.path.join(wd, "summary.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(summary))
+
+  def metrics(logits, labels, t=1.0):
+    logits = np.asarray(logits, np.float64) / t
+    logp = special.log_softmax(logits, axis=1)
+    p = np.exp(logp)
+    n = labels.shape[0]
+    conf, pred = p.max(1), p.argmax(1)
+    correct = (pred == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, 16)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):  # bins (lo, hi]
+      inside = (conf > lo) & (conf <= hi)
+      if inside.any():
+        ece += inside.sum() / n * abs(correct[inside].mean() - conf[inside].mean())
+    onehot = np.eye(logits.shape[1])[labels]
+    return {"accuracy": correct.mean(), "nll": -logp[np.arange(n), labels].mean(),
+            "ece": ece, "brier": ((p - onehot) ** 2).sum(1).mean()}
+
+  def fit_t(logits, labels):
+    nll = lambda log_t: metrics(logits, labels, np.exp(log_t))["nll"]
+    res = optimize.minimize_scalar(nll, bounds=(np.log(1e-2), np.log(1e2)),
+                                   method="bounded", options={"xatol": 1e-8})
+    return float(np.exp(res.x))
+
+  z = np.load(os.path.join(wd, "predictions.npz"))
+  assert set(z.files) == {"test_logits", "test_labels", "val_logits", "val_labels",
+                          "test_logits_rescaled", "val_logits_rescaled"}
+  assert z["test_logits"].shape == (1000, 10) and z["val_logits"].shape == (400, 10)
+  for col, suffix in (("test", ""), ("test_rescaled", "_rescaled")):
+    test, val = z["test_logits" + suffix], z["val_logits" + suffix]
+    ref = summary[col]
+    got = metrics(test, z["test_labels"])
+    for k in ("accuracy", "nll", "ece", "brier"):
+      assert got[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-5), (col, k)
+    assert metrics(val, z["val_labels"])["accuracy"] == pytest.approx(
+        ref["val_accuracy"], abs=1e-6)
+    t = fit_t(val, z["val_labels"])
+    assert t == pytest.approx(ref["temperature"], rel=1e-3)
+    cal = metrics(test, z["test_labels"], t)
+    assert cal["nll"] == pytest.approx(ref["nll_temp_scaled"], rel=1e-4)
+    assert cal["ece"] == pytest.approx(ref["ece_temp_scaled"], abs=2e-3)
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_a_finite_checkpoint(tmp_path):
@@ -191,43 +361,56 @@ def test_approx_with_batchnorm_model_is_rejected_before_training(tmp_path):
     loop.train_and_evaluate(config, str(tmp_path))
 
 
-def test_sigkill_at_an_arbitrary_point_then_same_command_resumes_exactly(tmp_path):
-  """A real kill: `python -m mixjax.main` is SIGKILLed as soon as its first checkpoint
-  is on disk (wherever it is then: training, logging or writing the next checkpoint),
-  and the same command is run again. The final summary equals that of an uninterrupted
-  run of the same command exactly."""
-  import signal  # pylint: disable=g-import-not-at-top
+# Runs `python -m mixjax.main` with Orbax's final commit (the rename of the finished
+# temporary folder) patched to SIGKILL the process during the save of step KILL_AT: the
+# array data of that checkpoint is then written but not committed.
+_KILL_DURING_SAVE = """
+import os, signal, sys
+from absl import app
+from orbax.checkpoint._src.path import atomicity
+from mixjax import main as main_lib
+from mixjax.train import checkpoint as checkpoint_lib
+kill_at = int(os.environ["KILL_AT"])
+armed = []
+save = checkpoint_lib.Checkpointer.save
+def patched_save(self, step, *args, **kwargs):
+  armed.append(int(step) == kill_at)
+  return save(self, step, *args, **kwargs)
+finalize = atomicity.AtomicRenameTemporaryPath.finalize
+async def patched_finalize(self, *args, **kwargs):
+  if armed and armed[-1]:
+    os.kill(os.getpid(), signal.SIGKILL)
+  return await finalize(self, *args, **kwargs)
+checkpoint_lib.Checkpointer.save = patched_save
+atomicity.AtomicRenameTemporaryPath.finalize = patched_finalize
+sys.argv[0] = "mixjax.main"
+app.run(main_lib.main, flags_parser=main_lib.parse_flags)
+"""
+
+
+def test_sigkill_during_a_checkpoint_write_then_same_command_resumes_exactly(reference,
+                                                                              tmp_path):
+  """A real kill in the middle of writing checkpoint 6 (its arrays written, not yet
+  committed): the half-written folder is left behind, and the same command run again
+  resumes from checkpoint 3 and ends with exactly the uninterrupted run's summary."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
-
-  def command(workdir):
-    return [sys.executable, "-m", "mixjax.main",
-            f"--config={os.path.join(ROOT, 'experiments', 'mnist1d.py')}",
-            f"--workdir={workdir}", "--config.num_steps=300", "--config.batch_size=64",
-            "--config.checkpoint_every_steps=25", "--config.log_every_steps=25",
-            "--config.eval.every_epochs=0",
-            '--config.model.kwargs={"features": [4], "dense_sizes": [8]}']
-
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  full, killed = tmp_path / "full", tmp_path / "killed"
-  subprocess.run(command(full), env=env, check=True, cwd=ROOT, capture_output=True,
-                 timeout=300)
-  proc = subprocess.Popen(command(killed), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  ckpt_dir = killed / "checkpoints"
-  deadline = time.monotonic() + 240
-  while time.monotonic() < deadline and proc.poll() is None:
-    if ckpt_dir.is_dir() and any(p.name.isdigit() for p in ckpt_dir.iterdir()):
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, "the run finished before it could be killed; make it longer"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (killed / "summary.json").exists()
-  subprocess.run(command(killed), env=env, check=True, cwd=ROOT, capture_output=True,
-                 timeout=300)
-  got, ref = _summary(killed), _summary(full)
-  assert got["step"] == ref["step"] == 300
+  wd = tmp_path / "killed"
+  args = [f"--config={os.path.join(ROOT, 'experiments', 'mnist1d.py')}",
+          f"--workdir={wd}"] + RESUME_FLAGS
+  env = dict(os.environ, JAX_PLATFORMS="cpu", KILL_AT="6")
+  proc = subprocess.run([sys.executable, "-c", _KILL_DURING_SAVE] + args, env=env,
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == -9, proc.stderr[-3000:]
+  ckpt_dir = wd / "checkpoints"
+  half = [p for p in ckpt_dir.iterdir() if not p.name.isdigit()]
+  assert half and any(f.parent.name == "d" for p in half for f in p.rglob("*")), half
+  assert checkpoint_lib.Checkpointer(str(wd)).all_steps() == [3]
+  proc = subprocess.run([sys.executable, "-m", "mixjax.main"] + args, env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got, ref = _summary(wd), reference[1]
+  assert got["resumed_from_step"] == 3 and _resumes(str(wd)) == [3]
+  assert _train_steps(str(wd)) == list(range(1, 10))
   for key in ("test", "test_rescaled", "param_l1"):
     assert got[key] == ref[key], key
