@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from mixjax.models.base import ACTIVATIONS, MODELS, get_model
+from mixjax.models.cnn import CNN
 from mixjax.models.lenet import LeNet
 from mixjax.models.mlp import MLP
 from mixjax.models.resnet import PreActResNet, ResNet
 from mixjax.models.wide_resnet import WideResNet
 
-__all__ = ["ACTIVATIONS", "MODELS", "get_model", "LeNet", "MLP", "PreActResNet", "ResNet",
-           "WideResNet"]
+__all__ = ["ACTIVATIONS", "CNN", "MODELS", "get_model", "LeNet", "MLP", "PreActResNet",
+           "ResNet", "WideResNet"]
