@@ -179,6 +179,9 @@ def parse_flags(argv):
     if "Error whilst parsing config file" in str(e):  # get_config() raised
       _stop(EXIT_CONFIG, f"Invalid config: --config={value}: get_config() raised "
             f"{_one_line(e).rstrip('.')}. Fix the file or its argument.", debug)
+    if value is not None and "Flag --config must have a value" in str(e):
+      _stop(EXIT_CONFIG, f"Invalid config: --config={value}: get_config() returned "
+            "NoneType, not a ConfigDict. Return the config.", debug)
     _stop(EXIT_CONFIG, _bad_value_problem(argv, e), debug)
   except flags.Error as e:  # unknown or missing flags
     _stop(EXIT_CONFIG, f"Invalid flags: {_one_line(e).rstrip('.')}. See --helpfull.", debug)

@@ -51,15 +51,22 @@ BAD = [
     ({"method.name": "approx", "method.estimator": "lowrank"}, ["stats.rank"]),
     ({"optimizer.momentum": 1.0}, ["momentum"]),
     ({"method.eta": -1.0}, ["eta"]),
+    ({"batch_size": 100000}, ["batch_size=100000", "3600", "mnist1d", "<= 3600"]),
+    ({"model.name": "lenet", "model.kwargs": {"hidden_sizes": (17,)}},
+     ["model.kwargs", "hidden_sizes", "'lenet'", "features", "dense_sizes",
+      "--config.model.kwargs="]),
+    ({"dataset.name": "two_moons", "dataset.kwargs": {"n_samples": 100},
+      "batch_size": 48}, ["batch_size=48", "45"]),
 ]
 
 
 @pytest.mark.parametrize("overrides,words", BAD, ids=[str(o) for o, _ in BAD])
 def test_validate_config_names_the_problem_and_the_choices(overrides, words):
-  with pytest.raises(ValueError) as e:
+  with pytest.raises(config_lib.ConfigError) as e:
     config_lib.validate_config(_config(**overrides), num_devices=4)
   for w in words:
     assert w in str(e.value), (w, str(e.value))
+  assert "\n" not in str(e.value)
 
 
 def test_good_config_validates():
@@ -82,6 +89,97 @@ def _run_main(argv, monkeypatch):
   main_lib.main(["mixjax.main"])
 
 
+def _one_line_error(capsys) -> str:
+  """stderr of a failed command: exactly one non-empty line, no traceback."""
+  err = capsys.readouterr().err
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1 and "Traceback" not in err, err
+  return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bad_configs(tmp_path_factory):
+  d = tmp_path_factory.mktemp("configs")
+  (d / "syntax.py").write_text("def get_config(:\n")
+  (d / "raises.py").write_text("def get_config():\n  raise ValueError('no such preset')\n")
+  (d / "none.py").write_text("def get_config():\n  pass\n")
+  return d
+
+
+# (argv after --config, words of the message); every one exits 2 while parsing flags.
+BAD_FLAGS = [
+    (["--config=experiments/no_such_file.py"],
+     ["--config=experiments/no_such_file.py", "no such file", "mnist1d.py", "cifar10.py"]),
+    (["--config=experiments/mnist1d.py", "--config.nosuchkey=1"],
+     ["--config.nosuchkey=1", "'nosuchkey'", "batch_size", "optimizer", "seed",
+      "mixjax/train/config.py"]),
+    (["--config=experiments/mnist1d.py", "--config.optimizer.lrr=0.1"],
+     ["config.optimizer has no key 'lrr'", "Did you mean 'lr'?", "momentum"]),
+    (["--config=experiments/mnist1d.py", "--config.sampler.params.alpah=0.2"],
+     ["'alpah'", "Did you mean 'alpha'?",
+      "--config.sampler.params='{\"alpah\": 0.2}'"]),
+    (["--config=experiments/mnist1d.py", "--config.batch_size=abc"],
+     ["--config.batch_size=abc", "int", "128"]),
+    (["--config=experiments/mnist1d.py", "--config.model.kwargs=[4]"],
+     ["--config.model.kwargs", "dict literal"]),
+    (["--config={d}/syntax.py"], ["syntax.py", "line 1", "Fix the file"]),
+    (["--config={d}/raises.py"], ["raises.py", "get_config() raised", "ValueError",
+                                  "no such preset"]),
+    (["--config={d}/none.py"], ["none.py", "returned NoneType"]),
+    (["--config=experiments/mnist1d.py", "--no_such_flag=3"],
+     ["no_such_flag", "--helpfull"]),
+]
+
+
+@pytest.mark.parametrize("argv,words", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_bad_flags_exit_2_with_one_line(argv, words, bad_configs, monkeypatch, capsys,
+                                        tmp_path):
+  """A missing / unparsable / raising config file, an unknown or mistyped override and
+  an unknown flag stop in `main.parse_flags` (app.run's flags parser): exit 2, one line
+  naming the flag, the value and the choices, no traceback."""
+  monkeypatch.chdir(ROOT)
+  argv = ["mixjax.main"] + [a.format(d=bad_configs) for a in argv] + [
+      f"--workdir={tmp_path}"]
+  monkeypatch.setattr(sys, "argv", argv)
+  flags.FLAGS.unparse_flags()
+  for name in list(flags.FLAGS):
+    if name.startswith("config."):
+      delattr(flags.FLAGS, name)
+  with pytest.raises(SystemExit) as e:
+    main_lib.parse_flags(argv)
+  assert e.value.code == 2
+  line = _one_line_error(capsys)
+  for w in words:
+    assert w in line, (w, line)
+  assert not os.listdir(tmp_path)
+
+
+def test_debug_flag_shows_the_traceback(monkeypatch, capsys, tmp_path):
+  argv = ["mixjax.main", f"--config={MNIST1D}", f"--workdir={tmp_path}",
+          "--config.nosuchkey=1", "--verbose"]
+  monkeypatch.setattr(sys, "argv", argv)
+  flags.FLAGS.unparse_flags()
+  with pytest.raises(SystemExit) as e:
+    main_lib.parse_flags(argv)
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and "Traceback" in err and "'nosuchkey'" in err
+
+
+def test_cli_unknown_key_one_line_no_traceback(tmp_path):
+  """The real command line (app.run wiring): one line on stderr, exit code 2."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run(
+      [sys.executable, "-m", "mixjax.main", f"--config={MNIST1D}",
+       f"--workdir={tmp_path / 'w'}", "--config.nosuchkey=1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 2, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and "'nosuchkey'" in lines[0] and "batch_size" in lines[0], (
+      proc.stderr)
+  assert not (tmp_path / "w").exists()
+
+
 def test_main_rejects_bad_input_before_training(tmp_path, monkeypatch, capsys):
   """Exit code 2 with the message, no config.json, and train_and_evaluate (where data
   loading and every compilation happen) never entered."""
@@ -91,12 +189,42 @@ def test_main_rejects_bad_input_before_training(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(loop, "train_and_evaluate", fail)
   for flag, word in (("--config.model.name=resnet7", "preact_resnet18"),
                      ("--config.sampler.params={\"alpha\": -2.0}", "alpha"),
-                     ("--config.batch_size=130", "divisible")):
+                     ("--config.batch_size=130", "divisible"),
+                     ("--config.batch_size=100000", "<= 3600"),
+                     ('--config.model.kwargs={"hidden_sizes": [17]}', "dense_sizes")):
     with pytest.raises(SystemExit) as e:
       _run_main([f"--config={MNIST1D}", f"--workdir={tmp_path}", flag], monkeypatch)
     assert e.value.code == 2
-    assert word in capsys.readouterr().err
+    assert word in _one_line_error(capsys)
     assert not os.path.exists(tmp_path / "config.json")
+  # A workdir that cannot be created (under a regular file): exit 5, naming it.
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  with pytest.raises(SystemExit) as e:
+    _run_main([f"--config={MNIST1D}", f"--workdir={blocker / 'run'}"], monkeypatch)
+  assert e.value.code == 5
+  assert f"--workdir={blocker / 'run'}" in _one_line_error(capsys)
+
+
+def test_main_refuses_a_workdir_started_with_another_config(tmp_path, monkeypatch, capsys):
+  """A workdir whose run (here: a summary) was made with α = 1, rerun with α = 0.2:
+  exit 5 before any data is loaded, one line listing the key old -> new and the way
+  out; config.json is not overwritten."""
+  from mixjax.train import config as cfg  # pylint: disable=g-import-not-at-top
+  module = cfg.load_config_module(MNIST1D)
+  (tmp_path / "config.json").write_text(cfg.config_to_json(module.get_config()))
+  (tmp_path / "summary.json").write_text("{}")
+  before = (tmp_path / "config.json").read_text()
+  monkeypatch.setattr(loop.data_lib, "load_dataset",
+                      lambda *a, **k: pytest.fail("data loaded"))
+  with pytest.raises(SystemExit) as e:
+    _run_main([f"--config={MNIST1D}", f"--workdir={tmp_path}",
+               '--config.sampler.params={"alpha": 0.2}'], monkeypatch)
+  assert e.value.code == 5
+  line = _one_line_error(capsys)
+  assert "sampler.params.alpha: 1.0 -> 0.2" in line
+  assert "--config.allow_config_change=True" in line and "fresh --workdir" in line
+  assert (tmp_path / "config.json").read_text() == before
 
 
 def test_main_runs_with_overrides(tmp_path, capsys, monkeypatch):
