@@ -1,0 +1,352 @@
+"""The Theorem-1/3 training methods (`approx`, `perturbed_erm`, `erm_transformed`) run
+through the trainer (mixjax/train: the sharded step and `train_and_evaluate`) and the
+studies engine (mixjax/studies/engine.py), and the trainer's `data_stats.npz` cache.
+
+References: the library objectives (`mixjax.approx_mixup_risk`,
+`mixjax.perturbed_erm_loss`, cross-entropy on `mixjax.transform(...)`) evaluated on the
+same batch, the same parameters and the same PRNG keys, which the tests replay from the
+documented key derivations (step.py / state.py for the trainer: data key
+fold_in(root, KEY_DATA), step key fold_in(fold_in(root, KEY_STEP), s), method key
+fold_in(step key, 1), device d's key fold_in(method key, d); engine.py for the engine);
+`mixjax.data_stats` computed directly for the cache.
+"""
+from __future__ import annotations
+
+import os
+import types
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import mixjax
+from mixjax import data as data_lib
+from mixjax import losses
+from mixjax import models
+from mixjax import samplers
+from mixjax.studies import engine
+from mixjax.studies import laws as L
+from mixjax.train import config as config_lib
+from mixjax.train import loop
+from mixjax.train import methods
+from mixjax.train import state as state_lib
+from mixjax.train import step as step_lib
+from mixjax.train import writers
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ("approx", "perturbed_erm", "erm_transformed")
+
+
+def _ce(y, u):
+  """Mean soft-label cross-entropy −Σ_k y_k log softmax(u)_k (written out here)."""
+  return jnp.mean(-jnp.sum(y * jax.nn.log_softmax(u), axis=-1))
+
+
+def library_loss(name, f, x, y, key, sampler, stats, *, estimator="stochastic",
+                 num_probes=1, terms=("jacobian", "cross", "label"), num_draws=1,
+                 moments=None):
+  """The library objective that method `name` must equal on one (local) batch.
+
+  `moments`: the sampler's θ-moments when `theta_moments(sampler)` cannot compute them
+  (the engine's packed-law sampler); the sampler's draws are still used.
+  """
+  moments = moments or mixjax.theta_moments(sampler)
+  if name == "approx":
+    return mixjax.approx_mixup_risk(f, x, y, stats, sampler, loss="cross_entropy",
+                                    estimator=estimator, key=key, num_probes=num_probes,
+                                    terms=terms, moments=moments)
+  if name == "perturbed_erm":
+    return mixjax.perturbed_erm_loss(f, x, y, key, sampler, stats, loss="cross_entropy",
+                                     num_draws=num_draws)
+  if name == "erm_transformed":
+    x_t, y_t = mixjax.transform(x, y, stats, moments.mean)
+    return _ce(y_t, f(x_t))
+  raise ValueError(name)
+
+
+_JITTED = {}
+
+
+def _jitted_device_losses(name, model, sampler, kw):
+  """jit(vmap over devices) of the library objective at given parameters: fn(params,
+  xs (D, b, ...), ys (D, b, c), keys (D,), stats) -> (D,) losses (compiled once per set-up)."""
+  cache_key = (name, id(model), id(sampler), tuple(sorted(kw.items())))
+  if cache_key not in _JITTED:
+    def one(params, x, y, key, stats):
+      f = lambda z: model.apply({"params": params}, z, train=True)
+      return library_loss(name, f, x, y, key, sampler, stats, **kw)
+    _JITTED[cache_key] = (jax.jit(jax.vmap(one, in_axes=(None, 0, 0, 0, None))), model,
+                          sampler)
+  return _JITTED[cache_key][0]
+
+
+def replay_step_loss(name, model, params, rng, step, x_all, y_all, *, num_classes,
+                     batch_size, ndev, sampler, stats, **kw):
+  """The trainer's step-`step` loss, recomputed on one device: the global batch of the
+  data key, device d's rows with the key fold_in(method key, d), averaged over d."""
+  root = jax.random.wrap_key_data(jnp.asarray(rng))
+  idx = np.asarray(data_lib.batch_indices(jax.random.fold_in(root, state_lib.KEY_DATA),
+                                          step, num_examples=x_all.shape[0],
+                                          batch_size=batch_size))
+  step_key = jax.random.fold_in(jax.random.fold_in(root, state_lib.KEY_STEP), step)
+  method_key = jax.random.fold_in(step_key, 1)
+  b = batch_size // ndev
+  rows = idx.reshape(ndev, b)  # device d: rows [d·b, (d+1)·b) of the global batch
+  xs = jnp.asarray(x_all[rows], jnp.float32)
+  ys = jax.nn.one_hot(jnp.asarray(y_all[rows]), num_classes, dtype=jnp.float32)
+  chex.assert_shape((xs, ys), [(ndev, b) + x_all.shape[1:], (ndev, b, num_classes)])
+  keys = jnp.stack([jax.random.fold_in(method_key, d) for d in range(ndev)])
+  fn = _jitted_device_losses(name, model, sampler, kw)
+  return float(np.mean(np.asarray(fn(params, xs, ys, keys, stats))))
+
+
+def _blobs(n, d=5, c=3, seed=0):
+  rng = np.random.default_rng(seed)
+  centers = 2.0 * rng.normal(size=(c, d))
+  y = rng.integers(0, c, n).astype(np.int32)
+  return (centers[y] + rng.normal(size=(n, d))).astype(np.float32), y
+
+
+# ----------------------------------------------------------------------------------------
+# The trainer's step.
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_step_loss_equals_library_objective_at_each_step(name):
+  """4 devices, per-device keys: for steps 0, 1, 2 (step 2 starts epoch 1) the step's
+  reported loss is the mean over devices of the library objective on that device's rows
+  with that device's key, at the parameters before the step."""
+  assert jax.device_count() == 4
+  x_all, y_all = _blobs(40)
+  c, bsz = 3, 16
+  model = models.get_model("mlp", c, hidden_sizes=(8,), activation="tanh")
+  sampler = samplers.beta(0.7)
+  stats = mixjax.data_stats(x_all, jax.nn.one_hot(y_all, c))
+  ctx = methods.MethodContext(loss=losses.get_loss("cross_entropy"), sampler=sampler,
+                              theta_bar=float(samplers.theta_moments(sampler).mean),
+                              estimator="stochastic", num_probes=2, num_draws=2)
+  mesh = step_lib.make_mesh()
+  tx = optax.adam(3e-2)
+  rng = jax.random.key_data(jax.random.key(11))
+  state = jax.jit(lambda k: state_lib.create_state(model, tx, k, jnp.zeros((1, 5))),
+                  out_shardings=step_lib.replicated(mesh))(rng)
+  fn = step_lib.make_train_step(model=model, tx=tx, method=methods.METHODS.get(name),
+                                ctx=ctx, mesh=mesh, num_classes=c, batch_size=bsz,
+                                num_train=40)
+  xs, ys = step_lib.put_replicated(mesh, x_all), step_lib.put_replicated(mesh, y_all)
+  stats_dev = jax.tree.map(lambda a: step_lib.put_replicated(mesh, np.asarray(a)), stats)
+  seen = []
+  for s in range(3):
+    params = jax.tree.map(np.asarray, state.params)  # the state is donated
+    state, m = fn(state, xs, ys, stats_dev)
+    want = replay_step_loss(name, model, params, rng, s, x_all, y_all, num_classes=c,
+                            batch_size=bsz, ndev=4, sampler=sampler, stats=stats,
+                            num_probes=2, num_draws=2)
+    np.testing.assert_allclose(float(m["loss"]), want, rtol=2e-5, atol=1e-6)
+    seen.append(want)
+  assert int(state.step) == 3 and float(m["finite"]) == 1.0
+  assert len(set(seen)) == 3  # parameters, batches and keys change between steps
+
+
+# ----------------------------------------------------------------------------------------
+# train_and_evaluate end to end.
+
+
+def _two_moons_config(name, num_steps):
+  module = config_lib.load_config_module(os.path.join(ROOT, "experiments", "two_moons.py"))
+  return config_lib.sweep_config(module.get_config(), {
+      "method.name": name, "num_steps": num_steps, "log_every_steps": 1,
+      "checkpoint_every_steps": 1000, "eval.every_epochs": 0,
+      "dataset.kwargs": {"num_features": 16, "feature_map": "relu", "noise": 0.01,
+                         "n_samples": 300},
+      "method.num_probes": 2, "optimizer.lr": 5e-2})
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_train_and_evaluate_trains_and_first_loss_is_the_library_objective(name, tmp_path):
+  """Two moons on 16 random features, full batch on 4 devices, 25 Adam steps: the
+  logged losses are finite and fall, test accuracy is well above chance (½), and the
+  first logged loss equals the replayed library objective at the initial parameters."""
+  config = _two_moons_config(name, 25)
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  records = [r for r in writers.read_metrics(str(tmp_path)) if "train/loss" in r]
+  assert [r["step"] for r in records] == list(range(1, 26))
+  lossv = np.asarray([r["train/loss"] for r in records])
+  assert np.all(np.isfinite(lossv))
+  assert lossv[-5:].mean() < 0.8 * lossv[0], lossv
+  # 150 test points: chance is 0.5 ± 0.04 (one sd); 0.75 is > 6 sd above it.
+  assert summary["test"]["accuracy"] >= 0.75, summary["test"]
+  # Replay step 0: the same dataset, initialization (fold_in(root, KEY_INIT)) and keys.
+  ds = data_lib.load_dataset("two_moons", val_fraction=config.dataset.val_fraction,
+                             seed=config.seed, **dict(config.dataset.kwargs))
+  model = loop.build_model(config, ds.num_classes, input_shape=ds.input_shape)
+  rng = jax.random.key_data(jax.random.key(config.seed))
+  init_key = jax.random.fold_in(jax.random.wrap_key_data(rng), state_lib.KEY_INIT)
+  params = model.init(init_key, jnp.zeros((1,) + tuple(ds.input_shape)),
+                      train=False)["params"]
+  sampler = samplers.beta(1.0)
+  stats = mixjax.data_stats(ds.train_x, jax.nn.one_hot(ds.train_y, ds.num_classes))
+  want = replay_step_loss(name, model, params, rng, 0, ds.train_x, ds.train_y,
+                          num_classes=ds.num_classes, batch_size=config.batch_size,
+                          ndev=4, sampler=sampler, stats=stats, num_probes=2)
+  np.testing.assert_allclose(lossv[0], want, rtol=2e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# The studies engine.
+
+
+def _engine_data(n_train=48, c=3):
+  x, y = _blobs(n_train + 60, c=c, seed=1)
+  return types.SimpleNamespace(train_x=x[:n_train], train_y=y[:n_train],
+                               val_x=x[n_train:n_train + 20], val_y=y[n_train:n_train + 20],
+                               test_x=x[n_train + 20:], test_y=y[n_train + 20:],
+                               num_classes=c)
+
+
+def _engine_replay(name, cfg, data, law, seed, params, epoch):
+  """The engine's objective at (epoch, step 0 of the epoch) with the library function:
+  batch = the first B of permutation(fold_in(fold_in(key, ORDER=1), epoch)), mixing key
+  fold_in(fold_in(fold_in(key, 1000 + epoch), 0), MIX=2); the stochastic estimator's θ
+  draws come from the engine's sampler for the law (`laws.as_sampler`, which draws
+  differently from `mixjax.samplers` at the same key), its moments from
+  `mixjax.theta_moments` of the law's `mixjax.samplers` form."""
+  key = jax.random.key(seed)
+  n = data.train_x.shape[0]
+  perm = np.asarray(jax.random.permutation(
+      jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n))[:cfg.batch_size]
+  mix_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 1000 + epoch), 0), 2)
+  c = data.num_classes
+  x = jnp.asarray(data.train_x[perm])
+  y = jax.nn.one_hot(jnp.asarray(data.train_y[perm]), c)
+  stats = mixjax.data_stats(data.train_x, jax.nn.one_hot(data.train_y, c))
+  model = models.get_model(cfg.model, c, **cfg.model_kwargs)
+  f = lambda z: model.apply({"params": params}, z, train=True)
+  return float(library_loss(name, f, x, y, mix_key, L.as_sampler(law.params()), stats,
+                            estimator=cfg.approx_estimator,
+                            num_probes=cfg.approx_num_probes, terms=cfg.approx_terms,
+                            moments=mixjax.theta_moments(law.to_sampler())))
+
+
+@pytest.mark.parametrize("name", ["approx", "erm_transformed"])
+def test_engine_objective_equals_library_and_trains(name):
+  """Two laws vmapped, one step per epoch (B = n): the engine's epoch-0 objective is the
+  library objective at the initial parameters (model.init with fold_in(key, INIT=0)),
+  its epoch-3 objective the library objective at the parameters after 3 epochs (the
+  unvmapped `train_one` of a 3-epoch run: same steps under the constant schedule); the
+  objective falls and test accuracy is above chance."""
+  data = _engine_data()
+  cfg = engine.EngineConfig(
+      model="mlp", model_kwargs={"hidden_sizes": (8,), "activation": "tanh"}, method=name,
+      batch_size=48, num_epochs=12, num_checkpoints=12, schedule="constant",
+      approx_estimator="stochastic",
+      approx_num_probes=2, fit_temperature=False, verbose=False, train_eval_size=16)
+  law_list = [L.beta(1.0), L.w_shaped(0.5)]
+  runs = [engine.Run(law, 3 + i, 3e-2) for i, law in enumerate(law_list)]
+  res = engine.train_runs(cfg, data, runs)
+  obj = res.history["train_objective"]  # (12 checkpoints, 2 runs)
+  chex.assert_shape(obj, (12, 2))
+  model = models.get_model("mlp", 3, hidden_sizes=(8,), activation="tanh")
+  for r, run in enumerate(runs):
+    k = jax.random.fold_in(jax.random.key(run.seed), 0)
+    params0 = model.init({"params": k, "dropout": k}, jnp.asarray(data.train_x[:1]),
+                         train=False)["params"]
+    want0 = _engine_replay(name, cfg, data, run.law, run.seed, params0, 0)
+    np.testing.assert_allclose(obj[0, r], want0, rtol=2e-5, atol=1e-6)
+    assert np.all(np.isfinite(obj[:, r])) and obj[-1, r] < 0.7 * obj[0, r], obj[:, r]
+    # 40 test points, 3 classes: chance 1/3 (sd 0.075); 0.7 is > 4.8 sd above it.
+    assert res.runs[r]["test_accuracy"] >= 0.7, res.runs[r]
+  run = runs[1]
+  after3 = engine.train_one(cfg.replace(num_epochs=3, num_checkpoints=1), data, run)
+  want3 = _engine_replay(name, cfg, data, run.law, run.seed,
+                         jax.tree.map(np.asarray, after3["state"].params), 3)
+  np.testing.assert_allclose(obj[3, 1], want3, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# The data_stats.npz cache.
+
+
+def _stats_config(**overrides):
+  c = config_lib.base_config()
+  c.dataset.name = "two_moons"
+  c.dataset.val_fraction = 0.2
+  c.dataset.kwargs = {"num_features": 6, "n_samples": 200}
+  return config_lib.sweep_config(c, overrides)
+
+
+def _load(config):
+  return data_lib.load_dataset(config.dataset.name, val_fraction=config.dataset.val_fraction,
+                               seed=config.seed, **dict(config.dataset.kwargs))
+
+
+def _assert_stats_equal_direct(stats, ds, rank):
+  ref = mixjax.data_stats(ds.train_x, np.eye(ds.num_classes)[ds.train_y], rank=rank)
+  assert stats.n == ref.n == ds.train_x.shape[0]
+  assert tuple(stats.input_shape) == tuple(ds.input_shape)
+  for f in ("x_mean", "y_mean", "sxx", "sxy", "syy", "eigvals"):
+    a, b = getattr(stats, f), getattr(ref, f)
+    assert (a is None) == (b is None), f
+    if a is not None:
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7,
+                                 err_msg=f)
+  if rank:  # eigenvectors up to sign
+    va, vb = np.asarray(stats.eigvecs), np.asarray(ref.eigvecs)
+    np.testing.assert_allclose(np.abs(np.sum(va * vb, axis=0)), 1.0, atol=1e-4)
+
+
+class _CountingAccumulator(mixjax.StatsAccumulator):
+  finalized = 0
+
+  def finalize(self, *a, **kw):
+    type(self).finalized += 1
+    return super().finalize(*a, **kw)
+
+
+def test_stats_cache_reused_and_invalidated(tmp_path, monkeypatch):
+  """Computed once (= `mixjax.data_stats`), loaded unchanged on a second call (no
+  recomputation, file untouched), and recomputed when the dataset, its kwargs,
+  val_fraction, the seed (same n, different split), n or stats.rank change."""
+  monkeypatch.setattr(loop.theory, "StatsAccumulator", _CountingAccumulator)
+  monkeypatch.setattr(_CountingAccumulator, "finalized", 0)
+  wd = str(tmp_path)
+  path = os.path.join(wd, loop.STATS_FILE)
+  config = _stats_config()
+  ds = _load(config)
+  first = loop.load_or_compute_stats(config, ds, wd)
+  assert _CountingAccumulator.finalized == 1 and os.path.exists(path)
+  _assert_stats_equal_direct(first, ds, None)
+  mtime = os.stat(path).st_mtime_ns
+  again = loop.load_or_compute_stats(config, ds, wd)
+  assert _CountingAccumulator.finalized == 1 and os.stat(path).st_mtime_ns == mtime
+  for f in ("x_mean", "y_mean", "sxx", "sxy", "syy"):
+    np.testing.assert_array_equal(np.asarray(getattr(again, f)), np.asarray(getattr(first, f)))
+  assert again.eigvecs is None and (again.n, again.input_shape) == (first.n, first.input_shape)
+
+  changes = [
+      {"seed": 1},  # same n, another validation split
+      {"dataset.val_fraction": 0.3},
+      {"dataset.kwargs": {"num_features": 7, "n_samples": 200}},
+      {"dataset.kwargs": {"num_features": 6, "n_samples": 240}},  # n changes
+      {"stats.rank": 2},
+      {"dataset.name": "digits", "dataset.kwargs": {}},
+  ]
+  for i, change in enumerate(changes, start=2):
+    cfg = _stats_config(**change)
+    ds_new = _load(cfg)
+    stats = loop.load_or_compute_stats(cfg, ds_new, wd)
+    assert _CountingAccumulator.finalized == i, change
+    _assert_stats_equal_direct(stats, ds_new, cfg.stats.rank)
+    # ... and the new statistics are what the cache now holds.
+    cached = loop.load_or_compute_stats(cfg, ds_new, wd)
+    assert _CountingAccumulator.finalized == i, change
+    np.testing.assert_array_equal(np.asarray(cached.sxy), np.asarray(stats.sxy))
+    if cfg.stats.rank:
+      np.testing.assert_array_equal(np.asarray(cached.eigvecs), np.asarray(stats.eigvecs))
+  # The seed change kept n but gave other statistics (the test above is not vacuous).
+  ds_seed1 = _load(_stats_config(seed=1))
+  assert ds_seed1.train_x.shape == ds.train_x.shape
+  assert not np.allclose(ds_seed1.train_x.mean(0), ds.train_x.mean(0))
