@@ -2,6 +2,7 @@
 the published one (Zhang et al., ICLR 2018; THEORY.md §7)."""
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -49,3 +50,51 @@ def test_sweep_config_rejects_unknown_keys():
                                            "sampler.params": {"lam": 0.7}})
   assert dict(swept.sampler.params) == {"lam": 0.7}
   assert dict(config.sampler.params) == {"alpha": 1.0}  # the original is untouched
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("digits", {}), ("digits", {"test_fraction": 0.33, "as_image": True}),
+    ("two_moons", {}), ("two_moons", {"n_samples": 101}), ("mnist1d", {"num_samples": 1234})])
+def test_train_size_from_metadata_matches_the_loader(name, kwargs):
+  """`train_size` (validate_config's batch-size check) knows the training split's size
+  without loading: it equals what the loader returns."""
+  from mixjax.data import dataset  # pylint: disable=g-import-not-at-top
+  for vf in (0.0, 0.1, 0.25):
+    n = dataset.load_dataset(name, val_fraction=vf, **kwargs).num_train
+    assert dataset.train_size(name, val_fraction=vf, **kwargs) == n
+
+
+def test_changed_config_on_resume_is_refused_outside_the_allow_list(tmp_path):
+  """`check_workdir_config`: the first start writes config.json; the same config passes;
+  changes in RESUMABLE_CHANGES pass and rewrite it; any other change raises WorkdirError
+  listing old -> new unless allow_config_change; with nothing to resume it is replaced."""
+  check = config_lib.check_workdir_config
+  path = tmp_path / config_lib.CONFIG_FILE
+  base = load("mnist1d").get_config()
+  assert check(base, str(tmp_path), has_run=False) == {}
+  first = path.read_text()
+  assert check(base, str(tmp_path), has_run=True) == {}
+  allowed = config_lib.sweep_config(base, {"num_epochs": 7, "eval.every_epochs": 3,
+                                           "dataset.data_dir": "/data"})
+  changes = check(allowed, str(tmp_path), has_run=True, write=False)
+  assert set(changes) == {"num_epochs", "eval.every_epochs", "dataset.data_dir"}
+  assert changes["num_epochs"] == (base.num_epochs, 7)
+  assert changes["dataset.data_dir"] == (None, "/data")
+  assert path.read_text() == first  # write=False (processes other than 0)
+  changed = config_lib.sweep_config(base, {"seed": 3, "optimizer.lr": 0.5,
+                                           "num_steps": 5})
+  with pytest.raises(config_lib.WorkdirError) as e:
+    check(changed, str(tmp_path), has_run=True)
+  msg = str(e.value)
+  assert "seed: 0 -> 3" in msg and "optimizer.lr:" in msg and "-> 0.5" in msg
+  assert "num_steps" not in msg.split("Changes allowed")[0]
+  assert path.read_text() == first
+  allow = config_lib.sweep_config(changed, {"allow_config_change": True})
+  assert set(check(allow, str(tmp_path), has_run=True)) == {
+      "seed", "optimizer.lr", "num_steps", "allow_config_change"}
+  assert json.loads(path.read_text())["seed"] == 3
+  assert set(check(base, str(tmp_path), has_run=False)) == set()  # nothing to resume
+  assert path.read_text() == first
+  for key in config_lib.RESUMABLE_CHANGES:
+    assert config_lib.is_resumable_change(key)
+    assert key == "allow_config_change" or key.split(".")[0] in base
