@@ -124,7 +124,11 @@ def _tfds_size(name: str, data_dir: str | None, train_split: str = "train",
     builder = tfds_data.check_prepared(name, data_dir)
   except FileNotFoundError:  # loading will fail with the preparation instructions
     return None
-  return int(builder.info.splits[train_split].num_examples)
+  try:
+    n = int(builder.info.splits[train_split].num_examples)
+  except (KeyError, ValueError):  # no split metadata: the loader will tell
+    return None
+  return n if n > 0 else None
 
 
 def train_size(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
