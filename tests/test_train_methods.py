@@ -207,28 +207,41 @@ def _engine_data(n_train=48, c=3):
                                num_classes=c)
 
 
-def _engine_replay(name, cfg, data, law, seed, params, epoch):
-  """The engine's objective at (epoch, step 0 of the epoch) with the library function:
-  batch = the first B of permutation(fold_in(fold_in(key, ORDER=1), epoch)), mixing key
-  fold_in(fold_in(fold_in(key, 1000 + epoch), 0), MIX=2); the stochastic estimator's θ
+def _engine_replayer(name, cfg, data):
+  """`replay(law, seed, params, epoch)`: the engine's objective at (epoch, step 0 of the
+  epoch) with the library function. Batch = the first B of
+  permutation(fold_in(fold_in(key, ORDER=1), epoch)); mixing key
+  fold_in(fold_in(fold_in(key, 1000 + epoch), 0), MIX=2). The stochastic estimator's θ
   draws come from the engine's sampler for the law (`laws.as_sampler`, which draws
   differently from `mixjax.samplers` at the same key), its moments from
-  `mixjax.theta_moments` of the law's `mixjax.samplers` form."""
-  key = jax.random.key(seed)
-  n = data.train_x.shape[0]
-  perm = np.asarray(jax.random.permutation(
-      jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n))[:cfg.batch_size]
-  mix_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 1000 + epoch), 0), 2)
+  `mixjax.theta_moments` of the law's `mixjax.samplers` form. Jitted once per test (the
+  law's packed parameters and moments are arguments)."""
   c = data.num_classes
-  x = jnp.asarray(data.train_x[perm])
-  y = jax.nn.one_hot(jnp.asarray(data.train_y[perm]), c)
   stats = mixjax.data_stats(data.train_x, jax.nn.one_hot(data.train_y, c))
   model = models.get_model(cfg.model, c, **cfg.model_kwargs)
-  f = lambda z: model.apply({"params": params}, z, train=True)
-  return float(library_loss(name, f, x, y, mix_key, L.as_sampler(law.params()), stats,
-                            estimator=cfg.approx_estimator,
-                            num_probes=cfg.approx_num_probes, terms=cfg.approx_terms,
-                            moments=mixjax.theta_moments(law.to_sampler())))
+
+  @jax.jit
+  def core(law_params, moments, params, x, y, key):
+    f = lambda z: model.apply({"params": params}, z, train=True)
+    return library_loss(name, f, x, y, key, L.as_sampler(law_params), stats,
+                        estimator=cfg.approx_estimator, num_probes=cfg.approx_num_probes,
+                        terms=cfg.approx_terms, moments=moments)
+
+  def replay(law, seed, params, epoch):
+    key = jax.random.key(seed)
+    n = data.train_x.shape[0]
+    perm = np.asarray(jax.random.permutation(
+        jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n))[:cfg.batch_size]
+    mix_key = jax.random.fold_in(
+        jax.random.fold_in(jax.random.fold_in(key, 1000 + epoch), 0), 2)
+    m = mixjax.theta_moments(law.to_sampler())
+    moments = engine.MomentArrays(*(jnp.float32(getattr(m, f)) for f in (
+        "mean", "var", "gamma2", "strength", "global_strength")))
+    x = jnp.asarray(data.train_x[perm])
+    y = jax.nn.one_hot(jnp.asarray(data.train_y[perm]), c)
+    return float(core(law.params(4), moments, params, x, y, mix_key))
+
+  return replay
 
 
 @pytest.mark.parametrize("name", ["approx", "erm_transformed"])
@@ -250,19 +263,19 @@ def test_engine_objective_equals_library_and_trains(name):
   obj = res.history["train_objective"]  # (12 checkpoints, 2 runs)
   chex.assert_shape(obj, (12, 2))
   model = models.get_model("mlp", 3, hidden_sizes=(8,), activation="tanh")
+  replay = _engine_replayer(name, cfg, data)
   for r, run in enumerate(runs):
     k = jax.random.fold_in(jax.random.key(run.seed), 0)
     params0 = model.init({"params": k, "dropout": k}, jnp.asarray(data.train_x[:1]),
                          train=False)["params"]
-    want0 = _engine_replay(name, cfg, data, run.law, run.seed, params0, 0)
+    want0 = replay(run.law, run.seed, params0, 0)
     np.testing.assert_allclose(obj[0, r], want0, rtol=2e-5, atol=1e-6)
     assert np.all(np.isfinite(obj[:, r])) and obj[-1, r] < 0.7 * obj[0, r], obj[:, r]
     # 40 test points, 3 classes: chance 1/3 (sd 0.075); 0.7 is > 4.8 sd above it.
     assert res.runs[r]["test_accuracy"] >= 0.7, res.runs[r]
   run = runs[1]
   after3 = engine.train_one(cfg.replace(num_epochs=3, num_checkpoints=1), data, run)
-  want3 = _engine_replay(name, cfg, data, run.law, run.seed,
-                         jax.tree.map(np.asarray, after3["state"].params), 3)
+  want3 = replay(run.law, run.seed, jax.tree.map(np.asarray, after3["state"].params), 3)
   np.testing.assert_allclose(obj[3, 1], want3, rtol=1e-4, atol=1e-6)
 
 

@@ -173,3 +173,55 @@ def test_global_draw_rows_match_one_mix_of_the_global_batch():
   for a, b in zip(out, ref):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
   assert sorted(np.asarray(out[3]).tolist()) == list(range(8))  # a permutation of 0..7
+
+
+def test_per_device_draws_equal_a_one_device_replay_of_each_devices_key():
+  """The default per-device λ/partner draw (global_draw=False) on 4 devices: one SGD +
+  momentum step equals, on one device, the mean over the 4 shards of `mixup_loss` with
+  the key step.py gives device d (fold_in(fold_in(step key, 1), d)), differentiated with
+  jax.grad and fed to an optax.sgd built here: same loss, same parameters and momentum.
+  Replaying with one key for all shards (no fold_in of d) gives another loss."""
+  assert jax.device_count() == 4
+  n, c, bsz, lr, mu = 32, 3, 16, 0.3, 0.9
+  x, y = _data(n=n, shape=(6,), c=c, seed=4)
+  model = models.get_model("mlp", c, hidden_sizes=(7,), activation="tanh")
+  fn, state, xs, ys = _build(jax.devices(), model=model, method="mixup", global_draw=False,
+                             tx=optax.sgd(lr, momentum=mu), batch_size=bsz, x=x, y=y,
+                             num_classes=c)
+  sampler = samplers.beta(1.0)  # what _build configures
+  rng = np.asarray(state.rng)
+  # Step 1 first (from step 0's state), so that the replayed step is not the first one.
+  state, _ = fn(state, xs, ys, None)
+  params = _host(state.params)
+  trace = _host(state.opt_state[0].trace)
+  state, m = fn(state, xs, ys, None)
+  step = 1
+
+  root = jax.random.wrap_key_data(jnp.asarray(rng))
+  idx = np.asarray(data_lib.batch_indices(jax.random.fold_in(root, state_lib.KEY_DATA),
+                                          step, num_examples=n, batch_size=bsz))
+  method_key = jax.random.fold_in(
+      jax.random.fold_in(jax.random.fold_in(root, state_lib.KEY_STEP), step), 1)
+  shards = idx.reshape(4, bsz // 4)
+
+  def replay_loss(p, fold_device=True):
+    f = lambda z: model.apply({"params": p}, z)
+    per = [losses.mixup_loss(
+        f, jnp.asarray(x[rows]), jax.nn.one_hot(y[rows], c),
+        jax.random.fold_in(method_key, d) if fold_device else method_key, sampler)
+           for d, rows in enumerate(shards)]
+    return jnp.mean(jnp.stack(per))  # pmean over the devices
+
+  ref_loss, grads = jax.value_and_grad(replay_loss)(params)
+  np.testing.assert_allclose(float(m["loss"]), float(ref_loss), rtol=1e-5)
+  tx = optax.sgd(lr, momentum=mu)
+  opt = tx.init(params)
+  opt = (opt[0]._replace(trace=trace),) + tuple(opt[1:])
+  upd, opt = tx.update(grads, opt, params)
+  want = optax.apply_updates(params, upd)
+  for a, b in zip(jax.tree.leaves(_host(state.params)), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(_host(state.opt_state[0].trace)),
+                  jax.tree.leaves(opt[0].trace)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert abs(float(replay_loss(params, fold_device=False)) - float(ref_loss)) > 1e-3
