@@ -275,3 +275,184 @@ def test_per_example_terms_match_library_and_provable_bounds_hold():
   assert np.all(np.abs(per["R3"]) <= per["B3_corrected"] * (1 + 1e-5) + 1e-6)
   # tr H = 1 − ‖s‖² ≤ entropy (nats), used by the notes.
   assert np.all(per["trace_h"] <= per["entropy"] + 1e-6)
+
+
+# ----------------------------------------------------------------------------------------
+# analysis.py's statistics against statsmodels and SciPy, on data with a known answer.
+
+
+def _law_seed_rows(slopes=(3.0,), n_laws=8, n_seeds=10, law_sd=0.05, seed_sd=0.3,
+                   noise_sd=0.1, missing=(), seed=0):
+  """Rows {law, seed, x1.., m}: m = 2 + Σ b_j x_j + law effect + seed effect (shared by
+  all laws of a seed: the engine's common random numbers) + noise; `missing` lists
+  (law, seed) cells whose metric is None."""
+  rng = np.random.default_rng(seed)
+  xs = rng.uniform(0, 1, (n_laws, len(slopes)))
+  law_eff = rng.normal(0, law_sd, n_laws)
+  seed_eff = rng.normal(0, seed_sd, n_seeds)
+  rows = []
+  for i in range(n_laws):
+    for s in range(n_seeds):
+      m = 2 + xs[i] @ np.asarray(slopes) + law_eff[i] + seed_eff[s] + rng.normal(0, noise_sd)
+      rows.append({"law": f"l{i}", "seed": s, **{f"x{j + 1}": float(xs[i, j])
+                                                  for j in range(len(slopes))},
+                   "m": None if (i, s) in missing else float(m)})
+  return rows
+
+
+def _per_law_means(rows, x_keys):
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  df = pd.DataFrame(rows)
+  g = df.groupby("law", sort=False).agg({**{k: "first" for k in x_keys}, "m": "mean"})
+  return g[list(x_keys)].to_numpy(np.float64), g["m"].to_numpy(np.float64)
+
+
+def test_linear_fit_matches_statsmodels_ols():
+  import statsmodels.api as sm  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  x = rng.uniform(-1, 1, 400)
+  y = 2 + 3 * x + rng.normal(0, 0.5, 400)
+  fit = analysis.linear_fit(x, y)
+  ols = sm.OLS(y, sm.add_constant(x)).fit()
+  lo, hi = ols.conf_int(alpha=0.05)[1]
+  assert fit["slope"] == pytest.approx(ols.params[1], rel=1e-10)
+  assert fit["intercept"] == pytest.approx(ols.params[0], rel=1e-10)
+  assert (fit["ci_low"], fit["ci_high"]) == pytest.approx((lo, hi), rel=1e-8)
+  assert fit["p"] == pytest.approx(ols.pvalues[1], rel=1e-6, abs=1e-300)
+  assert fit["r"] ** 2 == pytest.approx(ols.rsquared, rel=1e-10)
+  # The known slope: within the interval, whose half-width is t·σ/(√n·sd(x)) ≈ 0.086.
+  assert fit["ci_low"] < 3 < fit["ci_high"]
+  assert fit["ci_high"] - fit["ci_low"] == pytest.approx(
+      2 * sp_stats.t.ppf(0.975, 398) * 0.5 / (math.sqrt(400) * np.std(x)), rel=0.1)
+
+
+def _boot_cdf_at(dist, value):
+  return float(np.mean(np.asarray(dist) <= value))
+
+
+def test_slope_vs_against_statsmodels_scipy_spearman_and_bootstrap():
+  """slope_vs on 8 laws × 10 seeds with shared seed effects and two missing cells: the
+  t-interval is statsmodels' OLS interval on the per-law means (pandas), Spearman is
+  scipy's on those means, and the cluster-bootstrap percentile interval is SciPy's
+  paired (whole-seed) bootstrap's: each of our endpoints sits at the 2.5% / 97.5%
+  point of SciPy's bootstrap distribution, to the Monte-Carlo error of both. (The seed
+  effects, 3× the noise, are shared by the laws of a seed: a bootstrap that resampled
+  each law's seeds independently would be several times wider and fail.)"""
+  import statsmodels.api as sm  # pylint: disable=g-import-not-at-top
+  rows = _law_seed_rows(missing={(2, 3), (5, 0)})
+  num_boot = 4000
+  fit = analysis.slope_vs(rows, "x1", "m", num_boot=num_boot, seed=3)
+  xm, means = _per_law_means(rows, ["x1"])
+  ols = sm.OLS(means, sm.add_constant(xm[:, 0])).fit()
+  assert fit["slope"] == pytest.approx(ols.params[1], rel=1e-10)
+  assert (fit["ci_low"], fit["ci_high"]) == pytest.approx(tuple(ols.conf_int(0.05)[1]),
+                                                          rel=1e-8)
+  assert fit["ci_low"] < 3 < fit["ci_high"]
+  rho = sp_stats.spearmanr(xm[:, 0], means)
+  assert fit["spearman"] == pytest.approx(rho.statistic, rel=1e-12)
+  assert fit["spearman_p"] == pytest.approx(rho.pvalue, rel=1e-9)
+  assert fit["num_seeds"] == 10
+
+  # SciPy's paired bootstrap over seeds of the same statistic (NaN cells skipped).
+  table = np.full((8, 10), np.nan)
+  for r in rows:
+    if r["m"] is not None:
+      table[int(r["law"][1:]), r["seed"]] = r["m"]
+  xc = xm[:, 0] - xm[:, 0].mean()
+
+  def slope(*law_rows, axis=-1):
+    m = np.stack([np.nanmean(a, axis=axis) for a in law_rows], axis=-1)  # (..., laws)
+    return (m - m.mean(-1, keepdims=True)) @ xc / (xc @ xc)
+
+  ref_boot = 40000
+  ref = sp_stats.bootstrap(tuple(table), slope, paired=True, vectorized=True,
+                           n_resamples=ref_boot, method="percentile",
+                           random_state=np.random.default_rng(5))
+  dist = ref.bootstrap_distribution
+  # Binomial Monte-Carlo error of a 2.5% point: ours (4000) and SciPy's (40000), 4 sd.
+  tol = 4 * math.sqrt(0.025 * 0.975 * (1 / num_boot + 1 / ref_boot))
+  assert abs(_boot_cdf_at(dist, fit["boot_low"]) - 0.025) < tol
+  assert abs(_boot_cdf_at(dist, fit["boot_high"]) - 0.975) < tol
+
+
+def test_regress_laws_against_statsmodels_and_scipy_bootstrap():
+  import statsmodels.api as sm  # pylint: disable=g-import-not-at-top
+  rows = _law_seed_rows(slopes=(3.0, -1.5), n_laws=10, n_seeds=8, seed=2)
+  num_boot = 4000
+  out = analysis.regress_laws(rows, ["x1", "x2"], "m", num_boot=num_boot, seed=1)
+  xm, means = _per_law_means(rows, ["x1", "x2"])
+  ols = sm.OLS(means, sm.add_constant(xm)).fit()
+  ci = ols.conf_int(0.05)
+  table = np.asarray([[r["m"] for r in rows if r["law"] == f"l{i}"] for i in range(10)])
+  design = sm.add_constant(xm)
+  ref_boot = 40000
+  tol = 4 * math.sqrt(0.025 * 0.975 * (1 / num_boot + 1 / ref_boot))
+  for j, (k, true) in enumerate((("x1", 3.0), ("x2", -1.5)), start=1):
+    assert out[k]["coef"] == pytest.approx(ols.params[j], rel=1e-9)
+    assert (out[k]["ci_low"], out[k]["ci_high"]) == pytest.approx(tuple(ci[j]), rel=1e-8)
+    assert out[k]["dof"] == ols.df_resid == 7
+    assert out[k]["ci_low"] < true < out[k]["ci_high"]
+
+    def coef(*law_rows, axis=-1, j=j):
+      m = np.stack([np.mean(a, axis=axis) for a in law_rows], axis=-1)
+      return (m @ np.linalg.pinv(design).T)[..., j]
+
+    ref = sp_stats.bootstrap(tuple(table), coef, paired=True, vectorized=True,
+                             n_resamples=ref_boot, method="percentile",
+                             random_state=np.random.default_rng(6))
+    assert abs(_boot_cdf_at(ref.bootstrap_distribution, out[k]["boot_low"]) - 0.025) < tol
+    assert abs(_boot_cdf_at(ref.bootstrap_distribution, out[k]["boot_high"]) - 0.975) < tol
+
+
+def test_paired_difference_is_scipy_paired_t():
+  rows = _law_seed_rows(n_laws=3, n_seeds=9, seed=4, missing={(0, 2)})
+  d = analysis.paired_difference(rows, "m", "l0", "l1")
+  a = [r["m"] for r in rows if r["law"] == "l0" and r["seed"] != 2]
+  b = [r["m"] for r in rows if r["law"] == "l1" and r["seed"] != 2]
+  res = sp_stats.ttest_rel(a, b)
+  ci = res.confidence_interval(0.95)
+  assert d["n"] == 8 and d["diff"] == pytest.approx(np.mean(np.subtract(a, b)), rel=1e-12)
+  assert (d["ci_low"], d["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+  assert d["diff"] / d["se"] == pytest.approx(res.statistic, rel=1e-9)
+
+
+def _anova_rm(rows, laws):
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  from statsmodels.stats.anova import AnovaRM  # pylint: disable=g-import-not-at-top
+  df = pd.DataFrame([r for r in rows if r["law"] in laws])
+  bad = df[df["m"].isna()]["seed"].unique()
+  df = df[~df["seed"].isin(bad)]
+  table = AnovaRM(df, depvar="m", subject="seed", within=["law"]).fit().anova_table
+  return float(table["F Value"].iloc[0]), float(table["Pr > F"].iloc[0])
+
+
+def test_within_group_test_is_statsmodels_anova_rm():
+  """F and p equal statsmodels' repeated-measures ANOVA (to 1e-8; seeds with a missing
+  law dropped, as AnovaRM needs balanced data); a large law effect gives a tiny p."""
+  laws = ["l0", "l1", "l2", "l3"]
+  for seed, missing in ((0, ()), (1, {(1, 4)})):
+    rows = _law_seed_rows(slopes=(0.0,), n_laws=4, n_seeds=7, law_sd=0.0, seed=seed,
+                          missing=missing)
+    res = analysis.within_group_test(rows, "m", laws)
+    f, p = _anova_rm(rows, laws)
+    assert res["F"] == pytest.approx(f, rel=1e-8)
+    assert res["p"] == pytest.approx(p, rel=1e-8)
+    assert (res["k"], res["seeds"]) == (4, 7 - len(missing))
+  rows = _law_seed_rows(slopes=(0.0,), n_laws=4, n_seeds=7, law_sd=1.0, seed=3)
+  res = analysis.within_group_test(rows, "m", laws)
+  f, p = _anova_rm(rows, laws)
+  assert res["F"] == pytest.approx(f, rel=1e-8) and res["p"] == pytest.approx(p, rel=1e-8)
+  assert res["p"] < 1e-8
+
+
+def test_within_group_test_p_values_are_uniform_under_no_effect():
+  """No law effect, strong seed effects: p ~ U(0, 1). 400 replications: KS distance
+  below its 1e-3 critical value, and the 5% rejection rate within 4 binomial sd."""
+  reps = 400
+  ps = np.asarray([
+      analysis.within_group_test(
+          _law_seed_rows(slopes=(0.0,), n_laws=3, n_seeds=6, law_sd=0.0, seed=100 + i),
+          "m", ["l0", "l1", "l2"])["p"] for i in range(reps)])
+  ks = sp_stats.kstest(ps, "uniform")
+  assert ks.statistic < math.sqrt(-math.log(0.5e-3) / 2) / math.sqrt(reps), ks
+  assert abs(np.mean(ps < 0.05) - 0.05) < 4 * math.sqrt(0.05 * 0.95 / reps)
