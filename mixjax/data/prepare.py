@@ -194,6 +194,9 @@ def _local_builder_class(source: LocalSource,
   class LocalBuilder(base, skip_registration=True):
     """`base` with its `_info`, fed from local arrays."""
     name = base.name
+    # No code folder: no URL checksums to load (nothing is downloaded), and tfds'
+    # `code_path` needs the `importlib_resources` backport, which it does not install.
+    code_path = None
 
     def _split_generators(self, dl_manager):
       del dl_manager  # nothing to download
@@ -208,6 +211,10 @@ def _local_builder_class(source: LocalSource,
         yield i, {"image": PIL.Image.fromarray(img, mode), "label": int(labels[i])}
 
   LocalBuilder.__name__ = LocalBuilder.__qualname__ = f"Local{cls_name}"
+  # DatasetInfo records the builder's module; name tfds' own (whose `_info` this is), so
+  # that dataset_info.json is the one tfds' build writes and tfds does not report a
+  # mismatch with its registered class on every load.
+  LocalBuilder.__module__ = base.__module__
   return LocalBuilder
 
 
