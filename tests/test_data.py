@@ -364,3 +364,19 @@ def test_local_indices_under_shard_map():
   f = jax.jit(jax.shard_map(lambda i: data.local_indices(i, "data"), mesh=mesh,
                             in_specs=P(), out_specs=P("data")))
   np.testing.assert_array_equal(f(idx), idx)
+
+
+def test_num_train_keeps_the_first_examples_of_the_training_split():
+  from mixjax.data import dataset as dataset_lib
+  full = data.load_dataset("digits", val_fraction=0.1, seed=3)
+  sub = data.load_dataset("digits", val_fraction=0.1, seed=3, num_train=100)
+  np.testing.assert_array_equal(sub.train_x, full.train_x[:100])
+  np.testing.assert_array_equal(sub.train_y, full.train_y[:100])
+  for split in ("val_x", "val_y", "test_x", "test_y"):
+    np.testing.assert_array_equal(getattr(sub, split), getattr(full, split))
+  assert dataset_lib.train_size("digits", val_fraction=0.1, num_train=100) == 100
+  assert dataset_lib.train_size("digits", val_fraction=0.1) == full.num_train
+  big = data.load_dataset("digits", val_fraction=0.1, seed=3, num_train=10**6)
+  assert big.num_train == full.num_train
+  with pytest.raises(ValueError, match="num_train"):
+    data.load_dataset("digits", num_train=-1)

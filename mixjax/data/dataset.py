@@ -78,7 +78,7 @@ class Dataset:
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, **kwargs: Any) -> Dataset:
+                 seed: int = 0, num_train: int = 0, **kwargs: Any) -> Dataset:
   """Loads the dataset registered as `name`.
 
   Args:
@@ -88,6 +88,9 @@ def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float 
     val_fraction: fraction of the training split held out for validation, in [0, 1).
     seed: seed of the validation permutation (and of any other split a loader makes
       that is documented as depending on it).
+    num_train: keep only the first `num_train` examples of the training split (after
+      the validation split is held out; the validation and test splits are unchanged);
+      0 keeps all. Normalization statistics stay those of the whole training split.
     **kwargs: loader options (see each loader).
 
   Raises:
@@ -97,8 +100,14 @@ def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float 
   loader = DATASETS.get(name)
   if not 0.0 <= float(val_fraction) < 1.0:
     raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
-  return loader(data_dir=data_dir, val_fraction=float(val_fraction), seed=int(seed),
-                **kwargs)
+  if int(num_train) < 0:
+    raise ValueError(f"num_train must be >= 0 (0: all), got {num_train}.")
+  ds = loader(data_dir=data_dir, val_fraction=float(val_fraction), seed=int(seed),
+              **kwargs)
+  if num_train and num_train < ds.num_train:
+    ds = dataclasses.replace(ds, train_x=ds.train_x[:num_train],
+                             train_y=ds.train_y[:num_train])
+  return ds
 
 
 def register(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
@@ -132,7 +141,7 @@ def _tfds_size(name: str, data_dir: str | None, train_split: str = "train",
 
 
 def train_size(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
-               seed: int = 0, **kwargs: Any) -> int | None:
+               seed: int = 0, num_train: int = 0, **kwargs: Any) -> int | None:
   """The number of training examples `load_dataset(name, ...)` would return, without
   reading the data: known sizes for the offline datasets, the builder's split sizes
   (local metadata) for tfds. None when unknown (a tfds dataset that is not prepared).
@@ -148,7 +157,8 @@ def train_size(name: str, *, data_dir: str | None = None, val_fraction: float = 
     n = _tfds_size(name, data_dir, **kwargs)
   if n is None:
     return None
-  return n - num_validation(n, val_fraction)
+  n -= num_validation(n, val_fraction)
+  return min(n, int(num_train)) if num_train else n
 
 
 def split_validation(x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int

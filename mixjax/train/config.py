@@ -11,6 +11,7 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
 
   seed                         one integer for everything (init, data order, λ, augment)
   dataset.name / data_dir / val_fraction / kwargs (loader options, e.g. two_moons' features)
+  dataset.num_train            train on the first N examples of the training split (0: all)
   model.name / kwargs          `mixjax.models.get_model(name, num_classes, **kwargs)`
   model.input_shape            reshape each example to this shape inside the model (e.g.
                                (40, 1, 1) to run LeNet on MNIST-1D signals); data, stats and
@@ -93,6 +94,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.name = "mnist1d"
   c.dataset.data_dir = config_dict.placeholder(str)
   c.dataset.val_fraction = 0.1
+  c.dataset.num_train = 0
   c.dataset.kwargs = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()
@@ -261,6 +263,7 @@ def _check_batch_fits(config) -> None:
   try:
     n = dataset_lib.train_size(config.dataset.name, data_dir=config.dataset.data_dir,
                             val_fraction=config.dataset.val_fraction, seed=config.seed,
+                            num_train=config.dataset.num_train,
                             **dict(config.dataset.kwargs))
   except TypeError as e:  # a loader option the dataset does not take
     _fail(f"config.dataset.kwargs={dict(config.dataset.kwargs)} do not fit dataset "
@@ -371,6 +374,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
     _fail(f"config.num_steps={config.num_steps} must be >= 0 (0: use num_epochs).")
   if not 0 <= config.dataset.val_fraction < 1:
     _fail(f"config.dataset.val_fraction={config.dataset.val_fraction} must be in [0, 1).")
+  if config.dataset.num_train < 0:
+    _fail(f"config.dataset.num_train={config.dataset.num_train} must be >= 0 (0: the whole "
+          "training split).")
   if config.method.eta < 0:
     _fail(f"config.method.eta={config.method.eta} must be >= 0.")
   if config.method.num_draws < 1:

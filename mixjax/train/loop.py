@@ -350,6 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   ds = data_lib.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
                              val_fraction=config.dataset.val_fraction, seed=config.seed,
+                             num_train=config.dataset.num_train,
                              **dict(config.dataset.kwargs))
   num_train = int(ds.train_x.shape[0])
   spe = data_lib.steps_per_epoch(num_train, config.batch_size)  # rejects B > n
