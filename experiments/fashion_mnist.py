@@ -1,13 +1,25 @@
 r"""Fashion-MNIST (Xiao et al., 2017): mixup on real images, sized for a CPU by default.
 
-Default (CPU): a small CNN (`cnn`: conv32-conv32-pool-conv64-conv64-pool-dense256, BatchNorm),
-mixup with λ ~ Beta(1, 1), random crop (padding 2) + horizontal flip on device, SGD
-(Nesterov momentum 0.9) with a cosine schedule, training set held on device.
+Default (CPU): a small CNN (`cnn`: conv32-conv32-pool-conv64-conv64-pool-dense256,
+BatchNorm; 870,826 parameters), mixup with λ ~ Beta(1, 1), random crop (padding 2) +
+horizontal flip on device, SGD (Nesterov momentum 0.9, lr 0.05, weight decay 5e-4) with a
+cosine schedule, batch 128, 7 epochs, training set held on device.
+
+Measured on the 2-core development CPU (one run each, seed 0; wall time includes data
+loading and compilation; 4.4–5.5 steps/s):
+
+  recipe                    epoch 1   final test acc   NLL     ECE     wall
+  Beta(1, 1), 7 epochs      81.2%     90.21%           0.308   0.047   10 min 48 s
+  Beta(0.2, 0.2), 8 epochs  80.3%     90.28%           0.272   0.016   13 min 12 s
+
+Both stop about 0.8 points short of 91%: accuracy was still rising at the end, so the
+budget (not α) is the limit here. The default keeps Beta(1, 1) (the mixup paper's law,
+as in the other recipes) and the shorter run.
 
 `get_config("gpu")`: the ResNet recipe at full length: PreAct-ResNet-18 on 28×28×1,
 200 epochs, SGD momentum 0.9, lr 0.1 cosine, weight decay 5e-4, batch 128, crop (padding 4)
 + flip. Published anchor (hysts/pytorch_image_classification, PreAct-ResNet-20, median
-of 3, 200 epochs): test error 5.04% (ERM) and 4.92% (mixup).
+of 3, 200 epochs): test error 5.04% (ERM) and 4.92% (mixup). Not run yet.
 
 The data is the tfds `fashion_mnist` dataset in array_record format; prepare it once,
 offline, from the original IDX files (Debian's `dataset-fashion-mnist`, or the files
