@@ -456,3 +456,13 @@ def test_within_group_test_p_values_are_uniform_under_no_effect():
   ks = sp_stats.kstest(ps, "uniform")
   assert ks.statistic < math.sqrt(-math.log(0.5e-3) / 2) / math.sqrt(reps), ks
   assert abs(np.mean(ps < 0.05) - 0.05) < 4 * math.sqrt(0.05 * 0.95 / reps)
+
+
+def test_slope_bootstrap_ignores_a_law_without_finite_values():
+  """A law whose every seed failed (NaN) drops out of the bootstrap, as of the OLS fit."""
+  rows = [{"law": f"L{i}", "seed": s, "x": float(i), "m": 2.0 * i + 0.1 * s}
+          for i in range(5) for s in range(3)]
+  rows += [{"law": "dead", "seed": s, "x": 9.0, "m": float("nan")} for s in range(3)]
+  fit = analysis.slope_vs(rows, "x", "m", num_boot=200)
+  assert np.isfinite(fit["boot_low"]) and np.isfinite(fit["boot_high"])
+  assert fit["boot_low"] <= 2.0 <= fit["boot_high"]

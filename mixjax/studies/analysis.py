@@ -108,7 +108,7 @@ def slope_vs(rows: Sequence[dict], x_key: str, metric: str, *, law_key: str = "l
   means = _row_means(table)
   fit = linear_fit(xs, means)
   boot_means = _bootstrap_means(table, num_boot, seed)  # (n_laws, num_boot)
-  ok = np.isfinite(xs)
+  ok = np.isfinite(xs) & np.isfinite(means)  # a law without any finite value drops out
   xc = xs[ok] - xs[ok].mean()
   if len(xc) >= 3 and np.any(xc != 0):
     mb = boot_means[ok]
