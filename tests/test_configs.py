@@ -10,7 +10,7 @@ import pytest
 from mixjax.train import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = ("mnist1d", "digits", "two_moons", "cifar10", "cifar100")
+CONFIGS = ("mnist1d", "digits", "two_moons", "cifar10", "cifar100", "fashion_mnist")
 
 
 def load(name):

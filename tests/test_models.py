@@ -186,9 +186,9 @@ def test_dropout_only_in_training():
 
 
 def test_registry_and_errors():
-  assert set(models.MODELS.names()) == {"mlp", "lenet", "preact_resnet18", "resnet34",
-                                        "wrn28_10"}
-  with pytest.raises(ValueError, match="Known models: lenet, mlp, preact_resnet18"):
+  assert set(models.MODELS.names()) == {"cnn", "mlp", "lenet", "preact_resnet18",
+                                        "resnet34", "wrn28_10"}
+  with pytest.raises(ValueError, match="Known models: cnn, lenet, mlp, preact_resnet18"):
     get_model("resnet1000", 10)
   with pytest.raises(ValueError, match="unknown keyword.*widthh.*width"):
     get_model("preact_resnet18", 10, widthh=4)
@@ -205,3 +205,19 @@ def test_registry_and_errors():
   with pytest.raises(ValueError, match="at least 4 dimensions"):
     m = get_model("lenet", 10)
     m.init(KEY, jnp.zeros((2, 40)))
+
+
+@pytest.mark.parametrize("stages,dense,expected", [
+    # conv 3×3 kernels (no bias) + BatchNorm scale/shift per conv, then 7×7×C_last →
+    # dense (+bias) → head (+bias), on 28×28×1 (two 2×2 pools: 28 → 14 → 7).
+    (((32, 32), (64, 64)), (256,),
+     (9 * 1 * 32 + 64) + (9 * 32 * 32 + 64) + (9 * 32 * 64 + 128) + (9 * 64 * 64 + 128)
+     + (7 * 7 * 64 * 256 + 256) + (256 * 10 + 10)),  # 870,826
+    (((32,), (64,)), (256,),
+     (9 * 1 * 32 + 64) + (9 * 32 * 64 + 128) + (7 * 7 * 64 * 256 + 256) + (256 * 10 + 10)),
+])
+def test_cnn_parameter_count_and_shapes(stages, dense, expected):
+  model = get_model("cnn", 10, stages=stages, dense_sizes=dense)
+  assert _num_params(model, (2, 28, 28, 1)) == expected
+  variables = model.init(KEY, jnp.zeros((2, 28, 28, 1)))
+  chex.assert_shape(model.apply(variables, jnp.zeros((3, 28, 28, 1))), (3, 10))
