@@ -218,7 +218,10 @@ def _figure_groups(summary_by_law: dict, part: str, out: str) -> str:
   return plots.save(fig, os.path.join(out, f"{part}_equal_moments.png"))
 
 
-def report_part(out: str, part: str) -> str:
+def report_part(out: str, part: str, header: str | None = None) -> str:
+  """The Markdown section of one saved part (tables, slopes, equal-moment tests, figures).
+
+  `header` replaces the engine-specific description (studies trained another way)."""
   rec = records.load(out, part)
   rows = rec["runs"]
   summary = analysis.group_summary(rows, "law", METRICS,
@@ -226,7 +229,7 @@ def report_part(out: str, part: str) -> str:
   by_law = {r["law"]: r for r in summary}
   cfg = rec["config"]
   info = rec["info"]
-  md = [f"## {part}\n",
+  md = [header] if header is not None else [f"## {part}\n",
         f"Dataset `{cfg['dataset']}` (train/val/test = "
         f"{cfg['data_sizes']['train_x']}/{cfg['data_sizes']['val_x']}/"
         f"{cfg['data_sizes']['test_x']}), model `{' '.join(str(cfg['engine']['model']).split())}` "
