@@ -1,12 +1,14 @@
-"""Flax Linen models and the MODELS registry (`get_model(name, num_classes, **kwargs)`)."""
+"""Flax Linen models and the MODELS registry (`get_model(name, num_classes, **kwargs)`;
+`build_model` adds the trainer's BatchNorm axis and the `Reshaped` view)."""
 from __future__ import annotations
 
-from mixjax.models.base import ACTIVATIONS, MODELS, get_model
+from mixjax.models.base import ACTIVATIONS, MODELS, build_model, get_model
 from mixjax.models.cnn import CNN
 from mixjax.models.lenet import LeNet
 from mixjax.models.mlp import MLP
+from mixjax.models.reshaped import Reshaped
 from mixjax.models.resnet import PreActResNet, ResNet
 from mixjax.models.wide_resnet import WideResNet
 
-__all__ = ["ACTIVATIONS", "CNN", "MODELS", "get_model", "LeNet", "MLP", "PreActResNet",
-           "ResNet", "WideResNet"]
+__all__ = ["ACTIVATIONS", "CNN", "MODELS", "build_model", "get_model", "LeNet", "MLP",
+           "PreActResNet", "ResNet", "Reshaped", "WideResNet"]

@@ -12,6 +12,10 @@ sets the computation dtype only. BatchNorm models take `bn_axis_name` (None, or 
 axis name `"data"` inside `jax.shard_map`): with an axis name, the batch mean and variance
 are `pmean`-ed over that axis, so the statistics are those of the global batch
 (exactly, for equal per-device batch sizes).
+
+`build_model` is `get_model` as a trainer uses it: BatchNorm over the trainer's mesh axis
+for the models that have BatchNorm, wrapped in `Reshaped` when the network sees each
+example in another shape.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mixjax.models.reshaped import Reshaped
 from mixjax.registry import Registry
 
 MODELS = Registry("model")
@@ -95,7 +100,7 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
       the model does not have (the message lists the ones it has), or a bad value.
   """
   factory = MODELS.get(name)
-  cls = factory if isinstance(factory, type) else getattr(factory, "module_class", None)
+  cls = _module_class(factory)
   if cls is not None and dataclasses.is_dataclass(cls):
     allowed = {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
     unknown = sorted(set(kwargs) - allowed)
@@ -104,6 +109,35 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
           f"Model {name!r} got unknown keyword argument(s) {unknown}. Its options are: "
           f"{', '.join(sorted(allowed - {'num_classes'}))}.")
   return factory(num_classes=num_classes, **kwargs)
+
+
+def build_model(name: str, num_classes: int, kwargs: dict[str, Any] | None = None, *,
+                input_shape: tuple[int, ...] | None = None,
+                bn_axis_name: str | None = None) -> nn.Module:
+  """`get_model(name, num_classes, **kwargs)`, as a trainer builds it.
+
+  Args:
+    name, num_classes, kwargs: as for `get_model`.
+    input_shape: if given, the model is wrapped in `Reshaped`, so that it sees each
+      example reshaped to `input_shape` (same number of entries) while its caller feeds
+      the data in their own shape.
+    bn_axis_name: BatchNorm's axis (e.g. the mesh axis "data"), used for the models that
+      have BatchNorm unless `kwargs` sets it.
+  """
+  kwargs = dict(kwargs or {})
+  cls = _module_class(MODELS.get(name))
+  fields = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+  if "bn_axis_name" in fields:
+    kwargs.setdefault("bn_axis_name", bn_axis_name)
+  model = get_model(name, num_classes, **kwargs)
+  if input_shape is None:
+    return model
+  return Reshaped(model, tuple(int(s) for s in input_shape))
+
+
+def _module_class(factory: Any) -> type | None:
+  """The module class a MODELS entry builds (a class, or a `register` factory's)."""
+  return factory if isinstance(factory, type) else getattr(factory, "module_class", None)
 
 
 def register(name: str, **defaults: Any) -> Callable[[type], type]:
