@@ -368,22 +368,40 @@ def mixture(samplers: Sequence[Any], weights: Sequence[float]) -> Mixture:
   return Mixture(tuple(_as_sampler(s) for s in samplers), tuple(weights))
 
 
-def regmixup(alpha: float, eta: float = 1.0) -> Mixture:
-  """The law that RegMixup's CE + η·mixup-CE equals in expectation (THEORY.md §6).
+def regmixup_equivalent(sampler: Any, eta: float) -> Mixture:
+  """The law that RegMixup with mixing law `sampler` is mixup under, in expectation.
 
-  θ = 1 with probability 1/(1+η) (the clean CE term), else λ ~ Beta(α, α).
-  Note the loss itself is (1+η) times the mixup risk of this law.
+  RegMixup minimizes E ℓ(y, f(x)) + η · E_λ ℓ(mixup), which is (1+η) times the mixup
+  risk of the mixture (THEORY.md §6)
+
+      λ = 1 with probability 1/(1+η)   (the clean term; θ = 1),
+      λ ~ sampler with probability η/(1+η),
+
+  so its θ-law puts mass 1/(1+η) at θ = 1 and θ̄ = (1 + η θ̄_sampler)/(1+η). η = 0 is
+  ERM (θ = 1 surely).
+
+  Args:
+    sampler: the λ-law of the mixup term (a Sampler or a spec, see `mixture`).
+    eta: η ≥ 0, the weight of the mixup term.
   """
-  a = _positive("alpha", alpha, "regmixup sampler")
   try:
     e = float(eta)
   except (TypeError, ValueError):
     e = float("nan")
   if not math.isfinite(e) or e < 0.0:
     raise ValueError(f"regmixup sampler: eta must be a finite number ≥ 0, got {eta!r}.")
-  p_clean = 1.0 / (1.0 + e)
-  mix = mixture([Constant(1.0), Beta(a, a)], [p_clean, 1.0 - p_clean])
-  return dataclasses.replace(mix, label=f"regmixup(alpha={_fmt(a)}, eta={_fmt(e)})")
+  return mixture([Constant(1.0), sampler], [1.0 / (1.0 + e), e / (1.0 + e)])
+
+
+def regmixup(alpha: float, eta: float = 1.0) -> Mixture:
+  """RegMixup's law with λ ~ Beta(α, α): `regmixup_equivalent(beta(α), η)` (THEORY.md §6).
+
+  θ = 1 with probability 1/(1+η) (the clean CE term), else λ ~ Beta(α, α).
+  Note the loss itself is (1+η) times the mixup risk of this law.
+  """
+  a = _positive("alpha", alpha, "regmixup sampler")
+  mix = regmixup_equivalent(Beta(a, a), eta)
+  return dataclasses.replace(mix, label=f"regmixup(alpha={_fmt(a)}, eta={_fmt(float(eta))})")
 
 
 def optimal() -> Mixture:
