@@ -13,12 +13,20 @@ Everything is accumulated on the host in float64 with the pairwise update of Cha
 and LeVeque (1979), so streaming a dataset batch by batch (`StatsAccumulator`) gives the
 statistics of the concatenation to rounding error, also when the data have a large offset
 relative to their spread (where the naive Σxxᵀ/n − x̄x̄ᵀ loses all digits).
+
+`cached_data_stats` keeps the statistics of a dataset in an .npz file, reused only when
+the fingerprint of the data stored with it (any JSON-able dict the caller builds) is the
+same.
 """
 from __future__ import annotations
 
+import json
 import math
-from typing import Any, Optional, Tuple
+import os
+import time
+from typing import Any, Mapping, Optional, Tuple
 
+from absl import logging
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -226,3 +234,57 @@ def check_stats(stats: DataStats, d: int, c: int, *, where: str = "") -> None:
         f"{stats.dim} (shape {stats.input_shape}) with {stats.num_classes} classes, but x "
         f"has dimension {d} and y has {c} classes. Compute the stats with "
         "`data_stats(x_train, y_train)` on data shaped like x and y.")
+
+
+_STATS_ARRAYS = ("x_mean", "y_mean", "sxx", "sxy", "syy", "eigvecs", "eigvals")
+
+
+def cached_data_stats(path: str, fingerprint: Mapping[str, Any], x: Any, y: Any, *,
+                      num_classes: Optional[int] = None, rank: Optional[int] = None,
+                      write: bool = True, chunk_size: int = 4096) -> DataStats:
+  """`data_stats(x, y, rank=rank)`, cached in the .npz file `path`.
+
+  The file is used when the fingerprint stored in it equals `fingerprint` (a JSON-able
+  dict that identifies the data and `rank`, e.g. dataset, split, seed, n); otherwise
+  the statistics are computed (streamed through `StatsAccumulator` in chunks of
+  `chunk_size` rows) and, if `write`, saved with the fingerprint (atomically: written
+  to a temporary file and renamed).
+
+  Args:
+    path: the cache file.
+    fingerprint: identifies the statistics; compared after a JSON round trip.
+    x: inputs (n, ...).
+    y: labels (n, c), one-hot or soft; or (n,) integer class ids when `num_classes` is
+      given (one-hot encoded chunk by chunk).
+    num_classes: c, for integer labels.
+    rank: as for `data_stats`.
+    write: save the computed statistics (e.g. only on process 0 of a multi-host run).
+    chunk_size: rows per accumulated chunk.
+  """
+  if os.path.exists(path):
+    with np.load(path, allow_pickle=False) as z:
+      if json.loads(str(z["fingerprint"])) == fingerprint:
+        get = lambda k: jnp.asarray(z[k]) if k in z.files else None
+        logging.info("Loaded data statistics from %s.", path)
+        return DataStats(
+            x_mean=get("x_mean"), y_mean=get("y_mean"), sxx=get("sxx"), sxy=get("sxy"),
+            syy=get("syy"), eigvecs=get("eigvecs"), eigvals=get("eigvals"), n=int(z["n"]),
+            input_shape=tuple(int(s) for s in z["input_shape"]))
+  t0 = time.time()
+  acc = StatsAccumulator()
+  for i in range(0, x.shape[0], chunk_size):
+    yb = y[i:i + chunk_size]
+    if num_classes is not None:
+      yb = np.eye(num_classes)[yb]
+    acc.update(x[i:i + chunk_size], yb)
+  stats = acc.finalize(rank=rank)
+  logging.info("Computed data statistics in %.1fs.", time.time() - t0)
+  if write:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    arrays = {k: np.asarray(getattr(stats, k)) for k in _STATS_ARRAYS
+              if getattr(stats, k) is not None}
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, fingerprint=json.dumps(dict(fingerprint)), n=stats.n,
+             input_shape=np.asarray(stats.input_shape, np.int64), **arrays)
+    os.replace(tmp, path)
+  return stats
