@@ -1,5 +1,6 @@
-"""Evaluation: summable metrics (accuracy, NLL, ECE, Brier), temperature scaling, and the
-collinearity / manifold-intrusion measure of Chidambaram et al."""
+"""Evaluation: summable metrics (accuracy, NLL, ECE, Brier), temperature scaling, the
+collinearity / manifold-intrusion measure of Chidambaram et al., and a model's evaluation
+over a dataset (`Predictor`, `evaluate`)."""
 from __future__ import annotations
 
 from mixjax.eval.calibration import apply_temperature
@@ -14,9 +15,13 @@ from mixjax.eval.metrics import metric_sums
 from mixjax.eval.metrics import MetricSums
 from mixjax.eval.metrics import reliability_curve
 from mixjax.eval.metrics import ReliabilityCurve
+from mixjax.eval.predict import evaluate
+from mixjax.eval.predict import metrics_of
+from mixjax.eval.predict import Predictor
 
 __all__ = [
-    "METRIC_NAMES", "MetricSums", "MixupPoints", "ReliabilityCurve", "apply_temperature",
-    "collinearity", "finalize_metrics", "fit_temperature", "make_mixup_points",
-    "metric_sums", "reliability_curve", "temperature_nll",
+    "METRIC_NAMES", "MetricSums", "MixupPoints", "Predictor", "ReliabilityCurve",
+    "apply_temperature", "collinearity", "evaluate", "finalize_metrics", "fit_temperature",
+    "make_mixup_points", "metric_sums", "metrics_of", "reliability_curve",
+    "temperature_nll",
 ]

@@ -1,0 +1,112 @@
+"""Evaluation of a trained model over a dataset: its logits (`Predictor`), their metrics
+(`metrics_of`), and the test metrics with temperature scaling (`evaluate`).
+
+`evaluate` reports accuracy, NLL, ECE and Brier of the test split (`metric_sums` /
+`finalize_metrics`), and, when the dataset has a validation split, the temperature T
+fitted on it (`fit_temperature`) with the test ECE, NLL and Brier of softmax(u / T).
+With `rescale=True` the logits are those of the test-time rescaled model
+(`mixjax.theory.rescaled`, THEORY.md §5).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+from mixjax.eval import calibration
+from mixjax.eval import metrics
+from mixjax.theory import rescaling
+
+P = jax.sharding.PartitionSpec
+
+
+def _local(tree):
+  """Replicated global arrays -> single-device copies on this process's first device."""
+  return jax.tree.map(lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a,
+                      tree)
+
+
+class Predictor:
+  """Logits of the model in eval mode over a dataset, on this process's local devices.
+
+  Every process computes the full evaluation (redundantly) so that no host transfer of
+  sharded global arrays is needed; the batch is sharded over the local devices.
+
+  Args:
+    model: a Flax module, `model.apply(variables, x, train=False) -> (B, c)` logits.
+    batch_size: examples per call (rounded up to a multiple of the number of devices).
+    mesh: a 1-D mesh over this process's devices (its axis shards the batch).
+    stats: the `DataStats` of the training split (needed for `rescale=True`).
+    theta_bar: θ̄ of the training law (needed for `rescale=True`).
+  """
+
+  def __init__(self, model, batch_size: int, mesh: jax.sharding.Mesh, stats=None,
+               theta_bar: float | None = None):
+    self.local_mesh = mesh
+    ndev = self.local_mesh.devices.size
+    self.batch_size = int(math.ceil(batch_size / ndev) * ndev)
+    self.stats = stats
+    self.theta_bar = theta_bar
+    (axis,) = mesh.axis_names
+    self._batch = jax.sharding.NamedSharding(self.local_mesh, P(axis))
+    self._rep = jax.sharding.NamedSharding(self.local_mesh, P())
+
+    def logits(variables, x, stats, rescale: bool):
+      fn = lambda z: model.apply(variables, z, train=False)
+      if rescale:
+        fn = rescaling.rescaled(fn, stats, theta_bar)
+      return fn(x)
+
+    self._fn = jax.jit(logits, static_argnums=(3,), out_shardings=self._batch)
+
+  def __call__(self, variables, x: np.ndarray, *, rescale: bool = False) -> np.ndarray:
+    # Everything is put on this process's devices explicitly (multi-process jit refuses
+    # host arrays with non-trivial shardings).
+    variables = jax.device_put(_local(variables), self._rep)
+    stats = None if self.stats is None else jax.device_put(self.stats, self._rep)
+    n = x.shape[0]
+    out = []
+    for i in range(0, n, self.batch_size):
+      xb = np.asarray(x[i:i + self.batch_size], np.float32)
+      pad = self.batch_size - xb.shape[0]
+      if pad:
+        xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
+      logits = self._fn(variables, jax.device_put(xb, self._batch), stats, rescale)
+      out.append(np.asarray(logits)[:xb.shape[0] - pad])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+_metric_sums = jax.jit(metrics.metric_sums, static_argnames=("num_bins",))
+
+
+def metrics_of(logits: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[str, float]:
+  """accuracy / nll / ece / brier of logits (n, c) against integer labels (n,)."""
+  sums = _metric_sums(np.asarray(logits, np.float32), np.asarray(labels, np.int32),
+                      num_bins=num_bins)
+  return {k: float(v) for k, v in metrics.finalize_metrics(sums).items()}
+
+
+def evaluate(predict: Predictor, variables, ds, *, num_bins: int, rescale: bool,
+             calibrate: bool = True, logits: dict[str, np.ndarray] | None = None
+             ) -> dict[str, Any]:
+  """Test metrics; + temperature-scaled metrics (T fitted on the validation split).
+
+  `ds` has host arrays `test_x`, `test_y`, `val_x`, `val_y` (labels int). If `logits` is
+  a dict, the test (and validation) logits are stored in it under "test" (and "val")."""
+  test_logits = predict(variables, ds.test_x, rescale=rescale)
+  if logits is not None:
+    logits["test"] = test_logits
+  out = metrics_of(test_logits, ds.test_y, num_bins)
+  if calibrate and ds.val_x.shape[0] > 0:
+    val_logits = predict(variables, ds.val_x, rescale=rescale)
+    if logits is not None:
+      logits["val"] = val_logits
+    out["val_accuracy"] = metrics_of(val_logits, ds.val_y, num_bins)["accuracy"]
+    if np.all(np.isfinite(val_logits)) and np.all(np.isfinite(test_logits)):
+      t = calibration.fit_temperature(val_logits, ds.val_y)
+      cal = metrics_of(test_logits / np.float32(t), ds.test_y, num_bins)
+      out.update(temperature=t, ece_temp_scaled=cal["ece"], nll_temp_scaled=cal["nll"],
+                 brier_temp_scaled=cal["brier"])
+  return out
