@@ -1,6 +1,7 @@
-"""Metric writers: `WORKDIR/metrics.jsonl` always, TensorBoard event files via
-tensorboardX when it is installed; both from process 0 only (other processes get a
-no-op writer), so a multi-host run writes each record once.
+"""What a run writes: metrics (`WORKDIR/metrics.jsonl` always, TensorBoard event files via
+tensorboardX when it is installed; both from process 0 only, other processes get a no-op
+writer, so a multi-host run writes each record once) and the final evaluation
+(`summary.json`, its printed table, and `predictions.npz`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import jax
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+PREDICTIONS_FILE = "predictions.npz"
 
 
 def _py(v: Any) -> Any:
@@ -82,3 +85,56 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """All records of `WORKDIR/metrics.jsonl` in order."""
   with open(os.path.join(workdir, METRICS_FILE)) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  """The final table: one column per evaluation (plain, and rescaled when present)."""
+  cols = [("test", summary["test"])]
+  if summary.get("test_rescaled"):
+    cols.append((f"rescaled (θ̄={summary['theta_bar']:.4f})", summary["test_rescaled"]))
+  rows = ["accuracy", "nll", "ece", "brier", "temperature", "ece_temp_scaled",
+          "nll_temp_scaled"]
+  lines = [f"Final evaluation after {summary['step']} steps ({summary['epochs']:.1f} "
+           f"epochs, {summary['method']}, {summary['dataset']}, {summary['model']}):",
+           f"  {'metric':<18}" + "".join(f"{name:>26}" for name, _ in cols)]
+  for r in rows:
+    if any(r in c for _, c in cols):
+      lines.append(f"  {r:<18}" + "".join(
+          f"{c[r]:>26.4f}" if r in c else f"{'-':>26}" for _, c in cols))
+  return "\n".join(lines)
+
+
+def save_predictions(path: str, ds, logits: dict[str, np.ndarray],
+                     logits_rescaled: dict[str, np.ndarray]) -> None:
+  """Writes the final evaluation's inputs to `path` (.npz, atomically).
+
+  Arrays: `test_logits` (n_test, c) float32, `test_labels` (n_test,) int32, and when
+  computed `val_logits` / `val_labels` (the split temperature scaling is fitted on),
+  `test_logits_rescaled` / `val_logits_rescaled` (test-time rescaling). Every number of
+  summary.json's "test" and "test_rescaled" columns can be recomputed from them.
+  """
+  arrays = {"test_logits": logits["test"], "test_labels": ds.test_y}
+  if "val" in logits:
+    arrays.update(val_logits=logits["val"], val_labels=ds.val_y)
+  for split, a in logits_rescaled.items():
+    arrays[f"{split}_logits_rescaled"] = a
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+  os.replace(tmp, path)
+
+
+def write_summary(workdir: str, summary: dict[str, Any], ds, logits: dict[str, np.ndarray],
+                  logits_rescaled: dict[str, np.ndarray]) -> None:
+  """Process 0: `predictions.npz` (`save_predictions`), `summary.json`, and the table
+  (`format_summary`) on stdout. The other processes (which evaluate too) write their
+  summary to `summary.process_<i>.json`, for comparison."""
+  text = format_summary(summary)
+  if jax.process_index() == 0:
+    save_predictions(os.path.join(workdir, PREDICTIONS_FILE), ds, logits, logits_rescaled)
+    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
+      json.dump(summary, f, indent=2)
+    print(text, flush=True)
+  else:
+    name = SUMMARY_FILE.replace(".json", f".process_{jax.process_index()}.json")
+    with open(os.path.join(workdir, name), "w") as f:
+      json.dump(summary, f, indent=2)
