@@ -29,6 +29,7 @@ from mixjax import models
 from mixjax import samplers
 from mixjax.studies import engine
 from mixjax.studies import laws as L
+from mixjax.theory import stats as stats_lib
 from mixjax.train import config as config_lib
 from mixjax.train import loop
 from mixjax.train import methods
@@ -328,17 +329,22 @@ def test_stats_cache_reused_and_invalidated(tmp_path, monkeypatch):
   """Computed once (= `mixjax.data_stats`), loaded unchanged on a second call (no
   recomputation, file untouched), and recomputed when the dataset, its kwargs,
   val_fraction, the seed (same n, different split), n or stats.rank change."""
-  monkeypatch.setattr(loop.theory, "StatsAccumulator", _CountingAccumulator)
   monkeypatch.setattr(_CountingAccumulator, "finalized", 0)
   wd = str(tmp_path)
+
+  def load_or_compute(cfg, ds):  # counts the cache's computations only (not the references)
+    with monkeypatch.context() as m:
+      m.setattr(stats_lib, "StatsAccumulator", _CountingAccumulator)
+      return loop.load_or_compute_stats(cfg, ds, wd)
+
   path = os.path.join(wd, loop.STATS_FILE)
   config = _stats_config()
   ds = _load(config)
-  first = loop.load_or_compute_stats(config, ds, wd)
+  first = load_or_compute(config, ds)
   assert _CountingAccumulator.finalized == 1 and os.path.exists(path)
   _assert_stats_equal_direct(first, ds, None)
   mtime = os.stat(path).st_mtime_ns
-  again = loop.load_or_compute_stats(config, ds, wd)
+  again = load_or_compute(config, ds)
   assert _CountingAccumulator.finalized == 1 and os.stat(path).st_mtime_ns == mtime
   for f in ("x_mean", "y_mean", "sxx", "sxy", "syy"):
     np.testing.assert_array_equal(np.asarray(getattr(again, f)), np.asarray(getattr(first, f)))
@@ -355,11 +361,11 @@ def test_stats_cache_reused_and_invalidated(tmp_path, monkeypatch):
   for i, change in enumerate(changes, start=2):
     cfg = _stats_config(**change)
     ds_new = _load(cfg)
-    stats = loop.load_or_compute_stats(cfg, ds_new, wd)
+    stats = load_or_compute(cfg, ds_new)
     assert _CountingAccumulator.finalized == i, change
     _assert_stats_equal_direct(stats, ds_new, cfg.stats.rank)
     # ... and the new statistics are what the cache now holds.
-    cached = loop.load_or_compute_stats(cfg, ds_new, wd)
+    cached = load_or_compute(cfg, ds_new)
     assert _CountingAccumulator.finalized == i, change
     np.testing.assert_array_equal(np.asarray(cached.sxy), np.asarray(stats.sxy))
     if cfg.stats.rank:
