@@ -129,8 +129,9 @@ def run(args) -> None:
   laws = args.laws[:2] if args.quick else args.laws
   seeds = list(range(1 if args.quick else args.seeds))
   rows, t0 = [], time.time()
-  for law in laws:
-    for seed in seeds:
+  # Seeds outer, laws inner: an interrupted study holds whole seeds of every law.
+  for seed in seeds:
+    for law in laws:
       workdir = os.path.join(args.out, "runs", law, f"seed{seed}")
       path = os.path.join(workdir, "summary.json")
       if not os.path.exists(path):
