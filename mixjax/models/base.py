@@ -20,6 +20,7 @@ example in another shape.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -100,15 +101,29 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
       the model does not have (the message lists the ones it has), or a bad value.
   """
   factory = MODELS.get(name)
+  allowed = model_arguments(name)
+  unknown = sorted(set(kwargs) - set(allowed)) if allowed is not None else []
+  if unknown:
+    raise ValueError(
+        f"Model {name!r} got unknown keyword argument(s) {unknown}. Its options are: "
+        f"{', '.join(allowed)}.")
+  return factory(num_classes=num_classes, **kwargs)
+
+
+def model_arguments(name: str) -> list[str] | None:
+  """The keyword arguments model `name` takes besides `num_classes`, sorted: the init
+  fields of its Flax module (a dataclass), or its factory's parameters; None when the
+  factory takes any keyword (nothing to check)."""
+  factory = MODELS.get(name)
   cls = _module_class(factory)
   if cls is not None and dataclasses.is_dataclass(cls):
-    allowed = {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-      raise ValueError(
-          f"Model {name!r} got unknown keyword argument(s) {unknown}. Its options are: "
-          f"{', '.join(sorted(allowed - {'num_classes'}))}.")
-  return factory(num_classes=num_classes, **kwargs)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+  else:
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+      return None
+    names = {p.name for p in params}
+  return sorted(names - {"parent", "name", "num_classes"})
 
 
 def build_model(name: str, num_classes: int, kwargs: dict[str, Any] | None = None, *,

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
-import inspect
 import json
 import math
 import os
@@ -224,20 +223,9 @@ def _fail(msg: str):
 
 
 def model_arguments(name: str) -> list[str]:
-  """The keyword arguments model `name` takes (besides num_classes): the init fields of
-  its Flax module (a dataclass), or its factory's parameters."""
-  from mixjax import models as models_lib  # pylint: disable=g-import-not-at-top
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  factory = models_lib.MODELS.get(name)
-  cls = factory if isinstance(factory, type) else getattr(factory, "module_class", None)
-  if cls is not None and dataclasses.is_dataclass(cls):
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-  else:
-    params = inspect.signature(factory).parameters.values()
-    if any(p.kind == p.VAR_KEYWORD for p in params):
-      return []  # takes anything: nothing to check
-    names = {p.name for p in params}
-  return sorted(names - {"parent", "name", "num_classes"})
+  """`mixjax.models.base.model_arguments` ([] when the model takes any keyword)."""
+  from mixjax.models import base as models_base  # pylint: disable=g-import-not-at-top
+  return models_base.model_arguments(name) or []
 
 
 def _check_model_kwargs(config) -> None:
