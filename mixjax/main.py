@@ -156,7 +156,10 @@ def _bad_value_problem(argv, error: Exception) -> str:
     kind = type(node).__name__
     expected = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} (now {node!r})"
   return f"Invalid config: {msg.rstrip('.')}. --{name} takes {expected}."
+
+
 def _one_line(error: BaseException) -> str:
+  """The last non-empty line of an exception's message (its type name if empty)."""
   lines = [l.strip() for l in str(error).splitlines() if l.strip()]
   return lines[-1] if lines else type(error).__name__
 
