@@ -9,8 +9,15 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
 `sampler.params` or `model.kwargs` take a dict literal, e.g.
 `--config.sampler.params='{"lam": 0.7}'`):
 
-  seed                         one integer for everything (init, data order, λ, augment)
+  seed                         the run's randomness: init, data order, λ, augment, dropout
+  num_seeds                    K > 1: train seeds seed, seed+1, …, seed+K−1 as one seed
+                               group (`train_and_evaluate`; each run in WORKDIR/seed_<s>/)
+  group_mode                   how a group runs: auto | vmap (one program, runs vmapped) |
+                               sequential (one after another, one compiled step); auto =
+                               sequential for convolutional models on CPU, vmap otherwise
   dataset.name / data_dir / val_fraction / kwargs (loader options, e.g. two_moons' features)
+  dataset.split_seed           seed of the validation split (fixed across run seeds, so
+                               the runs of a seed group see the same data)
   dataset.num_train            train on the first N examples of the training split (0: all)
   model.name / kwargs          `mixjax.models.get_model(name, num_classes, **kwargs)`
   model.input_shape            reshape each example to this shape inside the model (e.g.
@@ -62,6 +69,7 @@ from typing import Any, Mapping
 import ml_collections
 from ml_collections import config_dict
 
+GROUP_MODES = ("auto", "vmap", "sequential")
 METHOD_NAMES = ("erm", "mixup", "regmixup", "erm_transformed", "perturbed_erm", "approx")
 APPROX_TERMS = ("jacobian", "cross", "hessian", "label")
 OPTIMIZERS = ("sgd", "adam")
@@ -88,11 +96,14 @@ def base_config() -> ml_collections.ConfigDict:
   """All knobs with their defaults (a small MLP with mixup Beta(1, 1) on MNIST-1D)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.num_seeds = 1
+  c.group_mode = "auto"
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "mnist1d"
   c.dataset.data_dir = config_dict.placeholder(str)
   c.dataset.val_fraction = 0.1
+  c.dataset.split_seed = 0
   c.dataset.num_train = 0
   c.dataset.kwargs = ml_collections.ConfigDict()
 
@@ -250,8 +261,8 @@ def _check_batch_fits(config) -> None:
   from mixjax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
   try:
     n = dataset_lib.train_size(config.dataset.name, data_dir=config.dataset.data_dir,
-                            val_fraction=config.dataset.val_fraction, seed=config.seed,
-                            num_train=config.dataset.num_train,
+                            val_fraction=config.dataset.val_fraction,
+                            seed=config.dataset.split_seed, num_train=config.dataset.num_train,
                             **dict(config.dataset.kwargs))
   except TypeError as e:  # a loader option the dataset does not take
     _fail(f"config.dataset.kwargs={dict(config.dataset.kwargs)} do not fit dataset "
@@ -320,6 +331,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   choice(config.mixing.granularity, mixing_lib.GRANULARITIES, "mixing.granularity")
   choice(config.mixing.pairing, mixing_lib.PAIRINGS, "mixing.pairing")
   choice(config.optimizer.name, OPTIMIZERS, "optimizer.name")
+  choice(config.group_mode, GROUP_MODES, "group_mode")
+  if config.num_seeds < 1:
+    _fail(f"config.num_seeds={config.num_seeds} must be >= 1 (1: a single run).")
   choice(config.optimizer.schedule, SCHEDULES, "optimizer.schedule")
   if config.method.name == "approx":
     from mixjax.theory import approx_risk  # pylint: disable=g-import-not-at-top

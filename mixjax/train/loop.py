@@ -54,6 +54,9 @@ from mixjax.train import step as step_lib
 from mixjax.train import writers
 
 STATS_FILE = "data_stats.npz"
+# The last compiled train step and its key (`make_step`): one entry, so that the runs of
+# a sequential seed group share one compilation and nothing else is kept alive.
+_STEP_CACHE: dict[str, Any] = {}
 # Hold the training set on device when it takes at most this many bytes per device.
 MAX_ON_DEVICE_BYTES = 4 << 30
 
@@ -93,6 +96,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   devices = jax.devices() if devices is None else list(devices)
   config_lib.validate_config(config, num_devices=len(devices))
+  if config.num_seeds > 1:
+    return train_group(config, workdir, devices=devices,
+                       interrupt_at_step=interrupt_at_step)
+  return _train_single(config, workdir, devices=devices,
+                       interrupt_at_step=interrupt_at_step)
+
+
+def _train_single(config, workdir: str, *, devices, interrupt_at_step=None, ds=None):
+  """One run (config.num_seeds == 1); `ds` preloaded by a sequential group."""
   workdir = config_lib.make_workdir(workdir)
   ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.max_to_keep)
   config_lib.check_workdir_config(
@@ -101,7 +113,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       or os.path.exists(os.path.join(workdir, writers.SUMMARY_FILE)))
   mesh = step_lib.make_mesh(devices)
 
-  ds, spe = load_data(config)
+  if ds is None:
+    ds, spe = load_data(config)
+  else:
+    spe = data_lib.steps_per_epoch(int(ds.train_x.shape[0]), config.batch_size)
   sampler = training_sampler(config)
   model = make_model(config, ds)
   total = config_lib.total_steps(config, int(ds.train_x.shape[0]))
@@ -111,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   root = jax.random.key_data(jax.random.key(config.seed))
   state, resumed = create_or_restore_state(config, model, tx, mesh, ckpt, root, ds)
   start = int(_to_host(state.step))
-  writer = open_writer(workdir, start, resumed)
+  writer = writers.RunWriters([open_writer(workdir, start, resumed)])
   train_step, batch_args = make_step(config, ds, mesh, model, tx, schedule, ctx, stats,
                                      root)
   predict = eval_lib.Predictor(model, config.eval.batch_size,
@@ -126,13 +141,180 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         resumed_from_step=start if resumed else None)
   results, logits, logits_rescaled = final_evaluation(config, predict, state, ds)
   summary.update(results)
-  writer.write(total, {"final/" + k: v for k, v in summary["test"].items()}
-               | {"final_rescaled/" + k: v
-                  for k, v in summary.get("test_rescaled", {}).items()})
+  writer.write(total, final_records(summary))
   writer.close()
   ckpt.close()
   writers.write_summary(workdir, summary, ds, logits, logits_rescaled)
   return summary
+
+
+# ----------------------------------------------------------------------------- groups
+
+
+def run_configs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+  """The runs of a seed group: `config` with seed = config.seed + r (r < num_seeds) and
+  num_seeds = 1, i.e. exactly the config that trains that run alone."""
+  runs = []
+  for r in range(int(config.num_seeds)):
+    c = config.copy_and_resolve_references()
+    c.seed = int(config.seed) + r
+    c.num_seeds = 1
+    runs.append(c)
+  return runs
+
+
+def run_dir(workdir: str, run_config: ml_collections.ConfigDict) -> str:
+  return os.path.join(workdir, f"seed_{run_config.seed}")
+
+
+def has_convolution(model, input_shape) -> bool:
+  """Whether the model's forward pass contains a convolution (from its jaxpr)."""
+  x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+  jaxpr = jax.make_jaxpr(lambda v: model.init(jax.random.key(0), v, train=False))(x)
+  return "conv_general_dilated" in str(jaxpr)
+
+
+def group_mode(config: ml_collections.ConfigDict, model, ds, devices) -> str:
+  """"vmap" or "sequential" for a seed group (config.group_mode, or the choice of
+  "auto"): sequential where vmapping is slower or impossible, i.e. convolutional models
+  on CPU (XLA:CPU runs a vmapped convolution slower than the same runs one after
+  another) and training sets fed from the host; vmap otherwise."""
+  fits = config.data_on_device and (
+      ds.train_x.nbytes + ds.train_y.nbytes <= MAX_ON_DEVICE_BYTES)
+  if config.group_mode == "vmap":
+    if not fits:
+      raise config_lib.ConfigError(
+          "config.group_mode='vmap' needs the training set held on device "
+          "(config.data_on_device=True and at most 4 GiB); use "
+          "--config.group_mode=sequential.")
+    return "vmap"
+  if config.group_mode == "sequential" or not fits:
+    return "sequential"
+  on_cpu = any(d.platform == "cpu" for d in devices)
+  return "sequential" if on_cpu and has_convolution(model, ds.input_shape) else "vmap"
+
+
+def train_group(config: ml_collections.ConfigDict, workdir: str, *, devices,
+                interrupt_at_step: int | None = None) -> dict[str, Any]:
+  """A seed group: config.num_seeds runs of `config` with seeds seed, seed+1, ….
+
+  Each run writes what a single run writes (config.json with its own seed and
+  num_seeds=1, metrics.jsonl, tb/, summary.json, predictions.npz) in WORKDIR/seed_<s>/;
+  WORKDIR/config.json holds the group's config and WORKDIR/summary.json the group's
+  summary (`writers.write_group_summary`: mean ± std over the finished runs). The runs
+  share the data (the validation split is config.dataset.split_seed's) and the
+  statistics; every run takes the steps it takes when trained alone.
+
+  Modes (`group_mode`):
+    vmap: one program; the state has a leading run axis and the step is vmapped over
+      it; one Orbax checkpoint in WORKDIR/checkpoints holds all runs, so the group
+      resumes together. A run whose loss turns NaN/inf stops updating at that step (the
+      step's own guard), is marked failed in its summary with the step named, and the
+      others continue; the group fails (exit 3) only when every run has.
+    sequential: the runs one after another in this process, sharing the loaded data
+      and one compiled step; each run checkpoints in its own folder, and a finished
+      run (summary.json present) is not trained again on resume.
+
+  Returns:
+    The group summary, with "runs": {folder: that run's summary}.
+  """
+  workdir = config_lib.make_workdir(workdir)
+  runs = run_configs(config)
+  dirs = [run_dir(workdir, c) for c in runs]
+  ds, spe = load_data(config)
+  model = make_model(config, ds)
+  mode = group_mode(config, model, ds, devices)
+  logging.info("Seed group of %d runs (seeds %d..%d), %s mode.", len(runs),
+               runs[0].seed, runs[-1].seed, mode)
+  if mode == "sequential":
+    config_lib.check_workdir_config(
+        config, workdir, write=jax.process_index() == 0,
+        has_run=any(os.path.isdir(d) for d in dirs))
+    summaries = {}
+    for c, d in zip(runs, dirs):
+      path = os.path.join(d, writers.SUMMARY_FILE)
+      if os.path.exists(path):
+        logging.info("%s finished already; not trained again.", d)
+        with open(path) as f:
+          summaries[os.path.basename(d)] = json.load(f)
+        continue
+      summary = _train_single(c, d, devices=devices, interrupt_at_step=interrupt_at_step,
+                              ds=ds)
+      summaries[os.path.basename(d)] = summary | {"seed": int(c.seed), "status": "ok"}
+  else:
+    summaries = _train_vmapped(config, runs, dirs, workdir, devices=devices, ds=ds,
+                               spe=spe, model=model, interrupt_at_step=interrupt_at_step)
+  group = writers.write_group_summary(workdir, summaries)
+  return group | {"runs_summaries": summaries}
+
+
+def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
+                   interrupt_at_step=None) -> dict[str, dict[str, Any]]:
+  """The runs of a group as one vmapped program (see `train_group`)."""
+  num_runs = len(runs)
+  ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.max_to_keep)
+  config_lib.check_workdir_config(
+      config, workdir, write=jax.process_index() == 0,
+      has_run=bool(ckpt.all_steps())
+      or any(os.path.exists(os.path.join(d, writers.SUMMARY_FILE)) for d in dirs))
+  for c, d in zip(runs, dirs):
+    config_lib.check_workdir_config(c, config_lib.make_workdir(d), has_run=False,
+                                    write=jax.process_index() == 0)
+  mesh = step_lib.make_mesh(devices)
+  sampler = training_sampler(config)
+  total = config_lib.total_steps(config, int(ds.train_x.shape[0]))
+  moments, stats = training_law_and_stats(config, sampler, ds, workdir)
+  ctx = method_context(config, sampler, moments)
+  tx, schedule = optim.make_optimizer(config.optimizer, spe, total)
+  roots = jnp.stack([jax.random.key_data(jax.random.key(c.seed)) for c in runs])
+  state, resumed = create_or_restore_state(config, model, tx, mesh, ckpt, roots, ds,
+                                           num_runs=num_runs)
+  start = int(_to_host(state.step)[0])
+  writer = writers.RunWriters([open_writer(d, start, resumed) for d in dirs])
+  train_step, batch_args = make_step(config, ds, mesh, model, tx, schedule, ctx, stats,
+                                     None, num_runs=num_runs)
+  predict = eval_lib.Predictor(model, config.eval.batch_size,
+                               step_lib.make_mesh(jax.local_devices()), stats=stats,
+                               theta_bar=ctx.theta_bar)
+  state, train_time = train(
+      config, state, train_step, batch_args, predict, ds, ckpt, writer, start=start,
+      total=total, spe=spe, devices=devices, interrupt_at_step=interrupt_at_step,
+      num_runs=num_runs)
+  summaries = {}
+  for r, (c, d) in enumerate(zip(runs, dirs)):
+    run_state = run_slice(state, r)
+    summary = run_summary(c, run_state, total=total, spe=spe, num_devices=len(devices),
+                          moments=moments, train_time=train_time,
+                          resumed_from_step=start if resumed else None)
+    summary["seed"] = int(c.seed)
+    bad = int(_to_host(run_state.first_nonfinite))
+    if bad != state_lib.NO_NONFINITE:
+      summary.update(status="failed", failed_at_step=bad,
+                     error=f"non-finite loss or gradient at step {bad}; the run stopped "
+                           "updating there (the other runs of the group continued).")
+      if jax.process_index() == 0:
+        with open(os.path.join(d, writers.SUMMARY_FILE), "w") as f:
+          json.dump(summary, f, indent=2)
+    else:
+      summary["status"] = "ok"
+      results, logits, logits_rescaled = final_evaluation(c, predict, run_state, ds)
+      summary.update(results)
+      writer.write_run(r, total, final_records(summary))
+      writers.write_summary(d, summary, ds, logits, logits_rescaled)
+    summaries[os.path.basename(d)] = summary
+  writer.close()
+  ckpt.close()
+  return summaries
+
+
+def run_slice(state, r: int):
+  """Run r of a stacked (group) state, as the state of a single run."""
+  return jax.tree.map(lambda a: a[r], state)
+
+
+def final_records(summary: dict[str, Any]) -> dict[str, Any]:
+  return ({"final/" + k: v for k, v in summary["test"].items()}
+          | {"final_rescaled/" + k: v for k, v in summary.get("test_rescaled", {}).items()})
 
 
 # ----------------------------------------------------------------------------- setup
@@ -141,8 +323,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def load_data(config: ml_collections.ConfigDict):
   """The dataset (`data.load_dataset`) and the number of steps per epoch."""
   ds = data_lib.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
-                             val_fraction=config.dataset.val_fraction, seed=config.seed,
-                             num_train=config.dataset.num_train,
+                             val_fraction=config.dataset.val_fraction,
+                             seed=config.dataset.split_seed, num_train=config.dataset.num_train,
                              **dict(config.dataset.kwargs))
   spe = data_lib.steps_per_epoch(int(ds.train_x.shape[0]), config.batch_size)  # rejects B > n
   if config.augment.enabled and not ds.is_image:
@@ -200,7 +382,7 @@ def needs_stats(config: ml_collections.ConfigDict) -> bool:
 def _stats_fingerprint(config, ds) -> dict[str, Any]:
   return {"dataset": config.dataset.name, "kwargs": json.dumps(dict(config.dataset.kwargs)),
           "val_fraction": float(config.dataset.val_fraction),
-          "seed": int(config.seed), "n": int(ds.train_x.shape[0]),
+          "split_seed": int(config.dataset.split_seed), "n": int(ds.train_x.shape[0]),
           "rank": -1 if config.stats.rank is None else int(config.stats.rank)}
 
 
@@ -245,12 +427,15 @@ def method_context(config: ml_collections.ConfigDict, sampler, moments
 
 
 def create_or_restore_state(config: ml_collections.ConfigDict, model, tx, mesh, ckpt,
-                            root, ds):
+                            root, ds, *, num_runs: int | None = None):
   """The initial state replicated on `mesh`, or the latest restorable checkpoint's;
-  and whether it was restored."""
+  and whether it was restored. With `num_runs`, `root` is (R, 2) (one key per run) and
+  the state is the runs' states stacked on a leading axis."""
   sample = jnp.zeros((1,) + tuple(ds.input_shape), jnp.float32)
-  state = jax.jit(lambda k: state_lib.create_state(model, tx, k, sample),
-                  out_shardings=step_lib.replicated(mesh))(root)
+  init = lambda k: state_lib.create_state(model, tx, k, sample)
+  if num_runs is not None:
+    init = jax.vmap(init)
+  state = jax.jit(init, out_shardings=step_lib.replicated(mesh))(root)
   restored = ckpt.restore_latest(state)
   if restored is None:
     return state, False
@@ -270,10 +455,16 @@ def open_writer(workdir: str, start: int, resumed: bool) -> writers.MetricWriter
 
 
 def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, ctx,
-              stats, root) -> tuple[Callable, Callable[[int], tuple]]:
+              stats, root, *, num_runs: int | None = None
+              ) -> tuple[Callable, Callable[[int], tuple]]:
   """The compiled train step and `batch_args(s)`: its arguments after the state for step
   s (the training set held on device when it fits, else step s's batch from the host;
-  then the statistics for the methods that use them)."""
+  then the statistics for the methods that use them).
+
+  The step is shared by every run whose config differs from this one's only in the
+  seed (the runs of a sequential seed group, `train_group`): it is built and compiled
+  once per process for them. `num_runs`: the step of a vmapped group (`step.make_train_step`).
+  """
   num_train = int(ds.train_x.shape[0])
   augment_fn = None
   if config.augment.enabled:
@@ -281,11 +472,17 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
         k, im, crop_padding=config.augment.crop_padding, flip=config.augment.flip)
   train_bytes = ds.train_x.nbytes + ds.train_y.nbytes
   on_device = config.data_on_device and train_bytes <= MAX_ON_DEVICE_BYTES
-  train_step = step_lib.make_train_step(
-      model=model, tx=tx, method=methods_lib.METHODS.get(config.method.name), ctx=ctx,
-      mesh=mesh, num_classes=ds.num_classes, batch_size=config.batch_size,
-      num_train=num_train if on_device else None, schedule=schedule,
-      augment_fn=augment_fn)
+  cache_key = (_seedless_json(config), num_train, on_device, num_runs,
+               tuple(d.id for d in mesh.devices.flat), ds.num_classes)
+  if _STEP_CACHE.get("key") != cache_key:
+    _STEP_CACHE.clear()
+    _STEP_CACHE["key"] = cache_key
+    _STEP_CACHE["step"] = step_lib.make_train_step(
+        model=model, tx=tx, method=methods_lib.METHODS.get(config.method.name), ctx=ctx,
+        mesh=mesh, num_classes=ds.num_classes, batch_size=config.batch_size,
+        num_train=num_train if on_device else None, schedule=schedule,
+        augment_fn=augment_fn, num_runs=num_runs)
+  train_step = _STEP_CACHE["step"]
   if on_device:
     x_src = step_lib.put_replicated(mesh, ds.train_x)
     y_src = step_lib.put_replicated(mesh, ds.train_y.astype(np.int32))
@@ -310,42 +507,69 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
 # ----------------------------------------------------------------------------- the loop
 
 
-def check_finite(state, ckpt, writer) -> None:
-  """Raises NonFiniteLossError (after closing the writer and checkpointer) if a step
-  of `state` had a non-finite loss or gradient; the message names the step and the
-  last good checkpoint."""
-  bad = int(_to_host(state.first_nonfinite))
-  if bad != state_lib.NO_NONFINITE:
-    last = ckpt.latest_step()
-    msg = (f"Non-finite loss or gradient at step {bad} (NaN/inf); training stopped. "
-           + (f"The last good checkpoint is step {last} in {ckpt.directory}. "
-              if last is not None else "No checkpoint was saved before it. ")
-           + "Lower the learning rate (config.optimizer.lr) or check the data, and "
-           "rerun with a fresh --workdir (or add --config.allow_config_change=True to "
-           "continue from the last good checkpoint).")
-    logging.error(msg)
-    writer.close()
-    ckpt.close()
-    raise NonFiniteLossError(msg)
+def check_finite(state, ckpt, writer, failed: dict[int, int] | None = None) -> None:
+  """Stops on a non-finite loss or gradient.
+
+  A single run (`failed` None): raises NonFiniteLossError (after closing the writer and
+  checkpointer) if a step of `state` had a non-finite loss or gradient; the message
+  names the step and the last good checkpoint.
+
+  A vmapped group (`failed` = {run: step} of the runs known to have failed, updated
+  here): a newly failed run is logged with its step (its state stopped updating at that
+  step, so the others go on); NonFiniteLossError only when every run has failed.
+  """
+  bad = np.atleast_1d(_to_host(state.first_nonfinite))
+  if failed is not None:
+    for r, b in enumerate(bad):
+      if b != state_lib.NO_NONFINITE and r not in failed:
+        failed[r] = int(b)
+        logging.warning("Run %d of the group (%s): non-finite loss or gradient at step "
+                        "%d; it stopped updating there and is marked failed; the other "
+                        "runs continue.", r, writer.writers[r].path, b)
+    if len(failed) < bad.size:
+      return
+  elif bad[0] == state_lib.NO_NONFINITE:
+    return
+  first = int(bad.min())
+  last = ckpt.latest_step()
+  msg = (f"Non-finite loss or gradient at step {first} (NaN/inf)"
+         + (" in every run of the group" if failed is not None else "")
+         + "; training stopped. "
+         + (f"The last good checkpoint is step {last} in {ckpt.directory}. "
+            if last is not None else "No checkpoint was saved before it. ")
+         + "Lower the learning rate (config.optimizer.lr) or check the data, and "
+         "rerun with a fresh --workdir (or add --config.allow_config_change=True to "
+         "continue from the last good checkpoint).")
+  logging.error(msg)
+  writer.close()
+  ckpt.close()
+  raise NonFiniteLossError(msg)
 
 
-def save(state, ckpt, writer, spe: int) -> None:
-  """A checkpoint of a finite `state`, with its position in the data."""
-  check_finite(state, ckpt, writer)
-  s = int(_to_host(state.step))
+def save(state, ckpt, writer, spe: int, failed: dict[int, int] | None = None) -> None:
+  """A checkpoint of `state` (finite, or with its failed runs frozen at their last good
+  step), with its position in the data."""
+  check_finite(state, ckpt, writer, failed)
+  s = int(np.atleast_1d(_to_host(state.step))[0])
   ckpt.save(s, state, {"step": s, "epoch": s // spe, "batch_in_epoch": s % spe,
                        "steps_per_epoch": spe})
 
 
 def train(config: ml_collections.ConfigDict, state, train_step, batch_args, predict, ds,
-          ckpt, writer, *, start: int, total: int, spe: int, devices,
-          interrupt_at_step: int | None = None):
+          ckpt, writer: writers.RunWriters, *, start: int, total: int, spe: int, devices,
+          interrupt_at_step: int | None = None, num_runs: int | None = None):
   """Steps `start` .. `total` − 1 with logging, checkpoints and quick test evaluations;
-  the final state is checkpointed. Returns the state and the time taken (seconds)."""
+  the final state is checkpointed. Returns the state and the time taken (seconds).
+
+  `num_runs`: `state` is a vmapped group's (leading run axis); metrics and evaluations
+  go to each run's writer, and a run that fails is frozen, not fatal (`check_finite`).
+  """
   logging.info("Training %s on %s with %s: %d steps (%d per epoch, %.1f epochs) on %d "
-               "devices, global batch %d, starting at step %d.", config.method.name,
+               "devices, global batch %d, starting at step %d%s.", config.method.name,
                config.dataset.name, config.model.name, total, spe, total / spe,
-               len(devices), config.batch_size, start)
+               len(devices), config.batch_size, start,
+               f", {num_runs} runs vmapped" if num_runs else "")
+  failed = {} if num_runs is not None else None
   t_start = t_last = time.time()
   s_last = start
   eval_every = config.eval.every_epochs * spe
@@ -365,28 +589,39 @@ def train(config: ml_collections.ConfigDict, state, train_step, batch_args, pred
     if interrupt_at_step is not None and done == interrupt_at_step:
       raise _Interrupted(f"interrupted after step {done}")
     if done % config.log_every_steps == 0 or done == total:
-      m = {k: float(_to_host(v)) for k, v in m.items()}
-      check_finite(state, ckpt, writer)
+      m = {k: _to_host(v) for k, v in m.items()}
+      check_finite(state, ckpt, writer, failed)
       now = time.time()
       rate = (done - s_last) / max(now - t_last, 1e-9)  # includes compilation at first
       t_last, s_last = now, done
-      logging.info("step %d/%d (epoch %.2f) loss %.4f lr %.3g | %.1f steps/s, "
-                   "%.0f examples/s, ETA %s", done, total, done / spe, m["loss"], m["lr"],
-                   rate, rate * config.batch_size, _fmt_time((total - done) / rate))
+      loss = np.asarray(m["loss"], np.float64)
+      logging.info("step %d/%d (epoch %.2f) loss %.4f%s lr %.3g | %.1f steps/s, "
+                   "%.0f examples/s, ETA %s", done, total, done / spe,
+                   float(np.nanmean(loss)) if loss.size > 1 else float(loss),
+                   f" (mean of {loss.size} runs)" if loss.size > 1 else "",
+                   float(np.atleast_1d(m["lr"])[0]), rate,
+                   rate * config.batch_size * (num_runs or 1),
+                   _fmt_time((total - done) / rate))
       writer.write(done, {"train/" + k: v for k, v in m.items() if k != "finite"}
-                   | {"epoch": done / spe, "steps_per_sec": rate})
+                   | {"epoch": done / spe, "steps_per_sec": rate}, skip=failed or ())
     if done % config.checkpoint_every_steps == 0 and done != total:
-      save(state, ckpt, writer, spe)
+      save(state, ckpt, writer, spe, failed)
     if eval_every and done % eval_every == 0 and done != total:
-      check_finite(state, ckpt, writer)
-      res = eval_lib.evaluate(predict, state.variables, ds, num_bins=config.eval.num_bins,
-                              rescale=False, calibrate=False)
-      logging.info("step %d: test accuracy %.4f nll %.4f ece %.4f", done,
-                   res["accuracy"], res["nll"], res["ece"])
-      writer.write(done, {"test/" + k: v for k, v in res.items()})
+      check_finite(state, ckpt, writer, failed)
+      for r in range(num_runs or 1):
+        if failed and r in failed:
+          continue
+        variables = (state if num_runs is None else run_slice(state, r)).variables
+        res = eval_lib.evaluate(predict, variables, ds, num_bins=config.eval.num_bins,
+                                rescale=False, calibrate=False)
+        logging.info("step %d%s: test accuracy %.4f nll %.4f ece %.4f", done,
+                     f" (run {r})" if num_runs else "", res["accuracy"], res["nll"],
+                     res["ece"])
+        writer.write_run(r, done, {"test/" + k: v for k, v in res.items()})
 
-  if start < total or ckpt.latest_step() != total:
-    save(state, ckpt, writer, spe)
+  step_done = ckpt.latest_step()
+  if start < total or step_done != total:
+    save(state, ckpt, writer, spe, failed)
   return state, time.time() - t_start
 
 
@@ -427,6 +662,16 @@ def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _seedless_json(config: ml_collections.ConfigDict) -> str:
+  """The config as JSON without the keys a compiled step does not depend on."""
+  d = json.loads(config_lib.config_to_json(config))
+  for k in ("seed", "num_seeds", "group_mode", "log_every_steps", "checkpoint_every_steps",
+            "max_to_keep", "allow_config_change", "eval"):
+    d.pop(k, None)
+  d.get("dataset", {}).pop("data_dir", None)
+  return json.dumps(d, sort_keys=True)
 
 
 def _has_batch_stats(model, input_shape) -> bool:

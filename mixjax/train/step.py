@@ -109,6 +109,7 @@ def make_train_step(
     schedule: optax.Schedule | None = None,
     augment_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     max_traces: int | None = None,
+    num_runs: int | None = None,
 ) -> Callable[..., tuple[state_lib.TrainState, dict[str, jax.Array]]]:
   """Builds `train_step(state, x_src, y_src, stats) -> (state, metrics)`, jitted, sharded.
 
@@ -125,6 +126,11 @@ def make_train_step(
     schedule: the learning-rate schedule (only logged).
     augment_fn: `augment_fn(key, images) -> images` for a batch (or None).
     max_traces: wrap the body in `chex.assert_max_traces(n=max_traces)` (tests).
+    num_runs: None for one run; R for a group of R runs trained by one program: every
+      leaf of `state` then has a leading run axis (R, ...), the per-device body is
+      `jax.vmap`-ed over it (the data and statistics are shared), and the metrics are
+      (R,) arrays. Each run keeps its own keys (its `state.rng`), so it takes the same
+      steps as when trained alone, and its own non-finite guard.
 
   Returns:
     The compiled step `train_step(state, x_src, y_src, stats)`; `stats` is the
@@ -188,6 +194,8 @@ def make_train_step(
     }
     return new_state, metrics
 
+  if num_runs is not None:
+    body = jax.vmap(body, in_axes=(0, None, None, None))
   if max_traces is not None:
     body = chex.assert_max_traces(body, n=max_traces)
   data_spec = P() if on_device else P(AXIS)

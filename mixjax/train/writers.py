@@ -81,6 +81,78 @@ class MetricWriter:
       self._tb = None
 
 
+class RunWriters:
+  """One `MetricWriter` per run of a group (a single run is a group of one).
+
+  `write(step, scalars[, skip])` gives run r the r-th entry of every (R,)-shaped value and every
+  scalar as is; `write_run(r, step, scalars)` writes to run r only.
+  """
+
+  def __init__(self, writers: list[MetricWriter]):
+    self.writers = list(writers)
+
+  def write(self, step: int, scalars: Mapping[str, Any], skip=()) -> None:
+    """Writes to every run but those in `skip` (e.g. the failed runs of a group)."""
+    for r, w in enumerate(self.writers):
+      if r in skip:
+        continue
+      w.write(step, {k: _run_value(v, r) for k, v in scalars.items()})
+
+  def write_run(self, r: int, step: int, scalars: Mapping[str, Any]) -> None:
+    self.writers[r].write(step, scalars)
+
+  def close(self) -> None:
+    for w in self.writers:
+      w.close()
+
+
+def _run_value(v: Any, r: int) -> Any:
+  a = np.asarray(v) if isinstance(v, (np.ndarray, np.generic, jax.Array)) else v
+  return a[r] if isinstance(a, np.ndarray) and a.ndim >= 1 else a
+
+
+def write_group_summary(workdir: str, summaries: dict[str, dict[str, Any]]) -> dict:
+  """WORKDIR/summary.json of a seed group: each run's folder, status and test metrics,
+  and per metric the mean, sample standard deviation and count over the runs that
+  finished (`"test"`, and `"test_rescaled"` when the runs have it). Printed as a table.
+
+  Args:
+    workdir: the group's folder.
+    summaries: run folder name (e.g. "seed_3") -> that run's summary dict.
+  """
+  ok = {k: v for k, v in summaries.items() if v.get("status", "ok") == "ok"}
+  group: dict[str, Any] = {
+      "num_runs": len(summaries), "num_finished": len(ok),
+      "runs": {k: {"status": v.get("status", "ok"), "seed": v.get("seed"),
+                   **({"failed_at_step": v["failed_at_step"]}
+                      if "failed_at_step" in v else {}),
+                   "test": v.get("test")} for k, v in summaries.items()}}
+  for col in ("test", "test_rescaled"):
+    rows = [v[col] for v in ok.values() if v.get(col)]
+    if not rows:
+      continue
+    group[col] = {}
+    for metric in rows[0]:
+      vals = np.asarray([r[metric] for r in rows], np.float64)
+      group[col][metric] = {"mean": float(vals.mean()), "n": int(vals.size),
+                            "std": float(vals.std(ddof=1)) if vals.size > 1 else 0.0}
+  if jax.process_index() == 0:
+    tmp = os.path.join(workdir, SUMMARY_FILE + ".tmp")
+    with open(tmp, "w") as f:
+      json.dump(group, f, indent=2)
+    os.replace(tmp, os.path.join(workdir, SUMMARY_FILE))
+    lines = [f"Seed group: {len(ok)} of {len(summaries)} runs finished "
+             "(mean ± sample std over the finished runs):"]
+    for col in ("test", "test_rescaled"):
+      for metric, st in group.get(col, {}).items():
+        lines.append(f"  {col + '/' + metric:<34}{st['mean']:>10.4f} ± {st['std']:.4f}")
+    for k, v in summaries.items():
+      if k not in ok:
+        lines.append(f"  {k}: FAILED (non-finite loss at step {v.get('failed_at_step')})")
+    print("\n".join(lines), flush=True)
+  return group
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """All records of `WORKDIR/metrics.jsonl` in order."""
   with open(os.path.join(workdir, METRICS_FILE)) as f:
