@@ -597,7 +597,7 @@ def train(config: ml_collections.ConfigDict, state, train_step, batch_args, pred
       loss = np.asarray(m["loss"], np.float64)
       logging.info("step %d/%d (epoch %.2f) loss %.4f%s lr %.3g | %.1f steps/s, "
                    "%.0f examples/s, ETA %s", done, total, done / spe,
-                   float(np.nanmean(loss)) if loss.size > 1 else float(loss),
+                   float(np.nanmean(loss)),
                    f" (mean of {loss.size} runs)" if loss.size > 1 else "",
                    float(np.atleast_1d(m["lr"])[0]), rate,
                    rate * config.batch_size * (num_runs or 1),

@@ -1,0 +1,218 @@
+"""Seed groups (`--config.num_seeds=K`, `loop.train_group`) at tiny sizes.
+
+A run of a group is checked against the same run trained alone (its own config, written
+in its folder, through the single-run path): the logged losses to float tolerance and
+the final metrics within float tolerance. Also: a vmapped group of one, a group killed
+and resumed (bit-exact against the uninterrupted group), a NaN in one run (that run
+marked failed with its step, the others finish), and the sequential mode's shared
+compiled step and finished-run skipping.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixjax import models as models_lib
+from mixjax.train import config as config_lib
+from mixjax.train import loop
+from mixjax.train import step as step_lib
+from mixjax.train import writers
+
+from tests.test_train import compilation_cache  # pylint: disable=unused-import
+from tests.test_train import get_config
+
+# An MNIST-1D MLP (vmapped by "auto" on CPU): 8 steps, logged every step, checkpoints at 4.
+MLP = {"model.name": "mlp", "model.kwargs": {"hidden_sizes": (16,)},
+       "model.input_shape": None, "num_steps": 8, "batch_size": 64,
+       "log_every_steps": 1, "checkpoint_every_steps": 4, "eval.every_epochs": 0}
+
+
+def group_config(**overrides):
+  return get_config("mnist1d", **{**MLP, **overrides})
+
+
+def _summary(path):
+  with open(os.path.join(path, "summary.json")) as f:
+    return json.load(f)
+
+
+def _losses(workdir):
+  return [r["train/loss"] for r in writers.read_metrics(workdir) if "train/loss" in r]
+
+
+def _alone(seed, tmp_path, **overrides):
+  """The run of `seed` trained alone, from the config its group wrote for it."""
+  wd = str(tmp_path / f"alone_{seed}")
+  config = group_config(seed=seed, **overrides)
+  return wd, loop.train_and_evaluate(config, wd)
+
+
+@pytest.fixture(scope="module")
+def group(compilation_cache, tmp_path_factory):  # pylint: disable=redefined-outer-name,unused-argument
+  """(workdir, group summary) of a vmapped group of 3 seeds (5, 6, 7)."""
+  wd = str(tmp_path_factory.mktemp("group"))
+  return wd, loop.train_and_evaluate(group_config(seed=5, num_seeds=3), wd)
+
+
+def test_group_writes_one_folder_per_run_and_a_group_summary(group):
+  wd, out = group
+  assert sorted(os.listdir(wd)) == ["checkpoints", "config.json", "data_stats.npz",
+                                    "seed_5", "seed_6", "seed_7", "summary.json"]
+  for seed in (5, 6, 7):
+    run = os.path.join(wd, f"seed_{seed}")
+    with open(os.path.join(run, "config.json")) as f:
+      cfg = json.load(f)
+    assert (cfg["seed"], cfg["num_seeds"]) == (seed, 1)
+    s = _summary(run)
+    assert s["status"] == "ok" and s["step"] == 8 and s["seed"] == seed
+    assert os.path.exists(os.path.join(run, "predictions.npz"))
+    assert [r["step"] for r in writers.read_metrics(run) if "train/loss" in r] == \
+        list(range(1, 9))
+  g = _summary(wd)
+  assert (g["num_runs"], g["num_finished"]) == (3, 3)
+  acc = [out["runs_summaries"][f"seed_{s}"]["test"]["accuracy"] for s in (5, 6, 7)]
+  assert g["test"]["accuracy"]["mean"] == pytest.approx(np.mean(acc), abs=1e-12)
+  assert g["test"]["accuracy"]["std"] == pytest.approx(np.std(acc, ddof=1), abs=1e-12)
+  # The seeds are different runs: different initializations give different losses.
+  assert len({round(_losses(os.path.join(wd, f"seed_{s}"))[0], 6) for s in (5, 6, 7)}) == 3
+
+
+def test_run_in_a_group_equals_the_run_trained_alone(group, tmp_path):
+  """seed 6 of the vmapped group against seed 6 trained alone (4 devices both)."""
+  wd, _ = group
+  alone_wd, alone = _alone(6, tmp_path)
+  in_group = os.path.join(wd, "seed_6")
+  np.testing.assert_allclose(_losses(in_group), _losses(alone_wd), rtol=2e-5)
+  got = _summary(in_group)
+  assert got["param_l1"] == pytest.approx(alone["param_l1"], rel=1e-5)
+  for k in ("accuracy", "nll", "ece", "brier"):
+    assert got["test"][k] == pytest.approx(alone["test"][k], rel=1e-4, abs=1e-5)
+    assert got["test_rescaled"][k] == pytest.approx(alone["test_rescaled"][k], rel=1e-4,
+                                                    abs=1e-5)
+
+
+def test_vmapped_group_of_one_is_the_single_run(tmp_path):
+  """`train_group` with one run (vmapped, R = 1) equals `train_and_evaluate` alone."""
+  config = group_config(seed=3, group_mode="vmap")
+  wd = str(tmp_path / "g1")
+  out = loop.train_group(config, wd, devices=jax.devices())
+  alone_wd, alone = _alone(3, tmp_path)
+  run = out["runs_summaries"]["seed_3"]
+  np.testing.assert_allclose(_losses(os.path.join(wd, "seed_3")), _losses(alone_wd),
+                             rtol=2e-5)
+  assert run["param_l1"] == pytest.approx(alone["param_l1"], rel=1e-5)
+  assert run["test"]["accuracy"] == pytest.approx(alone["test"]["accuracy"], abs=1e-6)
+
+
+def test_killed_group_resumes_exactly(group, tmp_path):
+  """The group killed after step 6 (checkpoint at 4), rerun with the same call: every
+  run's metrics and summary equal the uninterrupted group's exactly."""
+  full, ref = group
+  wd = str(tmp_path / "killed")
+  with pytest.raises(loop._Interrupted):  # pylint: disable=protected-access
+    loop.train_and_evaluate(group_config(seed=5, num_seeds=3), wd, interrupt_at_step=6)
+  assert not os.path.exists(os.path.join(wd, "summary.json"))
+  loop.train_and_evaluate(group_config(seed=5, num_seeds=3), wd)
+  for seed in (5, 6, 7):
+    got, want = (_summary(os.path.join(d, f"seed_{seed}")) for d in (wd, full))
+    assert got["resumed_from_step"] == 4
+    assert got["param_l1"] == want["param_l1"] and got["test"] == want["test"]
+    drop = lambda rs: [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in rs
+                       if "resumed_from_step" not in r]
+    assert drop(writers.read_metrics(os.path.join(wd, f"seed_{seed}"))) == drop(
+        writers.read_metrics(os.path.join(full, f"seed_{seed}")))
+
+
+def test_nan_in_one_run_fails_that_run_only(group, tmp_path, monkeypatch):
+  """Run 1 of the group starts with a NaN weight: its first step is non-finite, so it is
+  frozen and its summary says failed at step 1; runs 0 and 2 finish and equal the
+  healthy group's."""
+  full, _ = group
+  original = loop.create_or_restore_state
+
+  def poisoned(*args, **kwargs):
+    state, resumed = original(*args, **kwargs)
+    leaf, *_ = jax.tree.leaves(state.params)
+    bad = jax.tree.map(lambda a: a.at[1].set(jnp.nan) if a is leaf else a, state.params)
+    return state.replace(params=bad), resumed
+
+  monkeypatch.setattr(loop, "create_or_restore_state", poisoned)
+  wd = str(tmp_path / "nan")
+  out = loop.train_and_evaluate(group_config(seed=5, num_seeds=3), wd)
+  failed = _summary(os.path.join(wd, "seed_6"))
+  assert failed["status"] == "failed" and failed["failed_at_step"] == 1
+  assert "test" not in failed
+  nan_metrics = os.path.join(wd, "seed_6", writers.METRICS_FILE)
+  assert not os.path.exists(nan_metrics) or not any(
+      "train/loss" in r for r in writers.read_metrics(os.path.join(wd, "seed_6")))
+  assert (out["num_runs"], out["num_finished"]) == (3, 2)
+  assert out["runs"]["seed_6"] == {"status": "failed", "seed": 6, "failed_at_step": 1,
+                                   "test": None}
+  for seed in (5, 7):
+    got, want = (_summary(os.path.join(d, f"seed_{seed}")) for d in (wd, full))
+    assert got["status"] == "ok" and got["param_l1"] == pytest.approx(want["param_l1"],
+                                                                      rel=1e-6)
+
+
+def test_nan_in_every_run_stops_the_group(tmp_path):
+  config = group_config(num_seeds=2, **{"optimizer.lr": 1e30})
+  with pytest.raises(loop.NonFiniteLossError, match="every run of the group"):
+    loop.train_and_evaluate(config, str(tmp_path / "all_nan"))
+
+
+def test_sequential_group_shares_one_step_and_skips_finished_runs(tmp_path, monkeypatch):
+  """LeNet on CPU: "auto" picks sequential; the step is built once for both runs; each
+  run equals the run alone exactly (same path, same compiled step); a rerun trains
+  nothing again."""
+  overrides = {"model.name": "lenet", "model.kwargs": {"features": (4,), "dense_sizes": (8,)},
+               "model.input_shape": (40, 1, 1)}
+  config = group_config(num_seeds=2, **overrides)
+  ds, _ = loop.load_data(config)
+  model = loop.make_model(config, ds)
+  assert loop.group_mode(config, model, ds, jax.devices()) == "sequential"
+  built = []
+  original = step_lib.make_train_step
+  monkeypatch.setattr(step_lib, "make_train_step",
+                      lambda **kw: built.append(kw["num_runs"]) or original(**kw))
+  loop._STEP_CACHE.clear()  # pylint: disable=protected-access
+  wd = str(tmp_path / "seq")
+  out = loop.train_and_evaluate(config, wd)
+  assert built == [None] and out["num_finished"] == 2
+  assert not os.path.exists(os.path.join(wd, "checkpoints"))  # each run has its own
+  for seed in (0, 1):
+    alone_wd, alone = _alone(seed, tmp_path, **overrides)
+    got = _summary(os.path.join(wd, f"seed_{seed}"))
+    assert got["param_l1"] == alone["param_l1"] and got["test"] == alone["test"]
+  mtime = os.path.getmtime(os.path.join(wd, "seed_0", "summary.json"))
+  loop.train_and_evaluate(config, wd)
+  assert os.path.getmtime(os.path.join(wd, "seed_0", "summary.json")) == mtime
+
+
+def test_auto_mode_vmaps_dense_models_and_not_convolutions():
+  mlp = models_lib.build_model("mlp", 10, {"hidden_sizes": (8,)})
+  lenet = models_lib.build_model("lenet", 10, {"features": (4,), "dense_sizes": (8,)},
+                                 input_shape=(40, 1, 1))
+  assert not loop.has_convolution(mlp, (40,))
+  assert loop.has_convolution(lenet, (40,))
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("num_seeds", 0, "config.num_seeds=0 must be >= 1"),
+    ("group_mode", "parallel", "config.group_mode='parallel' is not valid"),
+])
+def test_bad_group_settings_are_refused(key, value, needle):
+  with pytest.raises(config_lib.ConfigError, match=needle.replace("(", r"\(")):
+    config_lib.validate_config(group_config(**{key: value}), check_data=False)
+
+
+def test_vmap_mode_needs_the_data_on_device(tmp_path):
+  config = group_config(num_seeds=2, group_mode="vmap", data_on_device=False)
+  with pytest.raises(config_lib.ConfigError, match="group_mode=sequential"):
+    loop.train_and_evaluate(config, str(tmp_path / "host"))
+  shutil.rmtree(tmp_path / "host", ignore_errors=True)
