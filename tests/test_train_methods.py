@@ -258,7 +258,7 @@ def test_engine_objective_equals_library_and_trains(name):
   lr = 3e-2
   cfg = engine.EngineConfig(
       model="mlp", model_kwargs={"hidden_sizes": (8,), "activation": "tanh"}, method=name,
-      batch_size=48, num_epochs=12, num_checkpoints=12, schedule="constant",
+      optimizer="adam", batch_size=48, num_epochs=12, num_checkpoints=12, schedule="constant",
       approx_estimator="stochastic", approx_num_probes=2, fit_temperature=False,
       verbose=False, train_eval_size=16)
   law_list = [L.beta(1.0), L.w_shaped(0.5)]
@@ -328,7 +328,7 @@ class _CountingAccumulator(mixjax.StatsAccumulator):
 def test_stats_cache_reused_and_invalidated(tmp_path, monkeypatch):
   """Computed once (= `mixjax.data_stats`), loaded unchanged on a second call (no
   recomputation, file untouched), and recomputed when the dataset, its kwargs,
-  val_fraction, the seed (same n, different split), n or stats.rank change."""
+  val_fraction, the split seed (same n, different split), n or stats.rank change."""
   monkeypatch.setattr(_CountingAccumulator, "finalized", 0)
   wd = str(tmp_path)
 
@@ -351,7 +351,7 @@ def test_stats_cache_reused_and_invalidated(tmp_path, monkeypatch):
   assert again.eigvecs is None and (again.n, again.input_shape) == (first.n, first.input_shape)
 
   changes = [
-      {"seed": 1},  # same n, another validation split
+      {"dataset.split_seed": 1},  # same n, another validation split
       {"dataset.val_fraction": 0.3},
       {"dataset.kwargs": {"num_features": 7, "n_samples": 200}},
       {"dataset.kwargs": {"num_features": 6, "n_samples": 240}},  # n changes

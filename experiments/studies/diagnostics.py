@@ -52,7 +52,8 @@ LAWS = (L.beta(1.0), L.beta(0.2), L.w_shaped(0.5), L.optimal())
 LAW_TIMEOUT_S = 1200  # one law (3 seeds) takes ~1 min on 2 cores; a hang never ends
 MAX_ATTEMPTS = 4
 CONFIG = engine.EngineConfig(
-    model="mlp", model_kwargs={"hidden_sizes": (128, 128), "activation": "tanh"},
+    **common.STUDY_TRAINING, model="mlp",
+    model_kwargs={"hidden_sizes": (128, 128), "activation": "tanh"},
     num_epochs=60, batch_size=128, num_checkpoints=12)
 
 

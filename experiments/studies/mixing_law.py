@@ -64,35 +64,39 @@ def core_laws() -> list[L.Law]:
 SETTINGS = {
     "mnist1d_mlp": dict(
         dataset="mnist1d", laws=all_laws,
-        config=engine.EngineConfig(model="mlp", model_kwargs={"hidden_sizes": (256, 256)},
-                                   num_epochs=100, batch_size=128, num_checkpoints=4),
+        config=engine.EngineConfig(
+            **common.STUDY_TRAINING, model="mlp", model_kwargs={"hidden_sizes": (256, 256)},
+            num_epochs=100, batch_size=128, num_checkpoints=4),
         lr=3e-3),
     "mnist1d_cnn": dict(
         dataset="mnist1d", laws=core_laws,
         config=engine.EngineConfig(
-            model="lenet", input_shape=(40, 1, 1),
+            **common.STUDY_TRAINING, model="lenet", input_shape=(40, 1, 1),
             model_kwargs={"features": (16, 32), "kernel_size": 3, "dense_sizes": (64,)},
             num_epochs=40, batch_size=128, num_checkpoints=2),
         lr=3e-3),
     "digits_mlp": dict(
         dataset="digits", laws=all_laws,
-        config=engine.EngineConfig(model="mlp", model_kwargs={"hidden_sizes": (128,)},
-                                   num_epochs=100, batch_size=64, num_checkpoints=4),
+        config=engine.EngineConfig(
+            **common.STUDY_TRAINING, model="mlp", model_kwargs={"hidden_sizes": (128,)},
+            num_epochs=100, batch_size=64, num_checkpoints=4),
         lr=1e-3),
     "two_moons_rf": dict(
         dataset="two_moons", dataset_kwargs={"feature_map": "none", "val_fraction": 0.0},
         laws=all_laws,
-        config=engine.EngineConfig(model=RandomFeatures(num_classes=2, num_features=256,
-                                                        bandwidth=0.5),
-                                   num_epochs=400, batch_size=32, num_checkpoints=4),
+        config=engine.EngineConfig(
+            **common.STUDY_TRAINING,
+            model=RandomFeatures(num_classes=2, num_features=256, bandwidth=0.5),
+            num_epochs=400, batch_size=32, num_checkpoints=4),
         lr=1e-2),
     "two_moons_noisy_rf": dict(
         dataset="two_moons",
         dataset_kwargs={"feature_map": "none", "noise": 0.25, "val_fraction": 0.2},
         laws=all_laws,
-        config=engine.EngineConfig(model=RandomFeatures(num_classes=2, num_features=256,
-                                                        bandwidth=0.5),
-                                   num_epochs=400, batch_size=30, num_checkpoints=4),
+        config=engine.EngineConfig(
+            **common.STUDY_TRAINING,
+            model=RandomFeatures(num_classes=2, num_features=256, bandwidth=0.5),
+            num_epochs=400, batch_size=30, num_checkpoints=4),
         lr=1e-2),
 }
 

@@ -33,8 +33,8 @@ PARTS = ("rescaling", "approx", "two_moons")
 RESCALING_LAWS = (L.erm(), L.beta(0.2), L.beta(1.0), L.beta(2.0), L.beta(10.0),
                   L.w_shaped(0.5), L.regmixup(10.0, 1.0), L.optimal())
 RESCALING_CONFIG = engine.EngineConfig(
-    model="mlp", model_kwargs={"hidden_sizes": (256, 256)}, num_epochs=100, batch_size=128,
-    num_checkpoints=2)
+    **common.STUDY_TRAINING, model="mlp", model_kwargs={"hidden_sizes": (256, 256)},
+    num_epochs=100, batch_size=128, num_checkpoints=2)
 
 # (name, method, approx terms). The label term is 0 for cross-entropy; it is kept in the
 # term lists so that "all terms" is literally all of them.
@@ -49,7 +49,8 @@ APPROX_VARIANTS = (
 )
 APPROX_LAWS = (L.beta(1.0), L.optimal())
 APPROX_CONFIG = engine.EngineConfig(
-    model="mlp", model_kwargs={"hidden_sizes": (128, 128), "activation": "tanh"},
+    **common.STUDY_TRAINING, model="mlp",
+    model_kwargs={"hidden_sizes": (128, 128), "activation": "tanh"},
     num_epochs=60, batch_size=128, num_checkpoints=3)
 
 MOONS_VARIANTS = (("ERM", "erm", ()), ("mixup", "mixup", ()),
@@ -57,6 +58,7 @@ MOONS_VARIANTS = (("ERM", "erm", ()), ("mixup", "mixup", ()),
                   ("approx mixup (all terms)", "approx",
                    ("jacobian", "cross", "hessian", "label")))
 MOONS_CONFIG = engine.EngineConfig(
+    **common.STUDY_TRAINING,
     model=RandomFeatures(num_classes=2, num_features=256, bandwidth=0.5), num_epochs=300,
     batch_size=45, num_checkpoints=2, fit_temperature=False)
 GRID = 120

@@ -13,19 +13,12 @@ an array with a leading run axis and the step is `jax.vmap`-ed over it,
   * the learning rate and the weight decay (the optimizer's direction, Adam's or SGD
     momentum's, is computed without them and scaled per run).
 
-Methods (`METHODS` registry; each run of one `train_runs` call uses the same method):
-
-  "erm"              (1/B) Σ ℓ(y_i, f(x_i)).
-  "mixup"            `mixjax.losses.mixup_loss` with the run's law (λ drawn per example,
-                     folded by default; the ERM law θ = 1 reproduces ERM exactly).
-  "erm_transformed"  ERM on Theorem 1's transformed data (x̃, ỹ) =
-                     `mixjax.theory.transform(x, y, stats, θ̄)` (THEORY.md §2).
-  "approx"           `mixjax.theory.approx_mixup_risk` (Theorem 3, THEORY.md §4), every
-                     term switchable through `EngineConfig.approx_terms`; the law's
-                     exact moments enter as arrays (`moments=`), so laws are vmapped too.
-
-A custom `Method` may declare `static_law=True`; runs are then compiled per law and the
-law is available as a Python object (`Context.law`).
+Methods: the objectives of `mixjax.train.methods.METHODS`, the same functions the main
+trainer runs (erm, mixup, regmixup, erm_transformed, perturbed_erm, approx), called with
+a per-run `MethodContext` whose law (sampler, θ̄ and θ-moments) is the run's traced
+`laws.ParametricLaw`, so that one program vmaps over laws. Every run of one `train_runs`
+call uses the same method. "approx" needs a model without BatchNorm, and its terms are
+`EngineConfig.approx_terms` (the law's exact moments enter as arrays, `moments=`).
 
 Training: minibatch SGD (heavy-ball momentum, L2 weight decay) or Adam (decoupled weight
 decay, AdamW) with a cosine or constant schedule; every run reshuffles the training set
@@ -62,11 +55,13 @@ import numpy as np
 import optax
 
 from mixjax import losses
-from mixjax import mixing
-from mixjax.registry import Registry
 from mixjax.studies import laws as laws_lib
+from mixjax.train import config as config_lib
+from mixjax.train import methods as methods_lib
+from mixjax.train import step as step_lib
 
-METHODS = Registry("method")
+# The base config: the one default of every knob the engine shares with the trainer.
+_BASE = config_lib.base_config()
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 
@@ -87,7 +82,8 @@ class EngineConfig:
     input_shape: if set, inputs are reshaped to (B, *input_shape) before the model only
       (mixing and the theory see the dataset's own shape), e.g. (40, 1, 1) to feed
       MNIST-1D to the LeNet CNN.
-    method: name in `METHODS` ("erm", "mixup", "erm_transformed", "approx").
+    method: name in `mixjax.train.methods.METHODS` (erm, mixup, regmixup,
+      erm_transformed, perturbed_erm, approx).
     loss: name in `mixjax.losses.LOSSES`.
     optimizer: "adam" (decoupled weight decay) or "sgd" (momentum, L2 weight decay).
     momentum: SGD momentum.
@@ -96,12 +92,16 @@ class EngineConfig:
     schedule: "cosine" (to 0 at the end) or "constant"; `warmup_epochs` of linear warmup.
     warmup_epochs: epochs of linear warm-up.
     num_checkpoints: evaluations during training (evenly spaced, the last at the end).
-    granularity, pairing, fold: passed to `mixjax.mixing.mix` ("mixup").
+    granularity, pairing, fold: passed to `mixjax.mixing.mix` (mixup, regmixup).
+    eta: RegMixup's weight η. num_draws: perturbed_erm's draws per example.
     approx_terms: the regularization terms of the approximate risk used in training
       ("approx"), a subset of (jacobian, cross, hessian, label) as in
       `mixjax.theory.approx_mixup_terms`; ERM on transformed data is always included.
       The default drops "hessian", as the paper does.
     approx_estimator: "exact", "lowrank" or "stochastic".
+
+  The defaults of the knobs shared with the main trainer are `base_config()`'s (the one
+  default per knob); the studies set what they need explicitly.
     approx_num_probes: probes of the stochastic estimator.
     stats_rank: top-k principal directions kept in the `DataStats` (None: all / none).
     eval_batch_size: evaluation batch size (logits are computed with `lax.map`).
@@ -118,25 +118,27 @@ class EngineConfig:
   model_kwargs: dict = dataclasses.field(default_factory=dict)
   mutable: tuple[str, ...] = ("batch_stats",)
   input_shape: tuple[int, ...] | None = None
-  method: str = "mixup"
-  loss: str = "cross_entropy"
-  optimizer: str = "adam"
-  momentum: float = 0.9
-  batch_size: int = 128
+  method: str = _BASE.method.name
+  loss: str = _BASE.method.loss
+  optimizer: str = _BASE.optimizer.name
+  momentum: float = _BASE.optimizer.momentum
+  batch_size: int = _BASE.batch_size
   num_epochs: int = 30
   schedule: str = "cosine"
   warmup_epochs: int = 0
   num_checkpoints: int = 1
-  granularity: str = "example"
-  pairing: str = "permutation"
-  fold: bool = True
-  approx_terms: tuple[str, ...] = ("jacobian", "cross", "label")
-  approx_estimator: str = "exact"
-  approx_num_probes: int = 1
-  stats_rank: int | None = None
-  eval_batch_size: int = 1024
+  granularity: str = _BASE.mixing.granularity
+  pairing: str = _BASE.mixing.pairing
+  fold: bool = _BASE.mixing.fold
+  eta: float = _BASE.method.eta
+  num_draws: int = _BASE.method.num_draws
+  approx_terms: tuple[str, ...] = tuple(_BASE.method.terms)
+  approx_estimator: str = _BASE.method.estimator
+  approx_num_probes: int = _BASE.method.num_probes
+  stats_rank: int | None = _BASE.stats.rank
+  eval_batch_size: int = _BASE.eval.batch_size
   train_eval_size: int = 2048
-  num_bins: int = 15
+  num_bins: int = _BASE.eval.num_bins
   max_parallel: int | None = None
   keep_logits: bool = False
   fit_temperature: bool = True
@@ -240,83 +242,18 @@ class RunState(flax.struct.PyTreeNode):
 
 @dataclasses.dataclass
 class Context:
-  """Static per-program context passed to methods and diagnostics.
+  """Static per-program context passed to the diagnostics.
 
   Attributes:
     config: the `EngineConfig`.
     stats: `mixjax.theory.DataStats` of the training set (or None if not needed).
-    law: the static `laws.Law` when runs are compiled per law (method "approx"), else None.
+    law: the static `laws.Law` when runs are compiled per law (`group_by_law`), else None.
     num_classes: c.
   """
   config: EngineConfig
   stats: Any
   law: laws_lib.Law | None
   num_classes: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Method:
-  """A training objective.
-
-  objective(ctx, fwd, logits_fn, x, y, key, run) -> (loss, new_model_state) where
-  `fwd(x) -> (logits, new_model_state)` runs the model in training mode and `logits_fn`
-  is the same model as a pure function (state not updated). `static_law`: the method
-  needs the law as a Python object (runs are grouped per law). `needs_stats`: the method
-  uses the training-set `DataStats`.
-  """
-  objective: Callable[..., tuple[jax.Array, Any]]
-  static_law: bool = False
-  needs_stats: bool = False
-
-
-def _erm_objective(ctx, fwd, logits_fn, x, y, key, run):
-  del logits_fn, key, run
-  logits, new_state = fwd(x)
-  return jnp.mean(losses.batch_loss(ctx.config.loss, y, logits)), new_state
-
-
-def _mixup_objective(ctx, fwd, logits_fn, x, y, key, run):
-  cfg = ctx.config
-  sampler = laws_lib.as_sampler(run.law)
-  if logits_fn is not None:  # stateless model: the library's mixup loss as is.
-    loss = losses.mixup_loss(logits_fn, x, y, key, sampler, loss=cfg.loss,
-                             granularity=cfg.granularity, pairing=cfg.pairing, fold=cfg.fold)
-    return loss, None
-  # Stateful (BatchNorm) model: the same computation, keeping the state update.
-  x_mix, y_mix, _, _ = mixing.mix(key, x, y, sampler, granularity=cfg.granularity,
-                                  pairing=cfg.pairing, fold=cfg.fold)
-  logits, new_state = fwd(x_mix)
-  return jnp.mean(losses.batch_loss(cfg.loss, y_mix, logits)), new_state
-
-
-def _transformed_objective(ctx, fwd, logits_fn, x, y, key, run):
-  del logits_fn, key
-  from mixjax import theory  # pylint: disable=g-import-not-at-top
-  x_t, y_t = theory.transform(x, y, ctx.stats, run.theta_bar)
-  logits, new_state = fwd(x_t)
-  return jnp.mean(losses.batch_loss(ctx.config.loss, y_t, logits)), new_state
-
-
-def _approx_objective(ctx, fwd, logits_fn, x, y, key, run):
-  del fwd
-  from mixjax import theory  # pylint: disable=g-import-not-at-top
-  cfg = ctx.config
-  if logits_fn is None:
-    raise ValueError(
-        "method='approx' needs a model without mutable state (no BatchNorm): the "
-        "approximate risk differentiates f example by example.")
-  terms = tuple(t for t in cfg.approx_terms if t != "erm")
-  risk = theory.approx_mixup_risk(
-      logits_fn, x, y, ctx.stats, laws_lib.as_sampler(run.law), loss=cfg.loss,
-      estimator=cfg.approx_estimator, key=key, num_probes=cfg.approx_num_probes,
-      terms=terms, moments=run.moments)
-  return risk, None
-
-
-METHODS.register("erm", Method(_erm_objective))
-METHODS.register("mixup", Method(_mixup_objective))
-METHODS.register("erm_transformed", Method(_transformed_objective, needs_stats=True))
-METHODS.register("approx", Method(_approx_objective, needs_stats=True))
 
 
 # ----------------------------------------------------------------------------------------
@@ -349,7 +286,7 @@ class EngineResult:
 
 
 def _check_config(cfg: EngineConfig, n_train: int) -> None:
-  METHODS.get(cfg.method)
+  methods_lib.METHODS.get(cfg.method)
   losses.get_loss(cfg.loss)
   if cfg.optimizer not in OPTIMIZERS:
     raise ValueError(f"Unknown optimizer {cfg.optimizer!r}; known: {', '.join(OPTIMIZERS)}.")
@@ -393,7 +330,7 @@ class _Program:
                diagnostics_fn: Callable | None, extra_inputs: dict | None = None):
     from mixjax import models  # pylint: disable=g-import-not-at-top
     self.cfg, self.ctx, self.diagnostics_fn = cfg, ctx, diagnostics_fn
-    self.method = METHODS.get(cfg.method)
+    self.method = methods_lib.METHODS.get(cfg.method)
     if isinstance(cfg.model, str):
       self.model = models.get_model(cfg.model, ctx.num_classes, **cfg.model_kwargs)
     else:
@@ -401,10 +338,20 @@ class _Program:
         raise ValueError("model_kwargs apply to registry names only; configure the module "
                          "instance passed as `model` directly.")
       self.model = cfg.model
+    if cfg.input_shape is not None:  # the network sees the reshaped view only
+      self.model = models.Reshaped(self.model, tuple(cfg.input_shape))
     c = ctx.num_classes
     self.train_x = jnp.asarray(data.train_x, jnp.float32)
     self.train_y = jax.nn.one_hot(jnp.asarray(data.train_y), c, dtype=jnp.float32)
     self.n_train = int(self.train_x.shape[0])
+    if cfg.method == "approx":
+      shapes = jax.eval_shape(lambda: self.model.init(
+          {"params": jax.random.key(0), "dropout": jax.random.key(0)}, self.train_x[:1],
+          train=False))
+      if any(k in shapes for k in cfg.mutable):
+        raise ValueError(
+            "method='approx' needs a model without mutable state (no BatchNorm): the "
+            "approximate risk differentiates f example by example.")
     self.steps_per_epoch = self.n_train // cfg.batch_size
     self.total_steps = self.steps_per_epoch * cfg.num_epochs
     self.warmup_steps = self.steps_per_epoch * cfg.warmup_epochs
@@ -445,52 +392,48 @@ class _Program:
     return jax.vmap(lambda s, r: self._eval_one(s, r, which))(states, inputs)
 
   # --- model plumbing -------------------------------------------------------------------
-  def _reshape(self, x):
-    if self.cfg.input_shape is None:
-      return x
-    return jnp.reshape(x, (x.shape[0],) + tuple(self.cfg.input_shape))
-
   def _variables(self, state: RunState):
     return {"params": state.params, **state.model_state}
 
   def logits_fn(self, state: RunState) -> Callable[[jax.Array], jax.Array]:
     """The run's model in evaluation mode as a pure function (B, ...) -> (B, c)."""
     variables = self._variables(state)
-    return lambda x: self.model.apply(variables, self._reshape(x), train=False)
+    return lambda x: self.model.apply(variables, x, train=False)
 
   # --- init / train ---------------------------------------------------------------------
   def _init_one(self, run: RunInputs) -> RunState:
     key = jax.random.fold_in(run.key, _INIT)
-    x0 = self._reshape(self.train_x[:1])
+    x0 = self.train_x[:1]
     variables = self.model.init({"params": key, "dropout": key}, x0, train=False)
     variables = dict(variables)
     params = variables.pop("params")
     return RunState(params=params, model_state=variables,
                     opt_state=self.direction.init(params), step=jnp.zeros((), jnp.int32))
 
+  def method_context(self, run: RunInputs) -> methods_lib.MethodContext:
+    """The run's `MethodContext`: its (traced) law, θ̄ and θ-moments, the engine's
+    mixing and approx settings, no device axis."""
+    cfg = self.cfg
+    return methods_lib.MethodContext(
+        loss=losses.get_loss(cfg.loss), sampler=laws_lib.as_sampler(run.law),
+        stats=self.ctx.stats, theta_bar=run.theta_bar, granularity=cfg.granularity,
+        pairing=cfg.pairing, fold=cfg.fold, eta=cfg.eta, num_draws=cfg.num_draws,
+        estimator=cfg.approx_estimator, num_probes=cfg.approx_num_probes,
+        terms=tuple(cfg.approx_terms), moments=run.moments, axis_name=None)
+
   def _train_step(self, state: RunState, run: RunInputs, batch_idx, step_key):
-    cfg, ctx = self.cfg, self.ctx
+    cfg = self.cfg
     x = self.train_x[batch_idx]
     y = self.train_y[batch_idx]
-    mutable = [k for k in state.model_state if k in cfg.mutable]
-    stateful = bool(mutable)
     dropout_key = jax.random.fold_in(step_key, _DROPOUT)
     mix_key = jax.random.fold_in(step_key, _MIX)
+    mctx = self.method_context(run)
 
     def loss_fn(params):
-      variables = {"params": params, **state.model_state}
-
-      def fwd(z):
-        if stateful:
-          logits, upd = self.model.apply(variables, self._reshape(z), train=True,
-                                         mutable=mutable, rngs={"dropout": dropout_key})
-          return logits, {**state.model_state, **dict(upd)}
-        return self.model.apply(variables, self._reshape(z), train=True,
-                                rngs={"dropout": dropout_key}), None
-
-      pure = None if stateful else (lambda z: fwd(z)[0])
-      loss, new_state = self.method.objective(ctx, fwd, pure, x, y, mix_key, run)
-      return loss, new_state
+      fwd = step_lib.Forward(self.model, params, state.model_state, dropout_key,
+                             mutable=tuple(cfg.mutable))
+      loss = self.method(mctx, fwd, x, y, mix_key)
+      return loss, fwd.new_collections
 
     (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     if cfg.optimizer == "sgd":  # L2 weight decay, through momentum.
@@ -499,8 +442,7 @@ class _Program:
     lr = run.lr * _lr_factor(cfg, state.step, self.total_steps, self.warmup_steps)
     wd = run.weight_decay if cfg.optimizer == "adam" else 0.0  # decoupled (AdamW).
     params = jax.tree.map(lambda p, d: p - lr * (d + wd * p), state.params, direction)
-    model_state = new_state if stateful else state.model_state
-    return RunState(params, model_state, opt_state, state.step + 1), loss
+    return RunState(params, new_state, opt_state, state.step + 1), loss
 
   def _epoch(self, state: RunState, run: RunInputs, epoch):
     spe, bs = self.steps_per_epoch, self.cfg.batch_size
@@ -609,8 +551,7 @@ def train_runs(config: EngineConfig, data: Any, runs: Sequence[Run], *,
     raise ValueError("train_runs: no runs given; build them with make_runs(laws, seeds).")
   num_classes = int(data.num_classes)
   _check_config(cfg, int(np.asarray(data.train_x).shape[0]))
-  method = METHODS.get(cfg.method)
-  static = method.static_law or group_by_law
+  static = group_by_law
   if static:
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(runs):
@@ -763,9 +704,7 @@ def train_one(config: EngineConfig, data: Any, run: Run, *, stats: Any = None
   _check_config(cfg, int(np.asarray(data.train_x).shape[0]))
   if stats is None:
     stats = _data_stats(data, cfg, num_classes)
-  method = METHODS.get(cfg.method)
-  ctx = Context(config=cfg, stats=stats, law=run.law if method.static_law else None,
-                num_classes=num_classes)
+  ctx = Context(config=cfg, stats=stats, law=None, num_classes=num_classes)
   prog = _Program(cfg, data, ctx, None)
   inputs = jax.tree.map(lambda a: a[0], pack_runs([run]))
   state = jax.jit(prog._init_one)(inputs)

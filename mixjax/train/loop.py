@@ -573,13 +573,14 @@ def train(config: ml_collections.ConfigDict, state, train_step, batch_args, pred
   t_start = t_last = time.time()
   s_last = start
   eval_every = config.eval.every_epochs * spe
-  sync_every_step = any(d.platform == "cpu" for d in devices)
+  sync_every_step = len(devices) > 1 and any(d.platform == "cpu" for d in devices)
   prev_loss = None
   for s in range(start, total):
     state, m = train_step(state, *batch_args(s))
-    # Bound the steps in flight: on CPU, queued steps can starve the collectives of the
-    # forced host devices of threads (an XLA rendezvous timeout), so wait for each step;
-    # elsewhere keep one step in flight.
+    # Bound the steps in flight: with several CPU devices, queued steps can starve the
+    # collectives of the forced host devices of threads (an XLA rendezvous timeout), so
+    # wait for each step; elsewhere (one CPU device, accelerators) keep one step in
+    # flight, so that dispatching step s+1 overlaps step s.
     if sync_every_step:
       jax.block_until_ready(m["loss"])
     elif prev_loss is not None:

@@ -69,7 +69,12 @@ class MethodContext:
     global_draw: draw λ / partners over the global batch (see the module docstring).
     eta: RegMixup weight. num_draws: perturbed_erm draws. estimator, num_probes,
     terms: approx options.
+    moments: the law's θ-moments (`samplers.ThetaMoments`, or arrays with its fields
+      when the law is traced, e.g. vmapped over laws), or None to derive them from
+      `sampler` (approx).
     axis_name: the mesh axis inside shard_map, or None outside it (single device).
+
+  Every default here is `mixjax.train.config.base_config()`'s for the same knob.
   """
   loss: Callable[..., Any]
   sampler: Any
@@ -84,6 +89,7 @@ class MethodContext:
   estimator: str = "stochastic"
   num_probes: int = 1
   terms: tuple[str, ...] = ("jacobian", "cross", "label")
+  moments: Any = None
   axis_name: str | None = AXIS
 
 
@@ -160,4 +166,6 @@ def approx(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   return theory.approx_mixup_risk(
       logits_fn, x, y, ctx.stats, ctx.sampler, loss=ctx.loss, estimator=ctx.estimator,
-      key=_local_key(ctx, key), num_probes=ctx.num_probes, terms=tuple(ctx.terms))
+      key=_local_key(ctx, key), num_probes=ctx.num_probes,
+      terms=tuple(t for t in ctx.terms if t != "erm"),
+      **({} if ctx.moments is None else {"moments": ctx.moments}))

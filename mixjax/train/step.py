@@ -76,24 +76,40 @@ def put_sharded(mesh: jax.sharding.Mesh, value: np.ndarray) -> jax.Array:
 class Forward:
   """`logits_fn` for the losses: the model in training mode on the current parameters.
 
-  It records the BatchNorm statistics update of its (single) call in `new_batch_stats`,
-  so the pure loss functions of `mixjax.losses` / `mixjax.theory` can be used unchanged.
-  Methods that call it several times keep the statistics of the last call.
+  It records the update of the mutable collections (BatchNorm statistics) of its
+  (single) call in `new_collections`, so the pure loss functions of `mixjax.losses` /
+  `mixjax.theory` can be used unchanged. Methods that call it several times keep the
+  statistics of the last call. Collections not in `mutable` (e.g. fixed random
+  features) are constants.
+
+  Args:
+    model: Linen module, `apply(variables, x, train=True)`.
+    params: the parameters being differentiated.
+    collections: the other variable collections ({"batch_stats": …} or {}).
+    dropout_key: the "dropout" rng.
+    mutable: the collections updated in training mode.
   """
 
-  def __init__(self, model: nn.Module, params, batch_stats, dropout_key: jax.Array):
-    self.model, self.params, self.batch_stats = model, params, batch_stats
+  def __init__(self, model: nn.Module, params, collections, dropout_key: jax.Array,
+               mutable: tuple[str, ...] = ("batch_stats",)):
+    self.model, self.params = model, params
+    self.collections = {k: v for k, v in (collections or {}).items() if v}
+    self.mutable = [k for k in mutable if k in self.collections]
     self.dropout_key = dropout_key
-    self.new_batch_stats = batch_stats
+    self.new_collections = self.collections
+
+  @property
+  def new_batch_stats(self):
+    return self.new_collections.get("batch_stats", {})
 
   def __call__(self, x: jax.Array) -> jax.Array:
     rngs = {"dropout": self.dropout_key}
-    if not self.batch_stats:
-      return self.model.apply({"params": self.params}, x, train=True, rngs=rngs)
-    logits, updates = self.model.apply(
-        {"params": self.params, "batch_stats": self.batch_stats}, x, train=True,
-        mutable=["batch_stats"], rngs=rngs)
-    self.new_batch_stats = updates["batch_stats"]
+    variables = {"params": self.params, **self.collections}
+    if not self.mutable:
+      return self.model.apply(variables, x, train=True, rngs=rngs)
+    logits, updates = self.model.apply(variables, x, train=True, mutable=self.mutable,
+                                       rngs=rngs)
+    self.new_collections = {**self.collections, **dict(updates)}
     return logits
 
 
@@ -169,7 +185,7 @@ def make_train_step(
     dropout_key = jax.random.fold_in(dropout_key, dev)
 
     def loss_fn(params):
-      fwd = Forward(model, params, state.batch_stats, dropout_key)
+      fwd = Forward(model, params, {"batch_stats": state.batch_stats}, dropout_key)
       local = method(step_ctx, fwd, x, y1h, method_key)
       return lax.pmean(local, AXIS), fwd.new_batch_stats
 
