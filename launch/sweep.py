@@ -4,6 +4,9 @@ r"""Runs the points of a config's `get_sweep()` one after the other (or prints t
   python launch/sweep.py --config=experiments/cifar10.py --workdir=runs/c10 --dry_run
   python launch/sweep.py ... -- --config.num_epochs=10     (flags after -- go to every run)
 
+For one process that runs every point itself, use `python -m mixjax.main --config=CONFIG
+--workdir=WORKDIR --sweep` instead; this launcher is for one process per point (clusters).
+
 Each point is a dict of overrides {"a.b": value}; it runs as
 `python -m mixjax.main --config=CONFIG --workdir=WORKDIR/<point name> --config.a.b=value ...`
 (dict values such as sampler.params become dict literals), so every point is resumable
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -35,32 +37,8 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-def load_sweep(config_path: str) -> list[dict]:
-  """`get_sweep()` of a config file (ValueError if it has none)."""
-  module = config_lib.load_config_module(config_path)
-  if not hasattr(module, "get_sweep"):
-    raise ValueError(f"{config_path} has no get_sweep(); nothing to sweep.")
-  return list(module.get_sweep())
-
-
-def _flag_value(value) -> str:
-  if isinstance(value, dict):
-    return json.dumps(value)
-  if isinstance(value, (list, tuple)):
-    return "(" + ", ".join(repr(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-  return str(value)
-
-
-def point_name(overrides: dict) -> str:
-  """A directory name for a sweep point, e.g. 'method.name=erm'."""
-  parts = []
-  for k, v in overrides.items():
-    if isinstance(v, dict):
-      parts.extend(f"{a}={b}" for a, b in v.items())
-    else:
-      parts.append(f"{k.split('.')[-2] if k.endswith('.name') else k.split('.')[-1]}="
-                   f"{_flag_value(v)}")
-  return re.sub(r"[^A-Za-z0-9_.,=+-]", "", "_".join(parts)) or "default"
+load_sweep = config_lib.load_sweep
+_flag_value = config_lib.flag_value
 
 
 def sweep_commands(config_path: str, workdir: str, extra: list[str],
@@ -68,7 +46,7 @@ def sweep_commands(config_path: str, workdir: str, extra: list[str],
   """One `mixjax.main` command (argv list) per sweep point."""
   cmds = []
   for i, overrides in enumerate(load_sweep(config_path)):
-    run_dir = os.path.join(workdir, f"{i:02d}_{point_name(overrides)}")
+    run_dir = os.path.join(workdir, config_lib.point_name(i, overrides))
     cmd = [python, "-m", "mixjax.main", f"--config={config_path}", f"--workdir={run_dir}"]
     cmd += [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]
     cmds.append(cmd + list(extra))

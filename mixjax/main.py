@@ -3,6 +3,10 @@ r"""Entry point: flags and config in, one library call out.
   python -m mixjax.main --config=experiments/mnist1d.py --workdir=runs/mnist1d
   python -m mixjax.main --config=experiments/cifar10.py --workdir=runs/c10 \
       --config.method.name=erm --config.sampler.params='{"alpha": 0.2}'
+  python -m mixjax.main --config=experiments/mnist1d.py:mlp --workdir=runs/m8 \
+      --config.num_seeds=8                      # a seed group (WORKDIR/seed_<s>/ each)
+  python -m mixjax.main --config=experiments/mnist1d.py --workdir=runs/sweep --sweep
+                                                # every get_sweep() point, WORKDIR/<NN>_<point>/
 
 Multi-host: `--jax_distributed` calls `jax.distributed.initialize()`, from the
 environment (Slurm, Cloud TPU, ...) or from `--coordinator_address`, `--num_processes`,
@@ -23,7 +27,9 @@ traceback (`--debug` / `--verbose` prints it too):
      missing, does not parse or whose get_config() raises, an unknown name, an
      impossible value, a batch larger than the training split (nothing loaded or
      compiled yet);
-  3  non-finite loss (the step is named; the last finite checkpoint is kept);
+  3  non-finite loss (the step is named; the last finite checkpoint is kept); in a seed
+     group, only when every run failed (a failed run is marked in its summary); in a
+     sweep, after the other points finished, naming the failed ones;
   4  dataset not prepared (the message says how to prepare it);
   5  unusable workdir or checkpoint: the workdir cannot be created or written, it holds a
      run started with a different config, or none of its checkpoints can be restored.
@@ -49,6 +55,9 @@ _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 (else from the environment).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_SWEEP = flags.DEFINE_bool(
+    "sweep", False, "Run every point of the config file's get_sweep() in this process, "
+    "each in WORKDIR/<NN>_<point>/ (see mixjax.train.loop.train_sweep).")
 _NUM_CPU_DEVICES = flags.DEFINE_integer(
     "num_cpu_devices", None, "Force this many CPU devices per process (testing).")
 
@@ -243,8 +252,12 @@ def main(argv) -> None:
   from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   debug = _DEBUG.value
+  points = None
   try:
     validate_config(config)
+    if _SWEEP.value:
+      points = config_lib.sweep_point_configs(
+          config, config_flags.get_config_filename(flags.FLAGS["config"]))
     workdir = config_lib.make_workdir(_WORKDIR.value)
   except ValueError as e:  # ConfigError, or a registry's unknown name
     _stop(EXIT_CONFIG, f"Invalid config: {e}", debug)
@@ -256,7 +269,10 @@ def main(argv) -> None:
                jax.device_count(), jax.devices())
   logging.info("Config:\n%s", config)
   try:
-    train.train_and_evaluate(config, workdir)
+    if points is not None:
+      train.train_sweep(points, workdir)
+    else:
+      train.train_and_evaluate(config, workdir)
   except config_lib.ConfigError as e:
     _stop(EXIT_CONFIG, f"Invalid config: {e}", debug)
   except train.NonFiniteLossError as e:

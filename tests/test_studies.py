@@ -9,13 +9,14 @@ import types
 import jax
 import numpy as np
 import pytest
+from scipy import special as sp_special
 from scipy import stats as sp_stats
 
 from mixjax import mixing
 from mixjax import samplers
 from mixjax.studies import analysis
 from mixjax.studies import engine
-from mixjax.studies import laws as L
+from mixjax import samplers as L
 from mixjax.studies import records
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +71,7 @@ def test_erm_law_mixes_nothing():
   x = jax.random.normal(jax.random.key(0), (_KS_N, 2))
   y = jax.nn.one_hot(jax.numpy.arange(_KS_N) % 4, 4)
   x_mix, y_mix, lam, _ = mixing.mix(jax.random.key(1), x, y,
-                                    L.as_sampler(L.erm().params(_K)), fold=True)
+                                    L.packed_sampler(L.pack(L.erm(), _K)), fold=True)
   np.testing.assert_array_equal(np.asarray(lam), np.ones(_KS_N, np.float32))
   np.testing.assert_array_equal(np.asarray(x_mix), np.asarray(x))
   np.testing.assert_array_equal(np.asarray(y_mix), np.asarray(y))
@@ -95,13 +96,26 @@ _LAWS = [L.beta(0.1), L.beta(0.5), L.beta(1.0), L.beta(10.0), L.w_shaped(0.5),
          L.matched_atoms(0.75, 1 / 48, 3), L.erm()]
 
 
+def _packed_moments(packed):
+  """(E θ, Var θ) of a packed law, θ = loc + scale·W^power, W ~ Beta(a, b), from
+  E W^q = B(a + q, b) / B(a, b) (scipy): independent of `theta_moments`' closed forms."""
+  f = {k: np.asarray(v, np.float64) for k, v in vars(packed).items()}
+  ew = lambda q: np.exp(sp_special.betaln(f["a"] + q, f["b"]) - sp_special.betaln(f["a"], f["b"]))
+  e1 = f["loc"] + f["scale"] * ew(f["power"])
+  e2 = f["loc"] ** 2 + 2 * f["loc"] * f["scale"] * ew(f["power"]) + f["scale"] ** 2 * ew(2 * f["power"])
+  m1, m2 = f["weight"] @ e1, f["weight"] @ e2
+  return m1, m2 - m1 ** 2
+
+
 @pytest.mark.parametrize("law", _LAWS, ids=lambda l: l.label)
-def test_moments_match_samplers_exactly(law):
-  ours = law.moments()
-  ref = samplers.theta_moments(law.to_sampler())
-  assert ref.exact
-  for f in ("mean", "var", "gamma2", "strength", "global_strength"):
-    assert getattr(ours, f) == pytest.approx(getattr(ref, f), rel=1e-12, abs=1e-15), f
+def test_packed_form_has_the_samplers_moments(law):
+  """The packed arrays (padded to K) describe the sampler's θ-law: their moments, from
+  the Beta function, equal `theta_moments`' closed forms."""
+  ref = samplers.theta_moments(law)
+  assert ref.exact and law.moments() == ref
+  mean, var = _packed_moments(L.pack(law, _K))
+  assert mean == pytest.approx(ref.mean, rel=1e-6)
+  assert var == pytest.approx(ref.var, rel=1e-4, abs=1e-9)
 
 
 def test_moments_match_theory_table():
@@ -116,10 +130,10 @@ def test_moments_match_theory_table():
   assert L.beta(0.5).moments().mean == pytest.approx(0.5 + 1 / math.pi, rel=1e-12)
 
 
-def _theta_cdf(law: L.Law):
+def _theta_cdf(law: L.Sampler):
   """Exact CDF of θ for continuous laws, from scipy.stats."""
-  (comp,) = law.components
-  if comp.kind == "folded_beta":  # P(θ ≤ t) = P(1 − t ≤ λ ≤ t), λ ~ Beta(α, α).
+  (comp,) = law.theta_law().components
+  if isinstance(comp, samplers.FoldedBeta):  # P(θ ≤ t) = P(1 − t ≤ λ ≤ t), λ ~ Beta(α, α).
     a = comp.b
     return lambda t: sp_stats.beta.cdf(t, a, a) - sp_stats.beta.cdf(1 - t, a, a)
   return lambda t: sp_stats.beta.cdf(2 * t - 1, comp.a, comp.b)  # θ = ½ + X/2.
@@ -135,7 +149,7 @@ _KS_CRIT_2 = math.sqrt(-math.log(0.5e-4) / 2) * math.sqrt(2 / _KS_N)
                                  L.w_shaped(0.3, 0.6)], ids=lambda l: l.label)
 def test_draws_in_distribution(law):
   key = jax.random.key(7)
-  theta = np.asarray(L.sample_theta(law.params(_K), key, (_KS_N,)), np.float64)
+  theta = np.asarray(L.sample_theta(L.pack(law, _K), key, (_KS_N,)), np.float64)
   assert theta.min() >= 0.5 and theta.max() <= 1.0
   # One-sample KS against the exact CDF. The sup is taken over draws below 1 − 1e-6:
   # float32 cannot resolve θ within 6e-8 of 1 (for α = 0.1 about 19% of the mass lies
@@ -150,33 +164,33 @@ def test_draws_in_distribution(law):
   # Same law as the mixjax.samplers sampler (its λ folded to θ): two-sample KS.
   # Values within 1e-6 of 1 are merged: below float32 resolution the two samplers round
   # differently (½ + ½√W vs 1 − λ) although their laws agree.
-  lam = np.asarray(law.to_sampler()(jax.random.key(8), (_KS_N,)), np.float64)
+  lam = np.asarray(law(jax.random.key(8), (_KS_N,)), np.float64)
   top = 1 - 1e-6
   d2 = sp_stats.ks_2samp(np.minimum(theta, top),
                          np.minimum(np.maximum(lam, 1 - lam), top)).statistic
   assert d2 < _KS_CRIT_2, (d2, _KS_CRIT_2)
   # sample_lambda is symmetric about ½ and folds back to θ.
-  lam_ours = np.asarray(L.sample_lambda(law.params(_K), key, (_KS_N,)))
+  lam_ours = np.asarray(L.sample_lambda(L.pack(law, _K), key, (_KS_N,)))
   frac_low = np.mean(lam_ours < 0.5)
   assert abs(frac_low - 0.5) < 5 * math.sqrt(0.25 / _KS_N) + 1.0 / _KS_N
 
 
 def test_atoms_and_mixture_weights():
   law = L.regmixup(math.inf, 2.0)  # θ = 1 w.p. 1/3, θ = ½ w.p. 2/3.
-  theta = np.asarray(L.sample_theta(law.params(_K), jax.random.key(1), (_KS_N,)))
+  theta = np.asarray(L.sample_theta(L.pack(law, _K), jax.random.key(1), (_KS_N,)))
   assert set(np.unique(theta)) == {0.5, 1.0}
   p = np.mean(theta == 1.0)
   assert abs(p - 1 / 3) < 5 * math.sqrt((1 / 3) * (2 / 3) / _KS_N)
   # Padding does not change the draws.
   np.testing.assert_array_equal(
-      theta, np.asarray(L.sample_theta(law.params(2), jax.random.key(1), (_KS_N,))))
+      theta, np.asarray(L.sample_theta(L.pack(law, 2), jax.random.key(1), (_KS_N,))))
   # ERM is exactly θ = 1.
-  assert np.all(np.asarray(L.sample_theta(L.erm().params(_K), jax.random.key(0), (_KS_N,))) == 1.0)
+  assert np.all(np.asarray(L.sample_theta(L.pack(L.erm(), _K), jax.random.key(0), (_KS_N,))) == 1.0)
 
 
 def test_vmapped_sampling_over_stacked_laws():
   laws = [L.beta(1.0), L.optimal(), L.erm()]
-  stacked = L.stack_laws(laws, _K)
+  stacked = L.stack_packed(laws, _K)
   draws = jax.vmap(lambda p: L.sample_theta(p, jax.random.key(2), (_KS_N,)))(stacked)
   for law, th in zip(laws, np.asarray(draws, np.float64)):
     m = law.moments()
@@ -184,20 +198,35 @@ def test_vmapped_sampling_over_stacked_laws():
     assert abs(th.mean() - m.mean) <= 5 * se + 1e-6
 
 
-def test_law_from_sampler_roundtrip_and_errors():
-  for s in (samplers.beta(0.2), samplers.regmixup(10.0), samplers.optimal(),
-            samplers.w_shaped(0.5, 0.5)):
-    law = L.law_from_sampler(s)
-    assert law.moments().strength == pytest.approx(samplers.theta_moments(s).strength,
-                                                   rel=1e-12)
-  with pytest.raises(ValueError, match="parametric form"):
-    L.law_from_sampler(samplers.beta(0.5, 2.0))
+def test_laws_without_a_packed_form_and_bad_laws_are_refused():
+  with pytest.raises(ValueError, match="no packed form"):
+    L.pack(samplers.beta(0.5, 2.0))
   with pytest.raises(ValueError, match=r"\[½, 1\]"):
     L.atoms([0.2, 0.9])
-  with pytest.raises(ValueError, match="Known laws"):
-    L.make_law("gamma")
+  with pytest.raises(ValueError, match="Known samplers"):
+    L.make_sampler("gamma")
   with pytest.raises(ValueError, match="cannot match"):
     L.matched_atoms(0.9, 0.05, 3)
+  with pytest.raises(ValueError, match="different structures"):
+    L.stack([L.beta(1.0), L.optimal()])
+
+
+@pytest.mark.parametrize("laws", [
+    [L.beta(0.2), L.beta(2.0), L.beta(5.0)],
+    [L.w_shaped(0.3), L.w_shaped(0.5, 2.0)],
+    [L.regmixup(2.0, 1.0), L.regmixup(4.0, 0.5), L.regmixup(0.2, 3.0)],
+    [L.atoms([0.5, 1.0], [0.3, 0.7]), L.optimal()],
+], ids=["beta", "w_shaped", "regmixup", "atoms"])
+def test_samplers_vmap_over_their_numeric_parameters(laws):
+  """A stack of same-structure samplers, vmapped, draws what each sampler draws alone
+  with the same key (one compiled program for all of them). (Beta(1, 1) is left out: a
+  concrete α = β = 1 draws through `jax.random.uniform`, a traced one through
+  `jax.random.beta`, the same law with other numbers.)"""
+  keys = jax.random.split(jax.random.key(3), len(laws))
+  stacked = L.stack(laws)
+  draws = jax.jit(jax.vmap(lambda s, k: s(k, (64,))))(stacked, keys)
+  for law, k, d in zip(laws, keys, np.asarray(draws)):
+    np.testing.assert_allclose(d, np.asarray(law(k, (64,))), rtol=1e-6, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------------------
@@ -259,10 +288,10 @@ def test_per_example_terms_match_library_and_provable_bounds_hold():
   f = lambda z: jax.numpy.tanh(z @ w1) @ w2
   stats = theory.data_stats(x, y)
   law = L.beta(1.0)
-  moments = samplers.theta_moments(law.to_sampler())
+  moments = samplers.theta_moments(law)
   per = {k: np.asarray(v, np.float64)
          for k, v in diagnostics.per_example_terms(f, x, y, stats, moments).items()}
-  ref = theory.approx_mixup_terms(f, x, y, stats, law.to_sampler(), diagnostics=True)
+  ref = theory.approx_mixup_terms(f, x, y, stats, law, diagnostics=True)
   # Means agree with the library's R1, R2 (= hessian), R3 (independent implementation).
   for ours, theirs in (("R1", "R1"), ("R2", "hessian"), ("R3", "R3")):
     assert per[ours].mean() == pytest.approx(float(ref[theirs]), rel=1e-3, abs=1e-5), ours

@@ -216,3 +216,72 @@ def test_vmap_mode_needs_the_data_on_device(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="group_mode=sequential"):
     loop.train_and_evaluate(config, str(tmp_path / "host"))
   shutil.rmtree(tmp_path / "host", ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Sweeps: `python -m mixjax.main --sweep` (`config.sweep_point_configs`, `loop.train_sweep`).
+
+SWEEP_FILE = '''
+import ml_collections
+from mixjax.train.config import base_config
+
+def get_config():
+  c = base_config()
+  c.model.name = "mlp"
+  c.model.kwargs = ml_collections.ConfigDict({"hidden_sizes": (8,)})
+  c.num_steps = 6
+  c.batch_size = 64
+  c.log_every_steps = 3
+  c.eval.every_epochs = 0
+  return c
+
+def get_sweep():
+  return [{"method.name": "erm"},
+          {"sampler.name": "beta", "sampler.params": {"alpha": 0.2}}]
+'''
+
+
+@pytest.fixture()
+def sweep_file(tmp_path):
+  path = tmp_path / "sweep_cfg.py"
+  path.write_text(SWEEP_FILE)
+  return str(path)
+
+
+def test_sweep_runs_every_point_in_its_folder_and_skips_finished_ones(sweep_file,
+                                                                       tmp_path,
+                                                                       monkeypatch):
+  from tests.test_main import _run_main  # pylint: disable=g-import-not-at-top
+  wd = tmp_path / "sweep"
+  _run_main([f"--config={sweep_file}", f"--workdir={wd}", "--sweep",
+             "--config.seed=3"], monkeypatch)
+  names = ["00_method=erm", "01_sampler=beta_alpha=0.2"]
+  assert sorted(p for p in os.listdir(wd) if os.path.isdir(wd / p)) == names
+  erm, beta = (json.loads((wd / n / "config.json").read_text()) for n in names)
+  assert (erm["method"]["name"], erm["seed"]) == ("erm", 3)  # the command line's seed
+  assert (beta["method"]["name"], beta["sampler"]["params"]) == ("mixup", {"alpha": 0.2})
+  summary = json.loads((wd / "summary.json").read_text())
+  assert list(summary) == names and all(v["status"] == "ok" for v in summary.values())
+  assert summary[names[1]]["test"] == _summary(wd / names[1])["test"]
+  # The ERM point is the run of that config trained alone.
+  module = config_lib.load_config_module(sweep_file)
+  alone = config_lib.sweep_config(module.get_config(), {"method.name": "erm", "seed": 3})
+  got = loop.train_and_evaluate(alone, str(tmp_path / "alone"))
+  assert got["test"] == summary[names[0]]["test"]
+  mtime = os.path.getmtime(wd / names[0] / "summary.json")
+  _run_main([f"--config={sweep_file}", f"--workdir={wd}", "--sweep",
+             "--config.seed=3"], monkeypatch)
+  assert os.path.getmtime(wd / names[0] / "summary.json") == mtime
+
+
+def test_sweep_point_and_command_line_setting_the_same_key_is_refused(sweep_file,
+                                                                       tmp_path,
+                                                                       monkeypatch, capsys):
+  from tests.test_main import _one_line_error, _run_main  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as e:
+    _run_main([f"--config={sweep_file}", f"--workdir={tmp_path / 'w'}", "--sweep",
+               "--config.method.name=regmixup"], monkeypatch)
+  assert e.value.code == 2
+  line = _one_line_error(capsys)
+  assert "method.name" in line and "command line" in line and "point 0" in line
+  assert not (tmp_path / "w").exists()

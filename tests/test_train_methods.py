@@ -28,7 +28,7 @@ from mixjax import losses
 from mixjax import models
 from mixjax import samplers
 from mixjax.studies import engine
-from mixjax.studies import laws as L
+from mixjax import samplers as L
 from mixjax.theory import stats as stats_lib
 from mixjax.train import config as config_lib
 from mixjax.train import loop
@@ -223,7 +223,7 @@ def _engine_replayer(name, cfg, data):
 
   def core(params, law_params, moments, x, y, key):
     f = lambda z: model.apply({"params": params}, z, train=True)
-    return library_loss(name, f, x, y, key, L.as_sampler(law_params), stats,
+    return library_loss(name, f, x, y, key, L.packed_sampler(law_params), stats,
                         estimator=cfg.approx_estimator, num_probes=cfg.approx_num_probes,
                         terms=cfg.approx_terms, moments=moments)
 
@@ -236,12 +236,12 @@ def _engine_replayer(name, cfg, data):
         jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n))[:cfg.batch_size]
     mix_key = jax.random.fold_in(
         jax.random.fold_in(jax.random.fold_in(key, 1000 + epoch), 0), 2)
-    m = mixjax.theta_moments(law.to_sampler())
+    m = mixjax.theta_moments(law)
     moments = engine.MomentArrays(*(jnp.float32(getattr(m, f)) for f in (
         "mean", "var", "gamma2", "strength", "global_strength")))
     x = jnp.asarray(data.train_x[perm])
     y = jax.nn.one_hot(jnp.asarray(data.train_y[perm]), c)
-    loss, grads = value_and_grad(params, law.params(4), moments, x, y, mix_key)
+    loss, grads = value_and_grad(params, L.pack(law, 4), moments, x, y, mix_key)
     return float(loss), grads
 
   return replay

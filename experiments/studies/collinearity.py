@@ -24,7 +24,7 @@ import numpy as np
 from experiments.studies import common
 from mixjax import eval as mj_eval
 from mixjax.studies import analysis
-from mixjax.studies import laws as L
+from mixjax import samplers as L
 from mixjax.studies import plots
 from mixjax.studies import records
 
@@ -69,7 +69,7 @@ def run(args) -> None:
     n = x.shape[0]
     m = mix_per_point * n
     for law in laws:
-      sampler = law.to_sampler()
+      sampler = law
       for seed in seeds:
         t0 = time.time()
         key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(law.label.encode()) % (2**31))

@@ -40,7 +40,7 @@ from mixjax import theory
 from mixjax.studies import analysis
 from mixjax.studies import diagnostics as diag_lib
 from mixjax.studies import engine
-from mixjax.studies import laws as L
+from mixjax import samplers as L
 from mixjax.studies import plots
 from mixjax.studies import records
 
@@ -66,7 +66,7 @@ def make_diagnostics_fns(x_sub: np.ndarray, y_sub: np.ndarray) -> dict:
   stats = theory.data_stats(xs, ys)
 
   def terms_fn(logits_fn, run, ctx):
-    terms = theory.approx_mixup_terms(logits_fn, xs, ys, stats, ctx.law.to_sampler(),
+    terms = theory.approx_mixup_terms(logits_fn, xs, ys, stats, ctx.law,
                                       moments=run.moments, diagnostics=True)
     out = {f"t_{k}": v for k, v in terms.items()}
     approx_all = (terms["erm"] + terms["jacobian"] + terms["cross"] + terms["hessian"]
@@ -77,14 +77,14 @@ def make_diagnostics_fns(x_sub: np.ndarray, y_sub: np.ndarray) -> dict:
 
   def exact_fn(logits_fn, run, ctx):
     del run
-    return {"exact_mixup": theory.exact_mixup_risk(logits_fn, xs, ys, ctx.law.to_sampler(),
+    return {"exact_mixup": theory.exact_mixup_risk(logits_fn, xs, ys, ctx.law,
                                                    num_nodes=NUM_NODES)}
 
   def sampled_fn(logits_fn, run, ctx):
     del ctx
     keys = jax.random.split(jax.random.fold_in(run.key, 77), NUM_DRAWS)
     draws = jax.vmap(lambda k: losses.mixup_loss(
-        logits_fn, xs, ys, k, L.as_sampler(run.law), fold=True))(keys)
+        logits_fn, xs, ys, k, L.packed_sampler(run.law), fold=True))(keys)
     return {"sampled_mixup": jnp.mean(draws), "sampled_mixup_sd": jnp.std(draws)}
 
   def bounds_fn(logits_fn, run, ctx):

@@ -36,7 +36,7 @@ from mixjax.studies import records
 PART = "fashion_mnist_cnn"
 _B1_MEAN, _B1_SD = 0.75, math.sqrt(1.0 / 48.0)  # Beta(1, 1): θ ~ U[½, 1]
 
-# key -> (label, config overrides). Labels follow mixjax.studies.laws, so the mixing-law
+# key -> (label, config overrides). Labels are the samplers' `label`s, so the mixing-law
 # report's families, colours and equal-moment groups apply.
 LAWS = {
     "erm": ("ERM", {"method.name": "erm"}),

@@ -23,7 +23,7 @@ import numpy as np
 from experiments.studies import common
 from mixjax.studies import analysis
 from mixjax.studies import engine
-from mixjax.studies import laws as L
+from mixjax import samplers as L
 from mixjax.studies import plots
 from mixjax.studies import records
 from mixjax.studies.random_features import RandomFeatures
@@ -43,7 +43,7 @@ GROUPS = {
 }
 
 
-def all_laws() -> list[L.Law]:
+def all_laws() -> list[L.Sampler]:
   """ERM, Beta(α, α), W-shaped, RegMixup-equivalent, optimal and matched laws."""
   out = [L.erm()] + [L.beta(a) for a in (0.1, 0.2, 0.5, 1.0, 2.0, 10.0)]
   out += [L.w_shaped(0.5), L.w_shaped(0.2), L.w_shaped(0.3, 0.6)]
@@ -54,7 +54,7 @@ def all_laws() -> list[L.Law]:
   return out
 
 
-def core_laws() -> list[L.Law]:
+def core_laws() -> list[L.Sampler]:
   """A smaller set for the more expensive CNN setting."""
   return [L.erm(), L.beta(0.2), L.beta(1.0), L.beta(2.0), L.w_shaped(0.5),
           L.regmixup(10.0, 1.0), L.regmixup(math.inf, 1.0), L.optimal()]

@@ -23,7 +23,7 @@ import numpy as np
 from experiments.studies import common
 from mixjax.studies import analysis
 from mixjax.studies import engine
-from mixjax.studies import laws as L
+from mixjax import samplers as L
 from mixjax.studies import plots
 from mixjax.studies import records
 from mixjax.studies.random_features import RandomFeatures

@@ -27,7 +27,7 @@ from experiments.studies import mixing_law
 from mixjax import eval as mj_eval
 from mixjax.studies import analysis
 from mixjax.studies import engine
-from mixjax.studies import laws as L
+from mixjax import samplers as L
 from mixjax.studies import plots
 from mixjax.studies import records
 

@@ -1,15 +1,21 @@
 """Statistics and tables for study reports: means ± standard errors, slopes with
 confidence intervals, paired comparisons, Markdown tables.
 
+The statistics come from well-kept libraries (the `studies` extra): pandas for the
+groupings and the law × seed tables, statsmodels for OLS and the repeated-measures
+ANOVA (`AnovaRM`), SciPy for the paired t-test, Spearman's ρ and the bootstrap
+(`scipy.stats.bootstrap`). What is kept here is the study-specific glue.
+
 Conventions:
   * "± se" is the standard error of the mean over seeds, sd / √n (n = number of seeds).
   * Runs that share a seed share their initialization and data order (the engine's
     common random numbers), so law-vs-law comparisons are *paired by seed*.
   * Slopes of a metric against a law statistic (σ²/θ̄² or γ²/θ̄²) are fit by ordinary
     least squares on the per-law means, with a t-based 95% interval (n_laws − 2 degrees
-    of freedom), and checked by a *cluster bootstrap over seeds* (resampling whole seeds,
-    keeping each seed's runs together, then refitting on the resampled per-law means),
-    whose percentile interval accounts for the seed-to-seed correlation between laws.
+    of freedom), and checked by a *cluster bootstrap over seeds* (`scipy.stats.bootstrap`
+    with `paired=True` over the laws' rows: whole seeds are resampled, keeping each
+    seed's runs together, then the fit is redone on the resampled per-law means), whose
+    percentile interval accounts for the seed-to-seed correlation between laws.
 """
 from __future__ import annotations
 
@@ -18,7 +24,10 @@ import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 from scipy import stats as sp_stats
+import statsmodels.api as sm
+from statsmodels.stats.anova import AnovaRM
 
 
 def select(rows: Sequence[dict], **where: Any) -> list[dict]:
@@ -28,24 +37,21 @@ def select(rows: Sequence[dict], **where: Any) -> list[dict]:
 
 def unique(rows: Sequence[dict], key: str) -> list[Any]:
   """Distinct values of `key`, in first-appearance order."""
-  seen, out = set(), []
-  for r in rows:
-    v = r.get(key)
-    if v not in seen:
-      seen.add(v)
-      out.append(v)
-  return out
+  return list(pd.unique(pd.Series([r.get(key) for r in rows], dtype=object)))
+
+
+def _finite(values: Iterable[Any]) -> pd.Series:
+  v = pd.to_numeric(pd.Series([x for x in values if x is not None], dtype=object),
+                    errors="coerce").astype(np.float64)
+  return v[np.isfinite(v)]
 
 
 def mean_se(values: Iterable[float]) -> tuple[float, float, int]:
   """(mean, standard error of the mean, n) ignoring NaNs; se is NaN for n < 2."""
-  v = np.asarray([x for x in values if x is not None], np.float64)
-  v = v[np.isfinite(v)]
-  n = len(v)
-  if n == 0:
+  v = _finite(values)
+  if v.empty:
     return math.nan, math.nan, 0
-  se = float(np.std(v, ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-  return float(np.mean(v)), se, n
+  return float(v.mean()), float(v.sem(ddof=1)) if len(v) > 1 else math.nan, int(len(v))
 
 
 def fmt(mean: float, se: float | None = None, digits: int = 3, scale: float = 1.0) -> str:
@@ -59,7 +65,8 @@ def fmt(mean: float, se: float | None = None, digits: int = 3, scale: float = 1.
 
 def group_summary(rows: Sequence[dict], by: str, metrics: Sequence[str],
                   keep: Sequence[str] = ()) -> list[dict]:
-  """Per value of `by`: mean, se and n of each metric over its rows (e.g. seeds).
+  """Per value of `by` (in first-appearance order): mean, se and n of each metric over
+  its rows (e.g. seeds), NaNs ignored.
 
   Returns rows {by: value, **{k: first row's k for k in keep}, metric: mean,
   metric + '_se': se, 'n': n}.
@@ -69,14 +76,14 @@ def group_summary(rows: Sequence[dict], by: str, metrics: Sequence[str],
     sub = select(rows, **{by: v})
     row = {by: v, **{k: sub[0].get(k) for k in keep}}
     for m in metrics:
-      mu, se, n = mean_se(r.get(m) for r in sub)
-      row[m], row[m + "_se"], row["n"] = mu, se, n
+      row[m], row[m + "_se"], row["n"] = mean_se(r.get(m) for r in sub)
     out.append(row)
   return out
 
 
 def linear_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-  """OLS y = a + b x with the t-based 95% CI of b and its two-sided p-value."""
+  """OLS y = a + b x (statsmodels) with the t-based 95% CI of b and its two-sided
+  p-value; r is the Pearson correlation."""
   x = np.asarray(x, np.float64)
   y = np.asarray(y, np.float64)
   ok = np.isfinite(x) & np.isfinite(y)
@@ -85,12 +92,50 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
   if n < 3 or np.ptp(x) == 0:
     return {"slope": math.nan, "intercept": math.nan, "ci_low": math.nan,
             "ci_high": math.nan, "p": math.nan, "n": n, "r": math.nan}
-  res = sp_stats.linregress(x, y)
-  t = sp_stats.t.ppf(0.975, n - 2)
-  return {"slope": float(res.slope), "intercept": float(res.intercept),
-          "ci_low": float(res.slope - t * res.stderr),
-          "ci_high": float(res.slope + t * res.stderr),
-          "p": float(res.pvalue), "n": n, "r": float(res.rvalue)}
+  res = sm.OLS(y, sm.add_constant(x)).fit()
+  lo, hi = res.conf_int(0.05)[1]
+  return {"slope": float(res.params[1]), "intercept": float(res.params[0]),
+          "ci_low": float(lo), "ci_high": float(hi), "p": float(res.pvalues[1]), "n": n,
+          "r": float(np.sign(res.params[1]) * math.sqrt(max(res.rsquared, 0.0)))}
+
+
+def law_seed_table(rows: Sequence[dict], metric: str, *, law_key: str = "law",
+                   seed_key: str = "seed", laws: Sequence[Any] | None = None
+                   ) -> pd.DataFrame:
+  """The metric as a laws × seeds DataFrame (laws in first-appearance order, or `laws`;
+  NaN where a run is missing or its value is None)."""
+  df = pd.DataFrame({"law": [r.get(law_key) for r in rows],
+                     "seed": [r.get(seed_key) for r in rows],
+                     "m": pd.to_numeric(pd.Series([r.get(metric) for r in rows],
+                                                  dtype=object), errors="coerce")})
+  table = df.pivot_table(index="law", columns="seed", values="m", aggfunc="first",
+                         dropna=False, sort=False)
+  return table.reindex(index=list(laws) if laws is not None else unique(rows, law_key),
+                       columns=unique(rows, seed_key)).astype(np.float64)
+
+
+def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return np.nanmean(a, axis=axis)
+
+
+def _seed_bootstrap(table: np.ndarray, fit: Callable[[np.ndarray], np.ndarray],
+                    num_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Percentile 95% interval(s) of `fit(per-law means (..., laws)) -> (..., k)` under
+  the cluster bootstrap over seeds: `scipy.stats.bootstrap` with the laws' rows as
+  paired samples (the same seeds drawn for every law). Returns (low, high), each (k,)."""
+  def statistic(*law_rows, axis=-1):
+    return np.moveaxis(fit(np.stack([_nanmean(a, axis) for a in law_rows], axis=-1)),
+                       -1, 0)
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # degenerate resamples
+    res = sp_stats.bootstrap(tuple(table), statistic, paired=True, vectorized=True,
+                             n_resamples=num_boot, method="percentile",
+                             random_state=np.random.default_rng(seed))
+  dist = np.reshape(res.bootstrap_distribution, (-1, num_boot))
+  return tuple(np.nanpercentile(dist, q, axis=1) for q in (2.5, 97.5))
 
 
 def slope_vs(rows: Sequence[dict], x_key: str, metric: str, *, law_key: str = "law",
@@ -99,140 +144,87 @@ def slope_vs(rows: Sequence[dict], x_key: str, metric: str, *, law_key: str = "l
 
   The fit is OLS over the per-law mean metric (t interval, n_laws − 2 dof), and a cluster
   bootstrap over seeds (percentile interval; see the module docstring). Also returns the
-  Spearman rank correlation of the per-law means.
+  Spearman rank correlation of the per-law means. A law without any finite value drops
+  out of both.
   """
   laws = unique(rows, law_key)
-  seeds = unique(rows, seed_key)
   xs = np.asarray([select(rows, **{law_key: l})[0][x_key] for l in laws], np.float64)
-  table = _law_seed_table(rows, metric, laws, seeds, law_key, seed_key)
-  means = _row_means(table)
+  table = law_seed_table(rows, metric, law_key=law_key, seed_key=seed_key)
+  means = table.mean(axis=1, skipna=True).to_numpy()
   fit = linear_fit(xs, means)
-  boot_means = _bootstrap_means(table, num_boot, seed)  # (n_laws, num_boot)
-  ok = np.isfinite(xs) & np.isfinite(means)  # a law without any finite value drops out
+  ok = np.isfinite(xs) & np.isfinite(means)
   xc = xs[ok] - xs[ok].mean()
-  if len(xc) >= 3 and np.any(xc != 0):
-    mb = boot_means[ok]
-    boots = (xc @ (mb - mb.mean(0))) / (xc @ xc)
-    boots = boots[np.isfinite(boots)]
-  else:
-    boots = np.asarray([])
-  if boots.size:
-    fit["boot_low"], fit["boot_high"] = (float(np.percentile(boots, 2.5)),
-                                         float(np.percentile(boots, 97.5)))
-  else:
-    fit["boot_low"] = fit["boot_high"] = math.nan
+  fit["boot_low"] = fit["boot_high"] = math.nan
+  if len(xc) >= 3 and np.any(xc != 0) and table.shape[1] > 1:
+    slope = lambda m: ((m - m.mean(-1, keepdims=True)) @ xc / (xc @ xc))[..., None]
+    lo, hi = _seed_bootstrap(table.to_numpy()[ok], slope, num_boot, seed)
+    fit["boot_low"], fit["boot_high"] = float(lo[0]), float(hi[0])
   rho = sp_stats.spearmanr(xs, means) if len(xs) > 2 else None
   fit["spearman"] = float(rho.statistic) if rho is not None else math.nan
   fit["spearman_p"] = float(rho.pvalue) if rho is not None else math.nan
-  fit["num_seeds"] = len(seeds)
+  fit["num_seeds"] = int(table.shape[1])
   return fit
-
-
-def _law_seed_table(rows, metric, laws, seeds, law_key, seed_key) -> np.ndarray:
-  table = np.full((len(laws), len(seeds)), np.nan)
-  for i, l in enumerate(laws):
-    for j, s in enumerate(seeds):
-      sub = select(rows, **{law_key: l, seed_key: s})
-      if sub and sub[0].get(metric) is not None:
-        table[i, j] = sub[0][metric]
-  return table
-
-
-def _row_means(table: np.ndarray) -> np.ndarray:
-  """Per-law means over seeds ignoring NaNs (NaN for a law without values)."""
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)
-    return np.nanmean(table, axis=1)
-
-
-def _bootstrap_means(table: np.ndarray, num_boot: int, seed: int) -> np.ndarray:
-  """Per-law means over seeds resampled with replacement (whole seeds), (n_laws, B)."""
-  rng = np.random.default_rng(seed)
-  n_seeds = table.shape[1]
-  pick = rng.integers(0, n_seeds, (num_boot, n_seeds))
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)
-    return np.nanmean(table[:, pick], axis=2)
-
-
-def _ols(xmat: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-  """Coefficients and their standard errors of y = X b (X with an intercept column)."""
-  ok = np.isfinite(y)
-  xmat, y = xmat[ok], y[ok]
-  n, k = xmat.shape
-  coef, *_ = np.linalg.lstsq(xmat, y, rcond=None)
-  resid = y - xmat @ coef
-  dof = n - k
-  if dof <= 0:
-    return coef, np.full(k, np.nan), dof
-  s2 = resid @ resid / dof
-  cov = s2 * np.linalg.pinv(xmat.T @ xmat)
-  return coef, np.sqrt(np.maximum(np.diag(cov), 0)), dof
 
 
 def regress_laws(rows: Sequence[dict], x_keys: Sequence[str], metric: str, *,
                  law_key: str = "law", seed_key: str = "seed", num_boot: int = 2000,
                  seed: int = 0) -> dict[str, dict[str, float]]:
-  """Multiple regression of the per-law mean `metric` on per-law statistics `x_keys`.
+  """Multiple regression (statsmodels OLS) of the per-law mean `metric` on per-law
+  statistics `x_keys`.
 
   Returns {x_key: {coef, ci_low, ci_high (t, n_laws − 1 − k dof), boot_low, boot_high
-  (cluster bootstrap over seeds)}}.
+  (cluster bootstrap over seeds), dof}}.
   """
   laws = unique(rows, law_key)
-  seeds = unique(rows, seed_key)
-  xmat = np.asarray([[1.0] + [select(rows, **{law_key: l})[0][k] for k in x_keys]
-                     for l in laws], np.float64)
-  table = _law_seed_table(rows, metric, laws, seeds, law_key, seed_key)
-  coef, se, dof = _ols(xmat, _row_means(table))
-  t = sp_stats.t.ppf(0.975, dof) if dof > 0 else math.nan
-  boot_means = _bootstrap_means(table, num_boot, seed)
-  ok = np.all(np.isfinite(boot_means), axis=1)
-  boots = (np.linalg.pinv(xmat[ok]) @ boot_means[ok]).T  # (num_boot, 1 + k)
-  out = {}
-  for i, k in enumerate(x_keys, start=1):
-    out[k] = {"coef": float(coef[i]), "ci_low": float(coef[i] - t * se[i]),
-              "ci_high": float(coef[i] + t * se[i]),
-              "boot_low": float(np.percentile(boots[:, i], 2.5)),
-              "boot_high": float(np.percentile(boots[:, i], 97.5)), "dof": dof}
-  return out
+  xmat = np.asarray([[select(rows, **{law_key: l})[0][k] for k in x_keys] for l in laws],
+                    np.float64)
+  table = law_seed_table(rows, metric, law_key=law_key, seed_key=seed_key)
+  means = table.mean(axis=1, skipna=True).to_numpy()
+  ok = np.isfinite(means)
+  design = sm.add_constant(xmat[ok], has_constant="add")
+  res = sm.OLS(means[ok], design).fit()
+  ci = res.conf_int(0.05)
+  pinv = np.linalg.pinv(design)
+  lo, hi = _seed_bootstrap(table.to_numpy()[ok], lambda m: m @ pinv.T, num_boot, seed)
+  return {k: {"coef": float(res.params[i]), "ci_low": float(ci[i, 0]),
+              "ci_high": float(ci[i, 1]), "boot_low": float(lo[i]),
+              "boot_high": float(hi[i]), "dof": int(res.df_resid)}
+          for i, k in enumerate(x_keys, start=1)}
 
 
 def paired_difference(rows: Sequence[dict], metric: str, law_a: str, law_b: str, *,
                       law_key: str = "law", seed_key: str = "seed") -> dict[str, float]:
-  """mean over seeds of metric(law_a) − metric(law_b), its se and t-based 95% CI."""
-  diffs = []
-  for s in unique(rows, seed_key):
-    a = select(rows, **{law_key: law_a, seed_key: s})
-    b = select(rows, **{law_key: law_b, seed_key: s})
-    if a and b and a[0].get(metric) is not None and b[0].get(metric) is not None:
-      diffs.append(a[0][metric] - b[0][metric])
-  mu, se, n = mean_se(diffs)
-  t = sp_stats.t.ppf(0.975, n - 1) if n > 1 else math.nan
-  return {"diff": mu, "se": se, "n": n, "ci_low": mu - t * se, "ci_high": mu + t * se}
+  """mean over seeds of metric(law_a) − metric(law_b), its se and the paired t-test's
+  95% CI (`scipy.stats.ttest_rel`); seeds missing either law are dropped."""
+  table = law_seed_table(rows, metric, law_key=law_key, seed_key=seed_key,
+                         laws=[law_a, law_b]).dropna(axis=1)
+  a, b = table.to_numpy()
+  n = a.size
+  if n < 2:
+    mu = float(np.mean(a - b)) if n else math.nan
+    return {"diff": mu, "se": math.nan, "n": n, "ci_low": math.nan, "ci_high": math.nan}
+  ci = sp_stats.ttest_rel(a, b).confidence_interval(0.95)
+  return {"diff": float(np.mean(a - b)), "se": float(sp_stats.sem(a - b)), "n": n,
+          "ci_low": float(ci.low), "ci_high": float(ci.high)}
 
 
 def within_group_test(rows: Sequence[dict], metric: str, laws: Sequence[str], *,
                       law_key: str = "law", seed_key: str = "seed") -> dict[str, float]:
-  """Do laws with equal θ-moments differ? Repeated-measures one-way ANOVA over seeds.
-
-  F = MS_law / MS_error with seeds as blocks (the runs of one seed share initialization
-  and data order); p from F(k − 1, (k − 1)(s − 1)). Also the largest |paired difference|.
-  """
-  seeds = unique(rows, seed_key)
-  table = _law_seed_table(rows, metric, list(laws), seeds, law_key, seed_key)
-  table = table[:, np.all(np.isfinite(table), axis=0)]
+  """Do laws with equal θ-moments differ? Repeated-measures one-way ANOVA over seeds
+  (statsmodels `AnovaRM`, seeds as subjects; the runs of one seed share initialization
+  and data order). Seeds missing any of the laws are dropped (balanced data). Also the
+  range of the per-law means."""
+  table = law_seed_table(rows, metric, law_key=law_key, seed_key=seed_key,
+                         laws=list(laws)).dropna(axis=1)
   k, s = table.shape
   if k < 2 or s < 2:
     return {"F": math.nan, "p": math.nan, "k": k, "seeds": s}
-  grand = table.mean()
-  ss_law = s * np.sum((table.mean(1) - grand) ** 2)
-  ss_seed = k * np.sum((table.mean(0) - grand) ** 2)
-  ss_tot = np.sum((table - grand) ** 2)
-  ss_err = ss_tot - ss_law - ss_seed
-  df1, df2 = k - 1, (k - 1) * (s - 1)
-  f = (ss_law / df1) / max(ss_err / df2, 1e-300)
-  return {"F": float(f), "p": float(sp_stats.f.sf(f, df1, df2)), "k": k, "seeds": s,
-          "range_of_means": float(np.ptp(table.mean(1)))}
+  long = table.rename_axis(index="law", columns="seed").stack().rename("m").reset_index()
+  long["law"] = long["law"].astype(str)
+  long["seed"] = long["seed"].astype(str)
+  res = AnovaRM(long, depvar="m", subject="seed", within=["law"]).fit().anova_table
+  return {"F": float(res["F Value"].iloc[0]), "p": float(res["Pr > F"].iloc[0]), "k": k,
+          "seeds": s, "range_of_means": float(np.ptp(table.mean(axis=1).to_numpy()))}
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]],

@@ -8,15 +8,16 @@ an array with a leading run axis and the step is `jax.vmap`-ed over it,
     `fold_in` stream of `jax.random.key(seed)`; the same seed gives the same
     initialization and data order under every law and method, so comparisons between
     laws are *paired* (common random numbers));
-  * the mixing law, packed as a fixed-size `laws.ParametricLaw` (one sampling function
-    for ERM, Beta(α, α), W-shaped, RegMixup-equivalent, atoms and the 1/8-optimal law);
+  * the mixing law: a `mixjax.samplers` sampler, packed into the fixed-size
+    `samplers.PackedLaw` form (one sampling function for ERM, Beta(α, α), W-shaped,
+    RegMixup-equivalent, atoms and the 1/8-optimal law);
   * the learning rate and the weight decay (the optimizer's direction, Adam's or SGD
     momentum's, is computed without them and scaled per run).
 
 Methods: the objectives of `mixjax.train.methods.METHODS`, the same functions the main
 trainer runs (erm, mixup, regmixup, erm_transformed, perturbed_erm, approx), called with
 a per-run `MethodContext` whose law (sampler, θ̄ and θ-moments) is the run's traced
-`laws.ParametricLaw`, so that one program vmaps over laws. Every run of one `train_runs`
+`samplers.PackedLaw`, so that one program vmaps over laws. Every run of one `train_runs`
 call uses the same method. "approx" needs a model without BatchNorm, and its terms are
 `EngineConfig.approx_terms` (the law's exact moments enter as arrays, `moments=`).
 
@@ -55,7 +56,7 @@ import numpy as np
 import optax
 
 from mixjax import losses
-from mixjax.studies import laws as laws_lib
+from mixjax import samplers
 from mixjax.train import config as config_lib
 from mixjax.train import methods as methods_lib
 from mixjax.train import step as step_lib
@@ -159,16 +160,7 @@ class EngineConfig:
     return d
 
 
-class MomentArrays(flax.struct.PyTreeNode):
-  """θ-moments as (traceable) arrays; duck-types `mixjax.samplers.ThetaMoments`.
-
-  Passed as `moments=` to the theory functions, so that they can be vmapped over laws.
-  """
-  mean: jax.Array
-  var: jax.Array
-  gamma2: jax.Array
-  strength: jax.Array
-  global_strength: jax.Array
+MomentArrays = samplers.MomentArrays
 
 
 class RunInputs(flax.struct.PyTreeNode):
@@ -176,14 +168,14 @@ class RunInputs(flax.struct.PyTreeNode):
 
   Attributes:
     key: the run's PRNG key (from its seed).
-    law: the packed mixing law (`laws.ParametricLaw`, fields (K,)).
+    law: the packed mixing law (`samplers.PackedLaw`, fields (K,)).
     moments: the law's exact θ-moments (computed on the host in float64), float32.
     lr: peak learning rate.
     weight_decay: weight decay coefficient.
   """
   key: jax.Array
-  law: laws_lib.ParametricLaw
-  moments: MomentArrays
+  law: samplers.PackedLaw
+  moments: samplers.MomentArrays
   lr: jax.Array
   weight_decay: jax.Array
 
@@ -195,7 +187,7 @@ class RunInputs(flax.struct.PyTreeNode):
 @dataclasses.dataclass(frozen=True)
 class Run:
   """Host description of one run (one row of the results)."""
-  law: laws_lib.Law
+  law: samplers.Sampler
   seed: int
   lr: float
   weight_decay: float = 0.0
@@ -209,7 +201,7 @@ class Run:
             "global_strength": m.global_strength, **self.tags}
 
 
-def make_runs(laws: Sequence[laws_lib.Law], seeds: Sequence[int], *,
+def make_runs(laws: Sequence[samplers.Sampler], seeds: Sequence[int], *,
               lrs: Sequence[float] = (1e-3,), weight_decays: Sequence[float] = (0.0,),
               tags: dict | None = None) -> list[Run]:
   """The Cartesian product laws × lrs × weight_decays × seeds as a list of `Run`s."""
@@ -221,13 +213,11 @@ def make_runs(laws: Sequence[laws_lib.Law], seeds: Sequence[int], *,
 
 def pack_runs(runs: Sequence[Run], num_components: int | None = None) -> RunInputs:
   """Stacks host `Run`s into `RunInputs` with a leading run axis."""
-  stacked = laws_lib.stack_laws([r.law for r in runs], num_components)
+  laws = [r.law for r in runs]
   return RunInputs(
       key=jnp.stack([jax.random.key(r.seed) for r in runs]),
-      law=stacked,
-      moments=MomentArrays(**{
-          f: jnp.asarray([getattr(r.law.moments(), f) for r in runs], jnp.float32)
-          for f in ("mean", "var", "gamma2", "strength", "global_strength")}),
+      law=samplers.stack_packed(laws, num_components),
+      moments=samplers.stack_moments(laws),
       lr=jnp.asarray([r.lr for r in runs], jnp.float32),
       weight_decay=jnp.asarray([r.weight_decay for r in runs], jnp.float32))
 
@@ -252,7 +242,7 @@ class Context:
   """
   config: EngineConfig
   stats: Any
-  law: laws_lib.Law | None
+  law: samplers.Sampler | None
   num_classes: int
 
 
@@ -415,7 +405,7 @@ class _Program:
     mixing and approx settings, no device axis."""
     cfg = self.cfg
     return methods_lib.MethodContext(
-        loss=losses.get_loss(cfg.loss), sampler=laws_lib.as_sampler(run.law),
+        loss=losses.get_loss(cfg.loss), sampler=samplers.packed_sampler(run.law),
         stats=self.ctx.stats, theta_bar=run.theta_bar, granularity=cfg.granularity,
         pairing=cfg.pairing, fold=cfg.fold, eta=cfg.eta, num_draws=cfg.num_draws,
         estimator=cfg.approx_estimator, num_probes=cfg.approx_num_probes,

@@ -22,7 +22,7 @@ FAMILY_STYLE = {
 
 
 def family(label: str) -> str:
-  """The family of a law label made by `mixjax.studies.laws` constructors."""
+  """The family of a law label (`mixjax.samplers` labels: `sampler.label`)."""
   if label == "ERM":
     return "ERM"
   if label.startswith("Beta(") or label == "Uniform":

@@ -13,6 +13,7 @@ _EXPORTS = {
     "validate_config": "mixjax.train.config",
     "NonFiniteLossError": "mixjax.train.loop",
     "train_and_evaluate": "mixjax.train.loop",
+    "train_sweep": "mixjax.train.loop",
     "METHODS": "mixjax.train.methods",
     "TrainState": "mixjax.train.state",
 }

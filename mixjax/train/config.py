@@ -202,6 +202,63 @@ def sweep_config(config: ml_collections.ConfigDict, overrides: dict[str, Any]
   return config
 
 
+def load_sweep(config_path: str) -> list[dict]:
+  """`get_sweep()` of a config file: one override dict {"a.b": value} per point
+  (ConfigError if the file has none)."""
+  module = load_config_module(config_path)
+  if not hasattr(module, "get_sweep"):
+    raise ConfigError(f"{config_path} has no get_sweep(); nothing to sweep.")
+  return list(module.get_sweep())
+
+
+def flag_value(value: Any) -> str:
+  """A sweep value as a --config.<key>= flag value (dicts as JSON, tuples as literals)."""
+  if isinstance(value, dict):
+    return json.dumps(value)
+  if isinstance(value, (list, tuple)):
+    return "(" + ", ".join(repr(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
+def point_name(index: int, overrides: dict) -> str:
+  """The folder of sweep point `index`, e.g. '00_method.name=erm' → '00_method=erm'."""
+  import re  # pylint: disable=g-import-not-at-top
+  parts = []
+  for k, v in overrides.items():
+    if isinstance(v, dict):
+      parts.extend(f"{a}={b}" for a, b in v.items())
+    else:
+      parts.append(f"{k.split('.')[-2] if k.endswith('.name') else k.split('.')[-1]}="
+                   f"{flag_value(v)}")
+  return f"{index:02d}_" + (re.sub(r"[^A-Za-z0-9_.,=+-]", "", "_".join(parts)) or "default")
+
+
+def sweep_point_configs(config: ml_collections.ConfigDict, config_path: str
+                        ) -> list[tuple[str, ml_collections.ConfigDict]]:
+  """(folder name, config) of every point of `config_path`'s get_sweep(), applied to the
+  resolved `config` (the file's get_config() plus the command line's overrides).
+
+  Raises:
+    ConfigError: the file has no get_sweep(), a point names an unknown key, or a point
+      sets a key that the command line also set (which should win is ambiguous).
+  """
+  module = load_config_module(config_path)
+  arg = config_path.split(":", 1)[1] if ":" in config_path else None
+  file_config = module.get_config(arg) if arg is not None else module.get_config()
+  cli = set(config_changes(json.loads(config_to_json(file_config)),
+                           json.loads(config_to_json(config))))
+  points = []
+  for i, overrides in enumerate(load_sweep(config_path)):
+    both = sorted(k for k in overrides
+                  if any(c == k or c.startswith(k + ".") for c in cli))
+    if both:
+      raise ConfigError(
+          f"Sweep point {i} ({overrides}) sets {', '.join(both)}, which the command line "
+          "also sets; drop the --config flag for it, or edit get_sweep().")
+    points.append((point_name(i, overrides), sweep_config(config, overrides)))
+  return points
+
+
 def unknown_key_hint(node: Mapping[str, Any], key: str) -> str:
   """'Known keys here: ...; did you mean ...?' for `key` missing from `node`."""
   known = sorted(node.keys())

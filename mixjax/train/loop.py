@@ -307,6 +307,61 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   return summaries
 
 
+def train_sweep(points: list[tuple[str, ml_collections.ConfigDict]], workdir: str, *,
+                devices=None) -> dict[str, Any]:
+  """Every sweep point (`config.sweep_point_configs`) in this process, one after another.
+
+  Point `name` trains in WORKDIR/<name> with `train_and_evaluate` (a seed group when its
+  num_seeds > 1), so each point has its own config.json, metrics and summary.json and
+  resumes on its own; a finished point (summary.json present) is not trained again.
+  Every point's config is validated before the first one trains. Points that differ
+  only in the seed share one compiled step; other points compile their own. A point
+  whose loss turns NaN is recorded as failed and the next one runs.
+
+  Returns:
+    {name: {"config_overrides"..., "status", "test" (or the group's "test" with mean,
+    std, n), "test_rescaled"}}, also written to WORKDIR/summary.json.
+
+  Raises:
+    ConfigError: a point's config is invalid (before anything trains).
+    NonFiniteLossError: after all points ran, naming the points that failed.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  for name, c in points:
+    try:
+      config_lib.validate_config(c, num_devices=len(devices))
+    except ValueError as e:
+      raise config_lib.ConfigError(f"sweep point {name}: {e}") from e
+  workdir = config_lib.make_workdir(workdir)
+  results, failed = {}, []
+  for name, c in points:
+    d = os.path.join(workdir, name)
+    path = os.path.join(d, writers.SUMMARY_FILE)
+    if os.path.exists(path):
+      logging.info("Sweep point %s finished already; not trained again.", name)
+      with open(path) as f:
+        summary = json.load(f)
+    else:
+      logging.info("Sweep point %s.", name)
+      try:
+        summary = train_and_evaluate(c, d, devices=devices)
+      except NonFiniteLossError as e:
+        failed.append(name)
+        results[name] = {"status": "failed", "error": str(e)}
+        continue
+    results[name] = {"status": "ok", "test": summary.get("test"),
+                     "test_rescaled": summary.get("test_rescaled")}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, writers.SUMMARY_FILE), "w") as f:
+      json.dump(results, f, indent=2)
+  if failed:
+    raise NonFiniteLossError(
+        f"{len(failed)} of {len(points)} sweep points stopped on a non-finite loss: "
+        f"{', '.join(failed)} (their messages are in {workdir}/summary.json); the other "
+        "points finished.")
+  return results
+
+
 def run_slice(state, r: int):
   """Run r of a stacked (group) state, as the state of a single run."""
   return jax.tree.map(lambda a: a[r], state)

@@ -1,0 +1,54 @@
+"""λ laws for mixup, one family: sampling, θ-moments, θ-quadrature (THEORY.md §1 and §6).
+
+  laws.py        the samplers (Beta, Constant, WShaped, Mixture, FromFn), their structured
+                 θ-laws, labels, the `SAMPLERS` registry, `make_sampler`; samplers are
+                 pytrees (numeric leaves), `stack` vmaps same-structure laws
+  moments.py     `theta_moments` (exact, or Monte-Carlo for `from_fn`), `MomentArrays`
+  quadrature.py  `theta_quadrature` (Gauss rules over the θ-law)
+  packed.py      one fixed-size array form for every known law (`pack`, `stack_packed`,
+                 `sample_theta`, `sample_lambda`, `packed_sampler`), to vmap laws of
+                 different structures in one program (the studies engine)
+
+Everything is re-exported here: `from mixjax import samplers; samplers.beta(0.2)`.
+"""
+from mixjax.samplers.laws import Atom
+from mixjax.samplers.laws import Beta
+from mixjax.samplers.laws import Constant
+from mixjax.samplers.laws import FoldedBeta
+from mixjax.samplers.laws import FromFn
+from mixjax.samplers.laws import MOMENT_FIELDS
+from mixjax.samplers.laws import Mixture
+from mixjax.samplers.laws import SAMPLERS
+from mixjax.samplers.laws import Sampler
+from mixjax.samplers.laws import ShiftedBeta
+from mixjax.samplers.laws import ThetaLaw
+from mixjax.samplers.laws import Unknown
+from mixjax.samplers.laws import WShaped
+from mixjax.samplers.laws import atoms
+from mixjax.samplers.laws import beta
+from mixjax.samplers.laws import constant
+from mixjax.samplers.laws import erm
+from mixjax.samplers.laws import from_fn
+from mixjax.samplers.laws import make_sampler
+from mixjax.samplers.laws import matched_atoms
+from mixjax.samplers.laws import mixture
+from mixjax.samplers.laws import optimal
+from mixjax.samplers.laws import regmixup
+from mixjax.samplers.laws import regmixup_equivalent
+from mixjax.samplers.laws import stack
+from mixjax.samplers.laws import uniform
+from mixjax.samplers.laws import validate
+from mixjax.samplers.laws import w_shaped
+from mixjax.samplers.moments import DEFAULT_NUM_DRAWS
+from mixjax.samplers.moments import MomentArrays
+from mixjax.samplers.moments import ThetaMoments
+from mixjax.samplers.moments import ThetaStderr
+from mixjax.samplers.moments import stack_moments
+from mixjax.samplers.moments import theta_moments
+from mixjax.samplers.packed import PackedLaw
+from mixjax.samplers.packed import pack
+from mixjax.samplers.packed import packed_sampler
+from mixjax.samplers.packed import sample_lambda
+from mixjax.samplers.packed import sample_theta
+from mixjax.samplers.packed import stack_packed
+from mixjax.samplers.quadrature import theta_quadrature

@@ -1,0 +1,666 @@
+"""λ laws for mixup: the samplers, their structured θ-laws, labels and the registry.
+
+A *sampler* is a frozen (hashable, static-friendly) callable object
+
+    lam = sampler(key, shape=())      # float32 in [0, 1], shape `shape`
+
+that can be closed over in jitted code or passed as a static argument. Sampling uses
+`jax.random` only (beta, bernoulli, categorical), so it is cheap inside a jitted step.
+
+Samplers are also pytrees: their numeric parameters (α, β, λ, a, b, mixture weights)
+are the leaves and their names are static metadata. Samplers of the same structure
+(Beta(α) for several α; W-shaped laws; mixtures of the same components, such as
+RegMixup-equivalent laws for several α) stack into one sampler with a leading axis on
+every leaf (`stack`) that `jax.vmap` maps over, so one compiled program trains under
+all of them (the draws are those of each sampler alone with the same key, except that a
+stacked Beta(1, 1) draws through `jax.random.beta` rather than `jax.random.uniform`:
+the same law, other numbers). Laws of different structures cannot be stacked this way: `stack` says so;
+compile them separately, or pack them into the fixed-size form of `samplers.packed`
+(one form for every law with a known θ-law, the studies engine's).
+
+By THEORY.md §1 the mixup risk depends on the λ-law only through the law Q of
+θ = max(λ, 1−λ) on [½, 1]. Every sampler therefore also describes Q structurally
+(`sampler.theta_law()`), as a finite mixture of components:
+
+- `Atom(theta)`: a point mass at θ;
+- `FoldedBeta(a, b)`: θ = max(λ, 1−λ) with λ ~ Beta(a, b); θ-density p(θ) + p(1−θ) on
+  [½, 1], p the Beta(a, b) density (singular at θ = 1 when min(a, b) < 1);
+- `ShiftedBeta(a, b)`: θ = ½ + X/2 with X ~ Beta(a, b) (the "W-shaped" λ-law);
+- `Unknown(sampler)`: a user law (`from_fn`), known only through its draws.
+
+Its moments are in `samplers.moments`, its quadrature rules in `samplers.quadrature`.
+Each sampler has a `name` (e.g. 'beta(alpha=0.2)') and a short `label` for tables
+(e.g. 'Beta(0.2)', 'W(0.5)', 'ERM', 'RegMixup(10,η=1)', 'optimal').
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mixjax.registry import Registry
+
+Shape = tuple[int, ...]
+
+_WEIGHT_SUM_TOL = 1e-6
+
+
+# ---------------------------------------------------------------------------
+# Structured description of the θ-law.
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Atom:
+  """A point mass of θ at `theta` ∈ [½, 1]."""
+  theta: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldedBeta:
+  """θ = max(λ, 1−λ), λ ~ Beta(a, b): density p(θ) + p(1−θ) on [½, 1]."""
+  a: float
+  b: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftedBeta:
+  """θ = ½ + X/2 with X ~ Beta(a, b): density 2·p_X(2θ − 1) on [½, 1]."""
+  a: float
+  b: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Unknown:
+  """A θ-law known only through the draws of `sampler` (a `from_fn` sampler)."""
+  sampler: "Sampler"
+
+
+@dataclasses.dataclass(frozen=True)
+class ThetaLaw:
+  """Q = Σ_k weights[k] · components[k] (weights ≥ 0, summing to 1)."""
+  weights: tuple[float, ...]
+  components: tuple[Any, ...]
+
+  @property
+  def is_known(self) -> bool:
+    """True when every component has closed-form moments and a quadrature rule."""
+    return not any(isinstance(c, Unknown) for c in self.components)
+
+
+# ---------------------------------------------------------------------------
+# Samplers.
+# ---------------------------------------------------------------------------
+def _fmt(x: float) -> str:
+  return repr(float(x))
+
+
+def _as_shape(shape) -> Shape:
+  if isinstance(shape, (int, np.integer)):
+    return (int(shape),)
+  return tuple(int(s) for s in shape)
+
+
+class Sampler:
+  """Base class of λ-laws: `sampler(key, shape=()) -> λ` (float32 in [0, 1])."""
+
+  def __call__(self, key: jax.Array, shape: Sequence[int] | int = ()) -> jax.Array:
+    """Draws λ of shape `shape` (float32, in [0, 1]) from the PRNG `key`."""
+    return self._sample(key, _as_shape(shape))
+
+  def _sample(self, key: jax.Array, shape: Shape) -> jax.Array:
+    raise NotImplementedError
+
+  def theta_law(self) -> ThetaLaw:
+    """The law of θ = max(λ, 1−λ), as a mixture of structured components."""
+    raise NotImplementedError
+
+  def _default_name(self) -> str:
+    raise NotImplementedError
+
+  def _default_label(self) -> str:
+    return self.name
+
+  @property
+  def name(self) -> str:
+    """A readable name, e.g. 'beta(alpha=1.0)' or 'regmixup(alpha=1.0, eta=1.0)'."""
+    title = getattr(self, "title", None)
+    if title:
+      return title
+    if not all(_concrete(v) for v in jax.tree.leaves(self)):
+      return f"{type(self).__name__}(array parameters)"  # stacked or traced
+    return self._default_name()
+
+  @property
+  def label(self) -> str:
+    """A short label for tables and figures, e.g. 'Beta(0.2)', 'W(0.5)', 'ERM',
+    'RegMixup(10,η=1)', 'optimal' (`relabel` sets another)."""
+    tag = getattr(self, "tag", None)
+    if tag:
+      return tag
+    if not all(_concrete(v) for v in jax.tree.leaves(self)):
+      return self.name
+    return self._default_label()
+
+  def relabel(self, label: str) -> "Sampler":
+    """The same law with another `label` (equal to this one: labels do not compare)."""
+    return dataclasses.replace(self, tag=label)
+
+  def __repr__(self) -> str:
+    return self.name
+
+  # The law-level views used by the studies (exact, on the host).
+  def moments(self) -> "ThetaMoments":
+    """`theta_moments(self)`: θ̄, σ², γ², σ²/θ̄², γ²/θ̄²."""
+    from mixjax.samplers.moments import theta_moments  # pylint: disable=g-import-not-at-top
+    return theta_moments(self)
+
+  @property
+  def num_components(self) -> int:
+    """Components of the θ-law (the size of its packed form, `samplers.pack`)."""
+    return len(self.theta_law().components)
+
+  def describe(self) -> dict[str, Any]:
+    """A JSON-able description: label, name, θ-law components, weights, moments."""
+    law = self.theta_law()
+    m = self.moments()
+    return {"label": self.label, "name": self.name,
+            "components": [{"kind": type(c).__name__,
+                            **{k: v for k, v in dataclasses.asdict(c).items()
+                               if k != "sampler"}} for c in law.components],
+            "weights": [float(w) for w in law.weights],
+            **{k: getattr(m, k) for k in MOMENT_FIELDS}}
+
+
+# The θ-moments a study records per law (fields of `ThetaMoments`).
+MOMENT_FIELDS = ("mean", "var", "gamma2", "strength", "global_strength")
+
+
+def _concrete(x) -> bool:
+  """A Python / NumPy number (not a traced leaf of a vmapped sampler)."""
+  return isinstance(x, (int, float, np.integer, np.floating))
+
+
+def _g(v: float) -> str:
+  return "∞" if math.isinf(v) else f"{v:g}"
+
+
+def _label_field():
+  # Titles and tags only change the names: samplers of equal laws compare (and hash)
+  # equal, and they are static (pytree metadata), never traced.
+  return dataclasses.field(default=None, compare=False)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Beta(Sampler):
+  """λ ~ Beta(alpha, beta). θ-law: `FoldedBeta(alpha, beta)`."""
+  alpha: float
+  beta: float
+  title: str | None = _label_field()
+  tag: str | None = _label_field()
+
+  def _sample(self, key, shape):
+    if _concrete(self.alpha) and _concrete(self.beta) and self.alpha == self.beta == 1.0:
+      lam = jax.random.uniform(key, shape, jnp.float32)
+    else:
+      # jax.random.beta works in log space: no NaN for small α (e.g. 0.01).
+      lam = jax.random.beta(key, self.alpha, self.beta, shape, jnp.float32)
+    return jnp.clip(lam, 0.0, 1.0)
+
+  def theta_law(self):
+    return ThetaLaw((1.0,), (FoldedBeta(self.alpha, self.beta),))
+
+  def _default_name(self):
+    if self.alpha == self.beta:
+      return f"beta(alpha={_fmt(self.alpha)})"
+    return f"beta(alpha={_fmt(self.alpha)}, beta={_fmt(self.beta)})"
+
+  def _default_label(self):
+    if self.alpha == self.beta:
+      return f"Beta({_g(self.alpha)})"
+    return f"Beta({_g(self.alpha)},{_g(self.beta)})"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Constant(Sampler):
+  """λ = lam always. θ-law: `Atom(max(lam, 1 − lam))`."""
+  lam: float
+  title: str | None = _label_field()
+  tag: str | None = _label_field()
+
+  def _sample(self, key, shape):
+    del key
+    return jnp.full(shape, self.lam, jnp.float32)
+
+  def theta_law(self):
+    return ThetaLaw((1.0,), (Atom(max(self.lam, 1.0 - self.lam)),))
+
+  def _default_name(self):
+    return f"constant(lam={_fmt(self.lam)})"
+
+  def _default_label(self):
+    t = max(self.lam, 1.0 - self.lam)
+    return "ERM" if t == 1.0 else f"θ={_g(t)}"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class WShaped(Sampler):
+  """θ = ½ + X/2, X ~ Beta(a, b); λ = θ or 1 − θ with probability ½ each.
+
+  For a, b < 1 the λ-density is "W-shaped" (MetaMixup); θ-law: `ShiftedBeta(a, b)`.
+  """
+  a: float
+  b: float
+  title: str | None = _label_field()
+  tag: str | None = _label_field()
+
+  def _sample(self, key, shape):
+    k_x, k_flip = jax.random.split(key)
+    x = jnp.clip(jax.random.beta(k_x, self.a, self.b, shape, jnp.float32), 0.0, 1.0)
+    theta = 0.5 + 0.5 * x
+    flip = jax.random.bernoulli(k_flip, 0.5, shape)
+    return jnp.where(flip, 1.0 - theta, theta).astype(jnp.float32)
+
+  def theta_law(self):
+    return ThetaLaw((1.0,), (ShiftedBeta(self.a, self.b),))
+
+  def _default_name(self):
+    return f"w_shaped(a={_fmt(self.a)}, b={_fmt(self.b)})"
+
+  def _default_label(self):
+    return f"W({_g(self.a)})" if self.a == self.b else f"W({_g(self.a)},{_g(self.b)})"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Mixture(Sampler):
+  """λ ~ samplers[k] with probability weights[k] (k drawn per element, categorical)."""
+  samplers: tuple[Sampler, ...]
+  weights: tuple[float, ...]
+  title: str | None = _label_field()
+  tag: str | None = _label_field()
+
+  def _sample(self, key, shape):
+    active = [(w, s) for w, s in zip(self.weights, self.samplers)
+              if not _concrete(w) or w > 0]
+    if len(active) == 1:
+      return active[0][1](key, shape)
+    k_idx, k_draw = jax.random.split(key)
+    logits = jnp.log(jnp.asarray([w for w, _ in active], jnp.float32))
+    idx = jax.random.categorical(k_idx, logits, shape=shape)
+    draws = jnp.stack(
+        [s(jax.random.fold_in(k_draw, i), shape) for i, (_, s) in enumerate(active)])
+    return jnp.take_along_axis(draws, idx[None], axis=0)[0]
+
+  def theta_law(self):
+    weights, components = [], []
+    for w, s in zip(self.weights, self.samplers):
+      if w <= 0:
+        continue
+      sub = s.theta_law()
+      weights += [w * v for v in sub.weights]
+      components += list(sub.components)
+    return ThetaLaw(tuple(weights), tuple(components))
+
+  def _default_name(self):
+    parts = ", ".join(repr(s) for s in self.samplers)
+    ws = ", ".join(f"{w:.6g}" for w in self.weights)
+    return f"mixture([{parts}], [{ws}])"
+
+  def _default_label(self):
+    return "mix(" + ",".join(f"{_g(round(w, 4))}·{s.label}"
+                             for s, w in zip(self.samplers, self.weights)) + ")"
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class FromFn(Sampler):
+  """A user law `fn(key, shape) -> λ`; its θ-law is known only through draws.
+
+  Range checks: an eager call (outside `jit`) raises a ValueError when a draw is outside
+  [0, 1] or not finite; inside `jit` no check is possible without `checkify`, so call
+  `validate(sampler)` once eagerly (`theta_moments` also checks its draws).
+  """
+  fn: Callable[..., Any]
+  title: str | None = _label_field()
+  tag: str | None = _label_field()
+
+  def _sample(self, key, shape):
+    lam = jnp.asarray(self.fn(key, shape))
+    if lam.shape != shape:
+      raise ValueError(
+          f"{self.name}: fn(key, shape={shape}) returned shape {lam.shape}; it must "
+          "return exactly `shape` (one λ per element).")
+    lam = lam.astype(jnp.float32)
+    if not isinstance(lam, jax.core.Tracer):
+      _check_lambda_values(np.asarray(lam), self)
+    return lam
+
+  def theta_law(self):
+    return ThetaLaw((1.0,), (Unknown(self),))
+
+  def _default_name(self):
+    return f"from_fn({getattr(self.fn, '__name__', repr(self.fn))})"
+
+
+def _check_lambda_values(lam: np.ndarray, sampler: Sampler) -> None:
+  """Raises a ValueError when draws are non-finite or outside [0, 1]."""
+  lam = np.asarray(lam)
+  if lam.size == 0:
+    return
+  bad = ~np.isfinite(lam) | (lam < 0.0) | (lam > 1.0)
+  if np.any(bad):
+    vals = lam[bad].ravel()
+    raise ValueError(
+        f"Sampler {sampler.name} returned λ outside [0, 1] ({int(bad.sum())} of "
+        f"{lam.size} draws, e.g. {vals[:3].tolist()}). A mixing coefficient must lie in "
+        "[0, 1]: fix fn, or clip its output with jnp.clip(lam, 0.0, 1.0).")
+
+
+# ---------------------------------------------------------------------------
+# Constructors (validated).
+# ---------------------------------------------------------------------------
+def _positive(name: str, value, what: str) -> float:
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{what}: {name} must be a finite number > 0, got {value!r}.") from None
+  if not math.isfinite(v) or v <= 0.0:
+    raise ValueError(
+        f"{what}: {name} must be a finite number > 0, got {value!r}. Beta parameters are "
+        "shape parameters (e.g. alpha=0.2 or 1.0); use constant(lam) for a fixed λ.")
+  return v
+
+
+def beta(alpha: float, beta: float | None = None) -> Beta:  # pylint: disable=redefined-outer-name
+  """λ ~ Beta(alpha, beta); symmetric Beta(alpha, alpha) when `beta` is None."""
+  a = _positive("alpha", alpha, "beta sampler")
+  b = a if beta is None else _positive("beta", beta, "beta sampler")
+  return Beta(a, b)
+
+
+def uniform() -> Beta:
+  """λ ~ Uniform[0, 1] = Beta(1, 1): θ̄ = ¾, σ² = 1/48, σ²/θ̄² = 1/27."""
+  return Beta(1.0, 1.0, title="uniform()", tag="Uniform")
+
+
+def constant(lam: float) -> Constant:
+  """λ = lam (a point mass; θ = max(lam, 1 − lam))."""
+  try:
+    v = float(lam)
+  except (TypeError, ValueError):
+    raise ValueError(f"constant sampler: lam must be a number in [0, 1], got {lam!r}.") from None
+  if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+    raise ValueError(
+        f"constant sampler: lam must lie in [0, 1], got {lam!r} (λ = 1 means no mixing).")
+  return Constant(v)
+
+
+def w_shaped(a: float, b: float | None = None) -> WShaped:
+  """θ = ½ + X/2 with X ~ Beta(a, b), λ = θ or 1 − θ w.p. ½ (σ²/θ̄² = Var X/(1+E X)²);
+  b = a when omitted."""
+  a = _positive("a", a, "w_shaped sampler")
+  return WShaped(a, a if b is None else _positive("b", b, "w_shaped sampler"))
+
+
+def _as_sampler(spec) -> Sampler:
+  """A Sampler, a registry name, a (name, params) pair or a {'name': ..., **params} dict."""
+  if isinstance(spec, Sampler):
+    return spec
+  if isinstance(spec, str):
+    return make_sampler(spec)
+  if isinstance(spec, Mapping) or hasattr(spec, "items"):
+    params = dict(spec.items())
+    if "name" not in params:
+      raise ValueError(
+          f"A sampler spec given as a mapping needs a 'name' key, got {params!r}.")
+    return make_sampler(params.pop("name"), **params)
+  if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str):
+    name, params = spec
+    params = {} if params is None else dict(params.items())
+    return make_sampler(name, **params)
+  raise ValueError(
+      f"Cannot build a sampler from {spec!r}: give a Sampler, a registered name, or a "
+      f"(name, params) pair. Known samplers: {', '.join(SAMPLERS.names())}.")
+
+
+def mixture(samplers: Sequence[Any], weights: Sequence[float]) -> Mixture:
+  """λ ~ samplers[k] with probability weights[k].
+
+  Args:
+    samplers: Samplers, or specs `(name, params)` / names (see `make_sampler`).
+    weights: probabilities, ≥ 0, summing to 1 (within 1e-6), one per sampler.
+  """
+  samplers = list(samplers)
+  weights = [float(w) for w in np.asarray(weights, np.float64).ravel()]
+  if not samplers:
+    raise ValueError("mixture: needs at least one sampler (got an empty list).")
+  if len(samplers) != len(weights):
+    raise ValueError(
+        f"mixture: got {len(samplers)} samplers but {len(weights)} weights; give one "
+        "weight per sampler.")
+  if any(not math.isfinite(w) or w < 0.0 for w in weights):
+    raise ValueError(f"mixture: weights must be finite and ≥ 0, got {weights}.")
+  total = sum(weights)
+  if abs(total - 1.0) > _WEIGHT_SUM_TOL:
+    raise ValueError(
+        f"mixture: weights must sum to 1 (within {_WEIGHT_SUM_TOL:g}), got sum {total!r}; "
+        "normalize them, e.g. weights / sum(weights).")
+  weights = [w / total for w in weights]
+  return Mixture(tuple(_as_sampler(s) for s in samplers), tuple(weights))
+
+
+def regmixup_equivalent(sampler: Any, eta: float) -> Mixture:
+  """The law that RegMixup with mixing law `sampler` is mixup under, in expectation.
+
+  RegMixup minimizes E ℓ(y, f(x)) + η · E_λ ℓ(mixup), which is (1+η) times the mixup
+  risk of the mixture (THEORY.md §6)
+
+      λ = 1 with probability 1/(1+η)   (the clean term; θ = 1),
+      λ ~ sampler with probability η/(1+η),
+
+  so its θ-law puts mass 1/(1+η) at θ = 1 and θ̄ = (1 + η θ̄_sampler)/(1+η). η = 0 is
+  ERM (θ = 1 surely).
+
+  Args:
+    sampler: the λ-law of the mixup term (a Sampler or a spec, see `mixture`).
+    eta: η ≥ 0, the weight of the mixup term.
+  """
+  try:
+    e = float(eta)
+  except (TypeError, ValueError):
+    e = float("nan")
+  if not math.isfinite(e) or e < 0.0:
+    raise ValueError(f"regmixup sampler: eta must be a finite number ≥ 0, got {eta!r}.")
+  return mixture([Constant(1.0), sampler], [1.0 / (1.0 + e), e / (1.0 + e)])
+
+
+def regmixup(alpha: float, eta: float = 1.0) -> Mixture:
+  """RegMixup's law with λ ~ Beta(α, α): `regmixup_equivalent(beta(α), η)` (THEORY.md §6).
+
+  θ = 1 with probability 1/(1+η) (the clean CE term), else λ ~ Beta(α, α);
+  `alpha=math.inf` is the α → ∞ limit, λ = ½. Note the loss itself is (1+η) times the
+  mixup risk of this law.
+  """
+  if isinstance(alpha, (int, float)) and math.isinf(alpha) and alpha > 0:
+    a, part = math.inf, Constant(0.5)  # the α → ∞ limit: λ = ½ surely
+  else:
+    a = _positive("alpha", alpha, "regmixup sampler")
+    part = Beta(a, a)
+  mix = regmixup_equivalent(part, eta)
+  return dataclasses.replace(mix, title=f"regmixup(alpha={_fmt(a)}, eta={_fmt(float(eta))})",
+                             tag=f"RegMixup({_g(a)},η={_g(float(eta))})")
+
+
+def optimal() -> Mixture:
+  """θ = ½ w.p. 2/3, θ = 1 w.p. 1/3: the Bhatia–Davis optimum σ²/θ̄² = 1/8 (THEORY.md §6)."""
+  mix = mixture([Constant(0.5), Constant(1.0)], [2.0 / 3.0, 1.0 / 3.0])
+  return dataclasses.replace(mix, title="optimal()", tag="optimal")
+
+
+def erm() -> Constant:
+  """ERM as a law: λ = 1 (θ = 1), so the mixed batch is the batch exactly."""
+  return Constant(1.0, tag="ERM")
+
+
+def atoms(points: Sequence[float], weights: Sequence[float] | None = None,
+          label: str | None = None) -> Mixture:
+  """A discrete θ-law on `points` ⊂ [½, 1] (equal weights by default): λ = θ_k with
+  probability weights[k] (the λ-law of `constant(θ_k)` components)."""
+  points = [float(p) for p in points]
+  if not points:
+    raise ValueError("atoms(points): need at least one point in [½, 1].")
+  if any(not 0.5 <= p <= 1 for p in points):
+    raise ValueError(f"atoms(points): θ-points must lie in [½, 1]; got {points}.")
+  weights = ([1 / len(points)] * len(points) if weights is None
+             else [float(w) for w in weights])
+  mix = mixture([Constant(p) for p in points], weights)
+  tag = label or "atoms{" + ",".join(_g(round(p, 4)) for p in points) + "}"
+  return dataclasses.replace(mix, tag=tag)
+
+
+def matched_atoms(mean: float, var: float, num_points: int = 2,
+                  label: str | None = None) -> Mixture:
+  """A discrete θ-law with θ-mean `mean` and θ-variance `var` (equal-moment comparisons).
+
+  num_points=2: atoms mean ± √var, weight ½ each.
+  num_points=3: atoms {½, mean, 2·mean − ½} with weights (p, 1 − 2p, p),
+  p = var / (2 (mean − ½)²) (needs mean ≤ ¾ so that 2·mean − ½ ≤ 1).
+  """
+  if num_points == 2:
+    s = math.sqrt(var)
+    if mean - s < 0.5 - 1e-12 or mean + s > 1 + 1e-12:
+      raise ValueError(f"matched_atoms: mean ± sd = {mean}±{s} leaves [½, 1].")
+    return atoms([mean - s, mean + s], label=label or f"2 atoms (θ̄={_g(round(mean, 4))})")
+  if num_points == 3:
+    h = mean - 0.5
+    p = var / (2 * h * h)
+    if not (0 < p <= 0.5) or mean > 0.75 + 1e-12:
+      raise ValueError(f"matched_atoms: cannot match mean={mean}, var={var} with 3 atoms.")
+    return atoms([0.5, mean, mean + h], [p, 1 - 2 * p, p],
+                 label=label or f"3 atoms (θ̄={_g(round(mean, 4))})")
+  raise ValueError(f"matched_atoms: num_points must be 2 or 3; got {num_points}.")
+
+
+def from_fn(fn: Callable[..., Any], name: str | None = None) -> FromFn:
+  """Wraps a user law `fn(key, shape) -> λ` (values must lie in [0, 1]).
+
+  Its θ-moments are Monte-Carlo estimates (`theta_moments(...).exact` is False) and it
+  has no quadrature rule unless `theta_quadrature(..., empirical=True)` is requested.
+  """
+  if not callable(fn):
+    raise ValueError(f"from_fn: fn must be callable as fn(key, shape) -> λ, got {fn!r}.")
+  try:
+    hash(fn)
+  except TypeError:
+    raise ValueError(
+        f"from_fn: fn must be hashable (samplers are static under jit), got {fn!r}; wrap "
+        "it in a plain function.") from None
+  return FromFn(fn, title=None if name is None else f"from_fn({name})")
+
+
+def validate(sampler: Sampler, key: jax.Array | None = None,
+             shape: Sequence[int] | int = (4096,)) -> Sampler:
+  """Eagerly checks a sampler; returns it unchanged.
+
+  Draws `shape` values under `jit` (the way a train step would) and raises a ValueError
+  unless they are float32, of shape `shape`, finite and within [0, 1]. Use it once on
+  `from_fn` samplers before a jitted run, where no range check is possible.
+  """
+  if not isinstance(sampler, Sampler):
+    raise ValueError(f"validate: expected a Sampler, got {sampler!r}.")
+  shape = _as_shape(shape)
+  key = jax.random.key(0) if key is None else key
+  lam = jax.jit(lambda k: sampler(k, shape))(key)
+  if lam.shape != shape or lam.dtype != jnp.float32:
+    raise ValueError(
+        f"Sampler {sampler.name} returned {lam.dtype}{lam.shape}; expected float32{shape}.")
+  _check_lambda_values(np.asarray(lam), sampler)
+  return sampler
+
+
+
+# ---------------------------------------------------------------------------
+# Registry.
+# ---------------------------------------------------------------------------
+SAMPLERS = Registry("sampler")
+SAMPLERS.register("beta", beta)
+SAMPLERS.register("uniform", uniform)
+SAMPLERS.register("constant", constant)
+SAMPLERS.register("w_shaped", w_shaped)
+SAMPLERS.register("mixture", mixture)
+SAMPLERS.register("regmixup", regmixup)
+SAMPLERS.register("optimal", optimal)
+SAMPLERS.register("atoms", atoms)
+SAMPLERS.register("from_fn", from_fn)
+
+
+def make_sampler(name: str | Sampler, **params) -> Sampler:
+  """Builds a sampler by registry name, e.g. `make_sampler("beta", alpha=1.0)`.
+
+  `make_sampler("mixture", samplers=[("beta", {"alpha": 1.0}), ("constant", {"lam": 1.0})],
+  weights=[0.5, 0.5])` builds mixtures from (name, params) specs. A Sampler passes through.
+  """
+  if isinstance(name, Sampler):
+    if params:
+      raise ValueError(f"make_sampler: got a Sampler ({name}) and extra params {params}.")
+    return name
+  factory = SAMPLERS.get(name)
+  sig = inspect.signature(factory)
+  try:
+    sig.bind(**params)
+  except TypeError as e:
+    raise ValueError(
+        f"Sampler {name!r} takes parameters ({', '.join(sig.parameters)}), got "
+        f"{sorted(params)}: {e}.") from None
+  return factory(**params)
+
+
+# ---------------------------------------------------------------------------
+# Pytrees: numeric parameters are leaves, names are metadata.
+# ---------------------------------------------------------------------------
+_DATA_FIELDS = {Beta: ("alpha", "beta"), Constant: ("lam",), WShaped: ("a", "b"),
+                Mixture: ("samplers", "weights"), FromFn: ()}
+for _cls, _data in _DATA_FIELDS.items():
+  jax.tree_util.register_dataclass(
+      _cls, data_fields=list(_data),
+      meta_fields=[f.name for f in dataclasses.fields(_cls) if f.name not in _data])
+
+
+def _unlabelled(sampler: Sampler) -> Sampler:
+  kw = {"title": None, "tag": None}
+  if isinstance(sampler, Mixture):
+    kw["samplers"] = tuple(_unlabelled(s) for s in sampler.samplers)
+  return dataclasses.replace(sampler, **kw)
+
+
+def stack(samplers: Sequence[Sampler]) -> Sampler:
+  """Samplers of one structure as one sampler whose leaves have a leading axis (L, ...)
+  (float32), for `jax.vmap(lambda s, k: s(k, shape))(stacked, keys)`. Names and labels
+  are dropped (they are static and may differ).
+
+  Raises:
+    ValueError: the samplers differ in structure (e.g. Beta and a mixture, or mixtures
+      of different components): they cannot share one vmapped program; compile them
+      separately, or use `samplers.packed` (one fixed-size form for all known laws).
+  """
+  samplers = [_unlabelled(_check(s)) for s in samplers]
+  if not samplers:
+    raise ValueError("stack: needs at least one sampler.")
+  defs = [jax.tree.structure(s) for s in samplers]
+  for s, d in zip(samplers, defs):
+    if d != defs[0]:
+      raise ValueError(
+          f"stack: {samplers[0].name} and {s.name} have different structures, so one "
+          "vmapped program cannot sample both; compile them separately (one stack per "
+          "structure), or pack them with samplers.packed.stack_packed.")
+  return jax.tree.map(lambda *xs: jnp.asarray(xs, jnp.float32), *samplers)
+
+
+def _check(sampler) -> Sampler:
+  if not isinstance(sampler, Sampler):
+    raise ValueError(
+        f"Expected a Sampler (e.g. samplers.beta(1.0) or make_sampler('beta', alpha=1.0)), "
+        f"got {sampler!r}.")
+  return sampler
