@@ -127,13 +127,12 @@ def _train_single(config, workdir: str, *, devices, interrupt_at_step=None, ds=N
   state, resumed = create_or_restore_state(config, model, tx, mesh, ckpt, root, ds)
   start = int(_to_host(state.step))
   writer = writers.RunWriters([open_writer(workdir, start, resumed)])
-  train_step, batch_args = make_step(config, ds, mesh, model, tx, schedule, ctx, stats,
-                                     root)
+  steps, batch_args = make_step(config, ds, mesh, model, tx, schedule, ctx, stats, root)
   predict = eval_lib.Predictor(model, config.eval.batch_size,
                                step_lib.make_mesh(jax.local_devices()), stats=stats,
                                theta_bar=ctx.theta_bar)
   state, train_time = train(
-      config, state, train_step, batch_args, predict, ds, ckpt, writer, start=start,
+      config, state, steps, batch_args, predict, ds, ckpt, writer, start=start,
       total=total, spe=spe, devices=devices, interrupt_at_step=interrupt_at_step)
   check_finite(state, ckpt, writer)
   summary = run_summary(config, state, total=total, spe=spe, num_devices=len(devices),
@@ -271,13 +270,13 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
                                            num_runs=num_runs)
   start = int(_to_host(state.step)[0])
   writer = writers.RunWriters([open_writer(d, start, resumed) for d in dirs])
-  train_step, batch_args = make_step(config, ds, mesh, model, tx, schedule, ctx, stats,
-                                     None, num_runs=num_runs)
+  steps, batch_args = make_step(config, ds, mesh, model, tx, schedule, ctx, stats, None,
+                                num_runs=num_runs)
   predict = eval_lib.Predictor(model, config.eval.batch_size,
                                step_lib.make_mesh(jax.local_devices()), stats=stats,
                                theta_bar=ctx.theta_bar)
   state, train_time = train(
-      config, state, train_step, batch_args, predict, ds, ckpt, writer, start=start,
+      config, state, steps, batch_args, predict, ds, ckpt, writer, start=start,
       total=total, spe=spe, devices=devices, interrupt_at_step=interrupt_at_step,
       num_runs=num_runs)
   summaries = {}
@@ -511,14 +510,16 @@ def open_writer(workdir: str, start: int, resumed: bool) -> writers.MetricWriter
 
 def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, ctx,
               stats, root, *, num_runs: int | None = None
-              ) -> tuple[Callable, Callable[[int], tuple]]:
-  """The compiled train step and `batch_args(s)`: its arguments after the state for step
-  s (the training set held on device when it fits, else step s's batch from the host;
-  then the statistics for the methods that use them).
+              ) -> tuple[Callable[[int], Callable], Callable[[int, int], tuple]]:
+  """`(steps, batch_args)`: `steps(n)` is the compiled program that takes n steps per
+  call (n = config.steps_per_call, or 1 for a remainder; `step.make_train_step`) and
+  `batch_args(s, n)` its arguments after the state for steps s … s+n−1 (the training set
+  held on device when it fits, else those steps' batches from the host, stacked when
+  n > 1; then the statistics for the methods that use them).
 
-  The step is shared by every run whose config differs from this one's only in the
-  seed (the runs of a sequential seed group, `train_group`): it is built and compiled
-  once per process for them. `num_runs`: the step of a vmapped group (`step.make_train_step`).
+  The programs are shared by every run whose config differs from this one's only in the
+  seed (the runs of a sequential seed group, `train_group`): they are built and compiled
+  once per process for them. `num_runs`: the programs of a vmapped group.
   """
   num_train = int(ds.train_x.shape[0])
   augment_fn = None
@@ -531,13 +532,18 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
                tuple(d.id for d in mesh.devices.flat), ds.num_classes)
   if _STEP_CACHE.get("key") != cache_key:
     _STEP_CACHE.clear()
-    _STEP_CACHE["key"] = cache_key
-    _STEP_CACHE["step"] = step_lib.make_train_step(
-        model=model, tx=tx, method=methods_lib.METHODS.get(config.method.name), ctx=ctx,
-        mesh=mesh, num_classes=ds.num_classes, batch_size=config.batch_size,
-        num_train=num_train if on_device else None, schedule=schedule,
-        augment_fn=augment_fn, num_runs=num_runs)
-  train_step = _STEP_CACHE["step"]
+    _STEP_CACHE.update(key=cache_key, programs={})
+  programs = _STEP_CACHE["programs"]
+
+  def steps(n: int) -> Callable:
+    if n not in programs:
+      programs[n] = step_lib.make_train_step(
+          model=model, tx=tx, method=methods_lib.METHODS.get(config.method.name),
+          ctx=ctx, mesh=mesh, num_classes=ds.num_classes, batch_size=config.batch_size,
+          num_train=num_train if on_device else None, schedule=schedule,
+          augment_fn=augment_fn, num_runs=num_runs, steps_per_call=n)
+    return programs[n]
+
   if on_device:
     x_src = step_lib.put_replicated(mesh, ds.train_x)
     y_src = step_lib.put_replicated(mesh, ds.train_y.astype(np.int32))
@@ -548,15 +554,20 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
   if stats is not None and config.method.name in methods_lib.NEEDS_STATS:
     stats_dev = jax.tree.map(lambda a: step_lib.put_replicated(mesh, np.asarray(a)), stats)
 
-  def batch_args(s: int) -> tuple:
+  def batch_args(s: int, n: int = 1) -> tuple:
     if on_device:
       return x_src, y_src, stats_dev
-    idx = np.asarray(data_lib.batch_indices(data_key, s, num_examples=num_train,
-                                            batch_size=config.batch_size))
-    return (step_lib.put_sharded(mesh, ds.train_x[idx]),
-            step_lib.put_sharded(mesh, ds.train_y[idx].astype(np.int32)), stats_dev)
+    idx = np.stack([np.asarray(data_lib.batch_indices(
+        data_key, t, num_examples=num_train, batch_size=config.batch_size))
+                    for t in range(s, s + n)])
+    if n == 1:
+      idx = idx[0]
+    axis = 0 if n == 1 else 1
+    return (step_lib.put_sharded(mesh, ds.train_x[idx], axis=axis),
+            step_lib.put_sharded(mesh, ds.train_y[idx].astype(np.int32), axis=axis),
+            stats_dev)
 
-  return train_step, batch_args
+  return steps, batch_args
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -610,11 +621,15 @@ def save(state, ckpt, writer, spe: int, failed: dict[int, int] | None = None) ->
                        "steps_per_epoch": spe})
 
 
-def train(config: ml_collections.ConfigDict, state, train_step, batch_args, predict, ds,
+def train(config: ml_collections.ConfigDict, state, steps, batch_args, predict, ds,
           ckpt, writer: writers.RunWriters, *, start: int, total: int, spe: int, devices,
           interrupt_at_step: int | None = None, num_runs: int | None = None):
   """Steps `start` .. `total` − 1 with logging, checkpoints and quick test evaluations;
   the final state is checkpointed. Returns the state and the time taken (seconds).
+
+  `steps(n)` / `batch_args(s, n)` come from `make_step`: config.steps_per_call steps per
+  dispatch (a `lax.scan`), single steps where a log, checkpoint or evaluation falls
+  inside a block, so they happen at the same steps for every k.
 
   `num_runs`: `state` is a vmapped group's (leading run axis); metrics and evaluations
   go to each run's writer, and a run that fails is frozen, not fatal (`check_finite`).
@@ -629,9 +644,22 @@ def train(config: ml_collections.ConfigDict, state, train_step, batch_args, pred
   s_last = start
   eval_every = config.eval.every_epochs * spe
   sync_every_step = len(devices) > 1 and any(d.platform == "cpu" for d in devices)
+  k = int(config.steps_per_call)
+  cadences = [c for c in (config.log_every_steps, config.checkpoint_every_steps,
+                          eval_every) if c]
+
+  def next_boundary(s: int) -> int:
+    """The next step after s at which the loop logs, checkpoints, evaluates or stops."""
+    b = min([total] + [(s // c + 1) * c for c in cadences])
+    return min(b, interrupt_at_step) if interrupt_at_step and interrupt_at_step > s else b
+
   prev_loss = None
-  for s in range(start, total):
-    state, m = train_step(state, *batch_args(s))
+  s = start
+  while s < total:
+    # k steps per call up to the next boundary; single steps for a remainder.
+    n = k if s + k <= next_boundary(s) else 1
+    state, m = steps(n)(state, *batch_args(s, n))
+    s += n
     # Bound the steps in flight: with several CPU devices, queued steps can starve the
     # collectives of the forced host devices of threads (an XLA rendezvous timeout), so
     # wait for each step; elsewhere (one CPU device, accelerators) keep one step in
@@ -641,7 +669,7 @@ def train(config: ml_collections.ConfigDict, state, train_step, batch_args, pred
     elif prev_loss is not None:
       jax.block_until_ready(prev_loss)
     prev_loss = m["loss"]
-    done = s + 1
+    done = s
     if interrupt_at_step is not None and done == interrupt_at_step:
       raise _Interrupted(f"interrupted after step {done}")
     if done % config.log_every_steps == 0 or done == total:
@@ -724,7 +752,7 @@ def _seedless_json(config: ml_collections.ConfigDict) -> str:
   """The config as JSON without the keys a compiled step does not depend on."""
   d = json.loads(config_lib.config_to_json(config))
   for k in ("seed", "num_seeds", "group_mode", "log_every_steps", "checkpoint_every_steps",
-            "max_to_keep", "allow_config_change", "eval"):
+            "max_to_keep", "allow_config_change", "eval", "steps_per_call"):
     d.pop(k, None)
   d.get("dataset", {}).pop("data_dir", None)
   return json.dumps(d, sort_keys=True)

@@ -66,10 +66,11 @@ def put_replicated(mesh: jax.sharding.Mesh, value: np.ndarray) -> jax.Array:
   return jax.make_array_from_callback(value.shape, replicated(mesh), lambda idx: value[idx])
 
 
-def put_sharded(mesh: jax.sharding.Mesh, value: np.ndarray) -> jax.Array:
-  """A host array (the same global value on every process) split over 'data' on axis 0."""
+def put_sharded(mesh: jax.sharding.Mesh, value: np.ndarray, axis: int = 0) -> jax.Array:
+  """A host array (the same global value on every process) split over 'data' on `axis`
+  (1 for k stacked batches (k, B, ...))."""
   value = np.asarray(value)
-  sharding = jax.sharding.NamedSharding(mesh, P(AXIS))
+  sharding = jax.sharding.NamedSharding(mesh, P(*([None] * axis), AXIS))
   return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
 
 
@@ -126,6 +127,7 @@ def make_train_step(
     augment_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     max_traces: int | None = None,
     num_runs: int | None = None,
+    steps_per_call: int = 1,
 ) -> Callable[..., tuple[state_lib.TrainState, dict[str, jax.Array]]]:
   """Builds `train_step(state, x_src, y_src, stats) -> (state, metrics)`, jitted, sharded.
 
@@ -147,6 +149,10 @@ def make_train_step(
       `jax.vmap`-ed over it (the data and statistics are shared), and the metrics are
       (R,) arrays. Each run keeps its own keys (its `state.rng`), so it takes the same
       steps as when trained alone, and its own non-finite guard.
+    steps_per_call: k ≥ 1 steps per call, as a `lax.scan` inside the compiled program
+      (one dispatch for k steps). With the training set on device the batches are drawn
+      inside the scan; host-fed, `x_src`/`y_src` are then k stacked global batches
+      (k, B, ...), sharded over their second axis. The metrics are the last step's.
 
   Returns:
     The compiled step `train_step(state, x_src, y_src, stats)`; `stats` is the
@@ -212,9 +218,20 @@ def make_train_step(
 
   if num_runs is not None:
     body = jax.vmap(body, in_axes=(0, None, None, None))
+  if steps_per_call > 1:
+    one_step = body
+
+    def body(state, x_src, y_src, stats):  # pylint: disable=function-redefined
+      if on_device:
+        run = lambda st, _: one_step(st, x_src, y_src, stats)
+        state, metrics = lax.scan(run, state, None, length=steps_per_call)
+      else:
+        run = lambda st, xy: one_step(st, xy[0], xy[1], stats)
+        state, metrics = lax.scan(run, state, (x_src, y_src))
+      return state, jax.tree.map(lambda a: a[-1], metrics)
   if max_traces is not None:
     body = chex.assert_max_traces(body, n=max_traces)
-  data_spec = P() if on_device else P(AXIS)
+  data_spec = P() if on_device else (P(AXIS) if steps_per_call == 1 else P(None, AXIS))
   sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), data_spec, data_spec, P()),
                           out_specs=(P(), P()))
   return jax.jit(sharded, donate_argnums=(0,))
