@@ -52,6 +52,7 @@ import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -59,12 +60,14 @@ from mixjax import losses
 from mixjax import samplers
 from mixjax.train import config as config_lib
 from mixjax.train import methods as methods_lib
+from mixjax.train import optim
 from mixjax.train import step as step_lib
 
 # The base config: the one default of every knob the engine shares with the trainer.
 _BASE = config_lib.base_config()
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("cosine", "constant")
+OPTIMIZERS = config_lib.OPTIMIZERS
+# The trainer's schedules without "piecewise" (whose epoch boundaries are not engine knobs).
+SCHEDULES = tuple(s for s in config_lib.SCHEDULES if s != "piecewise")
 
 # fold_in tags of a run's key: one stream per purpose.
 _INIT, _ORDER, _MIX, _DROPOUT, _EVAL = range(5)
@@ -90,7 +93,9 @@ class EngineConfig:
     momentum: SGD momentum.
     batch_size: examples per step.
     num_epochs: passes over the training set.
-    schedule: "cosine" (to 0 at the end) or "constant"; `warmup_epochs` of linear warmup.
+    schedule: "cosine" (to 0 at the end) or "constant"; `warmup_epochs` of linear warmup:
+      the multiplier of each run's learning rate is `mixjax.train.optim.make_schedule`'s
+      (the trainer's schedule at lr 1).
     warmup_epochs: epochs of linear warm-up.
     num_checkpoints: evaluations during training (evenly spaced, the last at the end).
     granularity, pairing, fold: passed to `mixjax.mixing.mix` (mixup, regmixup).
@@ -302,17 +307,6 @@ def _checkpoint_epochs(num_epochs: int, num_checkpoints: int) -> list[int]:
                  for k in range(num_checkpoints)})
 
 
-def _lr_factor(cfg: EngineConfig, step: jax.Array, total_steps: int,
-               warmup_steps: int) -> jax.Array:
-  """Schedule multiplier in [0, 1] at `step` (0-based)."""
-  step = step.astype(jnp.float32)
-  warm = jnp.minimum(1.0, (step + 1) / max(warmup_steps, 1)) if warmup_steps else 1.0
-  if cfg.schedule == "constant":
-    return warm * jnp.ones(())
-  frac = jnp.clip((step - warmup_steps) / max(total_steps - warmup_steps, 1), 0.0, 1.0)
-  return warm * 0.5 * (1 + jnp.cos(jnp.pi * frac))
-
-
 class _Program:
   """The compiled pieces for one (config, dataset, static law) combination."""
 
@@ -344,7 +338,10 @@ class _Program:
             "approximate risk differentiates f example by example.")
     self.steps_per_epoch = self.n_train // cfg.batch_size
     self.total_steps = self.steps_per_epoch * cfg.num_epochs
-    self.warmup_steps = self.steps_per_epoch * cfg.warmup_epochs
+    self.lr_factor = optim.make_schedule(
+        ml_collections.ConfigDict({"lr": 1.0, "schedule": cfg.schedule,
+                                   "warmup_epochs": cfg.warmup_epochs}),
+        self.steps_per_epoch, self.total_steps)
     self.eval_sets = {"test": (data.test_x, data.test_y)}
     if np.asarray(data.val_x).shape[0] > 0:  # an empty validation split is allowed
       self.eval_sets["val"] = (data.val_x, data.val_y)
@@ -429,7 +426,7 @@ class _Program:
     if cfg.optimizer == "sgd":  # L2 weight decay, through momentum.
       grads = jax.tree.map(lambda g, p: g + run.weight_decay * p, grads, state.params)
     direction, opt_state = self.direction.update(grads, state.opt_state, state.params)
-    lr = run.lr * _lr_factor(cfg, state.step, self.total_steps, self.warmup_steps)
+    lr = run.lr * self.lr_factor(state.step)
     wd = run.weight_decay if cfg.optimizer == "adam" else 0.0  # decoupled (AdamW).
     params = jax.tree.map(lambda p, d: p - lr * (d + wd * p), state.params, direction)
     return RunState(params, new_state, opt_state, state.step + 1), loss
