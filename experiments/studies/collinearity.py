@@ -77,7 +77,7 @@ def run(args) -> None:
         dist = np.asarray(mj_eval.collinearity(x, y, pts.points, pts.source_labels))
         dist = dist[np.isfinite(dist)]
         rows.append({"dataset": name, "law": law.label, "seed": seed, "n": n, "m": m,
-                     "note": note, **{k: v for k, v in law.describe().items()
+                     "note": note, **{k: v for k, v in L.describe(law).items()
                                       if k in ("mean", "var", "strength")},
                      "alpha": next((a for a in ALPHAS if L.beta(a).label == law.label),
                                    None),
@@ -92,7 +92,7 @@ def run(args) -> None:
     if name not in {r["dataset"] for r in rows}:
       skipped.append(name)
   records.save(args.out, "collinearity", runs=rows, config={
-      "alphas": ALPHAS, "laws": [l.describe() for l in laws], "seeds": seeds,
+      "alphas": ALPHAS, "laws": [L.describe(l) for l in laws], "seeds": seeds,
       "mix_per_point": mix_per_point, "quick": bool(args.quick)},
                extra={"skipped": skipped})
 

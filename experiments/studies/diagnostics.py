@@ -151,7 +151,7 @@ def run(args) -> None:
   history = {k: np.concatenate([p["history"][k] for p in parts], axis=1) for k in keys}
   history["epoch"] = parts[0]["history"]["epoch"]
   _add_gaps(history)
-  config = dict(parts[0]["config"], laws=[l.describe() for l in laws])
+  config = dict(parts[0]["config"], laws=[L.describe(l) for l in laws])
   info = {"total_seconds": float(sum(p["info"]["total_seconds"] for p in parts)),
           "per_law_seconds": {l.label: p["info"]["total_seconds"]
                               for l, p in zip(laws, parts)},

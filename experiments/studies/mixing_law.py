@@ -29,8 +29,8 @@ from mixjax.studies import records
 from mixjax.studies.random_features import RandomFeatures
 
 # Equal-moment groups: laws with the same θ̄ and σ² (hence γ²) but different shapes.
-_M_BETA1 = L.beta(1.0).moments()
-_M_W05 = L.w_shaped(0.5).moments()
+_M_BETA1 = L.theta_moments(L.beta(1.0))
+_M_W05 = L.theta_moments(L.w_shaped(0.5))
 GROUPS = {
     "θ̄=3/4, σ²=1/48": [
         L.beta(1.0),
@@ -119,7 +119,7 @@ def run(args) -> None:
     res = engine.train_runs(cfg, data, runs)
     config = {"setting": part, "dataset": s["dataset"],
               "dataset_kwargs": s.get("dataset_kwargs", {}), "engine": cfg.to_json(),
-              "lr": s["lr"], "seeds": seeds, "laws": [l.describe() for l in laws],
+              "lr": s["lr"], "seeds": seeds, "laws": [L.describe(l) for l in laws],
               "groups": {g: [l.label for l in ls] for g, ls in GROUPS.items()},
               "quick": bool(args.quick),
               "data_sizes": {k: int(np.asarray(getattr(data, k)).shape[0])

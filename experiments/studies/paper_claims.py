@@ -72,7 +72,7 @@ def _run_rescaling(args):
   res = engine.train_runs(cfg, data, engine.make_runs(laws, seeds, lrs=[3e-3]))
   records.save(args.out, "rescaling", config={
       "dataset": "mnist1d", "engine": cfg.to_json(), "lr": 3e-3, "seeds": seeds,
-      "laws": [l.describe() for l in laws], "quick": bool(args.quick)},
+      "laws": [L.describe(l) for l in laws], "quick": bool(args.quick)},
                **records.engine_record(res))
 
 
@@ -98,7 +98,7 @@ def _run_variants(args, name, variants, laws, cfg, dataset, lr, dataset_kwargs=N
   config = {"dataset": dataset, "dataset_kwargs": dataset_kwargs or {},
             "engine": cfg.to_json(), "lr": lr, "seeds": seeds,
             "variants": [list(v[:2]) + [list(v[2])] for v in variants],
-            "laws": [l.describe() for l in laws], "quick": bool(args.quick)}
+            "laws": [L.describe(l) for l in laws], "quick": bool(args.quick)}
   extra_rec = {}
   if extra_inputs:
     extra_rec = {"train_points": data.extras["train_points"].tolist(),

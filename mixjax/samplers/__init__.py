@@ -43,6 +43,7 @@ from mixjax.samplers.moments import DEFAULT_NUM_DRAWS
 from mixjax.samplers.moments import MomentArrays
 from mixjax.samplers.moments import ThetaMoments
 from mixjax.samplers.moments import ThetaStderr
+from mixjax.samplers.moments import describe
 from mixjax.samplers.moments import stack_moments
 from mixjax.samplers.moments import theta_moments
 from mixjax.samplers.packed import PackedLaw

@@ -152,27 +152,10 @@ class Sampler:
   def __repr__(self) -> str:
     return self.name
 
-  # The law-level views used by the studies (exact, on the host).
-  def moments(self) -> "ThetaMoments":
-    """`theta_moments(self)`: θ̄, σ², γ², σ²/θ̄², γ²/θ̄²."""
-    from mixjax.samplers.moments import theta_moments  # pylint: disable=g-import-not-at-top
-    return theta_moments(self)
-
   @property
   def num_components(self) -> int:
     """Components of the θ-law (the size of its packed form, `samplers.pack`)."""
     return len(self.theta_law().components)
-
-  def describe(self) -> dict[str, Any]:
-    """A JSON-able description: label, name, θ-law components, weights, moments."""
-    law = self.theta_law()
-    m = self.moments()
-    return {"label": self.label, "name": self.name,
-            "components": [{"kind": type(c).__name__,
-                            **{k: v for k, v in dataclasses.asdict(c).items()
-                               if k != "sampler"}} for c in law.components],
-            "weights": [float(w) for w in law.weights],
-            **{k: getattr(m, k) for k in MOMENT_FIELDS}}
 
 
 # The θ-moments a study records per law (fields of `ThetaMoments`).

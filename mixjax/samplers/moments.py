@@ -170,6 +170,19 @@ def theta_moments(sampler: Sampler, *, num_draws: int = DEFAULT_NUM_DRAWS,
 
 
 
+def describe(sampler: Sampler) -> dict:
+  """A JSON-able description of a law: label, name, θ-law components, weights and exact
+  θ-moments (what the studies record per law)."""
+  law = _check_sampler(sampler).theta_law()
+  m = theta_moments(sampler)
+  return {"label": sampler.label, "name": sampler.name,
+          "components": [{"kind": type(c).__name__,
+                          **{k: v for k, v in dataclasses.asdict(c).items()
+                             if k != "sampler"}} for c in law.components],
+          "weights": [float(w) for w in law.weights],
+          **{k: getattr(m, k) for k in laws.MOMENT_FIELDS}}
+
+
 class MomentArrays(flax.struct.PyTreeNode):
   """θ-moments as (traceable) float32 arrays; duck-types `ThetaMoments` for the theory
   functions' `moments=` argument. Fields of shape () for one law, (L,) stacked."""

@@ -199,7 +199,7 @@ class Run:
   tags: dict = dataclasses.field(default_factory=dict)
 
   def describe(self) -> dict[str, Any]:
-    m = self.law.moments()
+    m = samplers.theta_moments(self.law)
     return {"law": self.law.label, "seed": int(self.seed), "lr": float(self.lr),
             "weight_decay": float(self.weight_decay), "theta_bar": m.mean,
             "sigma2": m.var, "gamma2": m.gamma2, "strength": m.strength,
