@@ -319,3 +319,37 @@ def test_k_steps_per_call_take_the_same_steps(overrides, tmp_path):
 def test_steps_per_call_must_be_positive():
   with pytest.raises(config_lib.ConfigError, match="steps_per_call=0"):
     config_lib.validate_config(group_config(steps_per_call=0), check_data=False)
+
+
+LAW_SWEEP_FILE = SWEEP_FILE.replace('''def get_sweep():
+  return [{"method.name": "erm"},
+          {"sampler.name": "beta", "sampler.params": {"alpha": 0.2}}]''', '''def get_sweep():
+  return [{"sampler.name": "beta", "sampler.params": {"alpha": a}} for a in (0.2, 1.0, 4.0)]''')
+
+
+def test_sweep_over_law_parameters_is_one_vmapped_program_equal_to_each_run(tmp_path):
+  """Beta(α) for three α (a dense model on CPU): one vmapped program, laws as arrays;
+  each point's losses, parameters and metrics (rescaled ones with its own θ̄) equal the
+  point trained alone."""
+  assert "0.2, 1.0, 4.0" in LAW_SWEEP_FILE
+  path = tmp_path / "law_sweep.py"
+  path.write_text(LAW_SWEEP_FILE)
+  config = config_lib.load_config_module(str(path)).get_config()
+  points = config_lib.sweep_point_configs(config, str(path))
+  assert [[points[i][0] for i in g] for g in loop.law_groups(points)] == [
+      [p[0] for p in points]]
+  wd = tmp_path / "sweep"
+  out = loop.train_sweep(points, str(wd))
+  assert sorted(os.listdir(wd)) == sorted([p[0] for p in points] + ["group_00-02",
+                                                                     "summary.json"])
+  for name, c in points:
+    alone_wd = str(tmp_path / f"alone_{name}")
+    alone = loop.train_and_evaluate(c, alone_wd)
+    got = _summary(wd / name)
+    assert got["theta_bar"] == pytest.approx(alone["theta_bar"], rel=1e-12)
+    np.testing.assert_allclose(_losses(str(wd / name)), _losses(alone_wd), rtol=2e-5)
+    assert got["param_l1"] == pytest.approx(alone["param_l1"], rel=1e-5)
+    for col in ("test", "test_rescaled"):
+      for k in ("accuracy", "nll"):
+        assert got[col][k] == pytest.approx(alone[col][k], rel=1e-4, abs=1e-5), (name, col)
+    assert out[name]["test"] == got["test"]

@@ -9,6 +9,7 @@ With `rescale=True` the logits are those of the test-time rescaled model
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -53,13 +54,19 @@ class Predictor:
     self._batch = jax.sharding.NamedSharding(self.local_mesh, P(axis))
     self._rep = jax.sharding.NamedSharding(self.local_mesh, P())
 
-    def logits(variables, x, stats, rescale: bool):
+    def logits(variables, x, stats, theta_bar, rescale: bool):
       fn = lambda z: model.apply(variables, z, train=False)
       if rescale:
         fn = rescaling.rescaled(fn, stats, theta_bar)
       return fn(x)
 
-    self._fn = jax.jit(logits, static_argnums=(3,), out_shardings=self._batch)
+    self._fn = jax.jit(logits, static_argnums=(4,), out_shardings=self._batch)
+
+  def with_theta_bar(self, theta_bar: float) -> "Predictor":
+    """The same predictor (same compiled program) for a law with another θ̄."""
+    other = copy.copy(self)
+    other.theta_bar = theta_bar
+    return other
 
   def __call__(self, variables, x: np.ndarray, *, rescale: bool = False) -> np.ndarray:
     # Everything is put on this process's devices explicitly (multi-process jit refuses
@@ -73,7 +80,9 @@ class Predictor:
       pad = self.batch_size - xb.shape[0]
       if pad:
         xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-      logits = self._fn(variables, jax.device_put(xb, self._batch), stats, rescale)
+      logits = self._fn(variables, jax.device_put(xb, self._batch), stats,
+                        None if self.theta_bar is None else np.float32(self.theta_bar),
+                        rescale)
       out.append(np.asarray(logits)[:xb.shape[0] - pad])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 

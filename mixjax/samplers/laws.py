@@ -12,9 +12,8 @@ are the leaves and their names are static metadata. Samplers of the same structu
 (Beta(α) for several α; W-shaped laws; mixtures of the same components, such as
 RegMixup-equivalent laws for several α) stack into one sampler with a leading axis on
 every leaf (`stack`) that `jax.vmap` maps over, so one compiled program trains under
-all of them (the draws are those of each sampler alone with the same key, except that a
-stacked Beta(1, 1) draws through `jax.random.beta` rather than `jax.random.uniform`:
-the same law, other numbers). Laws of different structures cannot be stacked this way: `stack` says so;
+all of them (the draws are those of each sampler alone with the same key). Laws of
+different structures cannot be stacked this way: `stack` says so;
 compile them separately, or pack them into the fixed-size form of `samplers.packed`
 (one form for every law with a known θ-law, the studies engine's).
 
@@ -186,11 +185,10 @@ class Beta(Sampler):
   tag: str | None = _label_field()
 
   def _sample(self, key, shape):
-    if _concrete(self.alpha) and _concrete(self.beta) and self.alpha == self.beta == 1.0:
-      lam = jax.random.uniform(key, shape, jnp.float32)
-    else:
-      # jax.random.beta works in log space: no NaN for small α (e.g. 0.01).
-      lam = jax.random.beta(key, self.alpha, self.beta, shape, jnp.float32)
+    # jax.random.beta works in log space: no NaN for small α (e.g. 0.01). Also for
+    # α = β = 1 (no uniform shortcut), so that a stacked (traced) Beta(1, 1) draws the
+    # same numbers as Beta(1, 1) alone.
+    lam = jax.random.beta(key, self.alpha, self.beta, shape, jnp.float32)
     return jnp.clip(lam, 0.0, 1.0)
 
   def theta_law(self):

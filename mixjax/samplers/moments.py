@@ -193,9 +193,9 @@ class MomentArrays(flax.struct.PyTreeNode):
   global_strength: jax.Array
 
 
-def stack_moments(samplers: Sequence[Sampler]) -> MomentArrays:
-  """The exact θ-moments (computed on the host in float64) of each sampler, stacked:
-  fields of shape (len(samplers),), float32."""
-  ms = [theta_moments(s) for s in samplers]
+def stack_moments(samplers: Sequence[Sampler | ThetaMoments]) -> MomentArrays:
+  """The exact θ-moments (computed on the host in float64) of each sampler (or the given
+  `ThetaMoments`), stacked: fields of shape (len(samplers),), float32."""
+  ms = [s if isinstance(s, ThetaMoments) else theta_moments(s) for s in samplers]
   return MomentArrays(**{f: jnp.asarray([getattr(m, f) for m in ms], jnp.float32)
                          for f in laws.MOMENT_FIELDS})

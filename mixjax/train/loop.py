@@ -248,22 +248,37 @@ def train_group(config: ml_collections.ConfigDict, workdir: str, *, devices,
 
 
 def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
-                   interrupt_at_step=None) -> dict[str, dict[str, Any]]:
-  """The runs of a group as one vmapped program (see `train_group`)."""
+                   interrupt_at_step=None, group_config: bool = True
+                   ) -> dict[str, dict[str, Any]]:
+  """The runs of a group as one vmapped program (see `train_group`).
+
+  `runs` may differ in the seed and in the λ-law's parameters (`sampler.params`, same
+  sampler structure: a group of sweep points, `train_sweep`); the laws then enter the
+  step as arrays (`samplers.stack`), each run with its own θ̄ for the rescaling.
+  `group_config`: check and write `config` as WORKDIR/config.json (a seed group); else
+  each run's folder holds the only config check (a group of sweep points).
+  """
   num_runs = len(runs)
   ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.max_to_keep)
-  config_lib.check_workdir_config(
-      config, workdir, write=jax.process_index() == 0,
-      has_run=bool(ckpt.all_steps())
-      or any(os.path.exists(os.path.join(d, writers.SUMMARY_FILE)) for d in dirs))
+  has_run = bool(ckpt.all_steps()) or any(
+      os.path.exists(os.path.join(d, writers.SUMMARY_FILE)) for d in dirs)
+  if group_config:
+    config_lib.check_workdir_config(config, workdir, write=jax.process_index() == 0,
+                                    has_run=has_run)
   for c, d in zip(runs, dirs):
-    config_lib.check_workdir_config(c, config_lib.make_workdir(d), has_run=False,
+    config_lib.check_workdir_config(c, config_lib.make_workdir(d),
+                                    has_run=has_run and not group_config,
                                     write=jax.process_index() == 0)
   mesh = step_lib.make_mesh(devices)
-  sampler = training_sampler(config)
   total = config_lib.total_steps(config, int(ds.train_x.shape[0]))
-  moments, stats = training_law_and_stats(config, sampler, ds, workdir)
-  ctx = method_context(config, sampler, moments)
+  run_samplers = [training_sampler(c) for c in runs]
+  run_moments = [training_law_and_stats(c, s, ds, workdir)[0]
+                 for c, s in zip(runs, run_samplers)]
+  moments, stats = training_law_and_stats(config, run_samplers[0], ds, workdir)
+  laws = None
+  if moments is not None and any(s != run_samplers[0] for s in run_samplers):
+    laws = (samplers_lib.stack(run_samplers), samplers_lib.stack_moments(run_moments))
+  ctx = method_context(config, run_samplers[0], moments)
   tx, schedule = optim.make_optimizer(config.optimizer, spe, total)
   roots = jnp.stack([jax.random.key_data(jax.random.key(c.seed)) for c in runs])
   state, resumed = create_or_restore_state(config, model, tx, mesh, ckpt, roots, ds,
@@ -271,7 +286,7 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   start = int(_to_host(state.step)[0])
   writer = writers.RunWriters([open_writer(d, start, resumed) for d in dirs])
   steps, batch_args = make_step(config, ds, mesh, model, tx, schedule, ctx, stats, None,
-                                num_runs=num_runs)
+                                num_runs=num_runs, laws=laws)
   predict = eval_lib.Predictor(model, config.eval.batch_size,
                                step_lib.make_mesh(jax.local_devices()), stats=stats,
                                theta_bar=ctx.theta_bar)
@@ -283,7 +298,7 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   for r, (c, d) in enumerate(zip(runs, dirs)):
     run_state = run_slice(state, r)
     summary = run_summary(c, run_state, total=total, spe=spe, num_devices=len(devices),
-                          moments=moments, train_time=train_time,
+                          moments=run_moments[r], train_time=train_time,
                           resumed_from_step=start if resumed else None)
     summary["seed"] = int(c.seed)
     bad = int(_to_host(run_state.first_nonfinite))
@@ -296,7 +311,9 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
           json.dump(summary, f, indent=2)
     else:
       summary["status"] = "ok"
-      results, logits, logits_rescaled = final_evaluation(c, predict, run_state, ds)
+      run_predict = predict if run_moments[r] is None else predict.with_theta_bar(
+          float(run_moments[r].mean))
+      results, logits, logits_rescaled = final_evaluation(c, run_predict, run_state, ds)
       summary.update(results)
       writer.write_run(r, total, final_records(summary))
       writers.write_summary(d, summary, ds, logits, logits_rescaled)
@@ -306,20 +323,70 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   return summaries
 
 
+def _law_group_key(config: ml_collections.ConfigDict) -> str:
+  """What a group of sweep points must share to train as one vmapped program: the
+  config but for the seed and the λ-law's parameters."""
+  d = json.loads(_seedless_json(config))
+  d.get("sampler", {}).pop("params", None)
+  return json.dumps(d, sort_keys=True)
+
+
+def law_groups(points: list[tuple[str, ml_collections.ConfigDict]]) -> list[list[int]]:
+  """Consecutive sweep points that differ only in the seed and the λ-law's parameters
+  (same sampler, same structure, num_seeds = 1): the candidates for one vmapped
+  program. Every other point is a group of its own."""
+  groups: list[list[int]] = []
+  for i, (_, c) in enumerate(points):
+    if (groups and c.num_seeds == 1 and points[groups[-1][0]][1].num_seeds == 1
+        and _law_group_key(c) == _law_group_key(points[groups[-1][0]][1])):
+      groups[-1].append(i)
+    else:
+      groups.append([i])
+  return groups
+
+
+def _sweep_group(points, idx, workdir, devices) -> dict[str, dict[str, Any]] | None:
+  """Points `idx` as one vmapped program (their laws stacked), in WORKDIR/<name> each,
+  the group's checkpoints in WORKDIR/group_<first>-<last>; None when they cannot share
+  one (a convolutional model on CPU, data fed from the host, laws of different
+  structures: `group_mode`, `samplers.stack`)."""
+  configs = [points[i][1] for i in idx]
+  base = configs[0]
+  if base.method.name in methods_lib.MIXUP_FAMILY:
+    try:
+      samplers_lib.stack([training_sampler(c) for c in configs])
+    except ValueError as e:
+      logging.info("Sweep points %s train one by one: %s", [points[i][0] for i in idx], e)
+      return None
+  ds, spe = load_data(base)
+  model = make_model(base, ds)
+  if group_mode(base, model, ds, devices) != "vmap":
+    return None
+  group_dir = config_lib.make_workdir(
+      os.path.join(workdir, f"group_{points[idx[0]][0][:2]}-{points[idx[-1]][0][:2]}"))
+  logging.info("Sweep points %s: one vmapped program (%d laws).",
+               ", ".join(points[i][0] for i in idx), len(idx))
+  return _train_vmapped(base, configs, [os.path.join(workdir, points[i][0]) for i in idx],
+                        group_dir, devices=devices, ds=ds, spe=spe, model=model,
+                        group_config=False)
+
+
 def train_sweep(points: list[tuple[str, ml_collections.ConfigDict]], workdir: str, *,
                 devices=None) -> dict[str, Any]:
-  """Every sweep point (`config.sweep_point_configs`) in this process, one after another.
+  """Every sweep point (`config.sweep_point_configs`) in this process.
 
-  Point `name` trains in WORKDIR/<name> with `train_and_evaluate` (a seed group when its
-  num_seeds > 1), so each point has its own config.json, metrics and summary.json and
-  resumes on its own; a finished point (summary.json present) is not trained again.
-  Every point's config is validated before the first one trains. Points that differ
-  only in the seed share one compiled step; other points compile their own. A point
-  whose loss turns NaN is recorded as failed and the next one runs.
+  Point `name` trains in WORKDIR/<name> (a seed group when its num_seeds > 1), so each
+  point has its own config.json, metrics and summary.json; a finished point
+  (summary.json present) is not trained again. Every point's config is validated before
+  the first one trains. Consecutive points that differ only in the seed and the λ-law's
+  parameters (`law_groups`, e.g. Beta(α) for several α) train as one vmapped program
+  where `group_mode` would vmap (dense models; not convolutions on CPU), their laws
+  entering the step as arrays, with one group checkpoint in WORKDIR/group_<i>-<j>;
+  other points train one after another (points that differ only in the seed sharing a
+  compiled step). A point whose loss turns NaN is recorded as failed; the others go on.
 
   Returns:
-    {name: {"config_overrides"..., "status", "test" (or the group's "test" with mean,
-    std, n), "test_rescaled"}}, also written to WORKDIR/summary.json.
+    {name: {"status", "test", "test_rescaled"}}, also written to WORKDIR/summary.json.
 
   Raises:
     ConfigError: a point's config is invalid (before anything trains).
@@ -333,23 +400,40 @@ def train_sweep(points: list[tuple[str, ml_collections.ConfigDict]], workdir: st
       raise config_lib.ConfigError(f"sweep point {name}: {e}") from e
   workdir = config_lib.make_workdir(workdir)
   results, failed = {}, []
-  for name, c in points:
-    d = os.path.join(workdir, name)
-    path = os.path.join(d, writers.SUMMARY_FILE)
-    if os.path.exists(path):
-      logging.info("Sweep point %s finished already; not trained again.", name)
-      with open(path) as f:
-        summary = json.load(f)
-    else:
-      logging.info("Sweep point %s.", name)
+
+  def done(name: str) -> dict | None:
+    path = os.path.join(workdir, name, writers.SUMMARY_FILE)
+    if not os.path.exists(path):
+      return None
+    with open(path) as f:
+      return json.load(f)
+
+  for idx in law_groups(points):
+    todo = [i for i in idx if done(points[i][0]) is None]
+    summaries = {}
+    if len(todo) == len(idx) > 1:
       try:
-        summary = train_and_evaluate(c, d, devices=devices)
+        summaries = _sweep_group(points, idx, workdir, devices) or {}
       except NonFiniteLossError as e:
-        failed.append(name)
-        results[name] = {"status": "failed", "error": str(e)}
+        for i in idx:
+          failed.append(points[i][0])
+          results[points[i][0]] = {"status": "failed", "error": str(e)}
         continue
-    results[name] = {"status": "ok", "test": summary.get("test"),
-                     "test_rescaled": summary.get("test_rescaled")}
+    for i in idx:
+      name, c = points[i]
+      summary = summaries.get(name) or done(name)
+      if summary is None:
+        logging.info("Sweep point %s.", name)
+        try:
+          summary = train_and_evaluate(c, os.path.join(workdir, name), devices=devices)
+        except NonFiniteLossError as e:
+          failed.append(name)
+          results[name] = {"status": "failed", "error": str(e)}
+          continue
+      if summary.get("status") == "failed":
+        failed.append(name)
+      results[name] = {"status": summary.get("status", "ok"), "test": summary.get("test"),
+                       "test_rescaled": summary.get("test_rescaled")}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, writers.SUMMARY_FILE), "w") as f:
       json.dump(results, f, indent=2)
@@ -509,7 +593,7 @@ def open_writer(workdir: str, start: int, resumed: bool) -> writers.MetricWriter
 
 
 def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, ctx,
-              stats, root, *, num_runs: int | None = None
+              stats, root, *, num_runs: int | None = None, laws: Any = None
               ) -> tuple[Callable[[int], Callable], Callable[[int, int], tuple]]:
   """`(steps, batch_args)`: `steps(n)` is the compiled program that takes n steps per
   call (n = config.steps_per_call, or 1 for a remainder; `step.make_train_step`) and
@@ -519,7 +603,8 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
 
   The programs are shared by every run whose config differs from this one's only in the
   seed (the runs of a sequential seed group, `train_group`): they are built and compiled
-  once per process for them. `num_runs`: the programs of a vmapped group.
+  once per process for them. `num_runs`: the programs of a vmapped group; `laws`: its
+  runs' own λ-laws (`step.make_train_step`), passed as the step's last argument.
   """
   num_train = int(ds.train_x.shape[0])
   augment_fn = None
@@ -528,7 +613,8 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
         k, im, crop_padding=config.augment.crop_padding, flip=config.augment.flip)
   train_bytes = ds.train_x.nbytes + ds.train_y.nbytes
   on_device = config.data_on_device and train_bytes <= MAX_ON_DEVICE_BYTES
-  cache_key = (_seedless_json(config), num_train, on_device, num_runs,
+  cache_key = (_seedless_json(config) if laws is None else _law_group_key(config),
+               laws is not None, num_train, on_device, num_runs,
                tuple(d.id for d in mesh.devices.flat), ds.num_classes)
   if _STEP_CACHE.get("key") != cache_key:
     _STEP_CACHE.clear()
@@ -554,9 +640,11 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
   if stats is not None and config.method.name in methods_lib.NEEDS_STATS:
     stats_dev = jax.tree.map(lambda a: step_lib.put_replicated(mesh, np.asarray(a)), stats)
 
+  laws_dev = None if laws is None else jax.device_put(laws, step_lib.replicated(mesh))
+
   def batch_args(s: int, n: int = 1) -> tuple:
     if on_device:
-      return x_src, y_src, stats_dev
+      return x_src, y_src, stats_dev, laws_dev
     idx = np.stack([np.asarray(data_lib.batch_indices(
         data_key, t, num_examples=num_train, batch_size=config.batch_size))
                     for t in range(s, s + n)])
@@ -565,7 +653,7 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
     axis = 0 if n == 1 else 1
     return (step_lib.put_sharded(mesh, ds.train_x[idx], axis=axis),
             step_lib.put_sharded(mesh, ds.train_y[idx].astype(np.int32), axis=axis),
-            stats_dev)
+            stats_dev, laws_dev)
 
   return steps, batch_args
 

@@ -155,9 +155,11 @@ def make_train_step(
       (k, B, ...), sharded over their second axis. The metrics are the last step's.
 
   Returns:
-    The compiled step `train_step(state, x_src, y_src, stats)`; `stats` is the
-    DataStats pytree (replicated) or None; `x_src` (n, ...) or (B, ...) float, `y_src`
-    (n,) or (B,) int32.
+    The compiled step `train_step(state, x_src, y_src, stats, laws=None)`; `stats` is
+    the DataStats pytree (replicated) or None; `laws` (vmapped groups only) is None, or
+    each run's own λ-law as `(samplers.stack([...]), samplers.stack_moments([...]))`
+    (leading axis R; the method then uses run r's sampler, θ̄ and θ-moments); `x_src`
+    (n, ...) or (B, ...) float, `y_src` (n,) or (B,) int32.
     metrics: {"loss", "lr", "grad_norm", "param_norm", "finite"} replicated scalars;
     "loss" is the global-batch mean before the update.
   """
@@ -167,8 +169,13 @@ def make_train_step(
   local_b = batch_size // ndev
   on_device = num_train is not None
 
-  def body(state: state_lib.TrainState, x_src: jax.Array, y_src: jax.Array, stats: Any):
+  def body(state: state_lib.TrainState, x_src: jax.Array, y_src: jax.Array, stats: Any,
+           laws: Any):
     step_ctx = dataclasses.replace(ctx, stats=stats)
+    if laws is not None:  # this run's own λ-law (a vmapped group of laws)
+      sampler, moments = laws
+      step_ctx = dataclasses.replace(step_ctx, sampler=sampler, theta_bar=moments.mean,
+                                     moments=moments)
     dev = lax.axis_index(AXIS)
     step = state.step
     root = state_lib.root_key(state)
@@ -217,21 +224,26 @@ def make_train_step(
     return new_state, metrics
 
   if num_runs is not None:
-    body = jax.vmap(body, in_axes=(0, None, None, None))
+    body = jax.vmap(body, in_axes=(0, None, None, None, 0))
   if steps_per_call > 1:
     one_step = body
 
-    def body(state, x_src, y_src, stats):  # pylint: disable=function-redefined
+    def body(state, x_src, y_src, stats, laws):  # pylint: disable=function-redefined
       if on_device:
-        run = lambda st, _: one_step(st, x_src, y_src, stats)
+        run = lambda st, _: one_step(st, x_src, y_src, stats, laws)
         state, metrics = lax.scan(run, state, None, length=steps_per_call)
       else:
-        run = lambda st, xy: one_step(st, xy[0], xy[1], stats)
+        run = lambda st, xy: one_step(st, xy[0], xy[1], stats, laws)
         state, metrics = lax.scan(run, state, (x_src, y_src))
       return state, jax.tree.map(lambda a: a[-1], metrics)
   if max_traces is not None:
     body = chex.assert_max_traces(body, n=max_traces)
   data_spec = P() if on_device else (P(AXIS) if steps_per_call == 1 else P(None, AXIS))
-  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), data_spec, data_spec, P()),
+  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), data_spec, data_spec, P(), P()),
                           out_specs=(P(), P()))
-  return jax.jit(sharded, donate_argnums=(0,))
+  compiled = jax.jit(sharded, donate_argnums=(0,))
+
+  def train_step(state, x_src, y_src, stats, laws=None):
+    return compiled(state, x_src, y_src, stats, laws)
+
+  return train_step
