@@ -493,3 +493,11 @@ def test_slope_bootstrap_ignores_a_law_without_finite_values():
   fit = analysis.slope_vs(rows, "x", "m", num_boot=200)
   assert np.isfinite(fit["boot_low"]) and np.isfinite(fit["boot_high"])
   assert fit["boot_low"] <= 2.0 <= fit["boot_high"]
+
+
+def test_regress_laws_without_enough_finite_laws_gives_nan_not_an_error():
+  rows = [{"law": f"l{i}", "seed": s, "x1": float(i), "x2": float(i * i), "m": None}
+          for i in range(4) for s in range(3)]
+  out = analysis.regress_laws(rows, ["x1", "x2"], "m", num_boot=20)
+  assert all(math.isnan(out[k]["coef"]) and math.isnan(out[k]["boot_low"])
+             for k in ("x1", "x2"))

@@ -181,6 +181,10 @@ def regress_laws(rows: Sequence[dict], x_keys: Sequence[str], metric: str, *,
   table = law_seed_table(rows, metric, law_key=law_key, seed_key=seed_key)
   means = table.mean(axis=1, skipna=True).to_numpy()
   ok = np.isfinite(means)
+  if ok.sum() < len(x_keys) + 2:  # no residual degree of freedom: nothing to estimate
+    nan = {"coef": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+           "boot_low": math.nan, "boot_high": math.nan, "dof": int(ok.sum()) - len(x_keys) - 1}
+    return {k: dict(nan) for k in x_keys}
   design = sm.add_constant(xmat[ok], has_constant="add")
   res = sm.OLS(means[ok], design).fit()
   ci = res.conf_int(0.05)
