@@ -185,10 +185,19 @@ class Beta(Sampler):
   tag: str | None = _label_field()
 
   def _sample(self, key, shape):
-    # jax.random.beta works in log space: no NaN for small α (e.g. 0.01). Also for
-    # α = β = 1 (no uniform shortcut), so that a stacked (traced) Beta(1, 1) draws the
-    # same numbers as Beta(1, 1) alone.
-    lam = jax.random.beta(key, self.alpha, self.beta, shape, jnp.float32)
+    # Beta(1, 1) = Uniform[0, 1]: `jax.random.uniform` (a Beta draw costs a gamma
+    # rejection loop). Traced parameters (a stacked sampler, vmapped) take the same
+    # uniform draw where α = β = 1, so a stacked Beta(1, 1) draws what it draws alone.
+    # jax.random.beta works in log space: no NaN for small α (e.g. 0.01).
+    if _concrete(self.alpha) and _concrete(self.beta):
+      if self.alpha == self.beta == 1.0:
+        lam = jax.random.uniform(key, shape, jnp.float32)
+      else:
+        lam = jax.random.beta(key, self.alpha, self.beta, shape, jnp.float32)
+    else:
+      one = (jnp.asarray(self.alpha) == 1.0) & (jnp.asarray(self.beta) == 1.0)
+      lam = jnp.where(one, jax.random.uniform(key, shape, jnp.float32),
+                      jax.random.beta(key, self.alpha, self.beta, shape, jnp.float32))
     return jnp.clip(lam, 0.0, 1.0)
 
   def theta_law(self):
