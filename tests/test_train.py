@@ -279,6 +279,30 @@ def test_changed_config_is_refused_unless_allowed(reference, tmp_path):
     assert json.load(f)["log_every_steps"] == 3
 
 
+def test_workdir_from_before_a_new_knob_resumes_unless_the_knob_is_changed(reference,
+                                                                          tmp_path):
+  """A config.json written before knobs were added (here num_seeds and steps_per_call
+  removed from it) resumes when the new knobs have their defaults; a new knob set to
+  something else is a change like any other (num_seeds: <absent> -> 2, refused)."""
+  wd = _copy(reference[0], tmp_path / "old")
+  path = os.path.join(wd, "config.json")
+  with open(path) as f:
+    old = json.load(f)
+  del old["num_seeds"], old["steps_per_call"], old["dataset"]["split_seed"]
+  with open(path, "w") as f:
+    json.dump(old, f)
+  got = loop.train_and_evaluate(resume_config(), wd)
+  assert got["resumed_from_step"] == 9 and got["test"] == reference[1]["test"]
+  with open(path) as f:  # rewritten with the new knobs
+    old = json.load(f)
+  assert old["num_seeds"] == 1
+  del old["num_seeds"]
+  with open(path, "w") as f:
+    json.dump(old, f)
+  with pytest.raises(config_lib.WorkdirError, match="num_seeds"):
+    loop.train_and_evaluate(resume_config(num_seeds=2), wd)
+
+
 def test_saved_predictions_reproduce_the_summary(reference):
   """summary.json's test metrics recomputed from predictions.npz with plain NumPy/SciPy:
   accuracy, NLL, 15-bin ECE, Brier, and the temperature-scaled NLL/ECE with T fitted

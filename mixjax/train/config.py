@@ -58,7 +58,9 @@ config of the run's first start. When the workdir holds a run (checkpoints or a 
 a config that differs from it in any key outside `RESUMABLE_CHANGES` is refused, listing
 the keys (old → new), unless `allow_config_change=True`; the keys of `RESUMABLE_CHANGES`
 (length of training, logging, evaluation and checkpoint cadence, the data folder) may
-change by design. An accepted change is logged and config.json is rewritten.
+change by design. A key the old config.json lacks (a knob added to mixjax since) is no
+change when it has its default value. An accepted change is logged and config.json is
+rewritten.
 """
 from __future__ import annotations
 
@@ -550,6 +552,10 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *,
             "to resume anyway, or use a fresh --workdir.") from e
     if old is not None:
       changes = config_changes(old, json.loads(text))
+      # A knob added to mixjax after the run started, at its default, changes nothing.
+      defaults = _flatten(json.loads(config_to_json(base_config())))
+      changes = {k: (a, b) for k, (a, b) in changes.items()
+                 if not (a == _ABSENT and k in defaults and defaults[k] == b)}
     refused = {k: v for k, v in changes.items() if not is_resumable_change(k)}
     if refused and not config.allow_config_change:
       listed = "; ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}"

@@ -228,7 +228,10 @@ def train_group(config: ml_collections.ConfigDict, workdir: str, *, devices,
   if mode == "sequential":
     config_lib.check_workdir_config(
         config, workdir, write=jax.process_index() == 0,
-        has_run=any(os.path.isdir(d) for d in dirs))
+        has_run=any(os.path.isdir(d) for d in dirs)
+        or os.path.exists(os.path.join(workdir, writers.SUMMARY_FILE))
+        or bool(os.listdir(os.path.join(workdir, "checkpoints"))
+                if os.path.isdir(os.path.join(workdir, "checkpoints")) else False))
     summaries = {}
     for c, d in zip(runs, dirs):
       path = os.path.join(d, writers.SUMMARY_FILE)
