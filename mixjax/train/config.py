@@ -209,10 +209,10 @@ def sweep_config(config: ml_collections.ConfigDict, overrides: dict[str, Any]
   return config
 
 
-def load_sweep(config_path: str) -> list[dict]:
-  """`get_sweep()` of a config file: one override dict {"a.b": value} per point
-  (ConfigError if the file has none)."""
-  module = load_config_module(config_path)
+def load_sweep(config_path: str, module: types.ModuleType | None = None) -> list[dict]:
+  """`get_sweep()` of a config file (or of its already loaded `module`): one override
+  dict {"a.b": value} per point (ConfigError if the file has none)."""
+  module = module or load_config_module(config_path)
   if not hasattr(module, "get_sweep"):
     raise ConfigError(f"{config_path} has no get_sweep(); nothing to sweep.")
   return list(module.get_sweep())
@@ -255,7 +255,7 @@ def sweep_point_configs(config: ml_collections.ConfigDict, config_path: str
   cli = set(config_changes(json.loads(config_to_json(file_config)),
                            json.loads(config_to_json(config))))
   points = []
-  for i, overrides in enumerate(load_sweep(config_path)):
+  for i, overrides in enumerate(load_sweep(config_path, module)):
     both = sorted(k for k in overrides
                   if any(c == k or c.startswith(k + ".") for c in cli))
     if both:

@@ -226,12 +226,12 @@ def train_group(config: ml_collections.ConfigDict, workdir: str, *, devices,
   logging.info("Seed group of %d runs (seeds %d..%d), %s mode.", len(runs),
                runs[0].seed, runs[-1].seed, mode)
   if mode == "sequential":
+    ckpt_dir = os.path.join(workdir, "checkpoints")  # a single run's, in this workdir
     config_lib.check_workdir_config(
         config, workdir, write=jax.process_index() == 0,
         has_run=any(os.path.isdir(d) for d in dirs)
         or os.path.exists(os.path.join(workdir, writers.SUMMARY_FILE))
-        or bool(os.listdir(os.path.join(workdir, "checkpoints"))
-                if os.path.isdir(os.path.join(workdir, "checkpoints")) else False))
+        or (os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))))
     summaries = {}
     for c, d in zip(runs, dirs):
       path = os.path.join(d, writers.SUMMARY_FILE)
@@ -275,8 +275,7 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   mesh = step_lib.make_mesh(devices)
   total = config_lib.total_steps(config, int(ds.train_x.shape[0]))
   run_samplers = [training_sampler(c) for c in runs]
-  run_moments = [training_law_and_stats(c, s, ds, workdir)[0]
-                 for c, s in zip(runs, run_samplers)]
+  run_moments = [training_moments(c, s) for c, s in zip(runs, run_samplers)]
   moments, stats = training_law_and_stats(config, run_samplers[0], ds, workdir)
   laws = None
   if moments is not None and any(s != run_samplers[0] for s in run_samplers):
@@ -348,11 +347,14 @@ def law_groups(points: list[tuple[str, ml_collections.ConfigDict]]) -> list[list
   return groups
 
 
-def _sweep_group(points, idx, workdir, devices) -> dict[str, dict[str, Any]] | None:
+def _sweep_group(points, idx, workdir, devices):
   """Points `idx` as one vmapped program (their laws stacked), in WORKDIR/<name> each,
-  the group's checkpoints in WORKDIR/group_<first>-<last>; None when they cannot share
-  one (a convolutional model on CPU, data fed from the host, laws of different
-  structures: `group_mode`, `samplers.stack`)."""
+  the group's checkpoints in WORKDIR/group_<first>-<last>.
+
+  Returns (summaries by point name, or None when the points cannot share one program:
+  a convolutional model on CPU, data fed from the host, laws of different structures
+  (`group_mode`, `samplers.stack`); the dataset if it was loaded, for the points to
+  train one by one without loading it again)."""
   configs = [points[i][1] for i in idx]
   base = configs[0]
   if base.method.name in methods_lib.MIXUP_FAMILY:
@@ -360,18 +362,18 @@ def _sweep_group(points, idx, workdir, devices) -> dict[str, dict[str, Any]] | N
       samplers_lib.stack([training_sampler(c) for c in configs])
     except ValueError as e:
       logging.info("Sweep points %s train one by one: %s", [points[i][0] for i in idx], e)
-      return None
+      return None, None
   ds, spe = load_data(base)
   model = make_model(base, ds)
   if group_mode(base, model, ds, devices) != "vmap":
-    return None
+    return None, ds
   group_dir = config_lib.make_workdir(
       os.path.join(workdir, f"group_{points[idx[0]][0][:2]}-{points[idx[-1]][0][:2]}"))
   logging.info("Sweep points %s: one vmapped program (%d laws).",
                ", ".join(points[i][0] for i in idx), len(idx))
   return _train_vmapped(base, configs, [os.path.join(workdir, points[i][0]) for i in idx],
                         group_dir, devices=devices, ds=ds, spe=spe, model=model,
-                        group_config=False)
+                        group_config=False), ds
 
 
 def train_sweep(points: list[tuple[str, ml_collections.ConfigDict]], workdir: str, *,
@@ -413,10 +415,11 @@ def train_sweep(points: list[tuple[str, ml_collections.ConfigDict]], workdir: st
 
   for idx in law_groups(points):
     todo = [i for i in idx if done(points[i][0]) is None]
-    summaries = {}
+    summaries, ds = {}, None
     if len(todo) == len(idx) > 1:
       try:
-        summaries = _sweep_group(points, idx, workdir, devices) or {}
+        group_summaries, ds = _sweep_group(points, idx, workdir, devices)
+        summaries = group_summaries or {}
       except NonFiniteLossError as e:
         for i in idx:
           failed.append(points[i][0])
@@ -428,7 +431,11 @@ def train_sweep(points: list[tuple[str, ml_collections.ConfigDict]], workdir: st
       if summary is None:
         logging.info("Sweep point %s.", name)
         try:
-          summary = train_and_evaluate(c, os.path.join(workdir, name), devices=devices)
+          if ds is None:  # (a point with num_seeds > 1 is a group of its own: ds is None)
+            summary = train_and_evaluate(c, os.path.join(workdir, name), devices=devices)
+          else:  # a point of a law group that could not be vmapped: its data is loaded
+            summary = _train_single(c, os.path.join(workdir, name), devices=devices,
+                                    ds=ds)
         except NonFiniteLossError as e:
           failed.append(name)
           results[name] = {"status": "failed", "error": str(e)}
@@ -543,16 +550,21 @@ def training_law_and_stats(config: ml_collections.ConfigDict, sampler, ds, workd
   """θ-moments of the law the model effectively trains on (the mixup family; RegMixup's
   is `samplers.regmixup_equivalent`), and the DataStats if the method or the rescaling
   needs them (float32 unless x64 is enabled)."""
-  moments = None
-  if config.method.name in methods_lib.MIXUP_FAMILY:
-    law = sampler
-    if config.method.name == "regmixup":
-      law = samplers_lib.regmixup_equivalent(sampler, float(config.method.eta))
-    moments = samplers_lib.theta_moments(law)
   stats = load_or_compute_stats(config, ds, workdir) if needs_stats(config) else None
   if stats is not None and not jax.config.jax_enable_x64:
     stats = jax.tree.map(lambda a: np.asarray(a, np.float32), stats)
-  return moments, stats
+  return training_moments(config, sampler), stats
+
+
+def training_moments(config: ml_collections.ConfigDict, sampler):
+  """θ-moments of the law the model effectively trains on: `sampler`'s, RegMixup's
+  `samplers.regmixup_equivalent`; None outside the mixup family."""
+  if config.method.name not in methods_lib.MIXUP_FAMILY:
+    return None
+  law = sampler
+  if config.method.name == "regmixup":
+    law = samplers_lib.regmixup_equivalent(sampler, float(config.method.eta))
+  return samplers_lib.theta_moments(law)
 
 
 def method_context(config: ml_collections.ConfigDict, sampler, moments
@@ -794,8 +806,7 @@ def train(config: ml_collections.ConfigDict, state, steps, batch_args, predict, 
                      res["ece"])
         writer.write_run(r, done, {"test/" + k: v for k, v in res.items()})
 
-  step_done = ckpt.latest_step()
-  if start < total or step_done != total:
+  if start < total or ckpt.latest_step() != total:
     save(state, ckpt, writer, spe, failed)
   return state, time.time() - t_start
 
