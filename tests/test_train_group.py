@@ -324,24 +324,34 @@ def test_steps_per_call_must_be_positive():
 LAW_SWEEP_FILE = SWEEP_FILE.replace('''def get_sweep():
   return [{"method.name": "erm"},
           {"sampler.name": "beta", "sampler.params": {"alpha": 0.2}}]''', '''def get_sweep():
-  return [{"sampler.name": "beta", "sampler.params": {"alpha": a}} for a in (0.2, 1.0, 4.0)]''')
+  return ([{"sampler.name": "beta", "sampler.params": {"alpha": a}, "optimizer.lr": lr,
+           "optimizer.weight_decay": wd}
+          for a, lr, wd in ((0.2, 0.1, 0.0), (1.0, 0.05, 1e-3), (4.0, 0.1, 0.0))]
+          + [{"sampler.name": "w_shaped", "sampler.params": {"a": 0.5}}])''')
 
 
 def test_sweep_over_law_parameters_is_one_vmapped_program_equal_to_each_run(tmp_path):
-  """Beta(α) for three α (a dense model on CPU): one vmapped program, laws as arrays;
-  each point's losses, parameters and metrics (rescaled ones with its own θ̄) equal the
-  point trained alone."""
-  assert "0.2, 1.0, 4.0" in LAW_SWEEP_FILE
+  """Beta(α) for three α with their own lr and weight decay (a dense model on CPU): one
+  vmapped program, laws and optimizer values as arrays; a W-shaped law (another
+  structure) trains apart. Each point's losses, parameters and metrics (rescaled ones
+  with its own θ̄) equal the point trained alone, and `TrainedRun` restores its final
+  parameters from the group checkpoint."""
+  assert "(1.0, 0.05, 1e-3)" in LAW_SWEEP_FILE
   path = tmp_path / "law_sweep.py"
   path.write_text(LAW_SWEEP_FILE)
   config = config_lib.load_config_module(str(path)).get_config()
   points = config_lib.sweep_point_configs(config, str(path))
   assert [[points[i][0] for i in g] for g in loop.law_groups(points)] == [
-      [p[0] for p in points]]
+      [p[0] for p in points[:3]], [points[3][0]]]
   wd = tmp_path / "sweep"
   out = loop.train_sweep(points, str(wd))
-  assert sorted(os.listdir(wd)) == sorted([p[0] for p in points] + ["group_00-02",
+  assert sorted(os.listdir(wd)) == sorted([p[0] for p in points] + ["group_000_3",
                                                                      "summary.json"])
+  assert _summary(wd / points[1][0])["checkpoint"] == {
+      "workdir": "../group_000_3", "run": 1, "num_runs": 3}
+  lrs = [[r["train/lr"] for r in writers.read_metrics(str(wd / p[0])) if "train/lr" in r]
+         for p in points[:2]]
+  np.testing.assert_allclose(np.asarray(lrs[1]) / np.asarray(lrs[0]), 0.5, rtol=1e-6)
   for name, c in points:
     alone_wd = str(tmp_path / f"alone_{name}")
     alone = loop.train_and_evaluate(c, alone_wd)
@@ -353,3 +363,10 @@ def test_sweep_over_law_parameters_is_one_vmapped_program_equal_to_each_run(tmp_
       for k in ("accuracy", "nll"):
         assert got[col][k] == pytest.approx(alone[col][k], rel=1e-4, abs=1e-5), (name, col)
     assert out[name]["test"] == got["test"]
+    run = loop.TrainedRun(str(wd / name))
+    ref = loop.TrainedRun(alone_wd)
+    for a, b in zip(jax.tree.leaves(run.variables()), jax.tree.leaves(ref.variables())):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert run.steps[-1] == ref.steps[-1] == 6
+    run.close()
+    ref.close()

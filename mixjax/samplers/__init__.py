@@ -36,6 +36,7 @@ from mixjax.samplers.laws import optimal
 from mixjax.samplers.laws import regmixup
 from mixjax.samplers.laws import regmixup_equivalent
 from mixjax.samplers.laws import stack
+from mixjax.samplers.laws import structure
 from mixjax.samplers.laws import uniform
 from mixjax.samplers.laws import validate
 from mixjax.samplers.laws import w_shaped

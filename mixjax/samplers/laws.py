@@ -584,6 +584,8 @@ SAMPLERS.register("regmixup", regmixup)
 SAMPLERS.register("optimal", optimal)
 SAMPLERS.register("atoms", atoms)
 SAMPLERS.register("from_fn", from_fn)
+SAMPLERS.register("erm", erm)
+SAMPLERS.register("matched_atoms", matched_atoms)
 
 
 def make_sampler(name: str | Sampler, **params) -> Sampler:
@@ -623,6 +625,12 @@ def _unlabelled(sampler: Sampler) -> Sampler:
   if isinstance(sampler, Mixture):
     kw["samplers"] = tuple(_unlabelled(s) for s in sampler.samplers)
   return dataclasses.replace(sampler, **kw)
+
+
+def structure(sampler: Sampler) -> str:
+  """The sampler's structure without its numeric values (its pytree structure, labels
+  dropped): samplers with equal structures can be `stack`ed into one vmapped program."""
+  return str(jax.tree.structure(_unlabelled(_check(sampler))))
 
 
 def stack(samplers: Sequence[Sampler]) -> Sampler:

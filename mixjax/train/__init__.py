@@ -14,6 +14,7 @@ _EXPORTS = {
     "NonFiniteLossError": "mixjax.train.loop",
     "train_and_evaluate": "mixjax.train.loop",
     "train_sweep": "mixjax.train.loop",
+    "TrainedRun": "mixjax.train.loop",
     "METHODS": "mixjax.train.methods",
     "TrainState": "mixjax.train.state",
 }

@@ -138,6 +138,7 @@ def _train_single(config, workdir: str, *, devices, interrupt_at_step=None, ds=N
   summary = run_summary(config, state, total=total, spe=spe, num_devices=len(devices),
                         moments=moments, train_time=train_time,
                         resumed_from_step=start if resumed else None)
+  summary["checkpoint"] = {"workdir": ".", "run": None, "num_runs": None}
   results, logits, logits_rescaled = final_evaluation(config, predict, state, ds)
   summary.update(results)
   writer.write(total, final_records(summary))
@@ -255,11 +256,13 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
                    ) -> dict[str, dict[str, Any]]:
   """The runs of a group as one vmapped program (see `train_group`).
 
-  `runs` may differ in the seed and in the λ-law's parameters (`sampler.params`, same
-  sampler structure: a group of sweep points, `train_sweep`); the laws then enter the
-  step as arrays (`samplers.stack`), each run with its own θ̄ for the rescaling.
-  `group_config`: check and write `config` as WORKDIR/config.json (a seed group); else
-  each run's folder holds the only config check (a group of sweep points).
+  `runs` may differ in the seed, in the λ-law's parameters (`sampler`, one sampler
+  structure) and in the optimizer's lr and weight decay (a group of sweep points,
+  `train_sweep`); those enter the step as arrays (`step.RunParams`), each run with its
+  own θ̄ for the rescaling. `group_config`: check and write `config` as
+  WORKDIR/config.json (a seed group); else each run's folder holds the only config
+  check (a group of sweep points). Each run's summary names the group checkpoint and
+  its index in it ("checkpoint"), for `load_run`.
   """
   num_runs = len(runs)
   ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.max_to_keep)
@@ -277,9 +280,7 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   run_samplers = [training_sampler(c) for c in runs]
   run_moments = [training_moments(c, s) for c, s in zip(runs, run_samplers)]
   moments, stats = training_law_and_stats(config, run_samplers[0], ds, workdir)
-  laws = None
-  if moments is not None and any(s != run_samplers[0] for s in run_samplers):
-    laws = (samplers_lib.stack(run_samplers), samplers_lib.stack_moments(run_moments))
+  params = run_params(config, runs, run_samplers, run_moments)
   ctx = method_context(config, run_samplers[0], moments)
   tx, schedule = optim.make_optimizer(config.optimizer, spe, total)
   roots = jnp.stack([jax.random.key_data(jax.random.key(c.seed)) for c in runs])
@@ -288,7 +289,8 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   start = int(_to_host(state.step)[0])
   writer = writers.RunWriters([open_writer(d, start, resumed) for d in dirs])
   steps, batch_args = make_step(config, ds, mesh, model, tx, schedule, ctx, stats, None,
-                                num_runs=num_runs, laws=laws)
+                                num_runs=num_runs, runs=params, steps_per_epoch=spe,
+                                total=total)
   predict = eval_lib.Predictor(model, config.eval.batch_size,
                                step_lib.make_mesh(jax.local_devices()), stats=stats,
                                theta_bar=ctx.theta_bar)
@@ -303,14 +305,15 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
                           moments=run_moments[r], train_time=train_time,
                           resumed_from_step=start if resumed else None)
     summary["seed"] = int(c.seed)
+    summary["checkpoint"] = {"workdir": os.path.relpath(workdir, d), "run": r,
+                             "num_runs": num_runs}
     bad = int(_to_host(run_state.first_nonfinite))
     if bad != state_lib.NO_NONFINITE:
       summary.update(status="failed", failed_at_step=bad,
                      error=f"non-finite loss or gradient at step {bad}; the run stopped "
                            "updating there (the other runs of the group continued).")
       if jax.process_index() == 0:
-        with open(os.path.join(d, writers.SUMMARY_FILE), "w") as f:
-          json.dump(summary, f, indent=2)
+        writers.write_json(os.path.join(d, writers.SUMMARY_FILE), summary)
     else:
       summary["status"] = "ok"
       run_predict = predict if run_moments[r] is None else predict.with_theta_bar(
@@ -325,51 +328,80 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   return summaries
 
 
+def run_params(config: ml_collections.ConfigDict, runs, run_samplers, run_moments
+               ) -> step_lib.RunParams | None:
+  """The runs' own values that differ within a vmapped group (`step.RunParams`): the
+  λ-laws (stacked, with their θ-moments) and the optimizer's lr and weight decay; None
+  when every run shares them all (a seed group)."""
+  laws = run_moments[0] is not None and any(s != run_samplers[0] for s in run_samplers)
+  lrs = [float(c.optimizer.lr) for c in runs]
+  wds = [float(c.optimizer.weight_decay) for c in runs]
+  optimizer = len(set(lrs)) > 1 or len(set(wds)) > 1
+  if not laws and not optimizer:
+    return None
+  return step_lib.RunParams(
+      sampler=samplers_lib.stack(run_samplers) if laws else None,
+      moments=samplers_lib.stack_moments(run_moments) if laws else None,
+      lr=jnp.asarray(lrs, jnp.float32) if optimizer else None,
+      weight_decay=jnp.asarray(wds, jnp.float32) if optimizer else None)
+
+
+# Keys a vmapped group of sweep points may differ in: they enter the step as arrays.
+_PER_RUN_KEYS = (("seed",), ("sampler", "name"), ("sampler", "params"), ("optimizer", "lr"),
+                 ("optimizer", "weight_decay"))
+
+
 def _law_group_key(config: ml_collections.ConfigDict) -> str:
   """What a group of sweep points must share to train as one vmapped program: the
-  config but for the seed and the λ-law's parameters."""
+  config but for the seed, the λ-law's parameters and the optimizer's lr and weight
+  decay; the laws must have one structure (`samplers.structure`: e.g. Beta(α) for
+  several α, or two-atom laws)."""
   d = json.loads(_seedless_json(config))
-  d.get("sampler", {}).pop("params", None)
+  for keys in _PER_RUN_KEYS:
+    node = d
+    for k in keys[:-1]:
+      node = node.get(k, {})
+    node.pop(keys[-1], None)
+  if config.method.name in methods_lib.MIXUP_FAMILY:
+    d["sampler_structure"] = samplers_lib.structure(training_sampler(config))
   return json.dumps(d, sort_keys=True)
 
 
 def law_groups(points: list[tuple[str, ml_collections.ConfigDict]]) -> list[list[int]]:
-  """Consecutive sweep points that differ only in the seed and the λ-law's parameters
-  (same sampler, same structure, num_seeds = 1): the candidates for one vmapped
-  program. Every other point is a group of its own."""
+  """Sweep points that differ only in the seed, the λ-law's parameters (one sampler
+  structure) and the optimizer's lr and weight decay, all with num_seeds = 1: the
+  candidates for one vmapped program (in the order of their first point). Every other
+  point is a group of its own."""
   groups: list[list[int]] = []
+  by_key: dict[str, list[int]] = {}
   for i, (_, c) in enumerate(points):
-    if (groups and c.num_seeds == 1 and points[groups[-1][0]][1].num_seeds == 1
-        and _law_group_key(c) == _law_group_key(points[groups[-1][0]][1])):
-      groups[-1].append(i)
-    else:
+    if c.num_seeds != 1:
       groups.append([i])
+      continue
+    key = _law_group_key(c)
+    if key not in by_key:
+      by_key[key] = []
+      groups.append(by_key[key])
+    by_key[key].append(i)
   return groups
 
 
 def _sweep_group(points, idx, workdir, devices):
-  """Points `idx` as one vmapped program (their laws stacked), in WORKDIR/<name> each,
-  the group's checkpoints in WORKDIR/group_<first>-<last>.
+  """Points `idx` as one vmapped program (their laws and optimizer values stacked), in
+  WORKDIR/<name> each, the group's checkpoints in WORKDIR/group_<first>_<size>.
 
   Returns (summaries by point name, or None when the points cannot share one program:
-  a convolutional model on CPU, data fed from the host, laws of different structures
-  (`group_mode`, `samplers.stack`); the dataset if it was loaded, for the points to
-  train one by one without loading it again)."""
+  a convolutional model on CPU or data fed from the host (`group_mode`); the dataset,
+  for the points to train one by one without loading it again)."""
   configs = [points[i][1] for i in idx]
   base = configs[0]
-  if base.method.name in methods_lib.MIXUP_FAMILY:
-    try:
-      samplers_lib.stack([training_sampler(c) for c in configs])
-    except ValueError as e:
-      logging.info("Sweep points %s train one by one: %s", [points[i][0] for i in idx], e)
-      return None, None
   ds, spe = load_data(base)
   model = make_model(base, ds)
   if group_mode(base, model, ds, devices) != "vmap":
     return None, ds
   group_dir = config_lib.make_workdir(
-      os.path.join(workdir, f"group_{points[idx[0]][0][:2]}-{points[idx[-1]][0][:2]}"))
-  logging.info("Sweep points %s: one vmapped program (%d laws).",
+      os.path.join(workdir, f"group_{idx[0]:03d}_{len(idx)}"))
+  logging.info("Sweep points %s: one vmapped program (%d runs).",
                ", ".join(points[i][0] for i in idx), len(idx))
   return _train_vmapped(base, configs, [os.path.join(workdir, points[i][0]) for i in idx],
                         group_dir, devices=devices, ds=ds, spe=spe, model=model,
@@ -383,12 +415,14 @@ def train_sweep(points: list[tuple[str, ml_collections.ConfigDict]], workdir: st
   Point `name` trains in WORKDIR/<name> (a seed group when its num_seeds > 1), so each
   point has its own config.json, metrics and summary.json; a finished point
   (summary.json present) is not trained again. Every point's config is validated before
-  the first one trains. Consecutive points that differ only in the seed and the λ-law's
-  parameters (`law_groups`, e.g. Beta(α) for several α) train as one vmapped program
-  where `group_mode` would vmap (dense models; not convolutions on CPU), their laws
-  entering the step as arrays, with one group checkpoint in WORKDIR/group_<i>-<j>;
-  other points train one after another (points that differ only in the seed sharing a
-  compiled step). A point whose loss turns NaN is recorded as failed; the others go on.
+  the first one trains. Points that differ only in the seed, the λ-law's parameters
+  (one sampler structure: e.g. Beta(α) for several α) and the optimizer's lr and weight
+  decay (`law_groups`) train as one vmapped program where `group_mode` would vmap
+  (dense models; not convolutions on CPU), those values entering the step as arrays
+  (`step.RunParams`), with one group checkpoint in WORKDIR/group_<first>_<size>; laws
+  of different structures compile separately. Other points train one after another
+  (points that differ only in the seed sharing a compiled step). A point whose loss
+  turns NaN is recorded as failed; the others go on.
 
   Returns:
     {name: {"status", "test", "test_rescaled"}}, also written to WORKDIR/summary.json.
@@ -445,14 +479,77 @@ def train_sweep(points: list[tuple[str, ml_collections.ConfigDict]], workdir: st
       results[name] = {"status": summary.get("status", "ok"), "test": summary.get("test"),
                        "test_rescaled": summary.get("test_rescaled")}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, writers.SUMMARY_FILE), "w") as f:
-      json.dump(results, f, indent=2)
+    writers.write_json(os.path.join(workdir, writers.SUMMARY_FILE), results)
   if failed:
     raise NonFiniteLossError(
         f"{len(failed)} of {len(points)} sweep points stopped on a non-finite loss: "
         f"{', '.join(failed)} (their messages are in {workdir}/summary.json); the other "
         "points finished.")
   return results
+
+
+class TrainedRun:
+  """A run of a workdir, for analysis after training: its config, model, dataset and the
+  model variables at any of its checkpoints.
+
+  `TrainedRun(run_dir)` reads RUN_DIR/config.json and summary.json, whose "checkpoint"
+  entry says where the run's states are: its own RUN_DIR/checkpoints, or those of the
+  vmapped group it trained in (the run's index r in them). The states are restored on
+  the local devices, as they were saved (so checkpoint `config.max_to_keep` steps
+  at `config.checkpoint_every_steps` to keep a training trajectory).
+
+  Attributes:
+    config: the run's resolved config (ml_collections.ConfigDict).
+    model: the Linen model it trained (`make_model`).
+    ds: the dataset (`load_data`; pass `ds` to reuse one already loaded).
+    steps: the checkpointed steps, ascending.
+  """
+
+  def __init__(self, run_dir: str, *, ds=None):
+    with open(os.path.join(run_dir, "config.json")) as f:
+      self.config = ml_collections.ConfigDict(_tuples(json.load(f)))
+    with open(os.path.join(run_dir, writers.SUMMARY_FILE)) as f:
+      where = json.load(f).get("checkpoint") or {"workdir": ".", "run": None,
+                                                  "num_runs": None}
+    self.ds = ds if ds is not None else load_data(self.config)[0]
+    self.model = make_model(self.config, self.ds)
+    self._run, num_runs = where["run"], where["num_runs"]
+    self._ckpt = checkpoint_lib.Checkpointer(
+        os.path.normpath(os.path.join(run_dir, where["workdir"])))
+    self.steps = sorted(self._ckpt.all_steps())
+    spe = data_lib.steps_per_epoch(int(self.ds.train_x.shape[0]), self.config.batch_size)
+    tx, _ = optim.make_optimizer(self.config.optimizer, spe, config_lib.total_steps(
+        self.config, int(self.ds.train_x.shape[0])))
+    sample = jnp.zeros((1,) + tuple(self.ds.input_shape), jnp.float32)
+    init = lambda k: state_lib.create_state(self.model, tx, k, sample)
+    roots = jnp.zeros((num_runs or 1, 2), jnp.uint32)
+    mesh = step_lib.make_mesh(jax.local_devices())
+    self._template = jax.jit(jax.vmap(init) if num_runs else (lambda k: init(k[0])),
+                             out_shardings=step_lib.replicated(mesh))(roots)
+
+  def state(self, step: int | None = None) -> state_lib.TrainState:
+    """The run's TrainState at checkpoint `step` (default: the last)."""
+    if not self.steps:
+      raise FileNotFoundError(f"No checkpoint in {self._ckpt.directory}.")
+    state, _ = self._ckpt.restore(self.steps[-1] if step is None else step, self._template)
+    return state if self._run is None else run_slice(state, self._run)
+
+  def variables(self, step: int | None = None) -> dict[str, Any]:
+    """{"params", "batch_stats"} at checkpoint `step` (default: the last), for
+    `model.apply(variables, x, train=False)`."""
+    return self.state(step).variables
+
+  def close(self) -> None:
+    self._ckpt.close()
+
+
+def _tuples(value: Any) -> Any:
+  """JSON lists back to the tuples the configs use."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
 
 
 def run_slice(state, r: int):
@@ -608,7 +705,9 @@ def open_writer(workdir: str, start: int, resumed: bool) -> writers.MetricWriter
 
 
 def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, ctx,
-              stats, root, *, num_runs: int | None = None, laws: Any = None
+              stats, root, *, num_runs: int | None = None,
+              runs: step_lib.RunParams | None = None, steps_per_epoch: int | None = None,
+              total: int | None = None
               ) -> tuple[Callable[[int], Callable], Callable[[int, int], tuple]]:
   """`(steps, batch_args)`: `steps(n)` is the compiled program that takes n steps per
   call (n = config.steps_per_call, or 1 for a remainder; `step.make_train_step`) and
@@ -618,8 +717,9 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
 
   The programs are shared by every run whose config differs from this one's only in the
   seed (the runs of a sequential seed group, `train_group`): they are built and compiled
-  once per process for them. `num_runs`: the programs of a vmapped group; `laws`: its
-  runs' own λ-laws (`step.make_train_step`), passed as the step's last argument.
+  once per process for them. `num_runs`: the programs of a vmapped group; `runs`: its
+  runs' own λ-laws and optimizer values (`step.RunParams`), passed as the step's last
+  argument (`steps_per_epoch` and `total` then build each run's optimizer).
   """
   num_train = int(ds.train_x.shape[0])
   augment_fn = None
@@ -628,8 +728,9 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
         k, im, crop_padding=config.augment.crop_padding, flip=config.augment.flip)
   train_bytes = ds.train_x.nbytes + ds.train_y.nbytes
   on_device = config.data_on_device and train_bytes <= MAX_ON_DEVICE_BYTES
-  cache_key = (_seedless_json(config) if laws is None else _law_group_key(config),
-               laws is not None, num_train, on_device, num_runs,
+  per_run = None if runs is None else tuple(f is not None for f in runs)
+  cache_key = (_seedless_json(config) if runs is None else _law_group_key(config),
+               per_run, num_train, on_device, num_runs,
                tuple(d.id for d in mesh.devices.flat), ds.num_classes)
   if _STEP_CACHE.get("key") != cache_key:
     _STEP_CACHE.clear()
@@ -642,7 +743,10 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
           model=model, tx=tx, method=methods_lib.METHODS.get(config.method.name),
           ctx=ctx, mesh=mesh, num_classes=ds.num_classes, batch_size=config.batch_size,
           num_train=num_train if on_device else None, schedule=schedule,
-          augment_fn=augment_fn, num_runs=num_runs, steps_per_call=n)
+          augment_fn=augment_fn, num_runs=num_runs, steps_per_call=n,
+          make_tx=None if runs is None or runs.lr is None else (
+              lambda lr, wd: optim.make_optimizer(config.optimizer, steps_per_epoch, total,
+                                                  lr=lr, weight_decay=wd)))
     return programs[n]
 
   if on_device:
@@ -655,11 +759,11 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
   if stats is not None and config.method.name in methods_lib.NEEDS_STATS:
     stats_dev = jax.tree.map(lambda a: step_lib.put_replicated(mesh, np.asarray(a)), stats)
 
-  laws_dev = None if laws is None else jax.device_put(laws, step_lib.replicated(mesh))
+  runs_dev = None if runs is None else jax.device_put(runs, step_lib.replicated(mesh))
 
   def batch_args(s: int, n: int = 1) -> tuple:
     if on_device:
-      return x_src, y_src, stats_dev, laws_dev
+      return x_src, y_src, stats_dev, runs_dev
     idx = np.stack([np.asarray(data_lib.batch_indices(
         data_key, t, num_examples=num_train, batch_size=config.batch_size))
                     for t in range(s, s + n)])
@@ -668,7 +772,7 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
     axis = 0 if n == 1 else 1
     return (step_lib.put_sharded(mesh, ds.train_x[idx], axis=axis),
             step_lib.put_sharded(mesh, ds.train_y[idx].astype(np.int32), axis=axis),
-            stats_dev, laws_dev)
+            stats_dev, runs_dev)
 
   return steps, batch_args
 

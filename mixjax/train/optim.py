@@ -16,15 +16,19 @@ w = round(warmup_epochs · steps_per_epoch)):
 """
 from __future__ import annotations
 
+from typing import Any
+
 import ml_collections
 import optax
 
 
-def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
-                  ) -> optax.Schedule:
+def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int,
+                  lr: Any = None) -> optax.Schedule:
+  """The schedule of config.optimizer; `lr` (default cfg.lr) may be a traced scalar."""
+  lr = cfg.lr if lr is None else lr
   warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
   if cfg.schedule == "constant":
-    main = optax.constant_schedule(cfg.lr)
+    main = optax.constant_schedule(lr)
   elif cfg.schedule == "piecewise":
     # round(), not int(): 0.29 · 100 is 28.999… in floats. Scales of boundaries that
     # land on the same step multiply (a dict keyed by step would keep only one).
@@ -32,27 +36,34 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_st
     for b in cfg.boundaries:
       at = int(round(b * steps_per_epoch)) - warmup
       scales[at] = scales.get(at, 1.0) * cfg.decay_factor
-    main = optax.piecewise_constant_schedule(cfg.lr, scales)
+    main = optax.piecewise_constant_schedule(lr, scales)
   elif cfg.schedule == "cosine":
-    main = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warmup, 1))
+    main = optax.cosine_decay_schedule(lr, max(total_steps - warmup, 1))
   else:
     raise ValueError(f"Unknown schedule {cfg.schedule!r}; use constant, piecewise or cosine.")
   if warmup <= 0:
     return main
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, cfg.lr, warmup), main], [warmup])
+      [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int,
+                   *, lr: Any = None, weight_decay: Any = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns (tx, schedule) for `config.optimizer`."""
-  schedule = make_schedule(cfg, steps_per_epoch, total_steps)
+  """Returns (tx, schedule) for `config.optimizer`.
+
+  `lr` and `weight_decay` replace cfg.lr and cfg.weight_decay; they may be traced scalars
+  (each run's own values inside a vmapped group, `step.RunParams`). The optimizer
+  state's structure does not depend on them, so runs with different values stack.
+  """
+  schedule = make_schedule(cfg, steps_per_epoch, total_steps, lr)
+  wd = cfg.weight_decay if weight_decay is None else weight_decay
   if cfg.name == "sgd":
     tx = optax.chain(
-        optax.add_decayed_weights(cfg.weight_decay) if cfg.weight_decay else optax.identity(),
+        optax.add_decayed_weights(wd) if weight_decay is not None or wd else optax.identity(),
         optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
   elif cfg.name == "adam":
-    tx = optax.adamw(schedule, weight_decay=cfg.weight_decay)
+    tx = optax.adamw(schedule, weight_decay=wd)
   else:
     raise ValueError(f"Unknown optimizer {cfg.name!r}; use sgd or adam.")
   return tx, schedule

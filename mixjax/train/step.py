@@ -30,7 +30,7 @@ Per step s (B = global batch, D = devices, b = B / D, n = training-set size):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import chex
 import flax.linen as nn
@@ -72,6 +72,22 @@ def put_sharded(mesh: jax.sharding.Mesh, value: np.ndarray, axis: int = 0) -> ja
   value = np.asarray(value)
   sharding = jax.sharding.NamedSharding(mesh, P(*([None] * axis), AXIS))
   return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+
+class RunParams(NamedTuple):
+  """Each run's own values in a vmapped group (leading axis R; None: shared by all runs).
+
+  Attributes:
+    sampler: the runs' λ-laws, `samplers.stack([...])` (one sampler structure).
+    moments: their θ-moments, `samplers.stack_moments([...])` (θ̄ for the rescaling and
+      the approximate risk).
+    lr: (R,) peak learning rates (config.optimizer.lr).
+    weight_decay: (R,) weight decays (config.optimizer.weight_decay).
+  """
+  sampler: Any = None
+  moments: Any = None
+  lr: Any = None
+  weight_decay: Any = None
 
 
 class Forward:
@@ -128,6 +144,7 @@ def make_train_step(
     max_traces: int | None = None,
     num_runs: int | None = None,
     steps_per_call: int = 1,
+    make_tx: Callable[[Any, Any], tuple[optax.GradientTransformation, Any]] | None = None,
 ) -> Callable[..., tuple[state_lib.TrainState, dict[str, jax.Array]]]:
   """Builds `train_step(state, x_src, y_src, stats) -> (state, metrics)`, jitted, sharded.
 
@@ -153,12 +170,15 @@ def make_train_step(
       (one dispatch for k steps). With the training set on device the batches are drawn
       inside the scan; host-fed, `x_src`/`y_src` are then k stacked global batches
       (k, B, ...), sharded over their second axis. The metrics are the last step's.
+    make_tx: `make_tx(lr, weight_decay) -> (tx, schedule)` (`optim.make_optimizer` with
+      traced values), used when the runs of a group have their own learning rates or
+      weight decays (`RunParams.lr`); `tx` then only initialized the state.
 
   Returns:
-    The compiled step `train_step(state, x_src, y_src, stats, laws=None)`; `stats` is
-    the DataStats pytree (replicated) or None; `laws` (vmapped groups only) is None, or
-    each run's own λ-law as `(samplers.stack([...]), samplers.stack_moments([...]))`
-    (leading axis R; the method then uses run r's sampler, θ̄ and θ-moments); `x_src`
+    The compiled step `train_step(state, x_src, y_src, stats, runs=None)`; `stats` is
+    the DataStats pytree (replicated) or None; `runs` (vmapped groups only) is None or
+    a `RunParams` of the runs' own λ-laws and optimizer values (the method then uses
+    run r's sampler, θ̄ and θ-moments, the optimizer run r's lr and weight decay); `x_src`
     (n, ...) or (B, ...) float, `y_src` (n,) or (B,) int32.
     metrics: {"loss", "lr", "grad_norm", "param_norm", "finite"} replicated scalars;
     "loss" is the global-batch mean before the update.
@@ -170,12 +190,14 @@ def make_train_step(
   on_device = num_train is not None
 
   def body(state: state_lib.TrainState, x_src: jax.Array, y_src: jax.Array, stats: Any,
-           laws: Any):
+           runs: RunParams | None):
     step_ctx = dataclasses.replace(ctx, stats=stats)
-    if laws is not None:  # this run's own λ-law (a vmapped group of laws)
-      sampler, moments = laws
-      step_ctx = dataclasses.replace(step_ctx, sampler=sampler, theta_bar=moments.mean,
-                                     moments=moments)
+    run_tx, run_schedule = tx, schedule
+    if runs is not None and runs.sampler is not None:  # this run's own λ-law
+      step_ctx = dataclasses.replace(step_ctx, sampler=runs.sampler,
+                                     theta_bar=runs.moments.mean, moments=runs.moments)
+    if runs is not None and runs.lr is not None:  # this run's own lr and weight decay
+      run_tx, run_schedule = make_tx(runs.lr, runs.weight_decay)
     dev = lax.axis_index(AXIS)
     step = state.step
     root = state_lib.root_key(state)
@@ -203,7 +225,7 @@ def make_train_step(
       return lax.pmean(local, AXIS), fwd.new_batch_stats
 
     (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, new_opt = tx.update(grads, state.opt_state, state.params)
+    updates, new_opt = run_tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
     healthy = state.first_nonfinite == state_lib.NO_NONFINITE
@@ -216,7 +238,8 @@ def make_train_step(
         first_nonfinite=first_nonfinite.astype(jnp.int32))
     metrics = {
         "loss": loss,
-        "lr": jnp.asarray(schedule(step) if schedule is not None else 0.0, jnp.float32),
+        "lr": jnp.asarray(run_schedule(step) if run_schedule is not None else 0.0,
+                          jnp.float32),
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(state.params),
         "finite": finite.astype(jnp.float32),
@@ -228,12 +251,12 @@ def make_train_step(
   if steps_per_call > 1:
     one_step = body
 
-    def body(state, x_src, y_src, stats, laws):  # pylint: disable=function-redefined
+    def body(state, x_src, y_src, stats, runs):  # pylint: disable=function-redefined
       if on_device:
-        run = lambda st, _: one_step(st, x_src, y_src, stats, laws)
+        run = lambda st, _: one_step(st, x_src, y_src, stats, runs)
         state, metrics = lax.scan(run, state, None, length=steps_per_call)
       else:
-        run = lambda st, xy: one_step(st, xy[0], xy[1], stats, laws)
+        run = lambda st, xy: one_step(st, xy[0], xy[1], stats, runs)
         state, metrics = lax.scan(run, state, (x_src, y_src))
       return state, jax.tree.map(lambda a: a[-1], metrics)
   if max_traces is not None:
@@ -243,7 +266,7 @@ def make_train_step(
                           out_specs=(P(), P()))
   compiled = jax.jit(sharded, donate_argnums=(0,))
 
-  def train_step(state, x_src, y_src, stats, laws=None):
-    return compiled(state, x_src, y_src, stats, laws)
+  def train_step(state, x_src, y_src, stats, runs=None):
+    return compiled(state, x_src, y_src, stats, runs)
 
   return train_step

@@ -111,6 +111,15 @@ def _run_value(v: Any, r: int) -> Any:
   return a[r] if isinstance(a, np.ndarray) and a.ndim >= 1 else a
 
 
+def write_json(path: str, value: Any) -> None:
+  """`value` as indented JSON at `path`, atomically (a temporary file, then a rename), so
+  a killed process never leaves a truncated summary (whose presence means "finished")."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2)
+  os.replace(tmp, path)
+
+
 def write_group_summary(workdir: str, summaries: dict[str, dict[str, Any]]) -> dict:
   """WORKDIR/summary.json of a seed group: each run's folder, status and test metrics,
   and per metric the mean, sample standard deviation and count over the runs that
@@ -137,10 +146,7 @@ def write_group_summary(workdir: str, summaries: dict[str, dict[str, Any]]) -> d
       group[col][metric] = {"mean": float(vals.mean()), "n": int(vals.size),
                             "std": float(vals.std(ddof=1)) if vals.size > 1 else 0.0}
   if jax.process_index() == 0:
-    tmp = os.path.join(workdir, SUMMARY_FILE + ".tmp")
-    with open(tmp, "w") as f:
-      json.dump(group, f, indent=2)
-    os.replace(tmp, os.path.join(workdir, SUMMARY_FILE))
+    write_json(os.path.join(workdir, SUMMARY_FILE), group)
     lines = [f"Seed group: {len(ok)} of {len(summaries)} runs finished "
              "(mean ± sample std over the finished runs):"]
     for col in ("test", "test_rescaled"):
@@ -203,10 +209,8 @@ def write_summary(workdir: str, summary: dict[str, Any], ds, logits: dict[str, n
   text = format_summary(summary)
   if jax.process_index() == 0:
     save_predictions(os.path.join(workdir, PREDICTIONS_FILE), ds, logits, logits_rescaled)
-    with open(os.path.join(workdir, SUMMARY_FILE), "w") as f:
-      json.dump(summary, f, indent=2)
+    write_json(os.path.join(workdir, SUMMARY_FILE), summary)
     print(text, flush=True)
   else:
     name = SUMMARY_FILE.replace(".json", f".process_{jax.process_index()}.json")
-    with open(os.path.join(workdir, name), "w") as f:
-      json.dump(summary, f, indent=2)
+    write_json(os.path.join(workdir, name), summary)
