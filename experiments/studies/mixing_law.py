@@ -2,10 +2,18 @@ r"""Does a stronger mixing law regularize better? (THEORY.md §6)
 
 Trains, for each setting, ERM and mixup under many θ-laws (Beta(α, α), W-shaped,
 RegMixup-equivalent, the σ²/θ̄²-optimal law, and discrete laws matched in θ̄ and σ² to a
-Beta and a W-shaped law) over several seeds, all runs of a setting in one vmapped
-program (`mixjax.studies.engine`), and reports test accuracy, NLL and ECE, with and
-without test-time rescaling (THEORY.md §5) and with temperature scaling, against σ²/θ̄²
-and γ²/θ̄².
+Beta and a W-shaped law) over several seeds, and reports test accuracy, NLL and ECE,
+with and without test-time rescaling (THEORY.md §5) and with temperature scaling,
+against σ²/θ̄² and γ²/θ̄².
+
+Each setting is a config and a sweep of the one trainer (`get_config(setting)`,
+`get_sweep(setting)`: laws × seeds), trained by `mixjax.studies.runs.train` in
+`<out>/runs/<setting>/`: laws of one structure (e.g. the Beta(α) laws) and their seeds
+form one vmapped program on the dense models; the CNN's runs go one after another on
+CPU. The same runs come from the main entry:
+
+  python -m mixjax.main --config=experiments/studies/mixing_law.py:mnist1d_mlp --sweep \
+      --workdir=results/mixing_law/runs/mnist1d_mlp
 
   python -m experiments.studies.mixing_law --out results/mixing_law            # all
   python -m experiments.studies.mixing_law --out results/mixing_law --parts=mnist1d_mlp
@@ -17,115 +25,148 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 
 import numpy as np
 
 from experiments.studies import common
-from mixjax.studies import analysis
-from mixjax.studies import engine
 from mixjax import samplers as L
+from mixjax.studies import analysis
 from mixjax.studies import plots
 from mixjax.studies import records
-from mixjax.studies.random_features import RandomFeatures
+from mixjax.studies import runs as study_runs
 
+law = study_runs.law
 # Equal-moment groups: laws with the same θ̄ and σ² (hence γ²) but different shapes.
 _M_BETA1 = L.theta_moments(L.beta(1.0))
 _M_W05 = L.theta_moments(L.w_shaped(0.5))
 GROUPS = {
     "θ̄=3/4, σ²=1/48": [
-        L.beta(1.0),
-        L.matched_atoms(_M_BETA1.mean, _M_BETA1.var, 2, label="2 atoms ≡ Beta(1)"),
-        L.matched_atoms(_M_BETA1.mean, _M_BETA1.var, 3, label="3 atoms ≡ Beta(1)")],
+        law("beta", alpha=1.0),
+        law("matched_atoms", mean=_M_BETA1.mean, var=_M_BETA1.var, num_points=2,
+            label="2 atoms ≡ Beta(1)"),
+        law("matched_atoms", mean=_M_BETA1.mean, var=_M_BETA1.var, num_points=3,
+            label="3 atoms ≡ Beta(1)")],
     "θ̄=3/4, σ²=1/32": [
-        L.w_shaped(0.5),
-        L.matched_atoms(_M_W05.mean, _M_W05.var, 2, label="2 atoms ≡ W(0.5)"),
-        L.matched_atoms(_M_W05.mean, _M_W05.var, 3, label="3 atoms ≡ W(0.5)")],
+        law("w_shaped", a=0.5),
+        law("matched_atoms", mean=_M_W05.mean, var=_M_W05.var, num_points=2,
+            label="2 atoms ≡ W(0.5)"),
+        law("matched_atoms", mean=_M_W05.mean, var=_M_W05.var, num_points=3,
+            label="3 atoms ≡ W(0.5)")],
 }
 
 
-def all_laws() -> list[L.Sampler]:
-  """ERM, Beta(α, α), W-shaped, RegMixup-equivalent, optimal and matched laws."""
-  out = [L.erm()] + [L.beta(a) for a in (0.1, 0.2, 0.5, 1.0, 2.0, 10.0)]
-  out += [L.w_shaped(0.5), L.w_shaped(0.2), L.w_shaped(0.3, 0.6)]
-  out += [L.regmixup(10.0, 1.0), L.regmixup(1.0, 1.0), L.regmixup(math.inf, 1.0)]
-  out += [L.optimal()]
+def label(spec: dict) -> str:
+  return study_runs.sampler_of(spec).label
+
+
+def all_laws() -> list[dict]:
+  """ERM, Beta(α, α), W-shaped, RegMixup-equivalent, optimal and matched laws (as the
+  config overrides of `mixjax.studies.runs.law`)."""
+  out = [law("erm")] + [law("beta", alpha=a) for a in (0.1, 0.2, 0.5, 1.0, 2.0, 10.0)]
+  out += [law("w_shaped", a=0.5), law("w_shaped", a=0.2), law("w_shaped", a=0.3, b=0.6)]
+  out += [law("regmixup", alpha=10.0, eta=1.0), law("regmixup", alpha=1.0, eta=1.0),
+          law("regmixup", alpha=math.inf, eta=1.0)]
+  out += [law("optimal")]
   for group in GROUPS.values():
-    out += [law for law in group if law.label not in {l.label for l in out}]
+    out += [l for l in group if label(l) not in {label(o) for o in out}]
   return out
 
 
-def core_laws() -> list[L.Sampler]:
+def core_laws() -> list[dict]:
   """A smaller set for the more expensive CNN setting."""
-  return [L.erm(), L.beta(0.2), L.beta(1.0), L.beta(2.0), L.w_shaped(0.5),
-          L.regmixup(10.0, 1.0), L.regmixup(math.inf, 1.0), L.optimal()]
+  return [law("erm"), law("beta", alpha=0.2), law("beta", alpha=1.0),
+          law("beta", alpha=2.0), law("w_shaped", a=0.5), law("regmixup", alpha=10.0, eta=1.0),
+          law("regmixup", alpha=math.inf, eta=1.0), law("optimal")]
 
 
-# Each setting: dataset, engine config, laws. Lengths chosen for a 2-core CPU.
+def quick_laws() -> list[dict]:
+  return [law("erm"), law("beta", alpha=1.0), law("optimal")] + GROUPS["θ̄=3/4, σ²=1/48"][1:]
+
+
+_TWO_MOONS_RF = dict(dataset="two_moons", model="random_features",
+                     model_kwargs={"num_features": 256, "bandwidth": 0.5}, num_epochs=400,
+                     lr=1e-2)
+# Each setting: the study config (`runs.study_config`) and its laws. Lengths chosen for
+# a 2-core CPU.
 SETTINGS = {
     "mnist1d_mlp": dict(
-        dataset="mnist1d", laws=all_laws,
-        config=engine.EngineConfig(
-            **common.STUDY_TRAINING, model="mlp", model_kwargs={"hidden_sizes": (256, 256)},
-            num_epochs=100, batch_size=128, num_checkpoints=4),
-        lr=3e-3),
+        config=dict(dataset="mnist1d", model="mlp", model_kwargs={"hidden_sizes": (256, 256)},
+                    num_epochs=100, batch_size=128, lr=3e-3, num_evals=4),
+        laws=all_laws),
     "mnist1d_cnn": dict(
-        dataset="mnist1d", laws=core_laws,
-        config=engine.EngineConfig(
-            **common.STUDY_TRAINING, model="lenet", input_shape=(40, 1, 1),
-            model_kwargs={"features": (16, 32), "kernel_size": 3, "dense_sizes": (64,)},
-            num_epochs=40, batch_size=128, num_checkpoints=2),
-        lr=3e-3),
+        config=dict(dataset="mnist1d", model="lenet", input_shape=(40, 1, 1),
+                    model_kwargs={"features": (16, 32), "kernel_size": 3,
+                                  "dense_sizes": (64,)},
+                    num_epochs=40, batch_size=128, lr=3e-3, num_evals=2),
+        laws=core_laws),
     "digits_mlp": dict(
-        dataset="digits", laws=all_laws,
-        config=engine.EngineConfig(
-            **common.STUDY_TRAINING, model="mlp", model_kwargs={"hidden_sizes": (128,)},
-            num_epochs=100, batch_size=64, num_checkpoints=4),
-        lr=1e-3),
+        config=dict(dataset="digits", model="mlp", model_kwargs={"hidden_sizes": (128,)},
+                    num_epochs=100, batch_size=64, lr=1e-3, num_evals=4),
+        laws=all_laws),
     "two_moons_rf": dict(
-        dataset="two_moons", dataset_kwargs={"feature_map": "none", "val_fraction": 0.0},
-        laws=all_laws,
-        config=engine.EngineConfig(
-            **common.STUDY_TRAINING,
-            model=RandomFeatures(num_classes=2, num_features=256, bandwidth=0.5),
-            num_epochs=400, batch_size=32, num_checkpoints=4),
-        lr=1e-2),
+        config=dict(_TWO_MOONS_RF, dataset_kwargs={"feature_map": "none"}, val_fraction=0.0,
+                    batch_size=32, num_evals=4),
+        laws=all_laws),
     "two_moons_noisy_rf": dict(
-        dataset="two_moons",
-        dataset_kwargs={"feature_map": "none", "noise": 0.25, "val_fraction": 0.2},
-        laws=all_laws,
-        config=engine.EngineConfig(
-            **common.STUDY_TRAINING,
-            model=RandomFeatures(num_classes=2, num_features=256, bandwidth=0.5),
-            num_epochs=400, batch_size=30, num_checkpoints=4),
-        lr=1e-2),
+        config=dict(_TWO_MOONS_RF, dataset_kwargs={"feature_map": "none", "noise": 0.25},
+                    val_fraction=0.2, batch_size=30, num_evals=4),
+        laws=all_laws),
 }
+DEFAULT_SEEDS = 8
 
 METRICS = ["test_accuracy", "test_nll", "test_ece", "test_rs_accuracy", "test_rs_nll",
            "test_rs_ece", "test_ts_nll", "test_ts_ece", "test_rs_ts_ece", "temperature",
            "train_objective"]
 
 
+def get_config(setting: str = "mnist1d_mlp"):
+  """The trainer config of a setting (`python -m mixjax.main --config=<this file>:<setting>`)."""
+  if setting not in SETTINGS:
+    raise ValueError(f"Unknown setting {setting!r}; known: {', '.join(SETTINGS)}.")
+  return study_runs.study_config(**SETTINGS[setting]["config"])
+
+
+def get_sweep(setting: str = "mnist1d_mlp", seeds: int = DEFAULT_SEEDS) -> list[dict]:
+  """The setting's points: every law × seeds 0..seeds−1 (law-major)."""
+  return study_runs.points(SETTINGS[setting]["laws"](), range(seeds))
+
+
 def run(args) -> None:
   for part in args.parts:
-    s = SETTINGS[part]
-    cfg, laws, seeds = s["config"], s["laws"](), list(range(args.seeds))
+    cfg = get_config(part)
+    pts = get_sweep(part, args.seeds)
     if args.quick:
-      cfg = cfg.replace(num_epochs=2, num_checkpoints=1)
-      laws, seeds = [L.erm(), L.beta(1.0), L.optimal()] + GROUPS["θ̄=3/4, σ²=1/48"][1:], seeds[:2]
-    data = common.load(s["dataset"], **s.get("dataset_kwargs", {}))
-    runs = engine.make_runs(laws, seeds, lrs=[s["lr"]])
-    print(f"[mixing_law/{part}] {len(laws)} laws x {len(seeds)} seeds = {len(runs)} runs, "
-          f"{cfg.num_epochs} epochs, one vmapped program", flush=True)
-    res = engine.train_runs(cfg, data, runs)
-    config = {"setting": part, "dataset": s["dataset"],
-              "dataset_kwargs": s.get("dataset_kwargs", {}), "engine": cfg.to_json(),
-              "lr": s["lr"], "seeds": seeds, "laws": [L.describe(l) for l in laws],
-              "groups": {g: [l.label for l in ls] for g, ls in GROUPS.items()},
+      cfg = config_quick(cfg)
+      pts = study_runs.points(quick_laws(), range(2))
+    laws = list(dict.fromkeys(p["sampler.name"] + repr(p["sampler.params"]) for p in pts))
+    print(f"[mixing_law/{part}] {len(laws)} laws x {len(pts) // len(laws)} seeds = "
+          f"{len(pts)} runs, {cfg.num_epochs} epochs", flush=True)
+    runs_dir = os.path.join(args.out, "runs", part)
+    t0 = time.time()
+    named = study_runs.train(cfg, pts, runs_dir)
+    seconds = time.time() - t0
+    data = common.load(cfg.dataset.name, val_fraction=cfg.dataset.val_fraction,
+                       **dict(cfg.dataset.kwargs))
+    law_specs = list({label(p): p for p in pts}.values())
+    config = {"setting": part, "dataset": cfg.dataset.name,
+              "dataset_kwargs": dict(cfg.dataset.kwargs),
+              "train": study_runs.config_record(cfg), "lr": cfg.optimizer.lr,
+              "seeds": sorted({p["seed"] for p in pts}),
+              "laws": [L.describe(study_runs.sampler_of(l)) for l in law_specs],
+              "groups": {g: [label(l) for l in ls] for g, ls in GROUPS.items()},
               "quick": bool(args.quick),
               "data_sizes": {k: int(np.asarray(getattr(data, k)).shape[0])
                              for k in ("train_x", "val_x", "test_x")}}
-    records.save(args.out, part, config=config, **records.engine_record(res))
-    print(f"[mixing_law/{part}] {res.info['total_seconds']:.0f}s", flush=True)
+    records.save(args.out, part, config=config, runs=study_runs.rows(named, runs_dir),
+                 info={"total_seconds": seconds})
+    print(f"[mixing_law/{part}] {seconds:.0f}s", flush=True)
+
+
+def config_quick(cfg):
+  """2 epochs, one evaluation: the pipeline check of --quick."""
+  from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.sweep_config(cfg, {"num_epochs": 2, "eval.every_epochs": 0})
 
 
 # ----------------------------------------------------------------------------------------
@@ -197,20 +238,20 @@ def _figure_groups(summary_by_law: dict, part: str, out: str) -> str:
     pos, ticks, tick_labels = 0, [], []
     for gi, (gname, group) in enumerate(GROUPS.items()):
       for law in group:
-        r = summary_by_law.get(law.label)
+        r = summary_by_law.get(label(law))
         if r is None:
           continue
-        c, _ = plots.style(law.label)
+        c, _ = plots.style(label(law))
         ax.bar(pos, r[m], yerr=r[m + "_se"], color=c, alpha=0.75, capsize=3,
                edgecolor="k", lw=0.5)
         ticks.append(pos)
-        tick_labels.append(law.label)
+        tick_labels.append(label(law))
         pos += 1
       pos += 0.8
     ax.set_xticks(ticks)
     ax.set_xticklabels(tick_labels, rotation=40, ha="right", fontsize=7)
-    vals = [summary_by_law[l.label][m] for g in GROUPS.values() for l in g
-            if l.label in summary_by_law]
+    vals = [summary_by_law[label(l)][m] for g in GROUPS.values() for l in g
+            if label(l) in summary_by_law]
     if vals:
       lo, hi = min(vals), max(vals)
       pad = 0.6 * (hi - lo) + 1e-3
@@ -236,11 +277,13 @@ def report_part(out: str, part: str, header: str | None = None) -> str:
   md = [header] if header is not None else [f"## {part}\n",
         f"Dataset `{cfg['dataset']}` (train/val/test = "
         f"{cfg['data_sizes']['train_x']}/{cfg['data_sizes']['val_x']}/"
-        f"{cfg['data_sizes']['test_x']}), model `{' '.join(str(cfg['engine']['model']).split())}` "
-        f"{cfg['engine']['model_kwargs'] or ''}, {cfg['engine']['optimizer']} lr {cfg['lr']} "
-        f"({cfg['engine']['schedule']}), batch {cfg['engine']['batch_size']}, "
-        f"{cfg['engine']['num_epochs']} epochs, {len(cfg['seeds'])} seeds × "
-        f"{len(cfg['laws'])} laws = {len(rows)} runs in one vmapped program: "
+        f"{cfg['data_sizes']['test_x']}), model `{cfg['train']['model']['name']}` "
+        f"{cfg['train']['model']['kwargs'] or ''}, {cfg['train']['optimizer']['name']} lr "
+        f"{cfg['lr']} ({cfg['train']['optimizer']['schedule']}), batch "
+        f"{cfg['train']['batch_size']}, {cfg['train']['num_epochs']} epochs, "
+        f"{len(cfg['seeds'])} seeds × {len(cfg['laws'])} laws = {len(rows)} runs "
+        "(one vmapped program per law structure for the dense models, one after another "
+        "for the CNN): "
         f"{info.get('total_seconds', float('nan')):.0f} s on "
         f"{rec['provenance']['cpu_count']} CPU cores ({rec['provenance']['jax_backend']}).\n"]
   header = ["law", "θ̄", "σ²/θ̄²", "γ²/θ̄²", "acc", "NLL", "ECE", "acc (rs)", "NLL (rs)",
@@ -293,7 +336,7 @@ def report_part(out: str, part: str, header: str | None = None) -> str:
   gh = ["group", "laws", "metric", "means", "F", "p"]
   gb = []
   for gname, group in GROUPS.items():
-    labels = [l.label for l in group if l.label in by_law]
+    labels = [label(l) for l in group if label(l) in by_law]
     if len(labels) < 2:
       continue
     for m, name, _ in _PANELS:

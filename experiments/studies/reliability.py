@@ -4,7 +4,8 @@ The "best law" is read from the mixing-law study's saved MNIST-1D MLP results
 (`--mixing_law results/mixing_law`), chosen by the mean *validation* accuracy with
 test-time rescaling (never by a test metric); `--best_law` overrides it with a law
 label. The three laws are retrained with the mixing-law study's MNIST-1D MLP setting
-(all runs in one vmapped program) keeping the test logits, and the diagrams pool the
+(`mixing_law.get_config("mnist1d_mlp")`, through the one trainer; each run's
+predictions.npz keeps its test logits), and the diagrams pool the
 15-bin `mixjax.eval.metric_sums` over seeds (`mixjax.eval.reliability_curve`), with the
 per-seed spread of each bin's accuracy as error bars; plain, test-time rescaled, and
 temperature-scaled (validation-fit) predictions.
@@ -26,17 +27,16 @@ from experiments.studies import common
 from experiments.studies import mixing_law
 from mixjax import eval as mj_eval
 from mixjax.studies import analysis
-from mixjax.studies import engine
-from mixjax import samplers as L
 from mixjax.studies import plots
 from mixjax.studies import records
+from mixjax.studies import runs as study_runs
 
 PART = "mnist1d_mlp"
 MIN_BIN_COUNT = 10  # bins with fewer pooled test predictions are not drawn
 
 
-def _all_laws_by_label():
-  return {l.label: l for l in mixing_law.all_laws()}
+def _all_laws_by_label() -> dict[str, dict]:
+  return {mixing_law.label(l): l for l in mixing_law.all_laws()}
 
 
 def pick_best_law(mixing_dir: str) -> tuple[str, str]:
@@ -59,21 +59,25 @@ def run(args) -> None:
   else:
     best, reason = pick_best_law(args.mixing_law)
   labels = ["ERM", "Beta(1)"] + ([best] if best not in ("ERM", "Beta(1)") else [])
-  s = mixing_law.SETTINGS[PART]
-  cfg = s["config"].replace(keep_logits=True, num_checkpoints=1)
+  cfg = mixing_law.get_config(PART)
+  from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  cfg = config_lib.sweep_config(cfg, {"eval.every_epochs": 0})
   seeds = list(range(args.seeds))
   if args.quick:
-    cfg, seeds = cfg.replace(num_epochs=2), seeds[:2]
-  data = common.load(s["dataset"])
-  runs = engine.make_runs([known[l] for l in labels], seeds, lrs=[s["lr"]])
+    cfg, seeds = mixing_law.config_quick(cfg), seeds[:2]
+  pts = study_runs.points([known[l] for l in labels], seeds)
   print(f"[reliability] laws {labels} (best: {reason}), {len(seeds)} seeds", flush=True)
-  res = engine.train_runs(cfg, data, runs)
-  rec = records.engine_record(res)
-  rec["arrays"]["test_labels"] = np.asarray(data.test_y)
+  runs_dir = os.path.join(args.out, "runs")
+  named = study_runs.train(cfg, pts, runs_dir)
+  arrays = {"logits_test": study_runs.predictions(named, runs_dir, "test_logits"),
+            "logits_test_rs": study_runs.predictions(named, runs_dir,
+                                                     "test_logits_rescaled")}
+  with np.load(os.path.join(runs_dir, named[0][0], "predictions.npz")) as z:
+    arrays["test_labels"] = np.asarray(z["test_labels"])
   records.save(args.out, "reliability", config={
-      "setting": PART, "engine": cfg.to_json(), "lr": s["lr"], "seeds": seeds,
-      "laws": labels, "best_law": best, "best_reason": reason, "quick": bool(args.quick)},
-               **rec)
+      "setting": PART, "train": study_runs.config_record(cfg), "lr": cfg.optimizer.lr,
+      "seeds": seeds, "laws": labels, "best_law": best, "best_reason": reason,
+      "quick": bool(args.quick)}, runs=study_runs.rows(named, runs_dir), arrays=arrays)
 
 
 def _curves(logits: np.ndarray, labels: np.ndarray):
@@ -95,7 +99,7 @@ def report(args) -> None:
            ("temperature-scaled", "logits_test", "temperature")]
   fig, axes = plots.new_figure(len(kinds), len(laws), size=(3.4, 3.3))
   md = ["# Reliability diagrams\n",
-        f"MNIST-1D MLP setting of the mixing-law study ({cfg['engine']['num_epochs']} "
+        f"MNIST-1D MLP setting of the mixing-law study ({cfg['train']['num_epochs']} "
         f"epochs, {len(cfg['seeds'])} seeds, 15 bins). Best law: **{cfg['best_law']}** "
         f"({cfg['best_reason']}). Temperature scaling is fit on the validation split. "
         "Bars: pooled accuracy per confidence bin (all seeds' test predictions); error "

@@ -40,6 +40,7 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   stats.rank                   top-k principal directions kept in DataStats (None: none)
   eval.every_epochs / batch_size / num_bins / rescale
   log_every_steps / checkpoint_every_steps / max_to_keep
+  tensorboard                  TensorBoard files besides metrics.jsonl (False: JSONL only)
   data_on_device               hold the training set on device (replicated) if it fits
   steps_per_call               k train steps per dispatch, as a lax.scan in the compiled
                                program (1: one dispatch per step, the fastest measured on
@@ -86,7 +87,8 @@ DICT_KNOBS = ("dataset.kwargs", "model.kwargs", "sampler.params")
 # Keys (and dotted prefixes) a resumed run may change without allow_config_change.
 RESUMABLE_CHANGES = ("num_epochs", "num_steps", "log_every_steps", "eval.every_epochs",
                      "eval.batch_size", "checkpoint_every_steps", "max_to_keep",
-                     "dataset.data_dir", "allow_config_change", "steps_per_call")
+                     "dataset.data_dir", "allow_config_change", "steps_per_call",
+                     "tensorboard")
 
 
 class ConfigError(ValueError):
@@ -168,6 +170,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.rescale = True
 
   c.log_every_steps = 100
+  c.tensorboard = True
   c.checkpoint_every_steps = 1000
   c.max_to_keep = 2
   c.data_on_device = True
@@ -210,12 +213,14 @@ def sweep_config(config: ml_collections.ConfigDict, overrides: dict[str, Any]
 
 
 def load_sweep(config_path: str, module: types.ModuleType | None = None) -> list[dict]:
-  """`get_sweep()` of a config file (or of its already loaded `module`): one override
-  dict {"a.b": value} per point (ConfigError if the file has none)."""
+  """`get_sweep()` of a config file (or of its already loaded `module`), called with the
+  file's `:arg` when it has one (as `get_config`): one override dict {"a.b": value} per
+  point (ConfigError if the file has none)."""
   module = module or load_config_module(config_path)
   if not hasattr(module, "get_sweep"):
     raise ConfigError(f"{config_path} has no get_sweep(); nothing to sweep.")
-  return list(module.get_sweep())
+  arg = config_path.split(":", 1)[1] if ":" in config_path else None
+  return list(module.get_sweep(arg) if arg is not None else module.get_sweep())
 
 
 def flag_value(value: Any) -> str:

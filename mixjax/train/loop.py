@@ -126,7 +126,8 @@ def _train_single(config, workdir: str, *, devices, interrupt_at_step=None, ds=N
   root = jax.random.key_data(jax.random.key(config.seed))
   state, resumed = create_or_restore_state(config, model, tx, mesh, ckpt, root, ds)
   start = int(_to_host(state.step))
-  writer = writers.RunWriters([open_writer(workdir, start, resumed)])
+  writer = writers.RunWriters([open_writer(workdir, start, resumed,
+                                              tensorboard=config.tensorboard)])
   steps, batch_args = make_step(config, ds, mesh, model, tx, schedule, ctx, stats, root)
   predict = eval_lib.Predictor(model, config.eval.batch_size,
                                step_lib.make_mesh(jax.local_devices()), stats=stats,
@@ -287,7 +288,8 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   state, resumed = create_or_restore_state(config, model, tx, mesh, ckpt, roots, ds,
                                            num_runs=num_runs)
   start = int(_to_host(state.step)[0])
-  writer = writers.RunWriters([open_writer(d, start, resumed) for d in dirs])
+  writer = writers.RunWriters([open_writer(d, start, resumed, tensorboard=config.tensorboard)
+                               for d in dirs])
   steps, batch_args = make_step(config, ds, mesh, model, tx, schedule, ctx, stats, None,
                                 num_runs=num_runs, runs=params, steps_per_epoch=spe,
                                 total=total)
@@ -695,9 +697,11 @@ def create_or_restore_state(config: ml_collections.ConfigDict, model, tx, mesh, 
   return state, True
 
 
-def open_writer(workdir: str, start: int, resumed: bool) -> writers.MetricWriter:
-  """The metric writer, its records after `start` (and the final ones) dropped."""
-  writer = writers.MetricWriter(workdir)
+def open_writer(workdir: str, start: int, resumed: bool, *, tensorboard: bool = True
+                ) -> writers.MetricWriter:
+  """The metric writer (metrics.jsonl, and TensorBoard files unless `tensorboard` is
+  False), its records after `start` (and the final ones) dropped."""
+  writer = writers.MetricWriter(workdir, tensorboard=tensorboard)
   writer.truncate_after(start, drop_prefix="final")  # the final records are rewritten
   if resumed:
     writer.write(start, {"resumed_from_step": start})
@@ -957,7 +961,8 @@ def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds):
 def _seedless_json(config: ml_collections.ConfigDict) -> str:
   """The config as JSON without the keys a compiled step does not depend on."""
   d = json.loads(config_lib.config_to_json(config))
-  for k in ("seed", "num_seeds", "group_mode", "log_every_steps", "checkpoint_every_steps",
+  for k in ("seed", "num_seeds", "group_mode", "log_every_steps", "tensorboard",
+            "checkpoint_every_steps",
             "max_to_keep", "allow_config_change", "eval", "steps_per_call"):
     d.pop(k, None)
   d.get("dataset", {}).pop("data_dir", None)
