@@ -17,24 +17,27 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 
 from experiments.studies import common
+from experiments.studies import mixing_law
 from mixjax.studies import analysis
-from mixjax.studies import engine
 from mixjax import samplers as L
 from mixjax.studies import plots
 from mixjax.studies import records
-from mixjax.studies.random_features import RandomFeatures
+from mixjax.studies import runs as study_runs
 
 PARTS = ("rescaling", "approx", "two_moons")
+law = study_runs.law
 
-RESCALING_LAWS = (L.erm(), L.beta(0.2), L.beta(1.0), L.beta(2.0), L.beta(10.0),
-                  L.w_shaped(0.5), L.regmixup(10.0, 1.0), L.optimal())
-RESCALING_CONFIG = engine.EngineConfig(
-    **common.STUDY_TRAINING, model="mlp", model_kwargs={"hidden_sizes": (256, 256)},
-    num_epochs=100, batch_size=128, num_checkpoints=2)
+RESCALING_LAWS = (law("erm"), law("beta", alpha=0.2), law("beta", alpha=1.0),
+                  law("beta", alpha=2.0), law("beta", alpha=10.0), law("w_shaped", a=0.5),
+                  law("regmixup", alpha=10.0, eta=1.0), law("optimal"))
+RESCALING_CONFIG = dict(dataset="mnist1d", model="mlp",
+                        model_kwargs={"hidden_sizes": (256, 256)}, num_epochs=100,
+                        batch_size=128, lr=3e-3, num_evals=2)
 
 # (name, method, approx terms). The label term is 0 for cross-entropy; it is kept in the
 # term lists so that "all terms" is literally all of them.
@@ -47,89 +50,111 @@ APPROX_VARIANTS = (
     ("approx: no jacobian", "approx", ("cross", "hessian", "label")),
     ("approx: no cross", "approx", ("jacobian", "hessian", "label")),
 )
-APPROX_LAWS = (L.beta(1.0), L.optimal())
-APPROX_CONFIG = engine.EngineConfig(
-    **common.STUDY_TRAINING, model="mlp",
-    model_kwargs={"hidden_sizes": (128, 128), "activation": "tanh"},
-    num_epochs=60, batch_size=128, num_checkpoints=3)
+APPROX_LAWS = (law("beta", alpha=1.0), law("optimal"))
+APPROX_CONFIG = dict(dataset="mnist1d", model="mlp",
+                     model_kwargs={"hidden_sizes": (128, 128), "activation": "tanh"},
+                     num_epochs=60, batch_size=128, lr=3e-3, num_evals=3)
 
 MOONS_VARIANTS = (("ERM", "erm", ()), ("mixup", "mixup", ()),
                   ("approx mixup (no hessian)", "approx", ("jacobian", "cross", "label")),
                   ("approx mixup (all terms)", "approx",
                    ("jacobian", "cross", "hessian", "label")))
-MOONS_CONFIG = engine.EngineConfig(
-    **common.STUDY_TRAINING,
-    model=RandomFeatures(num_classes=2, num_features=256, bandwidth=0.5), num_epochs=300,
-    batch_size=45, num_checkpoints=2, fit_temperature=False)
+MOONS_CONFIG = dict(dataset="two_moons", dataset_kwargs={"feature_map": "none"},
+                    val_fraction=0.0, model="random_features",
+                    model_kwargs={"num_features": 256, "bandwidth": 0.5}, num_epochs=300,
+                    batch_size=45, lr=1e-2, num_evals=2)
 GRID = 120
 
 
+def _config(settings: dict, quick: bool):
+  cfg = study_runs.study_config(**settings)
+  return mixing_law.config_quick(cfg) if quick else cfg
+
+
 def _run_rescaling(args):
-  cfg, laws, seeds = RESCALING_CONFIG, list(RESCALING_LAWS), list(range(args.seeds))
+  cfg = _config(RESCALING_CONFIG, args.quick)
+  laws, seeds = list(RESCALING_LAWS), list(range(args.seeds))
   if args.quick:
-    cfg, laws, seeds = cfg.replace(num_epochs=2, num_checkpoints=1), laws[:3], seeds[:2]
-  data = common.load("mnist1d")
-  res = engine.train_runs(cfg, data, engine.make_runs(laws, seeds, lrs=[3e-3]))
+    laws, seeds = laws[:3], seeds[:2]
+  runs_dir = os.path.join(args.out, "runs", "rescaling")
+  t0 = time.time()
+  named = study_runs.train(cfg, study_runs.points(laws, seeds), runs_dir)
   records.save(args.out, "rescaling", config={
-      "dataset": "mnist1d", "engine": cfg.to_json(), "lr": 3e-3, "seeds": seeds,
-      "laws": [L.describe(l) for l in laws], "quick": bool(args.quick)},
-               **records.engine_record(res))
+      "dataset": "mnist1d", "train": study_runs.config_record(cfg), "lr": cfg.optimizer.lr,
+      "seeds": seeds, "laws": [L.describe(study_runs.sampler_of(l)) for l in laws],
+      "quick": bool(args.quick)}, runs=study_runs.rows(named, runs_dir),
+               info={"total_seconds": time.time() - t0})
 
 
-def _run_variants(args, name, variants, laws, cfg, dataset, lr, dataset_kwargs=None,
-                  extra_inputs=None):
-  seeds = list(range(args.seeds))
-  if args.quick:
-    cfg, seeds = cfg.replace(num_epochs=2, num_checkpoints=1), seeds[:2]
-  data = common.load(dataset, **(dataset_kwargs or {}))
-  rows, arrays, infos = [], {}, {}
+def variant_points(variants, laws, seeds) -> tuple[list[dict], list[str]]:
+  """The points of every (variant, law, seed) (ERM: its own law only) and their variant
+  labels."""
+  pts, tags = [], []
   for label, method, terms in variants:
-    vlaws = [L.erm()] if method == "erm" else list(laws)
-    runs = engine.make_runs(vlaws, seeds, lrs=[lr], tags={"variant": label})
-    vcfg = cfg.replace(method=method, approx_terms=tuple(terms))
-    print(f"[paper_claims/{name}] {label}: {len(runs)} runs", flush=True)
-    extra = extra_inputs(data) if extra_inputs else None
-    res = engine.train_runs(vcfg, data, runs, extra_inputs=extra)
-    rows += res.runs
-    infos[label] = res.info
-    if res.logits:
-      for k, v in res.logits.items():
-        arrays[f"{label}|{k}"] = v
-  config = {"dataset": dataset, "dataset_kwargs": dataset_kwargs or {},
-            "engine": cfg.to_json(), "lr": lr, "seeds": seeds,
+    vlaws = [law("erm")] if method == "erm" else list(laws)
+    new = study_runs.points(vlaws, seeds, method__name=method, method__terms=tuple(terms))
+    pts += new
+    tags += [label] * len(new)
+  return pts, tags
+
+
+def _run_variants(args, name, variants, laws, settings, grid_fn=None):
+  cfg = _config(settings, args.quick)
+  seeds = list(range(2 if args.quick else args.seeds))
+  pts, tags = variant_points(variants, laws, seeds)
+  runs_dir = os.path.join(args.out, "runs", name)
+  print(f"[paper_claims/{name}] {len(variants)} variants, {len(pts)} runs", flush=True)
+  t0 = time.time()
+  named = study_runs.train(cfg, pts, runs_dir)
+  rows = [study_runs.row(n, c, runs_dir, variant=t) for (n, c), t in zip(named, tags)]
+  config = {"dataset": cfg.dataset.name, "dataset_kwargs": dict(cfg.dataset.kwargs),
+            "train": study_runs.config_record(cfg), "lr": cfg.optimizer.lr, "seeds": seeds,
             "variants": [list(v[:2]) + [list(v[2])] for v in variants],
-            "laws": [L.describe(l) for l in laws], "quick": bool(args.quick)}
-  extra_rec = {}
-  if extra_inputs:
-    extra_rec = {"train_points": data.extras["train_points"].tolist(),
-                 "train_labels": np.asarray(data.train_y).tolist(),
-                 "norm_mean": np.asarray(data.norm_mean).tolist(),
-                 "norm_std": np.asarray(data.norm_std).tolist()}
-    arrays["grid"] = extra_inputs(data)["grid"]
-  records.save(args.out, name, runs=rows, config=config, info=infos,
-               arrays={k: np.asarray(v, np.float32) for k, v in arrays.items()},
-               extra=extra_rec)
+            "laws": [L.describe(study_runs.sampler_of(l)) for l in laws],
+            "quick": bool(args.quick)}
+  arrays, extra_rec = {}, {}
+  if grid_fn is not None:
+    arrays, extra_rec = grid_fn(named, tags, runs_dir)
+  records.save(args.out, name, runs=rows, config=config,
+               info={"total_seconds": time.time() - t0}, arrays=arrays, extra=extra_rec)
 
 
-def _moons_grid(data):
-  """A GRID×GRID grid over the normalized input box (inputs are the 2-D points)."""
-  x = np.concatenate([data.train_x, data.test_x])
-  lo, hi = x.min(0) - 0.5, x.max(0) + 0.5
-  g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], GRID), np.linspace(lo[1], hi[1], GRID))
-  return {"grid": np.stack([g0.ravel(), g1.ravel()], 1).astype(np.float32)}
+def _moons_grid(named, tags, runs_dir):
+  """Each run's logits on a GRID×GRID grid over the normalized input box, from its
+  trained model (`mixjax.train.TrainedRun`), stacked per variant: "<variant>|grid"
+  (seeds, GRID², 2); the grid, the training points and the normalization."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mixjax.train import loop  # pylint: disable=g-import-not-at-top
+  ds, grid, arrays = None, None, {}
+  for (name, _), tag in zip(named, tags):
+    run = loop.TrainedRun(os.path.join(runs_dir, name), ds=ds)
+    if ds is None:
+      ds = run.ds
+      x = np.concatenate([ds.train_x, ds.test_x])
+      lo, hi = x.min(0) - 0.5, x.max(0) + 0.5
+      g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], GRID), np.linspace(lo[1], hi[1], GRID))
+      grid = np.stack([g0.ravel(), g1.ravel()], 1).astype(np.float32)
+    logits = jax.jit(lambda v, g, m=run.model: m.apply(v, g, train=False))(
+        run.variables(), grid)
+    arrays.setdefault(f"{tag}|grid", []).append(np.asarray(logits, np.float32))
+    run.close()
+  arrays = {k: np.stack(v) for k, v in arrays.items()}
+  arrays["grid"] = grid
+  extra = {"train_points": ds.extras["train_points"].tolist(),
+           "train_labels": np.asarray(ds.train_y).tolist(),
+           "norm_mean": np.asarray(ds.norm_mean).tolist(),
+           "norm_std": np.asarray(ds.norm_std).tolist()}
+  return arrays, extra
 
 
 def run(args) -> None:
   if "rescaling" in args.parts:
     _run_rescaling(args)
   if "approx" in args.parts:
-    _run_variants(args, "approx", APPROX_VARIANTS, APPROX_LAWS, APPROX_CONFIG, "mnist1d",
-                  3e-3)
+    _run_variants(args, "approx", APPROX_VARIANTS, APPROX_LAWS, APPROX_CONFIG)
   if "two_moons" in args.parts:
-    _run_variants(args, "two_moons", MOONS_VARIANTS, [L.beta(1.0)], MOONS_CONFIG,
-                  "two_moons", 1e-2, dataset_kwargs={"feature_map": "none",
-                                                     "val_fraction": 0.0},
-                  extra_inputs=_moons_grid)
+    _run_variants(args, "two_moons", MOONS_VARIANTS, [law("beta", alpha=1.0)],
+                  MOONS_CONFIG, grid_fn=_moons_grid)
 
 
 # ----------------------------------------------------------------------------------------
@@ -140,7 +165,7 @@ def _report_rescaling(out):
   rows = rec["runs"]
   md = ["## (a) Test-time rescaling on/off per law\n",
         f"MNIST-1D, MLP (256, 256), Adam lr {rec['config']['lr']}, "
-        f"{rec['config']['engine']['num_epochs']} epochs, {len(rec['config']['seeds'])} "
+        f"{rec['config']['train']['num_epochs']} epochs, {len(rec['config']['seeds'])} "
         "seeds. Rescaled: f_test(x) = ȳ + (f(x̄ + θ̄(x − x̄)) − ȳ)/θ̄ (THEORY.md §5). "
         "Δ = rescaled − plain, paired by seed, mean with 95% t-interval.\n"]
   body = []
@@ -196,12 +221,11 @@ def _report_approx(out):
   cfg = rec["config"]
   md = ["## (b) Approximate mixup as a training objective\n",
         f"MNIST-1D, MLP (128, 128) tanh, Adam lr {cfg['lr']}, "
-        f"{cfg['engine']['num_epochs']} epochs, {len(cfg['seeds'])} seeds; approx = "
+        f"{cfg['train']['num_epochs']} epochs, {len(cfg['seeds'])} seeds; approx = "
         "ERM on transformed data + the selected terms of Theorem 3 with the exact "
         "estimator (full Jacobians and Hessians per example) on each minibatch, with the "
-        "training set's statistics. Wall time per variant: " +
-        ", ".join(f"{k}: {v.get('total_seconds', float('nan')):.0f} s"
-                  for k, v in rec["info"].items()) + ".\n"]
+        "training set's statistics. Wall time of all variants: "
+        f"{rec['info'].get('total_seconds', float('nan')):.0f} s.\n"]
   body = []
   variants = analysis.unique(rows, "variant")
   summary = {}
@@ -308,8 +332,8 @@ def _report_moons(out):
   f = plots.save(fig, os.path.join(out, "two_moons.png"), tight=False)
   plt.close("all")
   md = ["## (c) Two moons: decision boundaries\n",
-        f"{rec['config']['engine']['num_epochs']} epochs, Adam lr {rec['config']['lr']}, "
-        f"batch {rec['config']['engine']['batch_size']}, {len(rec['config']['seeds'])} "
+        f"{rec['config']['train']['num_epochs']} epochs, Adam lr {rec['config']['lr']}, "
+        f"batch {rec['config']['train']['batch_size']}, {len(rec['config']['seeds'])} "
         "seeds; mixup and approx use λ ~ Beta(1, 1). Test metrics (mean ± se):\n"]
   body = []
   for var in variants:

@@ -144,11 +144,13 @@ def _jacobians(fn, x_flat: jax.Array, c: int) -> jax.Array:
   """Input Jacobians J_i = ∇f(x_i), (n, c, d): reverse mode if c ≤ d, else forward."""
   n, d = x_flat.shape
   if c <= d:
-    _, vjp = jax.vjp(fn, x_flat)
-    basis = jnp.broadcast_to(jnp.eye(c, dtype=x_flat.dtype)[:, None, :], (c, n, c))
+    out, vjp = jax.vjp(fn, x_flat)
+    # `+ zeros_like(out)`: the cotangents take the output's type, including its
+    # device-varying axes under shard_map (a plain constant would be device-invariant).
+    basis = jnp.eye(c, dtype=out.dtype)[:, None, :] + jnp.zeros_like(out)[None]
     rows = jax.vmap(lambda e: vjp(e)[0])(basis)  # (c, n, d)
     return jnp.transpose(rows, (1, 0, 2))
-  basis = jnp.broadcast_to(jnp.eye(d, dtype=x_flat.dtype)[:, None, :], (d, n, d))
+  basis = jnp.eye(d, dtype=x_flat.dtype)[:, None, :] + jnp.zeros_like(x_flat)[None]
   cols = jax.vmap(lambda e: jax.jvp(fn, (x_flat,), (e,))[1])(basis)  # (d, n, c)
   return jnp.transpose(cols, (1, 2, 0))
 
@@ -157,7 +159,7 @@ def _weighted_hessians(fn, x_flat: jax.Array, g: jax.Array) -> jax.Array:
   """∇²(g_iᵀ f)(x_i) = Σ_k g_ik ∇²f_k(x_i), (n, d, d), g held fixed (forward-over-reverse)."""
   n, d = x_flat.shape
   grad_h = jax.grad(lambda z: jnp.sum(g * fn(z)))
-  basis = jnp.broadcast_to(jnp.eye(d, dtype=x_flat.dtype)[:, None, :], (d, n, d))
+  basis = jnp.eye(d, dtype=x_flat.dtype)[:, None, :] + jnp.zeros_like(x_flat)[None]
   cols = jax.vmap(lambda e: jax.jvp(grad_h, (x_flat,), (e,))[1])(basis)  # (d, n, d)
   return jnp.transpose(cols, (1, 2, 0))
 
