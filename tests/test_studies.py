@@ -1,121 +1,95 @@
-"""Tests for mixjax.studies: the vmapped engine, the parametric laws, the report step."""
+"""Tests for mixjax.studies: studies through the one trainer (`runs`), the laws' draws,
+the statistics and the report step."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
-import types
 
+import chex
 import jax
 import numpy as np
 import pytest
-from scipy import special as sp_special
 from scipy import stats as sp_stats
 
 from mixjax import mixing
 from mixjax import samplers
 from mixjax.studies import analysis
-from mixjax.studies import engine
+from mixjax.studies import runs as study_runs
+from mixjax.train import config as config_lib
 from mixjax import samplers as L
 from mixjax.studies import records
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:  # the study commands live in experiments/ at the repo root
   sys.path.insert(0, _ROOT)
-_K = 5  # every law packed to 5 components: one compiled sampler for all tests
 
 
-def _tiny_data(n_train=96, n_val=32, n_test=40, d=5, c=3):
-  """Gaussian blobs (a local Generator; deterministic)."""
-  rng = np.random.default_rng(0)
-  centers = rng.normal(size=(c, d)) * 2.0
-
-  def make(n):
-    y = rng.integers(0, c, n).astype(np.int32)
-    return (centers[y] + rng.normal(size=(n, d))).astype(np.float32), y
-
-  (tx, ty), (vx, vy), (sx, sy) = make(n_train), make(n_val), make(n_test)
-  return types.SimpleNamespace(train_x=tx, train_y=ty, val_x=vx, val_y=vy, test_x=sx,
-                               test_y=sy, num_classes=c)
+def _digits_study(tmp_path, laws, seeds=(0, 1), **kw):
+  """A 1-epoch study on scikit-learn's digits through the one trainer."""
+  cfg = study_runs.study_config(dataset="digits", model="mlp",
+                                model_kwargs={"hidden_sizes": (16,)}, num_epochs=1,
+                                batch_size=64, lr=3e-3, **kw)
+  pts = study_runs.points(laws, seeds)
+  runs_dir = str(tmp_path / "runs")
+  return cfg, pts, runs_dir, study_runs.train(cfg, pts, runs_dir)
 
 
-_CFG = engine.EngineConfig(model="mlp", model_kwargs={"hidden_sizes": (8,), "activation": "tanh"},
-                           num_epochs=2, num_checkpoints=2, batch_size=32, keep_logits=True,
-                           fit_temperature=False, verbose=False, train_eval_size=32)
+def test_study_trains_through_the_trainer_grouped_by_law_structure(tmp_path):
+  """Study points are `python -m mixjax.main --sweep` points: same folders, one vmapped
+  program per sampler structure (ERM; the Beta laws; the two-atom laws), each run's row
+  read back from its summary.json with the law's exact θ-moments; the ERM law's
+  rescaling is the identity (θ̄ = 1)."""
+  from mixjax.train import loop  # pylint: disable=g-import-not-at-top
+  law = study_runs.law
+  laws = [law("erm"), law("beta", alpha=0.2), law("beta", alpha=1.0), law("optimal"),
+          law("matched_atoms", mean=0.75, var=1 / 48, num_points=2, label="2 atoms")]
+  cfg, pts, runs_dir, named = _digits_study(tmp_path, laws)
+  assert [n for n, _ in named] == [config_lib.point_name(i, p) for i, p in enumerate(pts)]
+  groups = [[named[i][0] for i in g] for g in loop.law_groups(named)]
+  assert groups == [[n for n, _ in named[:2]], [n for n, _ in named[2:6]],
+                    [n for n, _ in named[6:]]]
+  assert sorted(d for d in os.listdir(runs_dir) if d.startswith("group_")) == [
+      "group_000_2", "group_002_4", "group_006_4"]
+  rows = study_runs.rows(named, runs_dir)
+  assert [r["law"] for r in rows] == [l for l in ("ERM", "Beta(0.2)", "Beta(1)", "optimal",
+                                                  "2 atoms") for _ in (0, 1)]
+  assert [r["seed"] for r in rows] == [0, 1] * 5
+  for r, (name, c) in zip(rows, named):
+    with open(os.path.join(runs_dir, name, "summary.json")) as f:
+      summary = json.load(f)
+    assert r["status"] == "ok" and r["test_accuracy"] == summary["test"]["accuracy"]
+    assert r["test_rs_nll"] == summary["test_rescaled"]["nll"]
+    m = L.theta_moments(study_runs.sampler_of(pts[named.index((name, c))]))
+    assert (r["theta_bar"], r["strength"]) == (m.mean, m.strength)
+    assert np.isfinite(r["train_objective"]) and r["temperature"] > 0
+  assert rows[0]["test_rs_accuracy"] == rows[0]["test_accuracy"]
+  assert rows[6]["theta_bar"] == pytest.approx(2 / 3)
+  logits = study_runs.predictions(named, runs_dir, "test_logits_rescaled")
+  with np.load(os.path.join(runs_dir, named[0][0], "predictions.npz")) as z:
+    n_test = z["test_labels"].shape[0]
+  chex.assert_shape(logits, (10, n_test, 10))
+  # Rerunning the study trains nothing: every point has its summary.
+  mtime = os.path.getmtime(os.path.join(runs_dir, named[0][0], "summary.json"))
+  study_runs.train(cfg, pts, runs_dir)
+  assert os.path.getmtime(os.path.join(runs_dir, named[0][0], "summary.json")) == mtime
+
+
+def test_study_config_sets_the_shared_training_explicitly():
+  cfg = study_runs.study_config(dataset="digits", model="mlp", num_epochs=8, batch_size=32,
+                                lr=1e-3, num_evals=4, method__terms=("jacobian",))
+  assert (cfg.optimizer.name, cfg.optimizer.schedule, cfg.optimizer.weight_decay) == (
+      "adam", "cosine", 0.0)
+  assert cfg.mixing.fold and cfg.method.estimator == "exact" and not cfg.tensorboard
+  assert cfg.eval.every_epochs == 2 and tuple(cfg.method.terms) == ("jacobian",)
+  with pytest.raises(ValueError, match="no such config key"):
+    study_runs.study_config(dataset="digits", model="mlp", num_epochs=1, batch_size=8,
+                            lr=1e-3, method__term=("jacobian",))
 
 
 # ----------------------------------------------------------------------------------------
-# Engine.
-
-
-def test_vmapped_runs_equal_single_unvmapped_run():
-  data = _tiny_data()
-  runs = [engine.Run(L.erm(), 0, 1e-2), engine.Run(L.regmixup(1.0), 1, 3e-3, 1e-3),
-          engine.Run(L.w_shaped(0.5), 2, 5e-3)]
-  res = engine.train_runs(_CFG, data, runs)
-  ref = engine.train_one(_CFG, data, runs[1])
-  np.testing.assert_allclose(res.logits["test"][1], ref["test_logits"], rtol=1e-4, atol=1e-4)
-  np.testing.assert_allclose(res.logits["test_rs"][1], ref["test_rs_logits"], rtol=1e-4,
-                             atol=1e-4)
-  # Different laws/seeds/lrs do give different models (the comparison is not vacuous).
-  assert np.max(np.abs(res.logits["test"][1] - res.logits["test"][2])) > 1e-2
-  # Rows carry the run's description and metrics; ERM's rescaling is the identity.
-  assert [r["law"] for r in res.runs] == ["ERM", "RegMixup(1,η=1)", "W(0.5)"]
-  assert res.runs[0]["test_accuracy"] == res.runs[0]["test_rs_accuracy"]
-  assert res.history["test_accuracy"].shape == (2, 3)
-
-
-def test_erm_law_mixes_nothing():
-  # With the ERM law (θ = 1) the engine's mixup objective sees exactly the clean batch,
-  # so "mixup" with this law is the "erm" method (same loss on the same inputs).
-  x = jax.random.normal(jax.random.key(0), (_KS_N, 2))
-  y = jax.nn.one_hot(jax.numpy.arange(_KS_N) % 4, 4)
-  x_mix, y_mix, lam, _ = mixing.mix(jax.random.key(1), x, y,
-                                    L.packed_sampler(L.pack(L.erm(), _K)), fold=True)
-  np.testing.assert_array_equal(np.asarray(lam), np.ones(_KS_N, np.float32))
-  np.testing.assert_array_equal(np.asarray(x_mix), np.asarray(x))
-  np.testing.assert_array_equal(np.asarray(y_mix), np.asarray(y))
-
-
-def test_engine_rejects_bad_config_before_compiling():
-  data = _tiny_data()
-  runs = [engine.Run(L.erm(), 0, 1e-2)]
-  with pytest.raises(ValueError, match="Known methods"):
-    engine.train_runs(_CFG.replace(method="mixupp"), data, runs)
-  with pytest.raises(ValueError, match="batch_size"):
-    engine.train_runs(_CFG.replace(batch_size=1000), data, runs)
-  with pytest.raises(ValueError, match="optimizer"):
-    engine.train_runs(_CFG.replace(optimizer="lamb"), data, runs)
-
-
-# ----------------------------------------------------------------------------------------
-# Parametric laws vs mixjax.samplers and scipy.stats.
-
-_LAWS = [L.beta(0.1), L.beta(0.5), L.beta(1.0), L.beta(10.0), L.w_shaped(0.5),
-         L.w_shaped(0.3, 0.6), L.regmixup(10.0, 1.0), L.regmixup(math.inf, 2.0), L.optimal(),
-         L.matched_atoms(0.75, 1 / 48, 3), L.erm()]
-
-
-def _packed_moments(packed):
-  """(E θ, Var θ) of a packed law, θ = loc + scale·W^power, W ~ Beta(a, b), from
-  E W^q = B(a + q, b) / B(a, b) (scipy): independent of `theta_moments`' closed forms."""
-  f = {k: np.asarray(v, np.float64) for k, v in vars(packed).items()}
-  ew = lambda q: np.exp(sp_special.betaln(f["a"] + q, f["b"]) - sp_special.betaln(f["a"], f["b"]))
-  e1 = f["loc"] + f["scale"] * ew(f["power"])
-  e2 = f["loc"] ** 2 + 2 * f["loc"] * f["scale"] * ew(f["power"]) + f["scale"] ** 2 * ew(2 * f["power"])
-  m1, m2 = f["weight"] @ e1, f["weight"] @ e2
-  return m1, m2 - m1 ** 2
-
-
-@pytest.mark.parametrize("law", _LAWS, ids=lambda l: l.label)
-def test_packed_form_has_the_samplers_moments(law):
-  """The packed arrays (padded to K) describe the sampler's θ-law: their moments, from
-  the Beta function, equal `theta_moments`' closed forms."""
-  ref = samplers.theta_moments(law)
-  assert ref.exact
-  mean, var = _packed_moments(L.pack(law, _K))
-  assert mean == pytest.approx(ref.mean, rel=1e-6)
-  assert var == pytest.approx(ref.var, rel=1e-4, abs=1e-9)
+# Laws: moments and draws against SciPy.
 
 
 def test_moments_match_theory_table():
@@ -142,18 +116,19 @@ def _theta_cdf(law: L.Sampler):
 _KS_N = 20000
 # Critical value of the KS statistic at level 1e-4: sqrt(−ln(α/2)/2)/√n (asymptotic).
 _KS_CRIT_1 = math.sqrt(-math.log(0.5e-4) / 2) / math.sqrt(_KS_N)
-_KS_CRIT_2 = math.sqrt(-math.log(0.5e-4) / 2) * math.sqrt(2 / _KS_N)
 
 
 @pytest.mark.parametrize("law", [L.beta(0.1), L.beta(1.0), L.beta(10.0), L.w_shaped(0.5),
                                  L.w_shaped(0.3, 0.6)], ids=lambda l: l.label)
 def test_draws_in_distribution(law):
-  key = jax.random.key(7)
-  theta = np.asarray(L.sample_theta(L.pack(law, _K), key, (_KS_N,)), np.float64)
+  """θ = max(λ, 1 − λ) of the sampler's draws against the exact θ-CDF (scipy.stats),
+  one-sample KS at level 1e-4; λ is symmetric about ½."""
+  lam = np.asarray(law(jax.random.key(7), (_KS_N,)), np.float64)
+  theta = np.maximum(lam, 1 - lam)
   assert theta.min() >= 0.5 and theta.max() <= 1.0
-  # One-sample KS against the exact CDF. The sup is taken over draws below 1 − 1e-6:
-  # float32 cannot resolve θ within 6e-8 of 1 (for α = 0.1 about 19% of the mass lies
-  # there and is rounded to exactly 1), which a sup over a subset of points ignores.
+  # The sup is taken over draws below 1 − 1e-6: float32 cannot resolve θ within 6e-8
+  # of 1 (for α = 0.1 about 19% of the mass lies there and is rounded to exactly 1),
+  # which a sup over a subset of points ignores.
   xs = np.sort(theta)
   ecdf_hi = np.arange(1, _KS_N + 1) / _KS_N
   ecdf_lo = np.arange(0, _KS_N) / _KS_N
@@ -161,46 +136,27 @@ def test_draws_in_distribution(law):
   cdf = _theta_cdf(law)(xs[ok])
   d1 = max(np.max(np.abs(ecdf_hi[ok] - cdf)), np.max(np.abs(ecdf_lo[ok] - cdf)))
   assert d1 < _KS_CRIT_1, (d1, _KS_CRIT_1)
-  # Same law as the mixjax.samplers sampler (its λ folded to θ): two-sample KS.
-  # Values within 1e-6 of 1 are merged: below float32 resolution the two samplers round
-  # differently (½ + ½√W vs 1 − λ) although their laws agree.
-  lam = np.asarray(law(jax.random.key(8), (_KS_N,)), np.float64)
-  top = 1 - 1e-6
-  d2 = sp_stats.ks_2samp(np.minimum(theta, top),
-                         np.minimum(np.maximum(lam, 1 - lam), top)).statistic
-  assert d2 < _KS_CRIT_2, (d2, _KS_CRIT_2)
-  # sample_lambda is symmetric about ½ and folds back to θ.
-  lam_ours = np.asarray(L.sample_lambda(L.pack(law, _K), key, (_KS_N,)))
-  frac_low = np.mean(lam_ours < 0.5)
+  frac_low = np.mean(lam < 0.5)
   assert abs(frac_low - 0.5) < 5 * math.sqrt(0.25 / _KS_N) + 1.0 / _KS_N
 
 
 def test_atoms_and_mixture_weights():
   law = L.regmixup(math.inf, 2.0)  # θ = 1 w.p. 1/3, θ = ½ w.p. 2/3.
-  theta = np.asarray(L.sample_theta(L.pack(law, _K), jax.random.key(1), (_KS_N,)))
+  lam = np.asarray(law(jax.random.key(1), (_KS_N,)))
+  theta = np.maximum(lam, 1 - lam)
   assert set(np.unique(theta)) == {0.5, 1.0}
   p = np.mean(theta == 1.0)
   assert abs(p - 1 / 3) < 5 * math.sqrt((1 / 3) * (2 / 3) / _KS_N)
-  # Padding does not change the draws.
-  np.testing.assert_array_equal(
-      theta, np.asarray(L.sample_theta(L.pack(law, 2), jax.random.key(1), (_KS_N,))))
-  # ERM is exactly θ = 1.
-  assert np.all(np.asarray(L.sample_theta(L.pack(L.erm(), _K), jax.random.key(0), (_KS_N,))) == 1.0)
+  # ERM is exactly λ = 1, so mixing leaves the batch as it is.
+  x = jax.random.normal(jax.random.key(0), (64, 2))
+  y = jax.nn.one_hot(jax.numpy.arange(64) % 4, 4)
+  x_mix, y_mix, lam, _ = mixing.mix(jax.random.key(1), x, y, L.erm(), fold=True)
+  np.testing.assert_array_equal(np.asarray(lam), np.ones(64, np.float32))
+  np.testing.assert_array_equal(np.asarray(x_mix), np.asarray(x))
+  np.testing.assert_array_equal(np.asarray(y_mix), np.asarray(y))
 
 
-def test_vmapped_sampling_over_stacked_laws():
-  laws = [L.beta(1.0), L.optimal(), L.erm()]
-  stacked = L.stack_packed(laws, _K)
-  draws = jax.vmap(lambda p: L.sample_theta(p, jax.random.key(2), (_KS_N,)))(stacked)
-  for law, th in zip(laws, np.asarray(draws, np.float64)):
-    m = L.theta_moments(law)
-    se = math.sqrt(m.var / _KS_N) if m.var > 0 else 0.0
-    assert abs(th.mean() - m.mean) <= 5 * se + 1e-6
-
-
-def test_laws_without_a_packed_form_and_bad_laws_are_refused():
-  with pytest.raises(ValueError, match="no packed form"):
-    L.pack(samplers.beta(0.5, 2.0))
+def test_bad_laws_are_refused():
   with pytest.raises(ValueError, match=r"\[½, 1\]"):
     L.atoms([0.2, 0.9])
   with pytest.raises(ValueError, match="Known samplers"):
@@ -209,6 +165,8 @@ def test_laws_without_a_packed_form_and_bad_laws_are_refused():
     L.matched_atoms(0.9, 0.05, 3)
   with pytest.raises(ValueError, match="different structures"):
     L.stack([L.beta(1.0), L.optimal()])
+  assert L.structure(L.optimal()) == L.structure(L.matched_atoms(0.75, 1 / 48, 2))
+  assert L.structure(L.beta(0.2)) != L.structure(L.w_shaped(0.2))
 
 
 @pytest.mark.parametrize("laws", [
@@ -246,19 +204,22 @@ def test_slope_and_group_statistics_against_closed_forms():
 
 def test_report_step_on_tiny_saved_result(tmp_path):
   from experiments.studies import mixing_law  # pylint: disable=g-import-not-at-top
-  laws = [L.erm(), L.beta(0.2), L.beta(2.0)] + [l for g in mixing_law.GROUPS.values()
-                                                 for l in g]
+  laws = [L.erm(), L.beta(0.2), L.beta(2.0)] + [
+      study_runs.sampler_of(l) for g in mixing_law.GROUPS.values() for l in g]
   rng = np.random.default_rng(0)
   runs = []
   for law in laws:
+    m_ = L.theta_moments(law)
     for seed in range(3):
-      row = engine.Run(law, seed, 1e-3).describe()
+      row = {"law": law.label, "seed": seed, "theta_bar": m_.mean, "sigma2": m_.var,
+             "gamma2": m_.gamma2, "strength": m_.strength,
+             "global_strength": m_.global_strength}
       for m in mixing_law.METRICS:
         row[m] = float(rng.uniform(0.05, 0.9))
       runs.append(row)
   config = {"setting": "digits_mlp", "dataset": "digits", "lr": 1e-3, "seeds": [0, 1, 2],
             "laws": [L.describe(l) for l in laws],
-            "engine": engine.EngineConfig(num_epochs=1).to_json(),
+            "train": study_runs.config_record(mixing_law.get_config("digits_mlp")),
             "data_sizes": {"train_x": 10, "val_x": 2, "test_x": 3}}
   records.save(str(tmp_path), "digits_mlp", runs=runs, config=config,
                info={"total_seconds": 1.0})

@@ -1,19 +1,18 @@
 """The Theorem-1/3 training methods (`approx`, `perturbed_erm`, `erm_transformed`) run
-through the trainer (mixjax/train: the sharded step and `train_and_evaluate`) and the
-studies engine (mixjax/studies/engine.py), and the trainer's `data_stats.npz` cache.
+through the trainer (mixjax/train: the sharded step and `train_and_evaluate`), and the
+trainer's `data_stats.npz` cache.
 
 References: the library objectives (`mixjax.approx_mixup_risk`,
 `mixjax.perturbed_erm_loss`, cross-entropy on `mixjax.transform(...)`) evaluated on the
 same batch, the same parameters and the same PRNG keys, which the tests replay from the
 documented key derivations (step.py / state.py for the trainer: data key
 fold_in(root, KEY_DATA), step key fold_in(fold_in(root, KEY_STEP), s), method key
-fold_in(step key, 1), device d's key fold_in(method key, d); engine.py for the engine);
+fold_in(step key, 1), device d's key fold_in(method key, d));
 `mixjax.data_stats` computed directly for the cache.
 """
 from __future__ import annotations
 
 import os
-import types
 
 import chex
 import jax
@@ -27,8 +26,6 @@ from mixjax import data as data_lib
 from mixjax import losses
 from mixjax import models
 from mixjax import samplers
-from mixjax.studies import engine
-from mixjax import samplers as L
 from mixjax.theory import stats as stats_lib
 from mixjax.train import config as config_lib
 from mixjax.train import loop
@@ -47,14 +44,9 @@ def _ce(y, u):
 
 
 def library_loss(name, f, x, y, key, sampler, stats, *, estimator="stochastic",
-                 num_probes=1, terms=("jacobian", "cross", "label"), num_draws=1,
-                 moments=None):
-  """The library objective that method `name` must equal on one (local) batch.
-
-  `moments`: the sampler's θ-moments when `theta_moments(sampler)` cannot compute them
-  (the engine's packed-law sampler); the sampler's draws are still used.
-  """
-  moments = moments or mixjax.theta_moments(sampler)
+                 num_probes=1, terms=("jacobian", "cross", "label"), num_draws=1):
+  """The library objective that method `name` must equal on one (local) batch."""
+  moments = mixjax.theta_moments(sampler)
   if name == "approx":
     return mixjax.approx_mixup_risk(f, x, y, stats, sampler, loss="cross_entropy",
                                     estimator=estimator, key=key, num_probes=num_probes,
@@ -115,11 +107,13 @@ def _blobs(n, d=5, c=3, seed=0):
 # The trainer's step.
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_step_loss_equals_library_objective_at_each_step(name):
+@pytest.mark.parametrize("name,estimator", [(m, "stochastic") for m in METHODS]
+                         + [("approx", "exact")])
+def test_step_loss_equals_library_objective_at_each_step(name, estimator):
   """4 devices, per-device keys: for steps 0, 1, 2 (step 2 starts epoch 1) the step's
   reported loss is the mean over devices of the library objective on that device's rows
-  with that device's key, at the parameters before the step."""
+  with that device's key, at the parameters before the step. The exact estimator of the
+  approximate risk (full input Jacobians and Hessians) runs under shard_map too."""
   assert jax.device_count() == 4
   x_all, y_all = _blobs(40)
   c, bsz = 3, 16
@@ -128,7 +122,7 @@ def test_step_loss_equals_library_objective_at_each_step(name):
   stats = mixjax.data_stats(x_all, jax.nn.one_hot(y_all, c))
   ctx = methods.MethodContext(loss=losses.get_loss("cross_entropy"), sampler=sampler,
                               theta_bar=float(samplers.theta_moments(sampler).mean),
-                              estimator="stochastic", num_probes=2, num_draws=2)
+                              estimator=estimator, num_probes=2, num_draws=2)
   mesh = step_lib.make_mesh()
   tx = optax.adam(3e-2)
   rng = jax.random.key_data(jax.random.key(11))
@@ -145,7 +139,7 @@ def test_step_loss_equals_library_objective_at_each_step(name):
     state, m = fn(state, xs, ys, stats_dev)
     want = replay_step_loss(name, model, params, rng, s, x_all, y_all, num_classes=c,
                             batch_size=bsz, ndev=4, sampler=sampler, stats=stats,
-                            num_probes=2, num_draws=2)
+                            num_probes=2, num_draws=2, estimator=estimator)
     np.testing.assert_allclose(float(m["loss"]), want, rtol=2e-5, atol=1e-6)
     seen.append(want)
   assert int(state.step) == 3 and float(m["finite"]) == 1.0
@@ -194,95 +188,6 @@ def test_train_and_evaluate_trains_and_first_loss_is_the_library_objective(name,
                           num_classes=ds.num_classes, batch_size=config.batch_size,
                           ndev=4, sampler=sampler, stats=stats, num_probes=2)
   np.testing.assert_allclose(lossv[0], want, rtol=2e-5)
-
-
-# ----------------------------------------------------------------------------------------
-# The studies engine.
-
-
-def _engine_data(n_train=48, c=3):
-  x, y = _blobs(n_train + 60, c=c, seed=1)
-  return types.SimpleNamespace(train_x=x[:n_train], train_y=y[:n_train],
-                               val_x=x[n_train:n_train + 20], val_y=y[n_train:n_train + 20],
-                               test_x=x[n_train + 20:], test_y=y[n_train + 20:],
-                               num_classes=c)
-
-
-def _engine_replayer(name, cfg, data):
-  """`replay(law, seed, params, epoch) -> (loss, grads)`: the engine's objective at
-  (epoch, step 0 of the epoch) and its gradient, with the library function. Batch = the
-  first B of permutation(fold_in(fold_in(key, ORDER=1), epoch)); mixing key
-  fold_in(fold_in(fold_in(key, 1000 + epoch), 0), MIX=2). The stochastic estimator's θ
-  draws come from the engine's sampler for the law (`laws.as_sampler`, which draws
-  differently from `mixjax.samplers` at the same key), its moments from
-  `mixjax.theta_moments` of the law's `mixjax.samplers` form. Compiled once per test
-  (the law's packed parameters and moments are arguments)."""
-  c = data.num_classes
-  stats = mixjax.data_stats(data.train_x, jax.nn.one_hot(data.train_y, c))
-  model = models.get_model(cfg.model, c, **cfg.model_kwargs)
-
-  def core(params, law_params, moments, x, y, key):
-    f = lambda z: model.apply({"params": params}, z, train=True)
-    return library_loss(name, f, x, y, key, L.packed_sampler(law_params), stats,
-                        estimator=cfg.approx_estimator, num_probes=cfg.approx_num_probes,
-                        terms=cfg.approx_terms, moments=moments)
-
-  value_and_grad = jax.jit(jax.value_and_grad(core))
-
-  def replay(law, seed, params, epoch):
-    key = jax.random.key(seed)
-    n = data.train_x.shape[0]
-    perm = np.asarray(jax.random.permutation(
-        jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n))[:cfg.batch_size]
-    mix_key = jax.random.fold_in(
-        jax.random.fold_in(jax.random.fold_in(key, 1000 + epoch), 0), 2)
-    m = mixjax.theta_moments(law)
-    moments = engine.MomentArrays(*(jnp.float32(getattr(m, f)) for f in (
-        "mean", "var", "gamma2", "strength", "global_strength")))
-    x = jnp.asarray(data.train_x[perm])
-    y = jax.nn.one_hot(jnp.asarray(data.train_y[perm]), c)
-    loss, grads = value_and_grad(params, L.pack(law, 4), moments, x, y, mix_key)
-    return float(loss), grads
-
-  return replay
-
-
-@pytest.mark.parametrize("name", ["approx", "erm_transformed"])
-def test_engine_objective_equals_library_and_trains(name):
-  """Two laws vmapped, one step per epoch (B = n), Adam at a constant rate: the engine's
-  objective at epochs 0..3 is the library objective along a training replayed in the
-  test (model.init with fold_in(key, INIT=0), then optax.adam on the library gradient
-  at the replayed batch and keys); over 12 epochs the objective falls and test accuracy
-  is well above chance."""
-  data = _engine_data()
-  lr = 3e-2
-  cfg = engine.EngineConfig(
-      model="mlp", model_kwargs={"hidden_sizes": (8,), "activation": "tanh"}, method=name,
-      optimizer="adam", batch_size=48, num_epochs=12, num_checkpoints=12, schedule="constant",
-      approx_estimator="stochastic", approx_num_probes=2, fit_temperature=False,
-      verbose=False, train_eval_size=16)
-  law_list = [L.beta(1.0), L.w_shaped(0.5)]
-  runs = [engine.Run(law, 3 + i, lr) for i, law in enumerate(law_list)]
-  res = engine.train_runs(cfg, data, runs)
-  obj = res.history["train_objective"]  # (12 checkpoints = epochs, 2 runs)
-  chex.assert_shape(obj, (12, 2))
-  model = models.get_model("mlp", 3, hidden_sizes=(8,), activation="tanh")
-  replay = _engine_replayer(name, cfg, data)
-  tx = optax.adam(lr)
-  for r, run in enumerate(runs):
-    k = jax.random.fold_in(jax.random.key(run.seed), 0)
-    params = model.init({"params": k, "dropout": k}, jnp.asarray(data.train_x[:1]),
-                        train=False)["params"]
-    opt = tx.init(params)
-    for epoch in range(4):
-      loss, grads = replay(run.law, run.seed, params, epoch)
-      np.testing.assert_allclose(obj[epoch, r], loss, rtol=1e-4 if epoch else 2e-5,
-                                 atol=1e-6, err_msg=f"run {r} epoch {epoch}")
-      upd, opt = tx.update(grads, opt, params)
-      params = optax.apply_updates(params, upd)
-    assert np.all(np.isfinite(obj[:, r])) and obj[-1, r] < 0.7 * obj[0, r], obj[:, r]
-    # 40 test points, 3 classes: chance 1/3 (sd 0.075); 0.7 is > 4.8 sd above it.
-    assert res.runs[r]["test_accuracy"] >= 0.7, res.runs[r]
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Study commands (`python -m experiments.studies.<name> --out results/<name>`).
 
-Each study trains with `mixjax.studies.engine` (many runs vmapped in one compiled
-program), saves raw results with provenance (`mixjax.studies.records`) and has a
+Each study is a trainer config and a list of points (`mixjax.studies.runs`) trained by
+the one trainer, `mixjax.train.train_sweep` (runs that differ only in the seed, the λ-law's
+parameters and the optimizer's lr / weight decay vmapped in one compiled program where
+that is faster), saves raw results with provenance (`mixjax.studies.records`) and has a
 separate report step (`--mode=report`) that remakes its Markdown tables and PNG figures
 from the saved files without retraining.
 

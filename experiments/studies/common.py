@@ -7,10 +7,6 @@ import time
 from typing import Callable, Sequence
 
 MODES = ("all", "run", "report")
-# How every study trains, set explicitly (the engine's defaults are the main trainer's,
-# `mixjax.train.config.base_config()`): Adam, folded λ (λ ↦ max(λ, 1 − λ) before mixing),
-# and the exact estimator of the approximate risk.
-STUDY_TRAINING = {"optimizer": "adam", "fold": True, "approx_estimator": "exact"}
 
 
 def parse_args(description: str, parts: Sequence[str], argv: Sequence[str] | None = None,

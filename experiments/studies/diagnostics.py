@@ -2,14 +2,16 @@ r"""Diagnostics along mixup training: Theorem 3's terms, R1–R4, the notes' bou
 gap between the mixup loss and the approximate risk (THEORY.md §4, seed notes).
 
 Trains a small tanh MLP on MNIST-1D (d = 40, so every term is computed exactly) with mixup
-under several laws and seeds (seeds vmapped; one program per law so that the exact mixup
-risk can use the law's θ-quadrature). At every checkpoint, on a fixed subset of training
-examples (with that subset's own statistics, so that the identities are exact):
+under several laws and seeds: per law, one seed group of the one trainer
+(`--config.num_seeds`, vmapped), checkpointed every `EVERY_EPOCHS` epochs. Then, at every
+checkpoint (`mixjax.train.TrainedRun`), on a fixed subset of training examples (with
+that subset's own statistics, so that the identities are exact):
 
   * `mixjax.theory.approx_mixup_terms` (exact estimator): erm (on transformed data),
     jacobian, cross, hessian, label and the paper's R1–R4;
   * the exact mixup risk of the subset (`mixjax.theory.exact_mixup_risk`: all n² pairs,
-    θ-quadrature) and the sampled mixup loss (`mixjax.losses.mixup_loss`, mean of 16 draws);
+    the law's θ-quadrature) and the sampled mixup loss (`mixjax.losses.mixup_loss`, mean
+    of 16 draws);
   * the per-example terms and the notes' upper bounds (`mixjax.studies.diagnostics`):
     prediction entropy, ‖S(f(x̃)) − ỹ‖ (EL2N-like), input-Hessian traces.
 
@@ -19,8 +21,9 @@ examples (with that subset's own statistics, so that the identities are exact):
 XLA:CPU (jaxlib 0.10.2) sometimes never finishes executing these diagnostics programs
 (Jacobians, Hessians and batched pseudo-inverses): every thread idles and the host waits
 forever. Splitting them into four programs made it rarer, not impossible, so each law
-runs in its own child process with a timeout and is retried (`MAX_ATTEMPTS`); the parent
-merges the per-law results. The attempts are recorded in `info["attempts"]`.
+runs in its own child process with a timeout and is retried (`MAX_ATTEMPTS`; a retry
+resumes the law's training from its checkpoints); the parent merges the per-law results.
+The attempts are recorded in `info["attempts"]`.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -39,35 +43,57 @@ from mixjax import losses
 from mixjax import theory
 from mixjax.studies import analysis
 from mixjax.studies import diagnostics as diag_lib
-from mixjax.studies import engine
 from mixjax import samplers as L
 from mixjax.studies import plots
 from mixjax.studies import records
+from mixjax.studies import runs as study_runs
 
 PARTS = ("mnist1d_tanh",)
 SUBSET = 256
 NUM_DRAWS = 16
 NUM_NODES = 16
-LAWS = (L.beta(1.0), L.beta(0.2), L.w_shaped(0.5), L.optimal())
+law = study_runs.law
+LAWS = (law("beta", alpha=1.0), law("beta", alpha=0.2), law("w_shaped", a=0.5),
+        law("optimal"))
 LAW_TIMEOUT_S = 1200  # one law (3 seeds) takes ~1 min on 2 cores; a hang never ends
 MAX_ATTEMPTS = 4
-CONFIG = engine.EngineConfig(
-    **common.STUDY_TRAINING, model="mlp",
-    model_kwargs={"hidden_sizes": (128, 128), "activation": "tanh"},
-    num_epochs=60, batch_size=128, num_checkpoints=12)
+NUM_EPOCHS, EVERY_EPOCHS = 60, 5
+SETTING = dict(dataset="mnist1d", model="mlp",
+               model_kwargs={"hidden_sizes": (128, 128), "activation": "tanh"},
+               num_epochs=NUM_EPOCHS, batch_size=128, lr=3e-3)
+
+
+def label(spec: dict) -> str:
+  return study_runs.sampler_of(spec).label
+
+
+def get_config(law_label: str = "Beta(1)", seeds: int = 3, quick: bool = False):
+  """A law's seed group, checkpointed every EVERY_EPOCHS epochs (all checkpoints kept)."""
+  from mixjax import data  # pylint: disable=g-import-not-at-top
+  from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  spec = {label(l): l for l in LAWS}[law_label]
+  epochs, every = (2, 1) if quick else (NUM_EPOCHS, EVERY_EPOCHS)
+  cfg = study_runs.study_config(**dict(SETTING, num_epochs=epochs))
+  n_train = common.load("mnist1d", val_fraction=cfg.dataset.val_fraction).train_x.shape[0]
+  spe = data.steps_per_epoch(int(n_train), cfg.batch_size)
+  return config_lib.sweep_config(cfg, {**spec, "num_seeds": seeds,
+                                       "checkpoint_every_steps": every * spe,
+                                       "max_to_keep": epochs // every + 1})
 
 
 def make_diagnostics_fns(x_sub: np.ndarray, y_sub: np.ndarray) -> dict:
-  """The engine's diagnostics on a fixed subset (its own DataStats), as four separately
-  compiled functions (one program combining them hung intermittently on XLA:CPU)."""
+  """The diagnostics on a fixed subset (its own DataStats), as four functions
+  `fn(logits_fn, sampler, moments, key) -> dict of scalars`, compiled separately (one
+  program combining them hung intermittently on XLA:CPU)."""
   c = int(y_sub.max()) + 1
   xs = jnp.asarray(x_sub, jnp.float32).reshape(x_sub.shape[0], -1)
   ys = jax.nn.one_hot(jnp.asarray(y_sub), c)
   stats = theory.data_stats(xs, ys)
 
-  def terms_fn(logits_fn, run, ctx):
-    terms = theory.approx_mixup_terms(logits_fn, xs, ys, stats, ctx.law,
-                                      moments=run.moments, diagnostics=True)
+  def terms_fn(logits_fn, sampler, moments, key):
+    del key
+    terms = theory.approx_mixup_terms(logits_fn, xs, ys, stats, sampler, moments=moments,
+                                      diagnostics=True)
     out = {f"t_{k}": v for k, v in terms.items()}
     approx_all = (terms["erm"] + terms["jacobian"] + terms["cross"] + terms["hessian"]
                   + terms["label"])
@@ -75,21 +101,21 @@ def make_diagnostics_fns(x_sub: np.ndarray, y_sub: np.ndarray) -> dict:
     out["approx_no_hessian"] = approx_all - terms["hessian"]
     return out
 
-  def exact_fn(logits_fn, run, ctx):
-    del run
-    return {"exact_mixup": theory.exact_mixup_risk(logits_fn, xs, ys, ctx.law,
+  def exact_fn(logits_fn, sampler, moments, key):
+    del moments, key
+    return {"exact_mixup": theory.exact_mixup_risk(logits_fn, xs, ys, sampler,
                                                    num_nodes=NUM_NODES)}
 
-  def sampled_fn(logits_fn, run, ctx):
-    del ctx
-    keys = jax.random.split(jax.random.fold_in(run.key, 77), NUM_DRAWS)
-    draws = jax.vmap(lambda k: losses.mixup_loss(
-        logits_fn, xs, ys, k, L.packed_sampler(run.law), fold=True))(keys)
+  def sampled_fn(logits_fn, sampler, moments, key):
+    del moments
+    keys = jax.random.split(jax.random.fold_in(key, 77), NUM_DRAWS)
+    draws = jax.vmap(lambda k: losses.mixup_loss(logits_fn, xs, ys, k, sampler,
+                                                 fold=True))(keys)
     return {"sampled_mixup": jnp.mean(draws), "sampled_mixup_sd": jnp.std(draws)}
 
-  def bounds_fn(logits_fn, run, ctx):
-    del ctx
-    per = diag_lib.per_example_terms(logits_fn, xs, ys, stats, run.moments)
+  def bounds_fn(logits_fn, sampler, moments, key):
+    del sampler, key
+    per = diag_lib.per_example_terms(logits_fn, xs, ys, stats, moments)
     return {f"b_{k}": v for k, v in diag_lib.summarize_bounds(per).items()}
 
   return {"terms": terms_fn, "exact": exact_fn, "sampled": sampled_fn, "bounds": bounds_fn}
@@ -102,59 +128,98 @@ def _add_gaps(history: dict) -> None:
   h["diag/gap_no_hessian"] = h["diag/exact_mixup"] - h["diag/approx_no_hessian"]
 
 
+def trajectory_diagnostics(run_dirs: list[str], fns: dict, ds=None
+                           ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """Every diagnostic at every checkpoint of every run: ({"diag/<name>": (T, R)},
+  epochs (T,)). Each function is compiled once (the variables are its argument)."""
+  from mixjax.train import loop  # pylint: disable=g-import-not-at-top
+  history: dict[str, list[list[float]]] = {}
+  epochs = None
+  for r, run_dir in enumerate(run_dirs):
+    run = loop.TrainedRun(run_dir, ds=ds)
+    ds = run.ds
+    sampler = study_runs.sampler_of({"sampler.name": run.config.sampler.name,
+                                     "sampler.params": dict(run.config.sampler.params)})
+    moments = L.theta_moments(sampler)
+    key = jax.random.key(int(run.config.seed))
+    spe = run.steps[-1] / run.config.num_epochs
+    epochs = np.asarray(run.steps) / spe
+    compiled = {name: jax.jit(lambda v, fn=fn, m=run.model: fn(
+        lambda x: m.apply(v, x, train=False), sampler, moments, key))
+                for name, fn in fns.items()}
+    for t, step in enumerate(run.steps):
+      variables = run.variables(step)
+      for fn in compiled.values():  # separate programs, one after the other
+        for k, v in jax.device_get(fn(variables)).items():
+          col = history.setdefault(f"diag/{k}", [[] for _ in run.steps])
+          col[t].append(float(v))
+    run.close()
+  return {k: np.asarray(v, np.float64) for k, v in history.items()}, epochs
+
+
 def _run_one_law(args, law_label: str, out: str) -> None:
-  """Trains one law (its seeds vmapped) with the diagnostics; saves `<out>/<label>.json`."""
-  cfg, seeds, subset = CONFIG, list(range(args.seeds)), SUBSET
-  if args.quick:
-    cfg = cfg.replace(num_epochs=2, num_checkpoints=2)
-    seeds, subset = seeds[:2], 32
-  law = {l.label: l for l in LAWS}[law_label]
-  data = common.load("mnist1d")
+  """Trains one law (its seeds vmapped), then the diagnostics at every checkpoint;
+  saves `<out>/<label>.json`."""
+  from mixjax.train import loop  # pylint: disable=g-import-not-at-top
+  subset = 32 if args.quick else SUBSET
+  seeds = 2 if args.quick else args.seeds
+  cfg = get_config(law_label, seeds, args.quick)
+  workdir = os.path.join(args.out, "runs", _law_file(law_label))
+  t0 = time.time()
+  group = loop.train_and_evaluate(cfg, workdir)
+  names = sorted(group["runs_summaries"], key=lambda n: int(n.split("_")[1]))
+  data = common.load("mnist1d", val_fraction=cfg.dataset.val_fraction)
   fns = make_diagnostics_fns(data.train_x[:subset], data.train_y[:subset])
-  runs = engine.make_runs([law], seeds, lrs=[3e-3])
-  res = engine.train_runs(cfg, data, runs, diagnostics_fn=fns, group_by_law=True)
-  config = {"dataset": "mnist1d", "engine": cfg.to_json(), "lr": 3e-3, "seeds": seeds,
+  history, epochs = trajectory_diagnostics([os.path.join(workdir, n) for n in names], fns)
+  history["epoch"] = epochs
+  run_cfgs = loop.run_configs(cfg)
+  rows = study_runs.rows(list(zip(names, run_cfgs)), workdir)
+  config = {"dataset": "mnist1d", "train": study_runs.config_record(cfg),
+            "lr": cfg.optimizer.lr, "seeds": [int(c.seed) for c in run_cfgs],
             "subset": subset, "num_draws": NUM_DRAWS, "num_nodes": NUM_NODES,
             "quick": bool(args.quick)}
-  records.save(out, _law_file(law_label), config=config, **records.engine_record(res))
+  records.save(out, _law_file(law_label), config=config, runs=rows, history=history,
+               info={"total_seconds": time.time() - t0,
+                     "checkpoint_epochs": epochs.tolist()})
 
 
-def _law_file(label: str) -> str:
-  return "law_" + "".join(ch if ch.isalnum() else "_" for ch in label)
+def _law_file(label_: str) -> str:
+  return "law_" + "".join(ch if ch.isalnum() else "_" for ch in label_)
 
 
 def run(args) -> None:
   """One child process per law, each retried on a hang (see module docstring)."""
-  laws = list(LAWS)[:2] if args.quick else list(LAWS)
+  laws = [label(l) for l in LAWS][:2 if args.quick else None]
   tmp = os.path.join(args.out, "_per_law")
   os.makedirs(tmp, exist_ok=True)
   print(f"[diagnostics] {len(laws)} laws x {args.seeds} seeds, one process per law",
         flush=True)
   attempts = {}
-  for law in laws:
+  for law_label in laws:
     for attempt in range(1, MAX_ATTEMPTS + 1):
       cmd = [sys.executable, "-m", "experiments.studies.diagnostics", "--out", args.out,
-             "--mode", "run", "--seeds", str(args.seeds), "--law", law.label] + (
+             "--mode", "run", "--seeds", str(args.seeds), "--law", law_label] + (
                  ["--quick"] if args.quick else [])
       try:
         subprocess.run(cmd, check=True, timeout=LAW_TIMEOUT_S)
-        attempts[law.label] = attempt
+        attempts[law_label] = attempt
         break
       except subprocess.TimeoutExpired:
-        print(f"[diagnostics] {law.label}: attempt {attempt} exceeded {LAW_TIMEOUT_S} s "
+        print(f"[diagnostics] {law_label}: attempt {attempt} exceeded {LAW_TIMEOUT_S} s "
               "(XLA:CPU hang, all threads idle); retrying", flush=True)
     else:
-      raise RuntimeError(f"diagnostics for {law.label} hung {MAX_ATTEMPTS} times.")
-  parts = [records.load(tmp, _law_file(l.label)) for l in laws]
+      raise RuntimeError(f"diagnostics for {law_label} hung {MAX_ATTEMPTS} times.")
+  parts = [records.load(tmp, _law_file(l)) for l in laws]
   runs = [r for p in parts for r in p["runs"]]
   keys = [k for k in parts[0]["history"] if k != "epoch"]
   history = {k: np.concatenate([p["history"][k] for p in parts], axis=1) for k in keys}
   history["epoch"] = parts[0]["history"]["epoch"]
   _add_gaps(history)
-  config = dict(parts[0]["config"], laws=[L.describe(l) for l in laws])
+  config = dict(parts[0]["config"],
+                laws=[L.describe(study_runs.sampler_of(l)) for l in LAWS
+                      if label(l) in laws])
   info = {"total_seconds": float(sum(p["info"]["total_seconds"] for p in parts)),
-          "per_law_seconds": {l.label: p["info"]["total_seconds"]
-                              for l, p in zip(laws, parts)},
+          "per_law_seconds": {l: p["info"]["total_seconds"] for l, p in zip(laws, parts)},
           "attempts": attempts, "checkpoint_epochs": parts[0]["info"]["checkpoint_epochs"]}
   records.save(args.out, PARTS[0], runs=runs, config=config, history=history, info=info)
   shutil.rmtree(tmp)
@@ -254,7 +319,7 @@ def report(args) -> None:
   last = -1
   md = ["# Diagnostics along mixup training\n",
         f"MNIST-1D, MLP (128, 128) tanh, Adam lr {rec['config']['lr']}, "
-        f"{rec['config']['engine']['num_epochs']} epochs, seeds {rec['config']['seeds']}; "
+        f"{rec['config']['train']['num_epochs']} epochs, seeds {rec['config']['seeds']}; "
         f"diagnostics on the first {rec['config']['subset']} training examples with their "
         f"own statistics, at epochs {[int(e) for e in h['epoch']]}. Run time "
         f"{rec['info'].get('total_seconds', float('nan')):.0f} s "

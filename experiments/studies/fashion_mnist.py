@@ -32,6 +32,7 @@ import numpy as np
 from experiments.studies import common  # noqa: F401  (the XLA:CPU workaround first)
 from experiments.studies import mixing_law
 from mixjax.studies import records
+from mixjax.studies import runs as study_runs
 
 PART = "fashion_mnist_cnn"
 _B1_MEAN, _B1_SD = 0.75, math.sqrt(1.0 / 48.0)  # Beta(1, 1): θ ~ U[½, 1]
@@ -48,22 +49,10 @@ LAWS = {
                                         "sampler.params": {"alpha": 10.0, "eta": 1.0}}),
     "optimal": ("optimal", {"sampler.name": "optimal", "sampler.params": {}}),
     "atoms_beta1": ("2 atoms ≡ Beta(1)", {
-        "sampler.name": "mixture",
-        "sampler.params": {"samplers": [["constant", {"lam": _B1_MEAN - _B1_SD}],
-                                        ["constant", {"lam": _B1_MEAN + _B1_SD}]],
-                           "weights": [0.5, 0.5]}}),
+        "sampler.name": "matched_atoms",
+        "sampler.params": {"mean": _B1_MEAN, "var": _B1_SD ** 2, "num_points": 2,
+                           "label": "2 atoms ≡ Beta(1)"}}),
 }
-
-_METRIC_KEYS = {  # row key -> (summary column, metric)
-    "test_accuracy": ("test", "accuracy"), "test_nll": ("test", "nll"),
-    "test_ece": ("test", "ece"), "test_brier": ("test", "brier"),
-    "test_rs_accuracy": ("test_rescaled", "accuracy"), "test_rs_nll": ("test_rescaled", "nll"),
-    "test_rs_ece": ("test_rescaled", "ece"),
-    "test_ts_nll": ("test", "nll_temp_scaled"), "test_ts_ece": ("test", "ece_temp_scaled"),
-    "test_rs_ts_ece": ("test_rescaled", "ece_temp_scaled"),
-    "temperature": ("test", "temperature"), "val_accuracy": ("test", "val_accuracy"),
-}
-
 
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -104,22 +93,6 @@ def study_config(args, law: str, seed: int):
   return config_lib.sweep_config(base, over)
 
 
-def _row(law: str, seed: int, summary: dict) -> dict:
-  from mixjax import samplers  # pylint: disable=g-import-not-at-top
-  label, cfg = LAWS[law]
-  row = {"law": label, "seed": seed, "train_time_s": summary.get("train_time_s")}
-  if law == "erm":
-    row.update(theta_bar=1.0, strength=0.0, global_strength=0.0)
-  else:
-    m = samplers.theta_moments(samplers.make_sampler(cfg["sampler.name"],
-                                                     **cfg["sampler.params"]))
-    row.update(theta_bar=m.mean, strength=m.strength, global_strength=m.global_strength)
-  for key, (col, metric) in _METRIC_KEYS.items():
-    src = summary.get(col) or summary["test"]  # ERM: no rescaling (θ̄ = 1)
-    row[key] = src.get(metric, float("nan"))
-  return row
-
-
 def run(args) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from mixjax import train  # pylint: disable=g-import-not-at-top
@@ -137,8 +110,8 @@ def run(args) -> None:
       if not os.path.exists(path):
         print(f"[fashion_mnist] {LAWS[law][0]}, seed {seed} -> {workdir}", flush=True)
         train.train_and_evaluate(study_config(args, law, seed), workdir)
-      with open(path) as f:
-        rows.append(_row(law, seed, json.load(f)))
+      rows.append(study_runs.row(os.path.join(law, f"seed{seed}"),
+                                 study_config(args, law, seed), os.path.join(args.out, "runs")))
   cfg = study_config(args, laws[0], 0)
   config = {"setting": PART, "recipe": json.loads(cfg.to_json_best_effort()),
             "laws": {LAWS[l][0]: LAWS[l][1] for l in laws}, "seeds": seeds,

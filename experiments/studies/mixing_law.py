@@ -266,7 +266,7 @@ def _figure_groups(summary_by_law: dict, part: str, out: str) -> str:
 def report_part(out: str, part: str, header: str | None = None) -> str:
   """The Markdown section of one saved part (tables, slopes, equal-moment tests, figures).
 
-  `header` replaces the engine-specific description (studies trained another way)."""
+  `header` replaces the setting's description (studies trained with another recipe)."""
   rec = records.load(out, part)
   rows = rec["runs"]
   summary = analysis.group_summary(rows, "law", METRICS,

@@ -5,9 +5,6 @@
                  pytrees (numeric leaves), `stack` vmaps same-structure laws
   moments.py     `theta_moments` (exact, or Monte-Carlo for `from_fn`), `MomentArrays`
   quadrature.py  `theta_quadrature` (Gauss rules over the θ-law)
-  packed.py      one fixed-size array form for every known law (`pack`, `stack_packed`,
-                 `sample_theta`, `sample_lambda`, `packed_sampler`), to vmap laws of
-                 different structures in one program (the studies engine)
 
 Everything is re-exported here: `from mixjax import samplers; samplers.beta(0.2)`.
 """
@@ -47,10 +44,4 @@ from mixjax.samplers.moments import ThetaStderr
 from mixjax.samplers.moments import describe
 from mixjax.samplers.moments import stack_moments
 from mixjax.samplers.moments import theta_moments
-from mixjax.samplers.packed import PackedLaw
-from mixjax.samplers.packed import pack
-from mixjax.samplers.packed import packed_sampler
-from mixjax.samplers.packed import sample_lambda
-from mixjax.samplers.packed import sample_theta
-from mixjax.samplers.packed import stack_packed
 from mixjax.samplers.quadrature import theta_quadrature

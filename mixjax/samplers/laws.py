@@ -13,9 +13,9 @@ are the leaves and their names are static metadata. Samplers of the same structu
 RegMixup-equivalent laws for several α) stack into one sampler with a leading axis on
 every leaf (`stack`) that `jax.vmap` maps over, so one compiled program trains under
 all of them (the draws are those of each sampler alone with the same key). Laws of
-different structures cannot be stacked this way: `stack` says so;
-compile them separately, or pack them into the fixed-size form of `samplers.packed`
-(one form for every law with a known θ-law, the studies engine's).
+different structures cannot be stacked this way: `stack` says so, and they compile
+separately (`structure` names a sampler's structure; the trainer's sweeps group points
+by it).
 
 By THEORY.md §1 the mixup risk depends on the λ-law only through the law Q of
 θ = max(λ, 1−λ) on [½, 1]. Every sampler therefore also describes Q structurally
@@ -151,10 +151,6 @@ class Sampler:
   def __repr__(self) -> str:
     return self.name
 
-  @property
-  def num_components(self) -> int:
-    """Components of the θ-law (the size of its packed form, `samplers.pack`)."""
-    return len(self.theta_law().components)
 
 
 # The θ-moments a study records per law (fields of `ThetaMoments`).
@@ -641,7 +637,7 @@ def stack(samplers: Sequence[Sampler]) -> Sampler:
   Raises:
     ValueError: the samplers differ in structure (e.g. Beta and a mixture, or mixtures
       of different components): they cannot share one vmapped program; compile them
-      separately, or use `samplers.packed` (one fixed-size form for all known laws).
+      separately (one stack per structure, `structure`).
   """
   samplers = [_unlabelled(_check(s)) for s in samplers]
   if not samplers:
@@ -652,7 +648,7 @@ def stack(samplers: Sequence[Sampler]) -> Sampler:
       raise ValueError(
           f"stack: {samplers[0].name} and {s.name} have different structures, so one "
           "vmapped program cannot sample both; compile them separately (one stack per "
-          "structure), or pack them with samplers.packed.stack_packed.")
+          "structure).")
   return jax.tree.map(lambda *xs: jnp.asarray(xs, jnp.float32), *samplers)
 
 

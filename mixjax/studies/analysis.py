@@ -8,7 +8,7 @@ ANOVA (`AnovaRM`), SciPy for the paired t-test, Spearman's ρ and the bootstrap
 
 Conventions:
   * "± se" is the standard error of the mean over seeds, sd / √n (n = number of seeds).
-  * Runs that share a seed share their initialization and data order (the engine's
+  * Runs that share a seed share their initialization and data order (the trainer's
     common random numbers), so law-vs-law comparisons are *paired by seed*.
   * Slopes of a metric against a law statistic (σ²/θ̄² or γ²/θ̄²) are fit by ordinary
     least squares on the per-law means, with a t-based 95% interval (n_laws − 2 degrees

@@ -82,8 +82,8 @@ def save(out_dir: str, name: str, *, runs: list[dict], config: dict,
     out_dir: directory (created).
     name: file stem of this part of the study.
     runs: per-run rows (dicts of JSON-able values).
-    config: the study configuration (engine config, laws, datasets, lengths).
-    history: name -> array (num_checkpoints, R) from the engine.
+    config: the study configuration (the trainer config, laws, datasets, lengths).
+    history: name -> array (num_checkpoints, R) (e.g. diagnostics along training).
     info: timings etc.
     arrays: large arrays (e.g. logits) for the npz file.
     extra: anything else JSON-able (e.g. non-training measurements).
@@ -114,12 +114,3 @@ def load(out_dir: str, name: str) -> dict[str, Any]:
   npz = os.path.join(out_dir, f"{name}_arrays.npz")
   record["arrays"] = dict(np.load(npz)) if os.path.exists(npz) else {}
   return record
-
-
-def engine_record(result: Any) -> dict[str, Any]:
-  """The keyword arguments of `save` for an `engine.EngineResult`."""
-  arrays = None
-  if result.logits is not None:
-    arrays = {f"logits_{k}": v.astype(np.float32) for k, v in result.logits.items()}
-  return {"runs": result.runs, "history": result.history, "info": result.info,
-          "arrays": arrays}
