@@ -4,7 +4,7 @@
     python -m benchmarks.bench_engine                    # MNIST-1D LeNet and MLP, k = 1, 32
     python -m benchmarks.bench_engine --k=16 --short=64 --long=448
 
-What runs is what `python -m mixjax.main` runs (`loop.make_step`: the jitted, sharded
+What runs is what `python -m mixjax.main` runs (`setup.make_step`: the jitted, sharded
 step on all local devices, data held on device, the config's optimizer and schedule),
 for `experiments/mnist1d.py` (the main job's LeNet) and `experiments/mnist1d.py:mlp`.
 Every (model, method, k) is compiled and warmed up first; then each is timed over
@@ -23,7 +23,7 @@ import time
 import jax
 
 from mixjax.train import config as config_lib
-from mixjax.train import loop
+from mixjax.train import setup
 from mixjax.train import optim
 from mixjax.train import step as step_lib
 
@@ -39,20 +39,20 @@ def build(variant: str, method: str, k: int):
   config.method.name = method
   config.steps_per_call = k
   devices = jax.local_devices()
-  ds, spe = loop.load_data(config)
-  model = loop.make_model(config, ds)
+  ds, spe = setup.load_data(config)
+  model = setup.make_model(config, ds)
   total = config_lib.total_steps(config, int(ds.train_x.shape[0]))
-  sampler = loop.training_sampler(config)
-  moments, stats = loop.training_law_and_stats(config, sampler, ds, "/tmp")
-  ctx = loop.method_context(config, sampler, moments)
+  sampler = setup.training_sampler(config)
+  moments, stats = setup.training_law_and_stats(config, sampler, ds, "/tmp")
+  ctx = setup.method_context(config, sampler, moments)
   tx, schedule = optim.make_optimizer(config.optimizer, spe, total)
   mesh = step_lib.make_mesh(devices)
   root = jax.random.key_data(jax.random.key(0))
-  loop._STEP_CACHE.clear()  # pylint: disable=protected-access  (one program per setting)
-  steps, batch_args = loop.make_step(config, ds, mesh, model, tx, schedule, ctx, stats,
+  setup._STEP_CACHE.clear()  # pylint: disable=protected-access  (one program per setting)
+  steps, batch_args = setup.make_step(config, ds, mesh, model, tx, schedule, ctx, stats,
                                      root)
   fn = steps(k)
-  holder = {"state": loop.create_or_restore_state(config, model, tx, mesh,
+  holder = {"state": setup.create_or_restore_state(config, model, tx, mesh,
                                                   _NoCheckpoints(), root, ds)[0]}
   args = batch_args(0, k)
 

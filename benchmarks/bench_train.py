@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixjax.train import config as config_lib
-from mixjax.train import loop
+from mixjax.train import setup
 from mixjax.train import methods as methods_lib
 from mixjax.train import optim
 from mixjax.train import state as state_lib
@@ -52,12 +52,12 @@ def cifar10_config(model: str | None):
 def build(config, method: str, x: np.ndarray, y: np.ndarray):
   """(step_fn, state, x_dev, y_dev) for `method` under `config` on all local devices."""
   mesh = step_lib.make_mesh(jax.local_devices())
-  model = loop.build_model(config, NUM_CLASSES)
+  model = setup.build_model(config, NUM_CLASSES)
   spe = data_lib.steps_per_epoch(x.shape[0], config.batch_size)
   tx, schedule = optim.make_optimizer(config.optimizer, spe,
                                       config_lib.total_steps(config, x.shape[0]))
   ctx = methods_lib.MethodContext(
-      loss=losses.get_loss(config.method.loss), sampler=loop.training_sampler(config),
+      loss=losses.get_loss(config.method.loss), sampler=setup.training_sampler(config),
       granularity=config.mixing.granularity, pairing=config.mixing.pairing)
   augment_fn = lambda k, im: data_lib.augment(k, im, crop_padding=config.augment.crop_padding,
                                               flip=config.augment.flip)

@@ -57,7 +57,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _SWEEP = flags.DEFINE_bool(
     "sweep", False, "Run every point of the config file's get_sweep() in this process, "
-    "each in WORKDIR/<NN>_<point>/ (see mixjax.train.loop.train_sweep).")
+    "each in WORKDIR/<NN>_<point>/ (see mixjax.train.groups.train_sweep).")
 _NUM_CPU_DEVICES = flags.DEFINE_integer(
     "num_cpu_devices", None, "Force this many CPU devices per process (testing).")
 

@@ -187,7 +187,7 @@ def test_dropout_only_in_training():
 
 def test_registry_and_errors():
   assert set(models.MODELS.names()) == {"cnn", "mlp", "lenet", "preact_resnet18",
-                                        "resnet34", "wrn28_10"}
+                                        "random_features", "resnet34", "wrn28_10"}
   with pytest.raises(ValueError, match="Known models: cnn, lenet, mlp, preact_resnet18"):
     get_model("resnet1000", 10)
   with pytest.raises(ValueError, match="unknown keyword.*widthh.*width"):
@@ -221,3 +221,26 @@ def test_cnn_parameter_count_and_shapes(stages, dense, expected):
   assert _num_params(model, (2, 28, 28, 1)) == expected
   variables = model.init(KEY, jnp.zeros((2, 28, 28, 1)))
   chex.assert_shape(model.apply(variables, jnp.zeros((3, 28, 28, 1))), (3, 10))
+
+
+def test_random_features_approximate_the_gaussian_kernel_and_only_the_head_trains():
+  """φ(x)ᵀφ(y) → exp(−‖x − y‖²/(2ℓ²)) (Rahimi & Recht): for D = 16384 features each
+  product is a mean of D bounded terms with sd ≤ √(2/D) ≈ 0.011; tolerance 5 sd. φ is read
+  off as the gradient of the single logit with respect to the head's kernel. The feature
+  map depends on `feature_seed` only, and the head is the only parameter."""
+  d_feat, ell = 16384, 0.7
+  model = get_model("random_features", 1, num_features=d_feat, bandwidth=ell)
+  x = jax.random.normal(KEY, (6, 3)) * 0.6
+  variables = model.init(INIT_KEY, x)
+  assert set(variables) == {"params"} and set(variables["params"]) == {"head"}
+  phi = jax.vmap(lambda xi: jax.grad(lambda p: model.apply({"params": p}, xi[None])[0, 0])(
+      variables["params"])["head"]["kernel"][:, 0])(x)
+  chex.assert_shape(phi, (6, d_feat))
+  got = np.asarray(phi @ phi.T, np.float64)
+  xd = np.asarray(x, np.float64)
+  want = np.exp(-np.sum((xd[:, None] - xd[None]) ** 2, -1) / (2 * ell ** 2))
+  np.testing.assert_allclose(got, want, atol=5 * np.sqrt(2 / d_feat))
+  other = get_model("random_features", 1, num_features=d_feat, bandwidth=ell, feature_seed=1)
+  assert not np.allclose(model.apply(variables, x), other.apply(variables, x))
+  with pytest.raises(ValueError, match="bandwidth"):
+    get_model("random_features", 2, bandwidth=0.0)

@@ -41,13 +41,13 @@ def test_study_trains_through_the_trainer_grouped_by_law_structure(tmp_path):
   program per sampler structure (ERM; the Beta laws; the two-atom laws), each run's row
   read back from its summary.json with the law's exact θ-moments; the ERM law's
   rescaling is the identity (θ̄ = 1)."""
-  from mixjax.train import loop  # pylint: disable=g-import-not-at-top
+  from mixjax.train import groups  # pylint: disable=g-import-not-at-top
   law = study_runs.law
   laws = [law("erm"), law("beta", alpha=0.2), law("beta", alpha=1.0), law("optimal"),
           law("matched_atoms", mean=0.75, var=1 / 48, num_points=2, label="2 atoms")]
   cfg, pts, runs_dir, named = _digits_study(tmp_path, laws)
   assert [n for n, _ in named] == [config_lib.point_name(i, p) for i, p in enumerate(pts)]
-  groups = [[named[i][0] for i in g] for g in loop.law_groups(named)]
+  groups = [[named[i][0] for i in g] for g in groups.law_groups(named)]
   assert groups == [[n for n, _ in named[:2]], [n for n, _ in named[2:6]],
                     [n for n, _ in named[6:]]]
   assert sorted(d for d in os.listdir(runs_dir) if d.startswith("group_")) == [

@@ -1,4 +1,4 @@
-"""Seed groups (`--config.num_seeds=K`, `loop.train_group`) at tiny sizes.
+"""Seed groups (`--config.num_seeds=K`, `groups.train_group`) at tiny sizes.
 
 A run of a group is checked against the same run trained alone (its own config, written
 in its folder, through the single-run path): the logged losses to float tolerance and
@@ -21,6 +21,9 @@ import pytest
 from mixjax import models as models_lib
 from mixjax.train import config as config_lib
 from mixjax.train import loop
+from mixjax.train import groups
+from mixjax.train import setup
+from mixjax.train import trained
 from mixjax.train import step as step_lib
 from mixjax.train import writers
 
@@ -101,7 +104,7 @@ def test_vmapped_group_of_one_is_the_single_run(tmp_path):
   """`train_group` with one run (vmapped, R = 1) equals `train_and_evaluate` alone."""
   config = group_config(seed=3, group_mode="vmap")
   wd = str(tmp_path / "g1")
-  out = loop.train_group(config, wd, devices=jax.devices())
+  out = groups.train_group(config, wd, devices=jax.devices())
   alone_wd, alone = _alone(3, tmp_path)
   run = out["runs_summaries"]["seed_3"]
   np.testing.assert_allclose(_losses(os.path.join(wd, "seed_3")), _losses(alone_wd),
@@ -134,7 +137,7 @@ def test_nan_in_one_run_fails_that_run_only(group, tmp_path, monkeypatch):
   frozen and its summary says failed at step 1; runs 0 and 2 finish and equal the
   healthy group's."""
   full, _ = group
-  original = loop.create_or_restore_state
+  original = setup.create_or_restore_state
 
   def poisoned(*args, **kwargs):
     state, resumed = original(*args, **kwargs)
@@ -142,7 +145,7 @@ def test_nan_in_one_run_fails_that_run_only(group, tmp_path, monkeypatch):
     bad = jax.tree.map(lambda a: a.at[1].set(jnp.nan) if a is leaf else a, state.params)
     return state.replace(params=bad), resumed
 
-  monkeypatch.setattr(loop, "create_or_restore_state", poisoned)
+  monkeypatch.setattr(setup, "create_or_restore_state", poisoned)
   wd = str(tmp_path / "nan")
   out = loop.train_and_evaluate(group_config(seed=5, num_seeds=3), wd)
   failed = _summary(os.path.join(wd, "seed_6"))
@@ -173,14 +176,14 @@ def test_sequential_group_shares_one_step_and_skips_finished_runs(tmp_path, monk
   overrides = {"model.name": "lenet", "model.kwargs": {"features": (4,), "dense_sizes": (8,)},
                "model.input_shape": (40, 1, 1)}
   config = group_config(num_seeds=2, **overrides)
-  ds, _ = loop.load_data(config)
-  model = loop.make_model(config, ds)
-  assert loop.group_mode(config, model, ds, jax.devices()) == "sequential"
+  ds, _ = setup.load_data(config)
+  model = setup.make_model(config, ds)
+  assert groups.group_mode(config, model, ds, jax.devices()) == "sequential"
   built = []
   original = step_lib.make_train_step
   monkeypatch.setattr(step_lib, "make_train_step",
                       lambda **kw: built.append(kw["num_runs"]) or original(**kw))
-  loop._STEP_CACHE.clear()  # pylint: disable=protected-access
+  setup._STEP_CACHE.clear()  # pylint: disable=protected-access
   wd = str(tmp_path / "seq")
   out = loop.train_and_evaluate(config, wd)
   assert built == [None] and out["num_finished"] == 2
@@ -198,8 +201,8 @@ def test_auto_mode_vmaps_dense_models_and_not_convolutions():
   mlp = models_lib.build_model("mlp", 10, {"hidden_sizes": (8,)})
   lenet = models_lib.build_model("lenet", 10, {"features": (4,), "dense_sizes": (8,)},
                                  input_shape=(40, 1, 1))
-  assert not loop.has_convolution(mlp, (40,))
-  assert loop.has_convolution(lenet, (40,))
+  assert not setup.has_convolution(mlp, (40,))
+  assert setup.has_convolution(lenet, (40,))
 
 
 @pytest.mark.parametrize("key,value,needle", [
@@ -219,7 +222,7 @@ def test_vmap_mode_needs_the_data_on_device(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
-# Sweeps: `python -m mixjax.main --sweep` (`config.sweep_point_configs`, `loop.train_sweep`).
+# Sweeps: `python -m mixjax.main --sweep` (`config.sweep_point_configs`, `groups.train_sweep`).
 
 SWEEP_FILE = '''
 import ml_collections
@@ -307,7 +310,7 @@ def test_k_steps_per_call_take_the_same_steps(overrides, tmp_path):
     wd = tmp_path / f"k{k}"
     out[k] = loop.train_and_evaluate(group_config(steps_per_call=k, **base), str(wd))
     out[k]["_dir"] = wd / "seed_0" if "num_seeds" in overrides else wd
-    assert sorted(loop._STEP_CACHE["programs"]) == sorted({1, k})  # pylint: disable=protected-access
+    assert sorted(setup._STEP_CACHE["programs"]) == sorted({1, k})  # pylint: disable=protected-access
   steps = lambda d: [r["step"] for r in writers.read_metrics(str(d)) if "train/loss" in r]
   assert steps(out[1]["_dir"]) == steps(out[4]["_dir"]) == [4, 8, 12, 16, 18]
   np.testing.assert_allclose(_losses(str(out[4]["_dir"])), _losses(str(out[1]["_dir"])),
@@ -341,10 +344,10 @@ def test_sweep_over_law_parameters_is_one_vmapped_program_equal_to_each_run(tmp_
   path.write_text(LAW_SWEEP_FILE)
   config = config_lib.load_config_module(str(path)).get_config()
   points = config_lib.sweep_point_configs(config, str(path))
-  assert [[points[i][0] for i in g] for g in loop.law_groups(points)] == [
+  assert [[points[i][0] for i in g] for g in groups.law_groups(points)] == [
       [p[0] for p in points[:3]], [points[3][0]]]
   wd = tmp_path / "sweep"
-  out = loop.train_sweep(points, str(wd))
+  out = groups.train_sweep(points, str(wd))
   assert sorted(os.listdir(wd)) == sorted([p[0] for p in points] + ["group_000_3",
                                                                      "summary.json"])
   assert _summary(wd / points[1][0])["checkpoint"] == {
@@ -363,8 +366,8 @@ def test_sweep_over_law_parameters_is_one_vmapped_program_equal_to_each_run(tmp_
       for k in ("accuracy", "nll"):
         assert got[col][k] == pytest.approx(alone[col][k], rel=1e-4, abs=1e-5), (name, col)
     assert out[name]["test"] == got["test"]
-    run = loop.TrainedRun(str(wd / name))
-    ref = loop.TrainedRun(alone_wd)
+    run = trained.TrainedRun(str(wd / name))
+    ref = trained.TrainedRun(alone_wd)
     for a, b in zip(jax.tree.leaves(run.variables()), jax.tree.leaves(ref.variables())):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert run.steps[-1] == ref.steps[-1] == 6

@@ -29,6 +29,7 @@ from mixjax import samplers
 from mixjax.theory import stats as stats_lib
 from mixjax.train import config as config_lib
 from mixjax.train import loop
+from mixjax.train import setup
 from mixjax.train import methods
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
@@ -177,7 +178,7 @@ def test_train_and_evaluate_trains_and_first_loss_is_the_library_objective(name,
   # Replay step 0: the same dataset, initialization (fold_in(root, KEY_INIT)) and keys.
   ds = data_lib.load_dataset("two_moons", val_fraction=config.dataset.val_fraction,
                              seed=config.seed, **dict(config.dataset.kwargs))
-  model = loop.build_model(config, ds.num_classes, input_shape=ds.input_shape)
+  model = setup.build_model(config, ds.num_classes, input_shape=ds.input_shape)
   rng = jax.random.key_data(jax.random.key(config.seed))
   init_key = jax.random.fold_in(jax.random.wrap_key_data(rng), state_lib.KEY_INIT)
   params = model.init(init_key, jnp.zeros((1,) + tuple(ds.input_shape)),
@@ -240,9 +241,9 @@ def test_stats_cache_reused_and_invalidated(tmp_path, monkeypatch):
   def load_or_compute(cfg, ds):  # counts the cache's computations only (not the references)
     with monkeypatch.context() as m:
       m.setattr(stats_lib, "StatsAccumulator", _CountingAccumulator)
-      return loop.load_or_compute_stats(cfg, ds, wd)
+      return setup.load_or_compute_stats(cfg, ds, wd)
 
-  path = os.path.join(wd, loop.STATS_FILE)
+  path = os.path.join(wd, setup.STATS_FILE)
   config = _stats_config()
   ds = _load(config)
   first = load_or_compute(config, ds)

@@ -132,11 +132,11 @@ def trajectory_diagnostics(run_dirs: list[str], fns: dict, ds=None
                            ) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """Every diagnostic at every checkpoint of every run: ({"diag/<name>": (T, R)},
   epochs (T,)). Each function is compiled once (the variables are its argument)."""
-  from mixjax.train import loop  # pylint: disable=g-import-not-at-top
+  from mixjax.train import trained  # pylint: disable=g-import-not-at-top
   history: dict[str, list[list[float]]] = {}
   epochs = None
   for r, run_dir in enumerate(run_dirs):
-    run = loop.TrainedRun(run_dir, ds=ds)
+    run = trained.TrainedRun(run_dir, ds=ds)
     ds = run.ds
     sampler = study_runs.sampler_of({"sampler.name": run.config.sampler.name,
                                      "sampler.params": dict(run.config.sampler.params)})
@@ -160,6 +160,7 @@ def trajectory_diagnostics(run_dirs: list[str], fns: dict, ds=None
 def _run_one_law(args, law_label: str, out: str) -> None:
   """Trains one law (its seeds vmapped), then the diagnostics at every checkpoint;
   saves `<out>/<label>.json`."""
+  from mixjax.train import groups  # pylint: disable=g-import-not-at-top
   from mixjax.train import loop  # pylint: disable=g-import-not-at-top
   subset = 32 if args.quick else SUBSET
   seeds = 2 if args.quick else args.seeds
@@ -172,7 +173,7 @@ def _run_one_law(args, law_label: str, out: str) -> None:
   fns = make_diagnostics_fns(data.train_x[:subset], data.train_y[:subset])
   history, epochs = trajectory_diagnostics([os.path.join(workdir, n) for n in names], fns)
   history["epoch"] = epochs
-  run_cfgs = loop.run_configs(cfg)
+  run_cfgs = groups.run_configs(cfg)
   rows = study_runs.rows(list(zip(names, run_cfgs)), workdir)
   config = {"dataset": "mnist1d", "train": study_runs.config_record(cfg),
             "lr": cfg.optimizer.lr, "seeds": [int(c.seed) for c in run_cfgs],

@@ -124,10 +124,10 @@ def _moons_grid(named, tags, runs_dir):
   trained model (`mixjax.train.TrainedRun`), stacked per variant: "<variant>|grid"
   (seeds, GRID², 2); the grid, the training points and the normalization."""
   import jax  # pylint: disable=g-import-not-at-top
-  from mixjax.train import loop  # pylint: disable=g-import-not-at-top
+  from mixjax.train import trained  # pylint: disable=g-import-not-at-top
   ds, grid, arrays = None, None, {}
   for (name, _), tag in zip(named, tags):
-    run = loop.TrainedRun(os.path.join(runs_dir, name), ds=ds)
+    run = trained.TrainedRun(os.path.join(runs_dir, name), ds=ds)
     if ds is None:
       ds = run.ds
       x = np.concatenate([ds.train_x, ds.test_x])

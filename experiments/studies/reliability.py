@@ -19,7 +19,6 @@ import argparse
 import os
 import sys
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -10,7 +10,7 @@ what a config file's `get_sweep()` returns. `train` runs every point through
     and the optimizer's lr / weight decay train as one vmapped program on dense models
     (one per sampler structure: ERM, Beta(α), W-shaped, RegMixup, two-atom and
     three-atom laws), and one after another, sharing one compiled step, for
-    convolutional models on CPU (`mixjax.train.loop.group_mode`);
+    convolutional models on CPU (`mixjax.train.groups.group_mode`);
   * every run equals the same run trained alone with `python -m mixjax.main`, and the
     same folders come from `python -m mixjax.main --config=<study file>:<setting>
     --sweep --workdir=OUT/runs`;
@@ -135,10 +135,11 @@ def train(config: ml_collections.ConfigDict, pts: Sequence[dict], runs_dir: str
   """Trains every point (`mixjax.train.train_sweep`) in RUNS_DIR/<folder>; returns the
   (folder, config) pairs. Points whose loss turned NaN are recorded as failed (their
   rows have NaN metrics); the others are kept."""
+  from mixjax.train import groups  # pylint: disable=g-import-not-at-top
   from mixjax.train import loop  # pylint: disable=g-import-not-at-top
   named = named_points(config, pts)
   try:
-    loop.train_sweep(named, runs_dir)
+    groups.train_sweep(named, runs_dir)
   except loop.NonFiniteLossError as e:
     print(f"[study] {e}", flush=True)
   return named

@@ -13,8 +13,8 @@ _EXPORTS = {
     "validate_config": "mixjax.train.config",
     "NonFiniteLossError": "mixjax.train.loop",
     "train_and_evaluate": "mixjax.train.loop",
-    "train_sweep": "mixjax.train.loop",
-    "TrainedRun": "mixjax.train.loop",
+    "train_sweep": "mixjax.train.groups",
+    "TrainedRun": "mixjax.train.trained",
     "METHODS": "mixjax.train.methods",
     "TrainState": "mixjax.train.state",
 }

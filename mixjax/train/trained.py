@@ -1,0 +1,85 @@
+"""A trained run, for analysis: its config, model, dataset and the model variables at
+any of its checkpoints (`TrainedRun`)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mixjax import data as data_lib
+from mixjax.train import checkpoint as checkpoint_lib
+from mixjax.train import config as config_lib
+from mixjax.train import loop
+from mixjax.train import optim
+from mixjax.train import setup
+from mixjax.train import state as state_lib
+from mixjax.train import step as step_lib
+from mixjax.train import writers
+
+
+class TrainedRun:
+  """A run of a workdir, for analysis after training: its config, model, dataset and the
+  model variables at any of its checkpoints.
+
+  `TrainedRun(run_dir)` reads RUN_DIR/config.json and summary.json, whose "checkpoint"
+  entry says where the run's states are: its own RUN_DIR/checkpoints, or those of the
+  vmapped group it trained in (the run's index r in them). The states are restored on
+  the local devices, as they were saved (so checkpoint `config.max_to_keep` steps
+  at `config.checkpoint_every_steps` to keep a training trajectory).
+
+  Attributes:
+    config: the run's resolved config (ml_collections.ConfigDict).
+    model: the Linen model it trained (`setup.make_model`).
+    ds: the dataset (`setup.load_data`; pass `ds` to reuse one already loaded).
+    steps: the checkpointed steps, ascending.
+  """
+
+  def __init__(self, run_dir: str, *, ds=None):
+    with open(os.path.join(run_dir, "config.json")) as f:
+      self.config = ml_collections.ConfigDict(_tuples(json.load(f)))
+    with open(os.path.join(run_dir, writers.SUMMARY_FILE)) as f:
+      where = json.load(f).get("checkpoint") or {"workdir": ".", "run": None,
+                                                  "num_runs": None}
+    self.ds = ds if ds is not None else setup.load_data(self.config)[0]
+    self.model = setup.make_model(self.config, self.ds)
+    self._run, num_runs = where["run"], where["num_runs"]
+    self._ckpt = checkpoint_lib.Checkpointer(
+        os.path.normpath(os.path.join(run_dir, where["workdir"])))
+    self.steps = sorted(self._ckpt.all_steps())
+    spe = data_lib.steps_per_epoch(int(self.ds.train_x.shape[0]), self.config.batch_size)
+    tx, _ = optim.make_optimizer(self.config.optimizer, spe, config_lib.total_steps(
+        self.config, int(self.ds.train_x.shape[0])))
+    sample = jnp.zeros((1,) + tuple(self.ds.input_shape), jnp.float32)
+    init = lambda k: state_lib.create_state(self.model, tx, k, sample)
+    roots = jnp.zeros((num_runs or 1, 2), jnp.uint32)
+    mesh = step_lib.make_mesh(jax.local_devices())
+    self._template = jax.jit(jax.vmap(init) if num_runs else (lambda k: init(k[0])),
+                             out_shardings=step_lib.replicated(mesh))(roots)
+
+  def state(self, step: int | None = None) -> state_lib.TrainState:
+    """The run's TrainState at checkpoint `step` (default: the last)."""
+    if not self.steps:
+      raise FileNotFoundError(f"No checkpoint in {self._ckpt.directory}.")
+    state, _ = self._ckpt.restore(self.steps[-1] if step is None else step, self._template)
+    return state if self._run is None else loop.run_slice(state, self._run)
+
+  def variables(self, step: int | None = None) -> dict[str, Any]:
+    """{"params", "batch_stats"} at checkpoint `step` (default: the last), for
+    `model.apply(variables, x, train=False)`."""
+    return self.state(step).variables
+
+  def close(self) -> None:
+    self._ckpt.close()
+
+
+def _tuples(value: Any) -> Any:
+  """JSON lists back to the tuples the configs use."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
