@@ -392,8 +392,8 @@ def test_real_fashion_mnist_prepare_and_train(tmp_path):
       "dataset.data_dir": str(out), "num_steps": 300, "eval.every_epochs": 0,
       "model.kwargs": {"stages": ((32,), (64,)), "dense_sizes": (256,)},
       "log_every_steps": 100, "checkpoint_every_steps": 1000})
-  from mixjax.train import loop  # pylint: disable=g-import-not-at-top
-  summary = loop.train_and_evaluate(config, str(tmp_path / "run"),
+  from mixjax.train import groups  # pylint: disable=g-import-not-at-top
+  summary = groups.train_and_evaluate(config, str(tmp_path / "run"),
                                     devices=jax.devices()[:1])
   with open(tmp_path / "run" / "summary.json") as f:
     assert json.load(f)["test"]["accuracy"] == summary["test"]["accuracy"]

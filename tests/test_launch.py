@@ -13,7 +13,7 @@ import jax
 import pytest
 
 from mixjax.train import config as config_lib
-from mixjax.train import loop
+from mixjax.train import groups
 from test_main import parse_main_flags  # the same flag parsing as mixjax.main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,7 +53,7 @@ def test_two_processes_finish_and_agree(tmp_path, monkeypatch):
   assert jax.device_count() == 4
   config = _parse(["mixjax.main", f"--config={MNIST1D}", f"--workdir={tmp_path / 'one'}"]
                   + TINY_FLAGS, monkeypatch)
-  ref = loop.train_and_evaluate(config, str(tmp_path / "one"))
+  ref = groups.train_and_evaluate(config, str(tmp_path / "one"))
   assert s0["param_l1"] == pytest.approx(ref["param_l1"], rel=1e-5)
   for k in ("accuracy", "nll", "brier"):
     assert s0["test"][k] == pytest.approx(ref["test"][k], rel=1e-4, abs=1e-6)

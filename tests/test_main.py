@@ -13,6 +13,7 @@ import pytest
 from mixjax import main as main_lib
 from mixjax import train
 from mixjax.train import config as config_lib
+from mixjax.train import groups
 from mixjax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -186,7 +187,7 @@ def test_main_rejects_bad_input_before_training(tmp_path, monkeypatch, capsys):
   def fail(*a, **k):
     raise AssertionError("train_and_evaluate must not be reached with a bad config")
   monkeypatch.setattr(train, "train_and_evaluate", fail)
-  monkeypatch.setattr(loop, "train_and_evaluate", fail)
+  monkeypatch.setattr(groups, "train_and_evaluate", fail)
   for flag, word in (("--config.model.name=resnet7", "preact_resnet18"),
                      ("--config.sampler.params={\"alpha\": -2.0}", "alpha"),
                      ("--config.batch_size=130", "divisible"),

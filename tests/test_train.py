@@ -18,6 +18,7 @@ import pytest
 
 from mixjax.train import checkpoint as checkpoint_lib
 from mixjax.train import config as config_lib
+from mixjax.train import groups
 from mixjax.train import loop
 from mixjax.train import writers
 
@@ -71,7 +72,7 @@ def test_digits_on_device_and_host_fed_agree(tmp_path):
     wd = str(tmp_path / f"dev{on_device}")
     config = get_config("digits", num_steps=4, data_on_device=on_device, batch_size=32,
                         **{"model.kwargs": {"hidden_sizes": (16,)}, **TINY})
-    runs.append(loop.train_and_evaluate(config, wd))
+    runs.append(groups.train_and_evaluate(config, wd))
     records = writers.read_metrics(wd)
     assert [r["step"] for r in records if "train/loss" in r] == [2, 4]
     assert all(np.isfinite(r["train/loss"]) for r in records if "train/loss" in r)
@@ -87,8 +88,8 @@ def test_same_config_on_four_devices_and_one_device(tmp_path):
   config = get_config("mnist1d", num_steps=4, batch_size=64, log_every_steps=2,
                       **{"mixing.global_draw": True, "eval.every_epochs": 0,
                          "model.kwargs": {"features": (4,), "dense_sizes": (8,)}})
-  four = loop.train_and_evaluate(config, str(tmp_path / "four"), devices=jax.devices())
-  one = loop.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
+  four = groups.train_and_evaluate(config, str(tmp_path / "four"), devices=jax.devices())
+  one = groups.train_and_evaluate(config, str(tmp_path / "one"), devices=jax.devices()[:1])
   assert (four["num_devices"], one["num_devices"]) == (4, 1)
   assert four["param_l1"] == pytest.approx(one["param_l1"], rel=1e-5)
   losses4 = [r["train/loss"] for r in writers.read_metrics(str(tmp_path / "four"))
@@ -104,7 +105,7 @@ def test_two_moons_reaches_linear_separability(tmp_path):
   """The paper's two-moons setup (linear model on 128 random ReLU features, full batch):
   mixup training for 300 steps classifies the noise-0.01 moons almost perfectly."""
   config = get_config("two_moons", num_steps=300, **{"eval.every_epochs": 0})
-  summary = loop.train_and_evaluate(config, str(tmp_path))
+  summary = groups.train_and_evaluate(config, str(tmp_path))
   assert summary["test"]["accuracy"] >= 0.95
   assert summary["test_rescaled"]["accuracy"] >= 0.95
   # Beta(1, 1): θ̄ = 3/4 exactly (THEORY.md §6).
@@ -123,7 +124,7 @@ def test_cifar10_config_under_mock_data(tmp_path):
       mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True), \
       mock.patch.object(tfds.core.DatasetInfo, "file_format", new_callable=mock.PropertyMock,
                         return_value=tfds.core.FileFormat.ARRAY_RECORD):
-    summary = loop.train_and_evaluate(config, str(tmp_path / "run"))
+    summary = groups.train_and_evaluate(config, str(tmp_path / "run"))
   assert summary["dataset"] == "cifar10" and summary["step"] == 2
   for col in ("test", "test_rescaled"):
     assert 0 <= summary[col]["accuracy"] <= 1 and np.isfinite(summary[col]["nll"])
@@ -163,7 +164,7 @@ def resume_config(**overrides):
 def reference(compilation_cache, tmp_path_factory):  # pylint: disable=redefined-outer-name,unused-argument
   """(workdir, summary) of the uninterrupted RESUME run, shared by the tests below."""
   wd = str(tmp_path_factory.mktemp("reference"))
-  return wd, loop.train_and_evaluate(resume_config(), wd)
+  return wd, groups.train_and_evaluate(resume_config(), wd)
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +173,7 @@ def interrupted(compilation_cache, tmp_path_factory):  # pylint: disable=redefin
   tests copy it, never change it."""
   wd = str(tmp_path_factory.mktemp("interrupted"))
   with pytest.raises(loop._Interrupted):  # pylint: disable=protected-access
-    loop.train_and_evaluate(resume_config(), wd, interrupt_at_step=7)
+    groups.train_and_evaluate(resume_config(), wd, interrupt_at_step=7)
   return wd
 
 
@@ -193,14 +194,14 @@ def test_resume_after_interruption_matches_uninterrupted_run(reference, interrup
   wd = _copy(interrupted, tmp_path / "resumed")
   assert checkpoint_lib.Checkpointer(wd).all_steps() == [3, 6]
   assert max(r["step"] for r in writers.read_metrics(wd)) == 6  # 7 was not logged
-  got = loop.train_and_evaluate(resume_config(), wd)
+  got = groups.train_and_evaluate(resume_config(), wd)
   assert got["resumed_from_step"] == 6 and _resumes(wd) == [6]
   assert _train_steps(wd) == list(range(1, 10))  # strictly increasing, none repeated
   assert _comparable(writers.read_metrics(wd)) == _comparable(writers.read_metrics(full))
   for key in ("test", "test_rescaled", "param_l1"):
     assert got[key] == ref[key]
   # Running the finished command again only re-evaluates: nothing changes.
-  again = loop.train_and_evaluate(resume_config(), wd)
+  again = groups.train_and_evaluate(resume_config(), wd)
   assert again["resumed_from_step"] == 9 and _resumes(wd) == [6, 9]
   assert _train_steps(wd) == list(range(1, 10))
   assert _comparable(writers.read_metrics(wd)) == _comparable(writers.read_metrics(full))
@@ -225,7 +226,7 @@ def test_corrupted_newest_checkpoint_falls_back_to_the_previous_one(reference, i
   wd = _copy(interrupted, tmp_path / "w")
   _truncate_arrays(wd, 6)
   with mock.patch.object(checkpoint_lib.logging, "warning") as warning:
-    got = loop.train_and_evaluate(resume_config(), wd)
+    got = groups.train_and_evaluate(resume_config(), wd)
   warned = " ".join(str(c.args[0] % c.args[1:]) for c in warning.call_args_list)
   assert "step 6" in warned and "cannot be restored" in warned
   assert got["resumed_from_step"] == 3 and _resumes(wd) == [3]
@@ -248,7 +249,7 @@ def test_no_restorable_checkpoint_stops_and_names_the_folder(interrupted, tmp_pa
                      (other, resume_config(**{"model.kwargs": {"features": (8,),
                                                                "dense_sizes": (8,)}}))):
     with pytest.raises(config_lib.WorkdirError) as e:
-      loop.train_and_evaluate(config, wd)
+      groups.train_and_evaluate(config, wd)
     msg = str(e.value)
     assert os.path.join(wd, "checkpoints") in msg and "fresh --workdir" in msg, msg
     assert "steps 6, 3" in msg and "\n" not in msg
@@ -265,15 +266,15 @@ def test_changed_config_is_refused_unless_allowed(reference, tmp_path):
   with mock.patch.object(loop.data_lib, "load_dataset",
                          side_effect=AssertionError("data loaded")):
     with pytest.raises(config_lib.WorkdirError) as e:
-      loop.train_and_evaluate(resume_config(**{"sampler.params": {"alpha": 0.2}}), wd)
+      groups.train_and_evaluate(resume_config(**{"sampler.params": {"alpha": 0.2}}), wd)
     assert "sampler.params.alpha: 1.0 -> 0.2" in str(e.value)
     assert "allow_config_change=True" in str(e.value) and "fresh --workdir" in str(e.value)
     with pytest.raises(config_lib.WorkdirError) as e:
-      loop.train_and_evaluate(resume_config(**{"model.kwargs": {"features": (8,),
+      groups.train_and_evaluate(resume_config(**{"model.kwargs": {"features": (8,),
                                                                 "dense_sizes": (8,)}}), wd)
     assert "model.kwargs.features: [4] -> [8]" in str(e.value)
   assert open(os.path.join(wd, "config.json")).read() == before
-  got = loop.train_and_evaluate(resume_config(log_every_steps=3), wd)
+  got = groups.train_and_evaluate(resume_config(log_every_steps=3), wd)
   assert got["resumed_from_step"] == 9 and got["test"] == reference[1]["test"]
   with open(os.path.join(wd, "config.json")) as f:
     assert json.load(f)["log_every_steps"] == 3
@@ -291,7 +292,7 @@ def test_workdir_from_before_a_new_knob_resumes_unless_the_knob_is_changed(refer
   del old["num_seeds"], old["steps_per_call"], old["dataset"]["split_seed"]
   with open(path, "w") as f:
     json.dump(old, f)
-  got = loop.train_and_evaluate(resume_config(), wd)
+  got = groups.train_and_evaluate(resume_config(), wd)
   assert got["resumed_from_step"] == 9 and got["test"] == reference[1]["test"]
   with open(path) as f:  # rewritten with the new knobs
     old = json.load(f)
@@ -300,7 +301,7 @@ def test_workdir_from_before_a_new_knob_resumes_unless_the_knob_is_changed(refer
   with open(path, "w") as f:
     json.dump(old, f)
   with pytest.raises(config_lib.WorkdirError, match="num_seeds"):
-    loop.train_and_evaluate(resume_config(num_seeds=2), wd)
+    groups.train_and_evaluate(resume_config(num_seeds=2), wd)
 
 
 def test_saved_predictions_reproduce_the_summary(reference):
@@ -361,7 +362,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_a_finite_checkpoint(tmp_path):
                          "model.kwargs": {"features": (4,), "dense_sizes": (8,)},
                          "eval.every_epochs": 0})
   with pytest.raises(loop.NonFiniteLossError) as e:
-    loop.train_and_evaluate(config, str(tmp_path))
+    groups.train_and_evaluate(config, str(tmp_path))
   msg = str(e.value)
   bad = int(msg.split("at step ")[1].split()[0])
   assert 1 <= bad <= 6
@@ -382,7 +383,7 @@ def test_approx_with_batchnorm_model_is_rejected_before_training(tmp_path):
                                    "model.kwargs": {"width": 2},
                                    "model.input_shape": (8, 8, 1)})
   with pytest.raises(ValueError, match="BatchNorm"):
-    loop.train_and_evaluate(config, str(tmp_path))
+    groups.train_and_evaluate(config, str(tmp_path))
 
 
 # Runs `python -m mixjax.main` with Orbax's final commit (the rename of the finished

@@ -53,14 +53,14 @@ def _alone(seed, tmp_path, **overrides):
   """The run of `seed` trained alone, from the config its group wrote for it."""
   wd = str(tmp_path / f"alone_{seed}")
   config = group_config(seed=seed, **overrides)
-  return wd, loop.train_and_evaluate(config, wd)
+  return wd, groups.train_and_evaluate(config, wd)
 
 
 @pytest.fixture(scope="module")
 def group(compilation_cache, tmp_path_factory):  # pylint: disable=redefined-outer-name,unused-argument
   """(workdir, group summary) of a vmapped group of 3 seeds (5, 6, 7)."""
   wd = str(tmp_path_factory.mktemp("group"))
-  return wd, loop.train_and_evaluate(group_config(seed=5, num_seeds=3), wd)
+  return wd, groups.train_and_evaluate(group_config(seed=5, num_seeds=3), wd)
 
 
 def test_group_writes_one_folder_per_run_and_a_group_summary(group):
@@ -119,9 +119,9 @@ def test_killed_group_resumes_exactly(group, tmp_path):
   full, ref = group
   wd = str(tmp_path / "killed")
   with pytest.raises(loop._Interrupted):  # pylint: disable=protected-access
-    loop.train_and_evaluate(group_config(seed=5, num_seeds=3), wd, interrupt_at_step=6)
+    groups.train_and_evaluate(group_config(seed=5, num_seeds=3), wd, interrupt_at_step=6)
   assert not os.path.exists(os.path.join(wd, "summary.json"))
-  loop.train_and_evaluate(group_config(seed=5, num_seeds=3), wd)
+  groups.train_and_evaluate(group_config(seed=5, num_seeds=3), wd)
   for seed in (5, 6, 7):
     got, want = (_summary(os.path.join(d, f"seed_{seed}")) for d in (wd, full))
     assert got["resumed_from_step"] == 4
@@ -147,7 +147,7 @@ def test_nan_in_one_run_fails_that_run_only(group, tmp_path, monkeypatch):
 
   monkeypatch.setattr(setup, "create_or_restore_state", poisoned)
   wd = str(tmp_path / "nan")
-  out = loop.train_and_evaluate(group_config(seed=5, num_seeds=3), wd)
+  out = groups.train_and_evaluate(group_config(seed=5, num_seeds=3), wd)
   failed = _summary(os.path.join(wd, "seed_6"))
   assert failed["status"] == "failed" and failed["failed_at_step"] == 1
   assert "test" not in failed
@@ -166,7 +166,7 @@ def test_nan_in_one_run_fails_that_run_only(group, tmp_path, monkeypatch):
 def test_nan_in_every_run_stops_the_group(tmp_path):
   config = group_config(num_seeds=2, **{"optimizer.lr": 1e30})
   with pytest.raises(loop.NonFiniteLossError, match="every run of the group"):
-    loop.train_and_evaluate(config, str(tmp_path / "all_nan"))
+    groups.train_and_evaluate(config, str(tmp_path / "all_nan"))
 
 
 def test_sequential_group_shares_one_step_and_skips_finished_runs(tmp_path, monkeypatch):
@@ -185,7 +185,7 @@ def test_sequential_group_shares_one_step_and_skips_finished_runs(tmp_path, monk
                       lambda **kw: built.append(kw["num_runs"]) or original(**kw))
   setup._STEP_CACHE.clear()  # pylint: disable=protected-access
   wd = str(tmp_path / "seq")
-  out = loop.train_and_evaluate(config, wd)
+  out = groups.train_and_evaluate(config, wd)
   assert built == [None] and out["num_finished"] == 2
   assert not os.path.exists(os.path.join(wd, "checkpoints"))  # each run has its own
   for seed in (0, 1):
@@ -193,7 +193,7 @@ def test_sequential_group_shares_one_step_and_skips_finished_runs(tmp_path, monk
     got = _summary(os.path.join(wd, f"seed_{seed}"))
     assert got["param_l1"] == alone["param_l1"] and got["test"] == alone["test"]
   mtime = os.path.getmtime(os.path.join(wd, "seed_0", "summary.json"))
-  loop.train_and_evaluate(config, wd)
+  groups.train_and_evaluate(config, wd)
   assert os.path.getmtime(os.path.join(wd, "seed_0", "summary.json")) == mtime
 
 
@@ -217,7 +217,7 @@ def test_bad_group_settings_are_refused(key, value, needle):
 def test_vmap_mode_needs_the_data_on_device(tmp_path):
   config = group_config(num_seeds=2, group_mode="vmap", data_on_device=False)
   with pytest.raises(config_lib.ConfigError, match="group_mode=sequential"):
-    loop.train_and_evaluate(config, str(tmp_path / "host"))
+    groups.train_and_evaluate(config, str(tmp_path / "host"))
   shutil.rmtree(tmp_path / "host", ignore_errors=True)
 
 
@@ -269,7 +269,7 @@ def test_sweep_runs_every_point_in_its_folder_and_skips_finished_ones(sweep_file
   # The ERM point is the run of that config trained alone.
   module = config_lib.load_config_module(sweep_file)
   alone = config_lib.sweep_config(module.get_config(), {"method.name": "erm", "seed": 3})
-  got = loop.train_and_evaluate(alone, str(tmp_path / "alone"))
+  got = groups.train_and_evaluate(alone, str(tmp_path / "alone"))
   assert got["test"] == summary[names[0]]["test"]
   mtime = os.path.getmtime(wd / names[0] / "summary.json")
   _run_main([f"--config={sweep_file}", f"--workdir={wd}", "--sweep",
@@ -308,7 +308,7 @@ def test_k_steps_per_call_take_the_same_steps(overrides, tmp_path):
   out = {}
   for k in (1, 4):
     wd = tmp_path / f"k{k}"
-    out[k] = loop.train_and_evaluate(group_config(steps_per_call=k, **base), str(wd))
+    out[k] = groups.train_and_evaluate(group_config(steps_per_call=k, **base), str(wd))
     out[k]["_dir"] = wd / "seed_0" if "num_seeds" in overrides else wd
     assert sorted(setup._STEP_CACHE["programs"]) == sorted({1, k})  # pylint: disable=protected-access
   steps = lambda d: [r["step"] for r in writers.read_metrics(str(d)) if "train/loss" in r]
@@ -357,7 +357,7 @@ def test_sweep_over_law_parameters_is_one_vmapped_program_equal_to_each_run(tmp_
   np.testing.assert_allclose(np.asarray(lrs[1]) / np.asarray(lrs[0]), 0.5, rtol=1e-6)
   for name, c in points:
     alone_wd = str(tmp_path / f"alone_{name}")
-    alone = loop.train_and_evaluate(c, alone_wd)
+    alone = groups.train_and_evaluate(c, alone_wd)
     got = _summary(wd / name)
     assert got["theta_bar"] == pytest.approx(alone["theta_bar"], rel=1e-12)
     np.testing.assert_allclose(_losses(str(wd / name)), _losses(alone_wd), rtol=2e-5)

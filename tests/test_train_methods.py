@@ -28,7 +28,7 @@ from mixjax import models
 from mixjax import samplers
 from mixjax.theory import stats as stats_lib
 from mixjax.train import config as config_lib
-from mixjax.train import loop
+from mixjax.train import groups
 from mixjax.train import setup
 from mixjax.train import methods
 from mixjax.train import state as state_lib
@@ -167,7 +167,7 @@ def test_train_and_evaluate_trains_and_first_loss_is_the_library_objective(name,
   logged losses are finite and fall, test accuracy is well above chance (½), and the
   first logged loss equals the replayed library objective at the initial parameters."""
   config = _two_moons_config(name, 25)
-  summary = loop.train_and_evaluate(config, str(tmp_path))
+  summary = groups.train_and_evaluate(config, str(tmp_path))
   records = [r for r in writers.read_metrics(str(tmp_path)) if "train/loss" in r]
   assert [r["step"] for r in records] == list(range(1, 26))
   lossv = np.asarray([r["train/loss"] for r in records])

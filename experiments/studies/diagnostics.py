@@ -161,13 +161,12 @@ def _run_one_law(args, law_label: str, out: str) -> None:
   """Trains one law (its seeds vmapped), then the diagnostics at every checkpoint;
   saves `<out>/<label>.json`."""
   from mixjax.train import groups  # pylint: disable=g-import-not-at-top
-  from mixjax.train import loop  # pylint: disable=g-import-not-at-top
   subset = 32 if args.quick else SUBSET
   seeds = 2 if args.quick else args.seeds
   cfg = get_config(law_label, seeds, args.quick)
   workdir = os.path.join(args.out, "runs", _law_file(law_label))
   t0 = time.time()
-  group = loop.train_and_evaluate(cfg, workdir)
+  group = groups.train_and_evaluate(cfg, workdir)
   names = sorted(group["runs_summaries"], key=lambda n: int(n.split("_")[1]))
   data = common.load("mnist1d", val_fraction=cfg.dataset.val_fraction)
   fns = make_diagnostics_fns(data.train_x[:subset], data.train_y[:subset])

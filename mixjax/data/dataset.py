@@ -14,6 +14,7 @@ otherwise.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -116,28 +117,14 @@ def register(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Data
 
 def register_size(name: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
   """Registers `size(**loader_kwargs) -> n`, the training split's size before the
-  validation split (the loader's kwargs minus data_dir / val_fraction / seed)."""
+  validation split (the loader's kwargs minus val_fraction / seed; data_dir only when
+  `size` takes it; None when unknown)."""
   return TRAIN_SIZES.register(name)
 
 
 def num_validation(n: int, val_fraction: float) -> int:
   """Examples `split_validation` holds out of n: round(val_fraction·n)."""
   return int(round(float(val_fraction) * n))
-
-
-def _tfds_size(name: str, data_dir: str | None, train_split: str = "train",
-               **unused: Any) -> int | None:
-  from mixjax.data import tfds_data  # pylint: disable=g-import-not-at-top
-  del unused
-  try:
-    builder = tfds_data.check_prepared(name, data_dir)
-  except FileNotFoundError:  # loading will fail with the preparation instructions
-    return None
-  try:
-    n = int(builder.info.splits[train_split].num_examples)
-  except (KeyError, ValueError):  # no split metadata: the loader will tell
-    return None
-  return n if n > 0 else None
 
 
 def train_size(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
@@ -151,10 +138,12 @@ def train_size(name: str, *, data_dir: str | None = None, val_fraction: float = 
   """
   DATASETS.get(name)
   del seed  # the validation split's size does not depend on it
-  if name in TRAIN_SIZES:
-    n = TRAIN_SIZES.get(name)(**kwargs)
-  else:
-    n = _tfds_size(name, data_dir, **kwargs)
+  if name not in TRAIN_SIZES:
+    return None
+  size = TRAIN_SIZES.get(name)
+  if "data_dir" in inspect.signature(size).parameters:  # tfds: the prepared metadata
+    kwargs["data_dir"] = data_dir
+  n = size(**kwargs)
   if n is None:
     return None
   n -= num_validation(n, val_fraction)

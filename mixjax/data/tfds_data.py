@@ -161,11 +161,31 @@ def load_tfds(name: str, *, data_dir: str | None = None, val_fraction: float = 0
                       raw_scale=1.0 / 255.0)
 
 
+def train_split_size(name: str, data_dir: str | None = None, train_split: str = "train",
+                     **unused: Any) -> int | None:
+  """The prepared training split's size from the builder's local metadata (None when
+  the dataset is not prepared: loading it fails with the preparation instructions)."""
+  del unused
+  try:
+    builder = check_prepared(name, data_dir)
+  except FileNotFoundError:
+    return None
+  try:
+    n = int(builder.info.splits[train_split].num_examples)
+  except (KeyError, ValueError):  # no split metadata: the loader will tell
+    return None
+  return n if n > 0 else None
+
+
 def _register(name: str) -> None:
   def loader(**kwargs):
     return load_tfds(name, **kwargs)
   loader.__doc__ = f"tfds {name!r} (array_record, no download); see `load_tfds`."
   ds_lib.DATASETS.register(name, loader)
+
+  def size(data_dir: str | None = None, **kwargs):
+    return train_split_size(name, data_dir, **kwargs)
+  ds_lib.register_size(name)(size)
 
 
 for _name in TFDS_DATASETS:

@@ -12,7 +12,7 @@ _EXPORTS = {
     "base_config": "mixjax.train.config",
     "validate_config": "mixjax.train.config",
     "NonFiniteLossError": "mixjax.train.loop",
-    "train_and_evaluate": "mixjax.train.loop",
+    "train_and_evaluate": "mixjax.train.groups",
     "train_sweep": "mixjax.train.groups",
     "TrainedRun": "mixjax.train.trained",
     "METHODS": "mixjax.train.methods",

@@ -1,5 +1,5 @@
-"""Many runs in one process: seed groups (`--config.num_seeds=K`, `train_group`) and
-sweeps (`--sweep`, `train_sweep`).
+"""The trainer's entry points: `train_and_evaluate` (one run, `loop.train_run`, or a seed
+group, `--config.num_seeds=K`, `train_group`) and sweeps (`--sweep`, `train_sweep`).
 
 A seed group trains K seeds of one config, vmapped in one program (the state stacked on
 a leading run axis, one Orbax checkpoint for all) or one after another sharing one
@@ -30,6 +30,39 @@ from mixjax.train import setup
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 from mixjax.train import writers
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       devices=None, interrupt_at_step: int | None = None
+                       ) -> dict[str, Any]:
+  """Trains and evaluates as configured (one run, `loop.train_run`, or a seed group of
+  config.num_seeds runs, `train_group`); resumes from WORKDIR's latest checkpoint.
+
+  Args:
+    config: a config of `experiments/*.py` (see `mixjax.train.config`).
+    workdir: output directory (checkpoints/, metrics.jsonl, tb/, data_stats.npz,
+      summary.json).
+    devices: the devices of the mesh (default: all devices of all processes).
+    interrupt_at_step: tests only: stop abruptly (nothing saved, `loop._Interrupted` raised)
+      after this many steps, as a killed process would.
+
+  Returns:
+    The summary dict (also written to WORKDIR/summary.json by process 0).
+
+  Raises:
+    ConfigError: a bad config (a ValueError; before anything is loaded or compiled where
+      the problem can be seen from the config alone).
+    WorkdirError: the workdir cannot be created, holds a run started with a different
+      config (outside `config.RESUMABLE_CHANGES`, unless config.allow_config_change),
+      or holds checkpoints none of which can be restored.
+    NonFiniteLossError: the loss became NaN/inf; the message names the step and the
+      last good checkpoint.
+  """
+  devices = jax.devices() if devices is None else list(devices)
+  config_lib.validate_config(config, num_devices=len(devices))
+  if config.num_seeds > 1:
+    return train_group(config, workdir, devices=devices, interrupt_at_step=interrupt_at_step)
+  return loop.train_run(config, workdir, devices=devices, interrupt_at_step=interrupt_at_step)
 
 
 def run_configs(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
@@ -115,7 +148,7 @@ def train_group(config: ml_collections.ConfigDict, workdir: str, *, devices,
         with open(path) as f:
           summaries[os.path.basename(d)] = json.load(f)
         continue
-      summary = loop._train_single(c, d, devices=devices, interrupt_at_step=interrupt_at_step,
+      summary = loop.train_run(c, d, devices=devices, interrupt_at_step=interrupt_at_step,
                               ds=ds)
       summaries[os.path.basename(d)] = summary | {"seed": int(c.seed), "status": "ok"}
   else:
@@ -320,9 +353,9 @@ def train_sweep(points: list[tuple[str, ml_collections.ConfigDict]], workdir: st
         logging.info("Sweep point %s.", name)
         try:
           if ds is None:  # (a point with num_seeds > 1 is a group of its own: ds is None)
-            summary = loop.train_and_evaluate(c, os.path.join(workdir, name), devices=devices)
+            summary = train_and_evaluate(c, os.path.join(workdir, name), devices=devices)
           else:  # a point of a law group that could not be vmapped: its data is loaded
-            summary = loop._train_single(c, os.path.join(workdir, name), devices=devices,
+            summary = loop.train_run(c, os.path.join(workdir, name), devices=devices,
                                     ds=ds)
         except loop.NonFiniteLossError as e:
           failed.append(name)

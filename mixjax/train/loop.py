@@ -1,4 +1,4 @@
-"""`train_and_evaluate(config, workdir)`: the whole run, from data to `summary.json`.
+"""`train_run(config, workdir)`: one run, from data to `summary.json`, and its loop.
 
   1. Validate the config (before anything is loaded or compiled), check it against the
      workdir's config.json (a changed config does not resume silently:
@@ -55,43 +55,10 @@ class _Interrupted(Exception):
   """Raised by `interrupt_at_step` (tests): an abrupt stop, nothing saved."""
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       devices=None, interrupt_at_step: int | None = None
-                       ) -> dict[str, Any]:
-  """Trains and evaluates as configured; resumes from WORKDIR's latest checkpoint.
-
-  Args:
-    config: a config of `experiments/*.py` (see `mixjax.train.config`).
-    workdir: output directory (checkpoints/, metrics.jsonl, tb/, data_stats.npz,
-      summary.json).
-    devices: the devices of the mesh (default: all devices of all processes).
-    interrupt_at_step: tests only: stop abruptly (nothing saved, `_Interrupted` raised)
-      after this many steps, as a killed process would.
-
-  Returns:
-    The summary dict (also written to WORKDIR/summary.json by process 0).
-
-  Raises:
-    ConfigError: a bad config (a ValueError; before anything is loaded or compiled where
-      the problem can be seen from the config alone).
-    WorkdirError: the workdir cannot be created, holds a run started with a different
-      config (outside `config.RESUMABLE_CHANGES`, unless config.allow_config_change),
-      or holds checkpoints none of which can be restored.
-    NonFiniteLossError: the loss became NaN/inf; the message names the step and the
-      last good checkpoint.
-  """
-  devices = jax.devices() if devices is None else list(devices)
-  config_lib.validate_config(config, num_devices=len(devices))
-  if config.num_seeds > 1:
-    from mixjax.train import groups  # pylint: disable=g-import-not-at-top  (groups uses loop)
-    return groups.train_group(config, workdir, devices=devices,
-                       interrupt_at_step=interrupt_at_step)
-  return _train_single(config, workdir, devices=devices,
-                       interrupt_at_step=interrupt_at_step)
-
-
-def _train_single(config, workdir: str, *, devices, interrupt_at_step=None, ds=None):
-  """One run (config.num_seeds == 1); `ds` preloaded by a sequential group."""
+def train_run(config, workdir: str, *, devices, interrupt_at_step=None, ds=None):
+  """One run (config.num_seeds == 1), the steps of the module docstring; `ds`: the
+  dataset when already loaded (a sequential seed group, a sweep). Returns the summary.
+  The entry point is `groups.train_and_evaluate`, which validates the config first."""
   workdir = config_lib.make_workdir(workdir)
   ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.max_to_keep)
   config_lib.check_workdir_config(
