@@ -7,6 +7,7 @@ import socket
 import time
 from unittest import mock
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -357,6 +358,21 @@ def test_epoch_permutation_and_batch_indices():
   with pytest.raises(ValueError, match="batch_size"):
     data.steps_per_epoch(3, 5)
 
+
+
+def test_batches_from_precomputed_epoch_permutations_equal_batch_indices():
+  """The trainer's path (each epoch's permutation computed once, then sliced) gives
+  `batch_indices` for every step of three epochs, from any first epoch."""
+  key, n, b = jax.random.key(3), 53, 8
+  spe = n // b
+  perms = data.epoch_permutations(key, 1, 2, n)
+  chex.assert_shape(perms, (2, n))
+  get = jax.jit(lambda s: data.batch_from_permutations(perms, jnp.int32(1), s,
+                                                       batch_size=b, steps_per_epoch=spe))
+  for s in range(spe, 3 * spe):
+    np.testing.assert_array_equal(
+        np.asarray(get(s)), np.asarray(data.batch_indices(key, s, num_examples=n,
+                                                          batch_size=b)))
 
 def test_local_indices_under_shard_map():
   mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))

@@ -190,11 +190,18 @@ def test_per_device_draws_equal_a_one_device_replay_of_each_devices_key():
                              num_classes=c)
   sampler = samplers.beta(1.0)  # what _build configures
   rng = np.asarray(state.rng)
+  # The loop's path: epoch 0's permutation computed once and passed in (`order`); the
+  # replay below draws the batch with `batch_indices` instead.
+  mesh = step_lib.make_mesh(jax.devices())
+  data_key = jax.random.fold_in(jax.random.wrap_key_data(jnp.asarray(rng)),
+                                state_lib.KEY_DATA)
+  order = (step_lib.put_replicated(mesh, np.int32(0)), step_lib.put_replicated(
+      mesh, np.asarray(data_lib.epoch_permutations(data_key, 0, 1, n))))
   # Step 1 first (from step 0's state), so that the replayed step is not the first one.
-  state, _ = fn(state, xs, ys, None)
+  state, _ = fn(state, xs, ys, None, None, order)
   params = _host(state.params)
   trace = _host(state.opt_state[0].trace)
-  state, m = fn(state, xs, ys, None)
+  state, m = fn(state, xs, ys, None, None, order)
   step = 1
 
   root = jax.random.wrap_key_data(jnp.asarray(rng))

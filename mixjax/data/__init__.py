@@ -9,7 +9,8 @@ from __future__ import annotations
 from mixjax.data import offline as _offline  # noqa: F401  (registers the loaders)
 from mixjax.data import tfds_data as _tfds_data  # noqa: F401
 from mixjax.data.augment import augment
-from mixjax.data.batching import (batch_indices, epoch_permutation, local_indices,
+from mixjax.data.batching import (batch_from_permutations, batch_indices,
+                                  epoch_permutation, epoch_permutations, local_indices,
                                   steps_per_epoch, take)
 from mixjax.data.dataset import (DATASETS, Dataset, channel_stats, load_dataset,
                                  normalize, split_validation, stratified_split)
@@ -17,8 +18,9 @@ from mixjax.data.offline import random_features
 from mixjax.data.tfds_data import TFDS_DATASETS, check_prepared, read_split
 
 __all__ = [
-    "DATASETS", "Dataset", "TFDS_DATASETS", "augment", "batch_indices", "channel_stats",
-    "check_prepared", "epoch_permutation", "load_dataset", "local_indices", "normalize",
+    "DATASETS", "Dataset", "TFDS_DATASETS", "augment", "batch_from_permutations",
+    "batch_indices", "channel_stats", "check_prepared", "epoch_permutation",
+    "epoch_permutations", "load_dataset", "local_indices", "normalize",
     "random_features", "read_split", "split_validation", "steps_per_epoch",
     "stratified_split", "take",
 ]

@@ -194,11 +194,11 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   state, resumed = setup.create_or_restore_state(config, model, tx, mesh, ckpt, roots, ds,
                                            num_runs=num_runs)
   start = int(setup.to_host(state.step)[0])
-  writer = writers.RunWriters([setup.open_writer(d, start, resumed, tensorboard=config.tensorboard)
-                               for d in dirs])
-  steps, batch_args = setup.make_step(config, ds, mesh, model, tx, schedule, ctx, stats, None,
-                                num_runs=num_runs, runs=params, steps_per_epoch=spe,
-                                total=total)
+  writer = writers.RunWriters([
+      setup.open_writer(d, start, resumed, tensorboard=config.tensorboard) for d in dirs])
+  steps, batch_args = setup.make_step(config, ds, mesh, model, tx, schedule, ctx, stats,
+                                      roots, num_runs=num_runs, runs=params,
+                                      steps_per_epoch=spe, total=total)
   predict = eval_lib.Predictor(model, config.eval.batch_size,
                                step_lib.make_mesh(jax.local_devices()), stats=stats,
                                theta_bar=ctx.theta_bar)

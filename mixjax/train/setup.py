@@ -191,7 +191,9 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
   """`(steps, batch_args)`: `steps(n)` is the compiled program that takes n steps per
   call (n = config.steps_per_call, or 1 for a remainder; `step.make_train_step`) and
   `batch_args(s, n)` its arguments after the state for steps s … s+n−1 (the training set
-  held on device when it fits, else those steps' batches from the host, stacked when
+  held on device when it fits, with the permutations of the epochs those steps reach,
+  computed once per epoch from `root`'s data key (`root` (R, 2) for a vmapped group:
+  each run its own order), else those steps' batches from the host, stacked when
   n > 1; then the statistics for the methods that use them).
 
   The programs are shared by every run whose config differs from this one's only in the
@@ -228,30 +230,52 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
                                                   lr=lr, weight_decay=wd)))
     return programs[n]
 
+  spe = num_train // config.batch_size
+  data_key = lambda r: jax.random.fold_in(jax.random.wrap_key_data(r), state_lib.KEY_DATA)
   if on_device:
     x_src = step_lib.put_replicated(mesh, ds.train_x)
     y_src = step_lib.put_replicated(mesh, ds.train_y.astype(np.int32))
+    # The permutations of the epochs one call can reach (k steps span at most
+    # ceil((k − 1) / spe) + 1 epochs), computed once per first epoch (one sort per epoch).
+    num_epochs = -(-(int(config.steps_per_call) - 1) // spe) + 1
+    perms_of = lambda r, e0: data_lib.epoch_permutations(data_key(r), e0, num_epochs,
+                                                         num_train)
+    if num_runs is not None:
+      perms_of = jax.vmap(perms_of, in_axes=(0, None))
+    perms_fn = jax.jit(perms_of, out_shardings=step_lib.replicated(mesh))
   else:
     logging.info("Training set (%.1f GB) fed from the host.", train_bytes / 1e9)
-    data_key = jax.random.fold_in(jax.random.wrap_key_data(root), state_lib.KEY_DATA)
+    host_key = data_key(root)
   stats_dev = None  # only the methods that use them get the statistics in the step
   if stats is not None and config.method.name in methods_lib.NEEDS_STATS:
     stats_dev = jax.tree.map(lambda a: step_lib.put_replicated(mesh, np.asarray(a)), stats)
 
   runs_dev = None if runs is None else jax.device_put(runs, step_lib.replicated(mesh))
 
+  cache: dict[str, Any] = {}
+
+  def epoch_perm(e: int) -> np.ndarray:  # host-fed: one epoch's order, on the host
+    if cache.get("epoch") != e:
+      cache.update(epoch=e, perm=np.asarray(data_lib.epoch_permutation(
+          jax.random.fold_in(host_key, e), num_train)))
+    return cache["perm"]
+
   def batch_args(s: int, n: int = 1) -> tuple:
     if on_device:
-      return x_src, y_src, stats_dev, runs_dev
-    idx = np.stack([np.asarray(data_lib.batch_indices(
-        data_key, t, num_examples=num_train, batch_size=config.batch_size))
+      if cache.get("first_epoch") != s // spe:
+        e0 = s // spe
+        cache.update(first_epoch=e0, order=(
+            step_lib.put_replicated(mesh, np.int32(e0)), perms_fn(root, e0)))
+      return x_src, y_src, stats_dev, runs_dev, cache["order"]
+    bs = config.batch_size
+    idx = np.stack([epoch_perm(t // spe)[(t % spe) * bs:(t % spe + 1) * bs]
                     for t in range(s, s + n)])
     if n == 1:
       idx = idx[0]
     axis = 0 if n == 1 else 1
     return (step_lib.put_sharded(mesh, ds.train_x[idx], axis=axis),
             step_lib.put_sharded(mesh, ds.train_y[idx].astype(np.int32), axis=axis),
-            stats_dev, runs_dev)
+            stats_dev, runs_dev, None)
 
   return steps, batch_args
 

@@ -8,7 +8,8 @@ Per step s (B = global batch, D = devices, b = B / D, n = training-set size):
      batch is `mixjax.data.batch_indices(data_key, s, ...)`: positions [p·B, (p+1)·B) of
      the epoch permutation π_e = epoch_permutation(fold_in(data_key, e), n),
      e = s // steps_per_epoch, p = s mod steps_per_epoch; device k keeps rows
-     [k·b, (k+1)·b) of it (`local_indices`). (Host-fed mode: the caller passes the
+     [k·b, (k+1)·b) of it (`local_indices`). The loop passes π_e computed once per
+     epoch (`order`), so the step only slices it. (Host-fed mode: the caller passes the
      global batch sharded as P('data') instead, drawn from the same indices.)
   2. Augmentation (images): example r of the global batch gets the key
      fold_in(aug_key, r), so crops and flips do not depend on the device count.
@@ -146,7 +147,8 @@ def make_train_step(
     steps_per_call: int = 1,
     make_tx: Callable[[Any, Any], tuple[optax.GradientTransformation, Any]] | None = None,
 ) -> Callable[..., tuple[state_lib.TrainState, dict[str, jax.Array]]]:
-  """Builds `train_step(state, x_src, y_src, stats) -> (state, metrics)`, jitted, sharded.
+  """Builds `train_step(state, x_src, y_src, stats, runs=None, order=None) -> (state,
+  metrics)`, jitted, sharded.
 
   Args:
     model: Linen model (BatchNorm models built with `bn_axis_name="data"`).
@@ -175,11 +177,16 @@ def make_train_step(
       weight decays (`RunParams.lr`); `tx` then only initialized the state.
 
   Returns:
-    The compiled step `train_step(state, x_src, y_src, stats, runs=None)`; `stats` is
-    the DataStats pytree (replicated) or None; `runs` (vmapped groups only) is None or
-    a `RunParams` of the runs' own λ-laws and optimizer values (the method then uses
-    run r's sampler, θ̄ and θ-moments, the optimizer run r's lr and weight decay); `x_src`
-    (n, ...) or (B, ...) float, `y_src` (n,) or (B,) int32.
+    The compiled step `train_step(state, x_src, y_src, stats, runs=None, order=None)`;
+    `stats` is the DataStats pytree (replicated) or None; `runs` (vmapped groups only) is
+    None or a `RunParams` of the runs' own λ-laws and optimizer values (the method then
+    uses run r's sampler, θ̄ and θ-moments, the optimizer run r's lr and weight decay);
+    `x_src` (n, ...) or (B, ...) float, `y_src` (n,) or (B,) int32; `order` (training
+    set on device): None, the step then recomputing its epoch's permutation
+    (`data.batch_indices`), or `(first_epoch, perms)` with perms (E, n) int32 =
+    `data.epoch_permutations(data_key, first_epoch, E, n)` ((R, E, n) for a group, one
+    data key per run) covering the epochs of the call's steps: the same batches, with
+    one sort per epoch instead of one per step.
     metrics: {"loss", "lr", "grad_norm", "param_norm", "finite"} replicated scalars;
     "loss" is the global-batch mean before the update.
   """
@@ -188,9 +195,10 @@ def make_train_step(
     raise ValueError(f"batch_size={batch_size} is not divisible by the {ndev} devices.")
   local_b = batch_size // ndev
   on_device = num_train is not None
+  spe = num_train // batch_size if on_device else None
 
   def body(state: state_lib.TrainState, x_src: jax.Array, y_src: jax.Array, stats: Any,
-           runs: RunParams | None):
+           runs: RunParams | None, order: Any):
     step_ctx = dataclasses.replace(ctx, stats=stats)
     run_tx, run_schedule = tx, schedule
     if runs is not None and runs.sampler is not None:  # this run's own λ-law
@@ -201,10 +209,15 @@ def make_train_step(
     dev = lax.axis_index(AXIS)
     step = state.step
     root = state_lib.root_key(state)
-    if on_device:
+    if on_device and order is not None:  # this epoch's permutation, computed once
+      first_epoch, perms = order
+      idx = data_lib.batch_from_permutations(perms, first_epoch, step,
+                                             batch_size=batch_size, steps_per_epoch=spe)
+    elif on_device:
       idx = data_lib.batch_indices(
           jax.random.fold_in(root, state_lib.KEY_DATA), step, num_examples=num_train,
           batch_size=batch_size)
+    if on_device:
       x, y = data_lib.take((x_src, y_src), data_lib.local_indices(idx, AXIS))
     else:
       x, y = x_src, y_src
@@ -247,26 +260,31 @@ def make_train_step(
     return new_state, metrics
 
   if num_runs is not None:
-    body = jax.vmap(body, in_axes=(0, None, None, None, 0))
+    one_run = body
+
+    def body(state, x_src, y_src, stats, runs, order):  # pylint: disable=function-redefined
+      axes = (0, None, None, None, 0, None if order is None else (None, 0))
+      return jax.vmap(one_run, in_axes=axes)(state, x_src, y_src, stats, runs, order)
   if steps_per_call > 1:
     one_step = body
 
-    def body(state, x_src, y_src, stats, runs):  # pylint: disable=function-redefined
+    def body(state, x_src, y_src, stats, runs, order):  # pylint: disable=function-redefined
       if on_device:
-        run = lambda st, _: one_step(st, x_src, y_src, stats, runs)
+        run = lambda st, _: one_step(st, x_src, y_src, stats, runs, order)
         state, metrics = lax.scan(run, state, None, length=steps_per_call)
       else:
-        run = lambda st, xy: one_step(st, xy[0], xy[1], stats, runs)
+        run = lambda st, xy: one_step(st, xy[0], xy[1], stats, runs, order)
         state, metrics = lax.scan(run, state, (x_src, y_src))
       return state, jax.tree.map(lambda a: a[-1], metrics)
   if max_traces is not None:
     body = chex.assert_max_traces(body, n=max_traces)
   data_spec = P() if on_device else (P(AXIS) if steps_per_call == 1 else P(None, AXIS))
-  sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), data_spec, data_spec, P(), P()),
+  sharded = jax.shard_map(body, mesh=mesh,
+                          in_specs=(P(), data_spec, data_spec, P(), P(), P()),
                           out_specs=(P(), P()))
   compiled = jax.jit(sharded, donate_argnums=(0,))
 
-  def train_step(state, x_src, y_src, stats, runs=None):
-    return compiled(state, x_src, y_src, stats, runs)
+  def train_step(state, x_src, y_src, stats, runs=None, order=None):
+    return compiled(state, x_src, y_src, stats, runs, order)
 
   return train_step
