@@ -74,7 +74,8 @@ def get_config(law_label: str = "Beta(1)", seeds: int = 3, quick: bool = False):
   spec = {label(l): l for l in LAWS}[law_label]
   epochs, every = (2, 1) if quick else (NUM_EPOCHS, EVERY_EPOCHS)
   cfg = study_runs.study_config(**dict(SETTING, num_epochs=epochs))
-  n_train = common.load("mnist1d", val_fraction=cfg.dataset.val_fraction).train_x.shape[0]
+  n_train = data.dataset.train_size(cfg.dataset.name, val_fraction=cfg.dataset.val_fraction,
+                                    **dict(cfg.dataset.kwargs))  # without loading it
   spe = data.steps_per_epoch(int(n_train), cfg.batch_size)
   return config_lib.sweep_config(cfg, {**spec, "num_seeds": seeds,
                                        "checkpoint_every_steps": every * spe,
@@ -130,27 +131,29 @@ def _add_gaps(history: dict) -> None:
 
 def trajectory_diagnostics(run_dirs: list[str], fns: dict, ds=None
                            ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-  """Every diagnostic at every checkpoint of every run: ({"diag/<name>": (T, R)},
-  epochs (T,)). Each function is compiled once (the variables are its argument)."""
+  """Every diagnostic at every checkpoint of every run (runs of one law): ({"diag/<name>":
+  (T, R)}, epochs (T,)). Each function is compiled once for all runs and checkpoints
+  (the variables and the run's key are its arguments)."""
+  from mixjax.train import setup  # pylint: disable=g-import-not-at-top
   from mixjax.train import trained  # pylint: disable=g-import-not-at-top
   history: dict[str, list[list[float]]] = {}
-  epochs = None
-  for r, run_dir in enumerate(run_dirs):
+  epochs, compiled = None, None
+  for run_dir in run_dirs:
     run = trained.TrainedRun(run_dir, ds=ds)
     ds = run.ds
-    sampler = study_runs.sampler_of({"sampler.name": run.config.sampler.name,
-                                     "sampler.params": dict(run.config.sampler.params)})
-    moments = L.theta_moments(sampler)
+    if compiled is None:  # the runs share the law and the model
+      sampler = setup.training_sampler(run.config)
+      moments = setup.training_moments(run.config, sampler)
+      compiled = {name: jax.jit(lambda v, key, fn=fn, m=run.model: fn(
+          lambda x: m.apply(v, x, train=False), sampler, moments, key))
+                  for name, fn in fns.items()}
     key = jax.random.key(int(run.config.seed))
     spe = run.steps[-1] / run.config.num_epochs
     epochs = np.asarray(run.steps) / spe
-    compiled = {name: jax.jit(lambda v, fn=fn, m=run.model: fn(
-        lambda x: m.apply(v, x, train=False), sampler, moments, key))
-                for name, fn in fns.items()}
     for t, step in enumerate(run.steps):
       variables = run.variables(step)
       for fn in compiled.values():  # separate programs, one after the other
-        for k, v in jax.device_get(fn(variables)).items():
+        for k, v in jax.device_get(fn(variables, key)).items():
           col = history.setdefault(f"diag/{k}", [[] for _ in run.steps])
           col[t].append(float(v))
     run.close()
@@ -168,9 +171,11 @@ def _run_one_law(args, law_label: str, out: str) -> None:
   t0 = time.time()
   group = groups.train_and_evaluate(cfg, workdir)
   names = sorted(group["runs_summaries"], key=lambda n: int(n.split("_")[1]))
-  data = common.load("mnist1d", val_fraction=cfg.dataset.val_fraction)
+  from mixjax.train import setup  # pylint: disable=g-import-not-at-top
+  data, _ = setup.load_data(cfg)  # the runs' own split, loaded once for all of them
   fns = make_diagnostics_fns(data.train_x[:subset], data.train_y[:subset])
-  history, epochs = trajectory_diagnostics([os.path.join(workdir, n) for n in names], fns)
+  history, epochs = trajectory_diagnostics([os.path.join(workdir, n) for n in names], fns,
+                                           ds=data)
   history["epoch"] = epochs
   run_cfgs = groups.run_configs(cfg)
   rows = study_runs.rows(list(zip(names, run_cfgs)), workdir)

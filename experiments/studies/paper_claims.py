@@ -125,17 +125,17 @@ def _moons_grid(named, tags, runs_dir):
   (seeds, GRID², 2); the grid, the training points and the normalization."""
   import jax  # pylint: disable=g-import-not-at-top
   from mixjax.train import trained  # pylint: disable=g-import-not-at-top
-  ds, grid, arrays = None, None, {}
+  ds, grid, apply, arrays = None, None, None, {}
   for (name, _), tag in zip(named, tags):
     run = trained.TrainedRun(os.path.join(runs_dir, name), ds=ds)
-    if ds is None:
+    if ds is None:  # every variant trains the same model on the same data
       ds = run.ds
       x = np.concatenate([ds.train_x, ds.test_x])
       lo, hi = x.min(0) - 0.5, x.max(0) + 0.5
       g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], GRID), np.linspace(lo[1], hi[1], GRID))
       grid = np.stack([g0.ravel(), g1.ravel()], 1).astype(np.float32)
-    logits = jax.jit(lambda v, g, m=run.model: m.apply(v, g, train=False))(
-        run.variables(), grid)
+      apply = jax.jit(lambda v, g, m=run.model: m.apply(v, g, train=False))
+    logits = apply(run.variables(), grid)
     arrays.setdefault(f"{tag}|grid", []).append(np.asarray(logits, np.float32))
     run.close()
   arrays = {k: np.stack(v) for k, v in arrays.items()}

@@ -160,21 +160,22 @@ def _last_epoch_loss(run_dir: str, spe_steps: float) -> float:
 def row(name: str, config: ml_collections.ConfigDict, runs_dir: str,
         **tags: Any) -> dict[str, Any]:
   """One point's row (see the module docstring); `tags` are added as columns."""
+  from mixjax.train import setup  # pylint: disable=g-import-not-at-top
+  from mixjax.train import writers  # pylint: disable=g-import-not-at-top
   run_dir = os.path.join(runs_dir, name)
-  path = os.path.join(run_dir, "summary.json")
+  path = os.path.join(run_dir, writers.SUMMARY_FILE)
   summary = {"status": "failed"}  # a single run stopped by a NaN loss writes none
   if os.path.exists(path):
     with open(path) as f:
       summary = json.load(f)
-  from mixjax.train import methods  # pylint: disable=g-import-not-at-top
   out: dict[str, Any] = {"point": name, "seed": int(config.seed),
                          "method": config.method.name, "lr": float(config.optimizer.lr),
                          "weight_decay": float(config.optimizer.weight_decay)}
-  if config.method.name in methods.MIXUP_FAMILY:
-    law_ = samplers.make_sampler(config.sampler.name, **dict(config.sampler.params))
-    if config.method.name == "regmixup":
-      law_ = samplers.regmixup_equivalent(law_, float(config.method.eta))
-    m = samplers.theta_moments(law_)
+  sampler = setup.training_sampler(config)
+  m = setup.training_moments(config, sampler)  # the law trained on; None outside mixup
+  if m is not None:
+    law_ = (samplers.regmixup_equivalent(sampler, float(config.method.eta))
+            if config.method.name == "regmixup" else sampler)
     out.update(law=law_.label, theta_bar=m.mean, sigma2=m.var, gamma2=m.gamma2,
                strength=m.strength, global_strength=m.global_strength)
   else:
@@ -207,9 +208,10 @@ def predictions(named: Sequence[tuple[str, ml_collections.ConfigDict]], runs_dir
   """Each point's `key` array of its predictions.npz (`writers.save_predictions`:
   test_logits, test_logits_rescaled, val_logits, …), stacked: (R, N, c) float32. A run
   without the rescaled logits (trained by ERM: θ̄ = 1) gives its plain ones."""
+  from mixjax.train import writers  # pylint: disable=g-import-not-at-top
   out = []
   for name, _ in named:
-    with np.load(os.path.join(runs_dir, name, "predictions.npz")) as z:
+    with np.load(os.path.join(runs_dir, name, writers.PREDICTIONS_FILE)) as z:
       out.append(np.asarray(z[key] if key in z else z[key.replace("_rescaled", "")],
                             np.float32))
   return np.stack(out)

@@ -149,7 +149,7 @@ def train_group(config: ml_collections.ConfigDict, workdir: str, *, devices,
           summaries[os.path.basename(d)] = json.load(f)
         continue
       summary = loop.train_run(c, d, devices=devices, interrupt_at_step=interrupt_at_step,
-                              ds=ds)
+                               ds=ds)
       summaries[os.path.basename(d)] = summary | {"seed": int(c.seed), "status": "ok"}
   else:
     summaries = _train_vmapped(config, runs, dirs, workdir, devices=devices, ds=ds,
@@ -169,7 +169,7 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   own θ̄ for the rescaling. `group_config`: check and write `config` as
   WORKDIR/config.json (a seed group); else each run's folder holds the only config
   check (a group of sweep points). Each run's summary names the group checkpoint and
-  its index in it ("checkpoint"), for `load_run`.
+  its index in it ("checkpoint"), for `trained.TrainedRun`.
   """
   num_runs = len(runs)
   ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=config.max_to_keep)
@@ -187,18 +187,17 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   run_samplers = [setup.training_sampler(c) for c in runs]
   run_moments = [setup.training_moments(c, s) for c, s in zip(runs, run_samplers)]
   moments, stats = setup.training_law_and_stats(config, run_samplers[0], ds, workdir)
-  params = run_params(config, runs, run_samplers, run_moments)
+  params = run_params(runs, run_samplers, run_moments)
   ctx = setup.method_context(config, run_samplers[0], moments)
   tx, schedule = optim.make_optimizer(config.optimizer, spe, total)
   roots = jnp.stack([jax.random.key_data(jax.random.key(c.seed)) for c in runs])
-  state, resumed = setup.create_or_restore_state(config, model, tx, mesh, ckpt, roots, ds,
-                                           num_runs=num_runs)
+  state, resumed = setup.create_or_restore_state(config, model, tx, mesh, ckpt, roots,
+                                                 ds, num_runs=num_runs)
   start = int(setup.to_host(state.step)[0])
   writer = writers.RunWriters([
       setup.open_writer(d, start, resumed, tensorboard=config.tensorboard) for d in dirs])
   steps, batch_args = setup.make_step(config, ds, mesh, model, tx, schedule, ctx, stats,
-                                      roots, num_runs=num_runs, runs=params,
-                                      steps_per_epoch=spe, total=total)
+                                      roots, num_runs=num_runs, runs=params)
   predict = eval_lib.Predictor(model, config.eval.batch_size,
                                step_lib.make_mesh(jax.local_devices()), stats=stats,
                                theta_bar=ctx.theta_bar)
@@ -209,9 +208,10 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   summaries = {}
   for r, (c, d) in enumerate(zip(runs, dirs)):
     run_state = loop.run_slice(state, r)
-    summary = loop.run_summary(c, run_state, total=total, spe=spe, num_devices=len(devices),
-                          moments=run_moments[r], train_time=train_time,
-                          resumed_from_step=start if resumed else None)
+    summary = loop.run_summary(c, run_state, total=total, spe=spe,
+                               num_devices=len(devices), moments=run_moments[r],
+                               train_time=train_time,
+                               resumed_from_step=start if resumed else None)
     summary["seed"] = int(c.seed)
     summary["checkpoint"] = {"workdir": os.path.relpath(workdir, d), "run": r,
                              "num_runs": num_runs}
@@ -236,8 +236,7 @@ def _train_vmapped(config, runs, dirs, workdir, *, devices, ds, spe, model,
   return summaries
 
 
-def run_params(config: ml_collections.ConfigDict, runs, run_samplers, run_moments
-               ) -> step_lib.RunParams | None:
+def run_params(runs, run_samplers, run_moments) -> step_lib.RunParams | None:
   """The runs' own values that differ within a vmapped group (`step.RunParams`): the
   λ-laws (stacked, with their θ-moments) and the optimizer's lr and weight decay; None
   when every run shares them all (a seed group)."""
@@ -335,9 +334,9 @@ def train_sweep(points: list[tuple[str, ml_collections.ConfigDict]], workdir: st
       return json.load(f)
 
   for idx in law_groups(points):
-    todo = [i for i in idx if done(points[i][0]) is None]
+    finished = {points[i][0]: done(points[i][0]) for i in idx}  # before this session
     summaries, ds = {}, None
-    if len(todo) == len(idx) > 1:
+    if len(idx) > 1 and not any(finished.values()):
       try:
         group_summaries, ds = _sweep_group(points, idx, workdir, devices)
         summaries = group_summaries or {}
@@ -348,7 +347,7 @@ def train_sweep(points: list[tuple[str, ml_collections.ConfigDict]], workdir: st
         continue
     for i in idx:
       name, c = points[i]
-      summary = summaries.get(name) or done(name)
+      summary = summaries.get(name) or finished[name]
       if summary is None:
         logging.info("Sweep point %s.", name)
         try:
@@ -356,7 +355,7 @@ def train_sweep(points: list[tuple[str, ml_collections.ConfigDict]], workdir: st
             summary = train_and_evaluate(c, os.path.join(workdir, name), devices=devices)
           else:  # a point of a law group that could not be vmapped: its data is loaded
             summary = loop.train_run(c, os.path.join(workdir, name), devices=devices,
-                                    ds=ds)
+                                     ds=ds)
         except loop.NonFiniteLossError as e:
           failed.append(name)
           results[name] = {"status": "failed", "error": str(e)}

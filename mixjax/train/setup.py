@@ -153,16 +153,22 @@ def method_context(config: ml_collections.ConfigDict, sampler, moments
       terms=tuple(config.method.terms))
 
 
+def initial_state(model, tx, mesh, root, ds, *, num_runs: int | None = None):
+  """The initial TrainState from key data `root` (2,), replicated on `mesh`; with
+  `num_runs`, `root` is (R, 2) and the runs' states are stacked on a leading axis."""
+  sample = jnp.zeros((1,) + tuple(ds.input_shape), jnp.float32)
+  init = lambda k: state_lib.create_state(model, tx, k, sample)
+  if num_runs is not None:
+    init = jax.vmap(init)
+  return jax.jit(init, out_shardings=step_lib.replicated(mesh))(root)
+
+
 def create_or_restore_state(config: ml_collections.ConfigDict, model, tx, mesh, ckpt,
                             root, ds, *, num_runs: int | None = None):
   """The initial state replicated on `mesh`, or the latest restorable checkpoint's;
   and whether it was restored. With `num_runs`, `root` is (R, 2) (one key per run) and
   the state is the runs' states stacked on a leading axis."""
-  sample = jnp.zeros((1,) + tuple(ds.input_shape), jnp.float32)
-  init = lambda k: state_lib.create_state(model, tx, k, sample)
-  if num_runs is not None:
-    init = jax.vmap(init)
-  state = jax.jit(init, out_shardings=step_lib.replicated(mesh))(root)
+  state = initial_state(model, tx, mesh, root, ds, num_runs=num_runs)
   restored = ckpt.restore_latest(state)
   if restored is None:
     return state, False
@@ -185,8 +191,7 @@ def open_writer(workdir: str, start: int, resumed: bool, *, tensorboard: bool = 
 
 def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, ctx,
               stats, root, *, num_runs: int | None = None,
-              runs: step_lib.RunParams | None = None, steps_per_epoch: int | None = None,
-              total: int | None = None
+              runs: step_lib.RunParams | None = None
               ) -> tuple[Callable[[int], Callable], Callable[[int, int], tuple]]:
   """`(steps, batch_args)`: `steps(n)` is the compiled program that takes n steps per
   call (n = config.steps_per_call, or 1 for a remainder; `step.make_train_step`) and
@@ -199,8 +204,8 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
   The programs are shared by every run whose config differs from this one's only in the
   seed (the runs of a sequential seed group, `train_group`): they are built and compiled
   once per process for them. `num_runs`: the programs of a vmapped group; `runs`: its
-  runs' own λ-laws and optimizer values (`step.RunParams`), passed as the step's last
-  argument (`steps_per_epoch` and `total` then build each run's optimizer).
+  runs' own λ-laws and optimizer values (`step.RunParams`), passed as the step's
+  argument after the statistics.
   """
   num_train = int(ds.train_x.shape[0])
   augment_fn = None
@@ -217,6 +222,8 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
     _STEP_CACHE.clear()
     _STEP_CACHE.update(key=cache_key, programs={})
   programs = _STEP_CACHE["programs"]
+  spe = data_lib.steps_per_epoch(num_train, config.batch_size)
+  total = config_lib.total_steps(config, num_train)
 
   def steps(n: int) -> Callable:
     if n not in programs:
@@ -226,11 +233,10 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, 
           num_train=num_train if on_device else None, schedule=schedule,
           augment_fn=augment_fn, num_runs=num_runs, steps_per_call=n,
           make_tx=None if runs is None or runs.lr is None else (
-              lambda lr, wd: optim.make_optimizer(config.optimizer, steps_per_epoch, total,
-                                                  lr=lr, weight_decay=wd)))
+              lambda lr, wd: optim.make_optimizer(config.optimizer, spe, total, lr=lr,
+                                                  weight_decay=wd)))
     return programs[n]
 
-  spe = num_train // config.batch_size
   data_key = lambda r: jax.random.fold_in(jax.random.wrap_key_data(r), state_lib.KEY_DATA)
   if on_device:
     x_src = step_lib.put_replicated(mesh, ds.train_x)

@@ -53,12 +53,10 @@ class TrainedRun:
     spe = data_lib.steps_per_epoch(int(self.ds.train_x.shape[0]), self.config.batch_size)
     tx, _ = optim.make_optimizer(self.config.optimizer, spe, config_lib.total_steps(
         self.config, int(self.ds.train_x.shape[0])))
-    sample = jnp.zeros((1,) + tuple(self.ds.input_shape), jnp.float32)
-    init = lambda k: state_lib.create_state(self.model, tx, k, sample)
-    roots = jnp.zeros((num_runs or 1, 2), jnp.uint32)
-    mesh = step_lib.make_mesh(jax.local_devices())
-    self._template = jax.jit(jax.vmap(init) if num_runs else (lambda k: init(k[0])),
-                             out_shardings=step_lib.replicated(mesh))(roots)
+    root = jnp.zeros((num_runs, 2) if num_runs else (2,), jnp.uint32)
+    self._template = setup.initial_state(self.model, tx,
+                                         step_lib.make_mesh(jax.local_devices()), root,
+                                         self.ds, num_runs=num_runs)
 
   def state(self, step: int | None = None) -> state_lib.TrainState:
     """The run's TrainState at checkpoint `step` (default: the last)."""
