@@ -1,4 +1,4 @@
-r"""CIFAR-10, the classic mixup recipe (Zhang et al., ICLR 2018; THEORY.md §7).
+r"""CIFAR-10, the classic mixup recipe (Zhang et al., ICLR 2018; docs/THEORY.md §7).
 
 PreAct-ResNet-18, mixup with λ ~ Beta(1, 1), SGD (momentum 0.9, lr 0.1, ×0.1 at epochs 100
 and 150, weight decay 1e-4), batch 128, 200 epochs, random crop (padding 4) + horizontal
@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_sweep() -> list[dict]:
-  """ERM vs mixup with the θ-laws of THEORY.md §6 (one override dict per run)."""
+  """ERM vs mixup with the θ-laws of docs/THEORY.md §6 (one override dict per run)."""
   sweep = [{"method.name": "erm"}]
   for alpha in (0.2, 1.0):
     sweep.append({"method.name": "mixup", "sampler.name": "beta",

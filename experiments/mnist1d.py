@@ -4,13 +4,13 @@ r"""MNIST-1D (Greydanus, 2020; built offline by the `mnist1d` package): the main
 A small LeNet (1-D convolutions) trained with mixup (λ ~ Beta(1, 1)) and Adam with a
 cosine schedule; sized to finish in well under 3 minutes on a 2-core CPU, compilation
 included (about 45 s), and to print test accuracy (about 94%) / NLL / ECE / Brier, with
-and without test-time rescaling (THEORY.md §5).
+and without test-time rescaling (docs/THEORY.md §5).
 
 `experiments/mnist1d.py:mlp` is the same recipe with an MLP (256, 256) on the raw signal
 (about 67% test accuracy): a dense model, which seed groups vmap on every platform
 (`--config.num_seeds=8`; see benchmarks/bench_seeds.py).
 
-The sweep compares the θ-laws of THEORY.md §6 (ERM, Beta(α, α), W-shaped, the σ²/θ̄²
+The sweep compares the θ-laws of docs/THEORY.md §6 (ERM, Beta(α, α), W-shaped, the σ²/θ̄²
 optimum):
 
   python launch/sweep.py --config=experiments/mnist1d.py --workdir=runs/mnist1d_sweep
@@ -60,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_sweep() -> list[dict]:
-  """ERM and the θ-laws of THEORY.md §6, one override dict per run."""
+  """ERM and the θ-laws of docs/THEORY.md §6, one override dict per run."""
   sweep = [{"method.name": "erm"}]
   for alpha in (0.2, 0.5, 1.0, 2.0, 10.0):
     sweep.append({"sampler.name": "beta", "sampler.params": {"alpha": alpha}})

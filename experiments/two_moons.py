@@ -1,4 +1,4 @@
-r"""Two moons, the paper's appendix setup (THEORY.md §7): sklearn `make_moons` with
+r"""Two moons, the paper's appendix setup (docs/THEORY.md §7): sklearn `make_moons` with
 n = 300, noise 0.01, a 50/50 train/test split, and a random-features model: the dataset
 applies a fixed random ReLU feature map (128 features, `dataset.kwargs`) and the model is
 linear on top of it (an MLP without hidden layers). Full-batch training (the 120 training

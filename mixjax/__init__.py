@@ -2,7 +2,7 @@
 
 The research core is re-exported here: λ laws (`mixjax.samplers`), mixing, losses, and the
 theory of Carratino et al. (perturbed ERM, Lemma 2, the exact and approximate mixup risks,
-test-time rescaling). See THEORY.md for the mathematics and docs/ARCHITECTURE.md for the
+test-time rescaling). See docs/THEORY.md for the mathematics and docs/ARCHITECTURE.md for the
 layout. Models, data, training and evaluation live in their sub-packages and are not
 imported here, so `import mixjax` stays light.
 

@@ -6,7 +6,7 @@ vmap it (`batch_loss`) and take logits functions `logits_fn: (B, ...) -> (B, c)`
 treat examples independently, so everything here can be jitted, differentiated and
 vmapped over seeds. Names are looked up in the `LOSSES` registry (`get_loss`).
 
-The theory modules (THEORY.md §4) differentiate these same functions with respect to u
+The theory modules (docs/THEORY.md §4) differentiate these same functions with respect to u
 and y (g = ∇_u ℓ, H_uu, M = ∇²_yu ℓ, H_yy), so they must stay smooth, pure `jnp`.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ LOSSES = Registry("loss function")
 
 @LOSSES.register("cross_entropy")
 def cross_entropy(y: jax.Array, u: jax.Array) -> jax.Array:
-  """Soft-label cross-entropy ℓ(y, u) = −yᵀ log softmax(u) (THEORY.md §4, Corollary 4).
+  """Soft-label cross-entropy ℓ(y, u) = −yᵀ log softmax(u) (docs/THEORY.md §4, Corollary 4).
 
   Args:
     y: labels (c,), one-hot or soft (need not sum to one: the formula is linear in y, as
@@ -44,7 +44,7 @@ def cross_entropy(y: jax.Array, u: jax.Array) -> jax.Array:
 
 @LOSSES.register("squared")
 def squared(y: jax.Array, u: jax.Array) -> jax.Array:
-  """Squared loss ℓ(y, u) = ‖y − u‖² (no ½: the convention of THEORY.md §4's affine case).
+  """Squared loss ℓ(y, u) = ‖y − u‖² (no ½: the convention of docs/THEORY.md §4's affine case).
 
   Args:
     y: targets (c,).
@@ -124,7 +124,7 @@ def mixup_loss(logits_fn: LogitsFn, x: Any, y: Any, key: jax.Array, sampler, *,
       x_mix_i = λ_i x_i + (1 − λ_i) x_π(i),   y_mix_i = λ_i y_i + (1 − λ_i) y_π(i).
   Over λ ~ sampler and a uniform random permutation π, its expectation is the batch's
   mixup risk E^mix = (1/B²) Σ_i Σ_j E_λ ℓ(λy_i + (1−λ)y_j, f(λx_i + (1−λ)x_j))
-  (THEORY.md, Setup); one call is a one-draw unbiased estimate of it.
+  (docs/THEORY.md, Setup); one call is a one-draw unbiased estimate of it.
 
   Args:
     logits_fn: f, (B, ...) -> (B, c), examples treated independently.
@@ -156,7 +156,7 @@ def regmixup_loss(logits_fn: LogitsFn, x: Any, y: Any, key: jax.Array, sampler, 
   `erm_loss + eta * mixup_loss` for the same key). The clean and the mixed batch go
   through `logits_fn` as one concatenated (2B, ...) batch, as in the RegMixup recipe.
   In expectation this is (1 + η) times the mixup risk whose θ-law puts mass 1/(1+η) at
-  θ = 1 (THEORY.md §6; `mixjax.samplers.regmixup`).
+  θ = 1 (docs/THEORY.md §6; `mixjax.samplers.regmixup`).
 
   Args:
     logits_fn: f, (N, ...) -> (N, c), examples treated independently.

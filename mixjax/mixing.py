@@ -9,7 +9,7 @@ batch. `mix` returns the mixed batch *and* its draw (λ, π) so that analysis an
 can see exactly what happened (STYLE.md, "samplers return their draw").
 
 Averaged over λ and over a uniformly random partner, this is an unbiased estimate of the
-mixup risk E^mix of THEORY.md (Setup); by THEORY.md §1 only θ = max(λ, 1 − λ) matters for
+mixup risk E^mix of docs/THEORY.md (Setup); by docs/THEORY.md §1 only θ = max(λ, 1 − λ) matters for
 that risk. Folding λ to max(λ, 1 − λ) (`fold=True`) therefore leaves the expected loss
 unchanged whenever the pairing is symmetric in law: a uniform permutation makes every
 ordered pair (i, j) equally likely (P(π(i) = j) = 1/B, so the expectation over π is the
@@ -67,6 +67,41 @@ def check_labels(y: Any, batch_size: int | None = None, *, name: str = "y") -> j
   if not jnp.issubdtype(y.dtype, jnp.floating):
     y = y.astype(jnp.float32)
   return y
+
+
+def check_key(key: Any, usage: str, *, name: str = "key",
+              optional: bool = False) -> Any:
+  """Checks that `key` is a PRNG key, the first argument of every mixjax function that
+  draws randomness (as in `jax.random` and big_vision's `get_mixup(rng, p)`).
+
+  Accepts a typed key (`jax.random.key(seed)`, dtype key<...>) or a raw uint32 key
+  (`jax.random.PRNGKey(seed)`, shape (..., 2)), concrete or traced; also None when
+  `optional`. Anything else (a function, a float array, a Python int, ...) raises one
+  TypeError that names the argument and the convention, before JAX's own
+  "not a valid JAX array type" can.
+
+  Args:
+    key: the value passed in the key's place.
+    usage: the call as it should be written, e.g. "mixup_loss(key, f, x, y, law)".
+    name: the argument's name in the message.
+    optional: allow None (estimators that draw nothing).
+
+  Returns:
+    key, unchanged.
+  """
+  if key is None and optional:
+    return key
+  dtype = getattr(key, "dtype", None)
+  if dtype is not None and not callable(key):
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      return key
+    if dtype == jnp.uint32 and getattr(key, "ndim", 0) >= 1:
+      return key
+  what = (f"a function ({getattr(key, '__name__', type(key).__name__)})" if callable(key)
+          else f"{type(key).__name__}" + (f" of dtype {dtype}" if dtype is not None else ""))
+  raise TypeError(
+      f"{name} must be a PRNG key (jax.random.key(seed)); got {what}. mixjax takes the "
+      f"PRNG key first: {usage}.")
 
 
 def _check_choice(value: str, valid: Tuple[str, ...], what: str) -> None:

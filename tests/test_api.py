@@ -29,7 +29,7 @@ def _ols(x, y):
 @pytest.mark.parametrize("estimator", ["exact", "lowrank"])
 def test_training_on_approx_risk_reaches_least_squares(estimator):
   """Squared loss + affine model: the quadratic risk is the mixup risk exactly, and its
-  minimizer is ordinary least squares on the original data (THEORY.md §4). Train on
+  minimizer is ordinary least squares on the original data (docs/THEORY.md §4). Train on
   `approx_mixup_risk` with optax and compare with `np.linalg.lstsq`."""
   x, y = _affine_problem()
   stats = mixjax.data_stats(x, y, rank=x.shape[1] if estimator == "lowrank" else None)

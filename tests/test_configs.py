@@ -1,5 +1,5 @@
 """experiments/*.py: every config and every sweep point is valid, and the CIFAR recipe is
-the published one (Zhang et al., ICLR 2018; THEORY.md §7)."""
+the published one (Zhang et al., ICLR 2018; docs/THEORY.md §7)."""
 from __future__ import annotations
 
 import json

@@ -130,7 +130,7 @@ def _beta_expectation(fn, a):
 @pytest.mark.parametrize("fold", [False, True])
 def test_mixup_loss_beta_reverse_expectation(loss, fold):
   # E_λ of the batch loss with fixed (reverse) partners, by quadrature. With reverse
-  # pairing, folding λ leaves the expectation unchanged (THEORY.md §1).
+  # pairing, folding λ leaves the expectation unchanged (docs/THEORY.md §1).
   alpha, batch_size, num_keys = 0.5, 7, 4000
   params = _params(2)
   x, y = _data(batch_size, seed=3, soft=False)
@@ -148,7 +148,7 @@ def test_mixup_loss_beta_reverse_expectation(loss, fold):
 @pytest.mark.parametrize("granularity", ["example", "batch"])
 def test_mixup_loss_beta_permutation_expectation(granularity):
   # Over λ ~ Beta and a uniform permutation, the expectation is the batch mixup risk
-  # (1/B²) Σ_i Σ_j E_λ ℓ(λ y_i + (1−λ) y_j, f(λ x_i + (1−λ) x_j)) (THEORY.md, Setup).
+  # (1/B²) Σ_i Σ_j E_λ ℓ(λ y_i + (1−λ) y_j, f(λ x_i + (1−λ) x_j)) (docs/THEORY.md, Setup).
   alpha, batch_size, num_keys = 2.0, 5, 4000
   params = _params(4)
   x, y = _data(batch_size, seed=5)

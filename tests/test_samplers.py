@@ -1,6 +1,6 @@
 """Tests for mixjax.samplers against independent references.
 
-References: THEORY.md §6's table, closed forms (1/27, ½ + 1/π, ...), scipy.integrate.quad
+References: docs/THEORY.md §6's table, closed forms (1/27, ½ + 1/π, ...), scipy.integrate.quad
 of the folded scipy.stats.beta density, scipy.stats KS tests on draws, binomial
 tolerances, scipy.optimize for the Beta-family optimum.
 """
@@ -51,7 +51,7 @@ def shifted_beta_moment(a, b, k):
 
 
 def beta_strength_closed_form(alpha):
-  """σ²/θ̄² of the folded Beta(α, α) from THEORY.md §6 (written out independently)."""
+  """σ²/θ̄² of the folded Beta(α, α) from docs/THEORY.md §6 (written out independently)."""
   e_abs = math.exp(math.lgamma(2 * alpha) - math.log(alpha) - alpha * math.log(4.0)
                    - 2 * math.lgamma(alpha))
   mean = 0.5 + e_abs
@@ -105,9 +105,9 @@ def central_mu4(raw):
 
 
 # ---------------------------------------------------------------------------
-# Moments: THEORY.md §6 table and quadrature of the folded density.
+# Moments: docs/THEORY.md §6 table and quadrature of the folded density.
 # ---------------------------------------------------------------------------
-# (sampler, θ̄, σ², σ²/θ̄², γ²/θ̄²) as printed in THEORY.md §6 (6 decimals or exact).
+# (sampler, θ̄, σ², σ²/θ̄², γ²/θ̄²) as printed in docs/THEORY.md §6 (6 decimals or exact).
 TABLE = [
     (S.beta(0.2), 0.898810, 0.019522, 0.024165, 0.036840),
     (S.beta(0.5), 0.5 + 1 / math.pi, 1 / 8 - 1 / math.pi**2, 0.035361, 0.084659),
@@ -149,7 +149,7 @@ def test_w_shaped_and_mixture_moments_against_quadrature():
   ws = S.theta_moments(S.w_shaped(a, b))
   m1, m2 = shifted_beta_moment(a, b, 1), shifted_beta_moment(a, b, 2)
   np.testing.assert_allclose([ws.mean, ws.var], [m1, m2 - m1**2], atol=1e-10)
-  # THEORY.md §6: σ²/θ̄² = Var X / (1 + E X)² for θ = ½ + X/2.
+  # docs/THEORY.md §6: σ²/θ̄² = Var X / (1 + E X)² for θ = ½ + X/2.
   ex, vx = stats.beta(a, b).mean(), stats.beta(a, b).var()
   np.testing.assert_allclose(ws.strength, vx / (1 + ex) ** 2, rtol=1e-12)
 

@@ -93,7 +93,7 @@ def test_study_config_sets_the_shared_training_explicitly():
 
 
 def test_moments_match_theory_table():
-  # THEORY.md §6 (exact values quoted there to 6 digits).
+  # docs/THEORY.md §6 (exact values quoted there to 6 digits).
   table = {"Beta(0.2)": (0.898810, 0.019522), "Beta(10)": (0.588099, 0.004143),
            "W(0.5)": (0.75, 1 / 32), "optimal": (2 / 3, 1 / 18)}
   for law in (L.beta(0.2), L.beta(10.0), L.w_shaped(0.5), L.optimal()):

@@ -1,4 +1,4 @@
-"""Tests for mixjax.theory.approx_risk (Theorem 3, THEORY.md §4).
+"""Tests for mixjax.theory.approx_risk (Theorem 3, docs/THEORY.md §4).
 
 References: the exact mixup risk (itself checked against SciPy quadrature in
 test_theory_exact_risk.py) for the s³ / s² error rates; the affine + squared-loss closed
@@ -92,7 +92,7 @@ def test_error_falls_as_s_cubed_when_inputs_and_labels_shrink(seed):
 
 @pytest.mark.parametrize("seed", [0, 2])
 def test_error_falls_as_s_squared_with_one_hot_labels(seed):
-  # THEORY.md's example: only the inputs shrink, ε stays O(1), the remainder is O(s²).
+  # docs/THEORY.md's example: only the inputs shrink, ε stays O(1), the remainder is O(s²).
   errs = _errors_vs_scale(seed, SPEC_SCALES, scale_labels=False)
   assert 1.5 <= _slope(SPEC_SCALES, errs["all"]) <= 2.5, errs["all"]
 

@@ -1,4 +1,4 @@
-"""Tests for mixjax.theory.perturbation: Theorem 1 and Lemma 2 (THEORY.md §2, §3).
+"""Tests for mixjax.theory.perturbation: Theorem 1 and Lemma 2 (docs/THEORY.md §2, §3).
 
 References are independent of mixjax's quadrature and moments where it matters: SciPy
 quadrature over λ of the original double sum, Gauss–Legendre over the folded Beta

@@ -1,4 +1,4 @@
-"""Tests for mixjax.theory.rescaled (THEORY.md §5) against the formula in NumPy."""
+"""Tests for mixjax.theory.rescaled (docs/THEORY.md §5) against the formula in NumPy."""
 from __future__ import annotations
 
 import jax

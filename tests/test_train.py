@@ -108,7 +108,7 @@ def test_two_moons_reaches_linear_separability(tmp_path):
   summary = groups.train_and_evaluate(config, str(tmp_path))
   assert summary["test"]["accuracy"] >= 0.95
   assert summary["test_rescaled"]["accuracy"] >= 0.95
-  # Beta(1, 1): θ̄ = 3/4 exactly (THEORY.md §6).
+  # Beta(1, 1): θ̄ = 3/4 exactly (docs/THEORY.md §6).
   assert summary["theta_bar"] == pytest.approx(0.75)
 
 

@@ -1,5 +1,5 @@
 r"""Diagnostics along mixup training: Theorem 3's terms, R1–R4, the notes' bounds, and the
-gap between the mixup loss and the approximate risk (THEORY.md §4, seed notes).
+gap between the mixup loss and the approximate risk (docs/THEORY.md §4, seed notes).
 
 Trains a small tanh MLP on MNIST-1D (d = 40, so every term is computed exactly) with mixup
 under several laws and seeds: per law, one seed group of the one trainer

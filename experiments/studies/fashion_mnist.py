@@ -1,11 +1,11 @@
 r"""The mixing-law study on real images: Fashion-MNIST with the CPU recipe.
 
-Does a stronger mixing law regularize better beyond toy problems (THEORY.md §6)? Trains
+Does a stronger mixing law regularize better beyond toy problems (docs/THEORY.md §6)? Trains
 ERM and mixup under the θ-laws Beta(α, α) for α ∈ {0.2, 1, 2}, W-shaped W(0.5), the
 RegMixup-equivalent law (α = 10, η = 1), the σ²/θ̄²-optimal law and a two-atom law with
 Beta(1)'s θ̄ and σ² (the equal-moment shape comparison), over several seeds, with the
 CPU recipe of `experiments/fashion_mnist.py` (small CNN, crop + flip, held on device),
-and reports test accuracy, NLL and ECE with and without test-time rescaling (THEORY.md
+and reports test accuracy, NLL and ECE with and without test-time rescaling (docs/THEORY.md
 §5) and after temperature scaling fit on the validation split, against σ²/θ̄² and γ²/θ̄².
 
 Every run goes through the one trainer, `mixjax.train.train_and_evaluate`, in its own

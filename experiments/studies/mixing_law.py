@@ -1,9 +1,9 @@
-r"""Does a stronger mixing law regularize better? (THEORY.md §6)
+r"""Does a stronger mixing law regularize better? (docs/THEORY.md §6)
 
 Trains, for each setting, ERM and mixup under many θ-laws (Beta(α, α), W-shaped,
 RegMixup-equivalent, the σ²/θ̄²-optimal law, and discrete laws matched in θ̄ and σ² to a
 Beta and a W-shaped law) over several seeds, and reports test accuracy, NLL and ECE,
-with and without test-time rescaling (THEORY.md §5) and with temperature scaling,
+with and without test-time rescaling (docs/THEORY.md §5) and with temperature scaling,
 against σ²/θ̄² and γ²/θ̄².
 
 Each setting is a config and a sweep of the one trainer (`get_config(setting)`,

@@ -1,6 +1,6 @@
 r"""The paper's claims (Carratino et al., JMLR 2022), on small data.
 
-(a) rescaling:  test-time rescaling (THEORY.md §5) on/off per law: accuracy, NLL, ECE and
+(a) rescaling:  test-time rescaling (docs/THEORY.md §5) on/off per law: accuracy, NLL, ECE and
     the paired difference rescaled − plain, on MNIST-1D (MLP).
 (b) approx:     the approximate mixup risk (Theorem 3) as a training objective, with all
     terms, each term dropped in turn, and without the hessian term as the paper does,
@@ -166,7 +166,7 @@ def _report_rescaling(out):
   md = ["## (a) Test-time rescaling on/off per law\n",
         f"MNIST-1D, MLP (256, 256), Adam lr {rec['config']['lr']}, "
         f"{rec['config']['train']['num_epochs']} epochs, {len(rec['config']['seeds'])} "
-        "seeds. Rescaled: f_test(x) = ȳ + (f(x̄ + θ̄(x − x̄)) − ȳ)/θ̄ (THEORY.md §5). "
+        "seeds. Rescaled: f_test(x) = ȳ + (f(x̄ + θ̄(x − x̄)) − ȳ)/θ̄ (docs/THEORY.md §5). "
         "Δ = rescaled − plain, paired by seed, mean with 95% t-interval.\n"]
   body = []
   laws = analysis.unique(rows, "law")

@@ -141,7 +141,7 @@ def load_two_moons(*, data_dir=None, val_fraction: float = 0.1, seed: int = 0,
                    n_samples: int = 300, noise: float = 0.01, num_features: int = 128,
                    feature_map: str = "relu", feature_scale: float = 1.0,
                    data_seed: int = 0) -> ds_lib.Dataset:
-  """Two moons with a fixed random feature map (Carratino et al., appendix; THEORY.md §7).
+  """Two moons with a fixed random feature map (Carratino et al., appendix; docs/THEORY.md §7).
 
   `sklearn.datasets.make_moons(n_samples=300, noise=0.01)` (seeded by `data_seed`), a
   class-stratified 50/50 train/test split (seeded by `data_seed`), then the fixed random

@@ -1,6 +1,6 @@
 """Manifold intrusion / collinearity measure of Chidambaram et al. (ICLR 2022).
 
-THEORY.md §7. For each data point x_i of class k = y_i, the measure is
+docs/THEORY.md §7. For each data point x_i of class k = y_i, the measure is
 
   D_i = min { ‖x_i − m_j‖₂ : m_j = λ_j x_{a_j} + (1 − λ_j) x_{b_j},
                              y_{a_j} ≠ k and y_{b_j} ≠ k },

@@ -5,7 +5,7 @@
 `finalize_metrics`), and, when the dataset has a validation split, the temperature T
 fitted on it (`fit_temperature`) with the test ECE, NLL and Brier of softmax(u / T).
 With `rescale=True` the logits are those of the test-time rescaled model
-(`mixjax.theory.rescaled`, THEORY.md §5).
+(`mixjax.theory.rescaled`, docs/THEORY.md §5).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""λ laws for mixup, one family: sampling, θ-moments, θ-quadrature (THEORY.md §1 and §6).
+"""λ laws for mixup, one family: sampling, θ-moments, θ-quadrature (docs/THEORY.md §1 and §6).
 
   laws.py        the samplers (Beta, Constant, WShaped, Mixture, FromFn), their structured
                  θ-laws, labels, the `SAMPLERS` registry, `make_sampler`; samplers are

@@ -17,7 +17,7 @@ different structures cannot be stacked this way: `stack` says so, and they compi
 separately (`structure` names a sampler's structure; the trainer's sweeps group points
 by it).
 
-By THEORY.md §1 the mixup risk depends on the λ-law only through the law Q of
+By docs/THEORY.md §1 the mixup risk depends on the λ-law only through the law Q of
 θ = max(λ, 1−λ) on [½, 1]. Every sampler therefore also describes Q structurally
 (`sampler.theta_law()`), as a finite mixture of components:
 
@@ -441,7 +441,7 @@ def regmixup_equivalent(sampler: Any, eta: float) -> Mixture:
   """The law that RegMixup with mixing law `sampler` is mixup under, in expectation.
 
   RegMixup minimizes E ℓ(y, f(x)) + η · E_λ ℓ(mixup), which is (1+η) times the mixup
-  risk of the mixture (THEORY.md §6)
+  risk of the mixture (docs/THEORY.md §6)
 
       λ = 1 with probability 1/(1+η)   (the clean term; θ = 1),
       λ ~ sampler with probability η/(1+η),
@@ -463,7 +463,7 @@ def regmixup_equivalent(sampler: Any, eta: float) -> Mixture:
 
 
 def regmixup(alpha: float, eta: float = 1.0) -> Mixture:
-  """RegMixup's law with λ ~ Beta(α, α): `regmixup_equivalent(beta(α), η)` (THEORY.md §6).
+  """RegMixup's law with λ ~ Beta(α, α): `regmixup_equivalent(beta(α), η)` (docs/THEORY.md §6).
 
   θ = 1 with probability 1/(1+η) (the clean CE term), else λ ~ Beta(α, α);
   `alpha=math.inf` is the α → ∞ limit, λ = ½. Note the loss itself is (1+η) times the
@@ -480,7 +480,7 @@ def regmixup(alpha: float, eta: float = 1.0) -> Mixture:
 
 
 def optimal() -> Mixture:
-  """θ = ½ w.p. 2/3, θ = 1 w.p. 1/3: the Bhatia–Davis optimum σ²/θ̄² = 1/8 (THEORY.md §6)."""
+  """θ = ½ w.p. 2/3, θ = 1 w.p. 1/3: the Bhatia–Davis optimum σ²/θ̄² = 1/8 (docs/THEORY.md §6)."""
   mix = mixture([Constant(0.5), Constant(1.0)], [2.0 / 3.0, 1.0 / 3.0])
   return dataclasses.replace(mix, title="optimal()", tag="optimal")
 

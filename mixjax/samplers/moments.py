@@ -1,4 +1,4 @@
-"""θ-moments of a sampler's θ-law (THEORY.md §1, §3): θ̄, σ², γ² and the strengths.
+"""θ-moments of a sampler's θ-law (docs/THEORY.md §1, §3): θ̄, σ², γ² and the strengths.
 
 `theta_moments(sampler)` gives θ̄ = E θ, σ² = Var θ, γ² = E(1−θ)² = σ² + (1−θ̄)², and the
 regularization strengths σ²/θ̄² and γ²/θ̄² of Lemma 2. They are exact (closed forms) for
@@ -42,7 +42,7 @@ class ThetaStderr:
 
 @dataclasses.dataclass(frozen=True)
 class ThetaMoments:
-  """Moments of θ = max(λ, 1−λ) (THEORY.md §1, §3).
+  """Moments of θ = max(λ, 1−λ) (docs/THEORY.md §1, §3).
 
   Attributes:
     mean: θ̄ = E θ.

@@ -1,4 +1,4 @@
-"""θ-quadrature: Gauss rules for E_Q g(θ) over a sampler's θ-law (THEORY.md §1).
+"""θ-quadrature: Gauss rules for E_Q g(θ) over a sampler's θ-law (docs/THEORY.md §1).
 
 `theta_quadrature(sampler, num_nodes)` gives a Gauss rule (nodes in [½, 1], weights ≥ 0
 summing to 1) that integrates polynomials in θ of degree ≤ 2·num_nodes − 1 exactly

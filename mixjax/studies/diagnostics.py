@@ -1,6 +1,6 @@
 """Per-example regularization terms of Theorem 3 and the seed notes' upper bounds.
 
-For cross-entropy (Corollary 4, THEORY.md §4) at the transformed point x̃_i, with
+For cross-entropy (Corollary 4, docs/THEORY.md §4) at the transformed point x̃_i, with
 s = S(f(x̃_i)), H = diag(s) − s sᵀ, g = s − ỹ_i, J = ∇f(x̃_i) (c×d), and Lemma 2's
 Σ := Σ^(i)_xx (d×d), Σ_xy := Σ^(i)_xy (d×c):
 
@@ -8,7 +8,7 @@ s = S(f(x̃_i)), H = diag(s) − s sᵀ, g = s − ỹ_i, J = ∇f(x̃_i) (c×d)
   R2_i = ½ Σ_k g_k tr(∇²f_k Σ)                     (the "hessian" term)
   R3_i = −½ tr(Σ_xyᵀ Σ⁺ Σ_xy H⁺)
   (R4 = 0 for cross-entropy.) Pseudo-inverses are restricted to the range (H·1 = 0), as
-  THEORY.md §4 prescribes; R1 + R3 = jacobian + cross holds when the range conditions do
+  docs/THEORY.md §4 prescribes; R1 + R3 = jacobian + cross holds when the range conditions do
   (checked by the study against `mixjax.theory.approx_mixup_terms`). When the softmax
   saturates, H has tiny eigenvalues and R1, R3 separately become large and sensitive to
   the pseudo-inverse cutoff; only their sum is well conditioned.
@@ -18,7 +18,7 @@ The notes' bounds ("Analysis beyond the paper"), computed as they are stated:
   B1_i = ½ tr(Σ) · Ent(s) · ‖J − J^(i)‖²_F       (uses tr(H) = 1 − ‖s‖² ≤ Ent(s); the
          intermediate B1'_i = ½ tr(Σ) tr(H) ‖J − J^(i)‖²_F is also returned)
   B2_i = ½ tr(Σ) · ‖s − ỹ‖₂ · ‖(tr ∇²f_k)_k‖₂   ("EL2N-like" × input-Hessian traces)
-  B3_i = ½ tr(Σ_xyᵀ Σ_xy) · tr(Σ⁺) · Ent(s)       (as in the notes, with H; THEORY.md
+  B3_i = ½ tr(Σ_xyᵀ Σ_xy) · tr(Σ⁺) · Ent(s)       (as in the notes, with H; docs/THEORY.md
          "Errors in the notes" #3 says the correct factor is H⁻¹, so
          B3c_i = ½ tr(Σ_xyᵀ Σ_xy) · tr(Σ⁺) · tr(H⁺) is returned as well)
 

@@ -22,7 +22,7 @@ what a config file's `get_sweep()` returns. `train` runs every point through
 `rows` turns each point's summary.json (and metrics.jsonl) into one flat row: the law's
 label and θ-moments, the seed, the optimizer values, and the metrics the analyses use
 (`METRICS`): test accuracy, NLL, ECE and Brier, plain ("test_*"), test-time rescaled
-("test_rs_*", THEORY.md §5), after temperature scaling fit on the validation split
+("test_rs_*", docs/THEORY.md §5), after temperature scaling fit on the validation split
 ("test_ts_*", "test_rs_ts_*", "temperature"), validation accuracy, and the mean training
 objective over the last epoch ("train_objective").
 """

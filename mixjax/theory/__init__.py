@@ -1,4 +1,4 @@
-"""The mixup theory of THEORY.md: data statistics, Theorem 1 and Lemma 2 (perturbed ERM),
+"""The mixup theory of docs/THEORY.md: data statistics, Theorem 1 and Lemma 2 (perturbed ERM),
 the exact mixup risk by quadrature, Theorem 3's approximate risk and its estimators, and
 the test-time rescaling. Pure `jnp` functions of a logits function `f(x) -> u`."""
 from mixjax.theory.approx_risk import ESTIMATORS

@@ -1,4 +1,4 @@
-"""Theorem 3 of THEORY.md (§4): the second-order ("approximate") mixup risk.
+"""Theorem 3 of docs/THEORY.md (§4): the second-order ("approximate") mixup risk.
 
 Expanding ℓ(ỹ_i + ε_i, f(x̃_i + δ_i)) to second order in (δ_i, ε_i) around
 (ỹ_i, f(x̃_i)) and taking expectations with Lemma 2's covariances (first-order terms
@@ -22,7 +22,7 @@ H_uu = (1ᵀy)(diag S − S Sᵀ), M = −I (exact on label perturbations with 1
 labels whose rows all sum to the same value, such as one-hot or soft labels),
 H_yy = 0.
 
-Estimators of the input-derivative terms (THEORY.md §4, "Estimators that scale"):
+Estimators of the input-derivative terms (docs/THEORY.md §4, "Estimators that scale"):
   exact: full Jacobians J_i and Hessians ∇²(g_iᵀ f)(x̃_i) per example; the value of the
     quadratic risk itself. O(n d²) memory: for d up to a few hundred. Also gives the
     paper's completed-square grouping R1 + R3 (= jacobian + cross) as diagnostics.
@@ -171,13 +171,13 @@ def _quad(a: jax.Array, h: jax.Array, b: jax.Array) -> jax.Array:
 
 def _paper_terms(jac: jax.Array, der: LossDerivatives,
                  cov: perturbation.PerturbationCovariances) -> tuple[jax.Array, jax.Array]:
-  """Per-example R1 and R3 (the paper's completed square; THEORY.md §4), (n,) each.
+  """Per-example R1 and R3 (the paper's completed square; docs/THEORY.md §4), (n,) each.
 
       A_i = Mᵀ Σ^(i)_yx,   J^(i) = −H_uu⁺ A_i (Σ^(i)_xx)⁺,
       R1_i = ½ tr(H_uu (J_i − J^(i)) Σ^(i)_xx (J_i − J^(i))ᵀ),
       R3_i = −½ tr(H_uu⁺ A_i (Σ^(i)_xx)⁺ A_iᵀ).
 
-  With M symmetric, A_i = M Σ^(i)_yx as written in THEORY.md; for a general M (e.g.
+  With M symmetric, A_i = M Σ^(i)_yx as written in docs/THEORY.md; for a general M (e.g.
   cross-entropy's autodiff M = 1Sᵀ − I) it is Mᵀ that completes the square of
   jacobian + cross = ½ tr(H J Σ Jᵀ) + tr(J Σ_xy M). Pseudo-inverses act on the ranges;
   R1 + R3 = jacobian + cross whenever range(A_i) ⊆ range(H_uu) (true for cross-entropy,

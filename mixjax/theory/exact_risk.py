@@ -4,7 +4,7 @@
              = (1/n²) Σ_i Σ_j E_θ ℓ(θ y_i + (1−θ) y_j, f(θ x_i + (1−θ) x_j))
              ≈ (1/n²) Σ_i Σ_j Σ_q w_q ℓ(θ_q y_i + (1−θ_q) y_j, f(θ_q x_i + (1−θ_q) x_j))
 
-The second line is THEORY.md §1 (only θ = max(λ, 1−λ) matters: swap (i, j) with
+The second line is docs/THEORY.md §1 (only θ = max(λ, 1−λ) matters: swap (i, j) with
 λ ↦ 1−λ); the third uses the sampler's θ-quadrature (`mixjax.samplers.theta_quadrature`),
 so the only error is the quadrature's (exact for laws with finitely many atoms, spectrally
 small for smooth densities). The double sum is exact. This is the reference that

@@ -1,4 +1,4 @@
-"""Mixup as perturbed ERM: Theorem 1 and Lemma 2 of THEORY.md (§2, §3).
+"""Mixup as perturbed ERM: Theorem 1 and Lemma 2 of docs/THEORY.md (§2, §3).
 
 With θ ~ Q (the law of max(λ, 1 − λ)) and j ~ Unif{1..n} independent, θ̄ = E θ,
 
@@ -122,7 +122,7 @@ class Perturbations(NamedTuple):
 def sample_perturbations(key: jax.Array, x: Any, y: Any, x_pool: Any, y_pool: Any,
                          stats: stats_lib.DataStats, sampler, *,
                          theta_bar: Optional[float] = None) -> Perturbations:
-  """Draws (θ, j) per example and returns Theorem 1's δ and ε (THEORY.md §2).
+  """Draws (θ, j) per example and returns Theorem 1's δ and ε (docs/THEORY.md §2).
 
       δ_i = (θ_i − θ̄)(x_i − x̄) + (1 − θ_i)(x_pool[j_i] − x̄)
       ε_i = (θ_i − θ̄)(y_i − ȳ) + (1 − θ_i)(y_pool[j_i] − ȳ)
@@ -214,7 +214,7 @@ def _per_example(a: jax.Array, n: int) -> bool:
 
 @flax.struct.dataclass
 class PerturbationCovariances:
-  """Lemma 2 as a structured object (THEORY.md §3); a JAX pytree.
+  """Lemma 2 as a structured object (docs/THEORY.md §3); a JAX pytree.
 
       Σ^(i)_xx = s u_i u_iᵀ + g Σ̃_xx,  Σ^(i)_xy = s u_i v_iᵀ + g Σ̃_xy,
       Σ^(i)_yy = s v_i v_iᵀ + g Σ̃_yy,
@@ -333,7 +333,7 @@ class PerturbationCovariances:
 
 def perturbation_covariances(x: Any, y: Any, stats: stats_lib.DataStats,
                              moments) -> PerturbationCovariances:
-  """Lemma 2 (THEORY.md §3) for the examples (x, y): exact second moments of (δ_i, ε_i).
+  """Lemma 2 (docs/THEORY.md §3) for the examples (x, y): exact second moments of (δ_i, ε_i).
 
   Args:
     x: inputs (n, ...) (any trailing shape with prod = stats.dim).

@@ -1,4 +1,4 @@
-"""Test-time rescaling of a mixup-trained model (THEORY.md §5).
+"""Test-time rescaling of a mixup-trained model (docs/THEORY.md §5).
 
 A model trained with mixup has, by Theorem 1, been fitted to the transformed data
 (x̃, ỹ) = (x̄ + θ̄(x − x̄), ȳ + θ̄(y − ȳ)). At test time apply it to transformed inputs and
@@ -22,7 +22,7 @@ from mixjax.theory import stats as stats_lib
 
 def rescaled(logits_fn: Callable[[jax.Array], jax.Array], stats: stats_lib.DataStats,
              theta_bar: Any) -> Callable[[jax.Array], jax.Array]:
-  """The rescaled logits function f_test of THEORY.md §5.
+  """The rescaled logits function f_test of docs/THEORY.md §5.
 
   Args:
     logits_fn: f, (B, ...) -> (B, c), examples treated independently.

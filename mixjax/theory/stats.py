@@ -1,4 +1,4 @@
-"""Data statistics that the mixup theory needs: means and covariances (THEORY.md, Setup).
+"""Data statistics that the mixup theory needs: means and covariances (docs/THEORY.md, Setup).
 
     x̄ = (1/n) Σ_i x_i,   ȳ = (1/n) Σ_i y_i,
     Σ_xx = (1/n) Σ_i (x_i − x̄)(x_i − x̄)ᵀ,  Σ_xy, Σ_yy likewise (1/n, not 1/(n − 1)).
@@ -7,7 +7,7 @@ Inputs of any trailing shape are flattened to d = prod(shape[1:]); the original 
 shape is kept as static metadata (`DataStats.input_shape`) so that `transform` can map
 flattened means back onto images. For large d (CIFAR: 3072) the dense d×d Σ_xx can be
 replaced by its top-k eigenpairs (`rank=k`), which is all the low-rank estimator of the
-approximate risk needs (THEORY.md §4, "Estimators that scale").
+approximate risk needs (docs/THEORY.md §4, "Estimators that scale").
 
 Everything is accumulated on the host in float64 with the pairwise update of Chan, Golub
 and LeVeque (1979), so streaming a dataset batch by batch (`StatsAccumulator`) gives the
@@ -36,7 +36,7 @@ import scipy.linalg
 
 @flax.struct.dataclass
 class DataStats:
-  """Means and (1/n) covariances of a dataset (THEORY.md, Setup); a JAX pytree.
+  """Means and (1/n) covariances of a dataset (docs/THEORY.md, Setup); a JAX pytree.
 
   Attributes:
     x_mean: x̄, (d,).
@@ -213,7 +213,7 @@ class StatsAccumulator:
 
 
 def data_stats(x: Any, y: Any, *, rank: Optional[int] = None) -> DataStats:
-  """Means and (1/n) covariances of (x, y) (THEORY.md, Setup), float64 on the host.
+  """Means and (1/n) covariances of (x, y) (docs/THEORY.md, Setup), float64 on the host.
 
   Args:
     x: inputs (n, ...), any trailing shape (flattened to d).

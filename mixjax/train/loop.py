@@ -19,7 +19,7 @@
   5. Final evaluation (`mixjax.eval.evaluate`): test accuracy, NLL, ECE (15 bins), Brier;
      the same after temperature scaling fitted on the validation split; for the mixup
      family (mixup, regmixup, erm_transformed, perturbed_erm, approx) the same again with
-     test-time rescaling (THEORY.md §5, `theory.rescaled` with θ̄ of the training law,
+     test-time rescaling (docs/THEORY.md §5, `theory.rescaled` with θ̄ of the training law,
      `samplers.regmixup_equivalent` for RegMixup), side by side. Printed and written to
      `WORKDIR/summary.json`; the logits and labels it was computed from go to
      `WORKDIR/predictions.npz` (`writers.write_summary`).

@@ -48,7 +48,7 @@ AXIS = "data"
 METHODS = Registry("method")
 
 # Methods whose model is trained on Theorem 1's transformed data, so that test-time
-# rescaling (THEORY.md §5) applies to them.
+# rescaling (docs/THEORY.md §5) applies to them.
 MIXUP_FAMILY = ("mixup", "regmixup", "erm_transformed", "perturbed_erm", "approx")
 # Methods that need DataStats (x̄, ȳ, Σ) of the training set.
 NEEDS_STATS = ("erm_transformed", "perturbed_erm", "approx")
