@@ -25,3 +25,19 @@ def x64():
   jax.config.update("jax_enable_x64", True)
   yield
   jax.config.update("jax_enable_x64", prev)
+
+
+@pytest.fixture
+def run_main_cli():
+  """`run_main_cli(*args)` runs `python -m mixjax.main *args` in a subprocess from the
+  repository root, as a user would (real app.run wiring, exit codes, stderr); returns the
+  `subprocess.CompletedProcess` with text stdout / stderr."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixjax.main", *args], cwd=root,
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  return run
