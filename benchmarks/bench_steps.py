@@ -78,17 +78,17 @@ def _jax_variants(model_key: str, *, seed: int = 0, lr: float = 0.01,
 
   loss_fns = {
       "erm": lambda p, x, y, k: losses.erm_loss(logits_fn(p), x, y),
-      "mixup": lambda p, x, y, k: losses.mixup_loss(logits_fn(p), x, y, k, sampler),
+      "mixup": lambda p, x, y, k: losses.mixup_loss(k, logits_fn(p), x, y, sampler),
   }
   # Statistics of a synthetic training set (computed once, outside the step).
   train_x = rng.normal(size=(8 * BATCH, *input_shape)).astype(np.float32)
   train_y = np.asarray(jax.nn.one_hot(rng.integers(0, NUM_CLASSES, 8 * BATCH), NUM_CLASSES))
   stats = theory.data_stats(train_x, train_y)
   loss_fns["approx_stochastic"] = lambda p, x, y, k: theory.approx_mixup_risk(
-      logits_fn(p), x, y, stats, sampler, estimator="stochastic", key=k)
+      k, logits_fn(p), x, y, stats, sampler, estimator="stochastic")
   if model_key == "mlp":
     loss_fns["approx_exact"] = lambda p, x, y, k: theory.approx_mixup_risk(
-        logits_fn(p), x, y, stats, sampler, estimator="exact")
+        None, logits_fn(p), x, y, stats, sampler, estimator="exact")
 
   runs = {}
   for variant, loss_fn in loss_fns.items():

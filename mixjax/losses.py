@@ -115,7 +115,7 @@ def erm_loss(logits_fn: LogitsFn, x: Any, y: Any, *,
   return jnp.mean(batch_loss(loss, y, logits_fn(x)))
 
 
-def mixup_loss(logits_fn: LogitsFn, x: Any, y: Any, key: jax.Array, sampler, *,
+def mixup_loss(key: jax.Array, logits_fn: LogitsFn, x: Any, y: Any, sampler, *,
                loss: Union[str, Loss] = "cross_entropy", granularity: str = "example",
                pairing: str = "permutation", fold: bool = False) -> jax.Array:
   """Mixup loss of a batch at one draw: (1/B) Σ_i ℓ(y_mix_i, f(x_mix_i)).
@@ -127,10 +127,10 @@ def mixup_loss(logits_fn: LogitsFn, x: Any, y: Any, key: jax.Array, sampler, *,
   (docs/THEORY.md, Setup); one call is a one-draw unbiased estimate of it.
 
   Args:
+    key: PRNG key for λ and the partners (first, as in `jax.random`).
     logits_fn: f, (B, ...) -> (B, c), examples treated independently.
     x: inputs (B, ...).
     y: labels (B, c), one-hot or soft float.
-    key: PRNG key for λ and the partners.
     sampler: λ-law, `sampler(key, shape) -> λ` (`mixjax.samplers`).
     loss: per-example loss or its name.
     granularity, pairing, fold: as in `mixjax.mixing.mix`.
@@ -138,13 +138,14 @@ def mixup_loss(logits_fn: LogitsFn, x: Any, y: Any, key: jax.Array, sampler, *,
   Returns:
     scalar.
   """
+  mixing.check_key(key, "mixup_loss(key, f, x, y, law)")
   x, y = _check_inputs(x, y)
   x_mix, y_mix, _, _ = mixing.mix(key, x, y, sampler, granularity=granularity,
                                   pairing=pairing, fold=fold)
   return jnp.mean(batch_loss(loss, y_mix, logits_fn(x_mix)))
 
 
-def regmixup_loss(logits_fn: LogitsFn, x: Any, y: Any, key: jax.Array, sampler, *,
+def regmixup_loss(key: jax.Array, logits_fn: LogitsFn, x: Any, y: Any, sampler, *,
                   eta: float = 1.0, loss: Union[str, Loss] = "cross_entropy",
                   granularity: str = "example", pairing: str = "permutation",
                   fold: bool = False) -> jax.Array:
@@ -152,17 +153,17 @@ def regmixup_loss(logits_fn: LogitsFn, x: Any, y: Any, key: jax.Array, sampler, 
 
       (1/B) Σ_i ℓ(y_i, f(x_i)) + η (1/B) Σ_i ℓ(y_mix_i, f(x_mix_i))
 
-  with the same draw as `mixup_loss(..., key, sampler)` (so this equals
+  with the same draw as `mixup_loss(key, ..., sampler)` (so this equals
   `erm_loss + eta * mixup_loss` for the same key). The clean and the mixed batch go
   through `logits_fn` as one concatenated (2B, ...) batch, as in the RegMixup recipe.
   In expectation this is (1 + η) times the mixup risk whose θ-law puts mass 1/(1+η) at
   θ = 1 (docs/THEORY.md §6; `mixjax.samplers.regmixup`).
 
   Args:
+    key: PRNG key for λ and the partners (first, as in `jax.random`).
     logits_fn: f, (N, ...) -> (N, c), examples treated independently.
     x: inputs (B, ...).
     y: labels (B, c), one-hot or soft float.
-    key: PRNG key for λ and the partners.
     sampler: λ-law of the mixup part (Pinto et al. use Beta(α, α) with large α, e.g. 10).
     eta: weight η ≥ 0 of the mixup part.
     loss, granularity, pairing, fold: as in `mixup_loss`.
@@ -170,6 +171,7 @@ def regmixup_loss(logits_fn: LogitsFn, x: Any, y: Any, key: jax.Array, sampler, 
   Returns:
     scalar.
   """
+  mixing.check_key(key, "regmixup_loss(key, f, x, y, law)")
   if isinstance(eta, (int, float)) and not eta >= 0:
     raise ValueError(f"RegMixup weight eta must be >= 0 (got {eta}).")
   x, y = _check_inputs(x, y)

@@ -162,6 +162,7 @@ def mix(key: jax.Array, x: Any, y: Any, sampler: Sampler, *,
     ValueError: x and y batch sizes differ, y is not (B, c), x is a scalar, or
       granularity/pairing is unknown.
   """
+  check_key(key, "mix(key, x, y, law)")
   _check_choice(granularity, GRANULARITIES, "granularity")
   _check_choice(pairing, PAIRINGS, "pairing")
   x = jnp.asarray(x)

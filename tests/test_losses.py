@@ -105,7 +105,7 @@ def test_mixup_loss_reverse_constant_by_hand(loss, granularity, fold, batch_size
   params = _params()
   x, y = _data(batch_size)
   lam0 = 0.3
-  got = losses.mixup_loss(functools.partial(_f_jax, params), x, y, jax.random.key(0),
+  got = losses.mixup_loss(jax.random.key(0), functools.partial(_f_jax, params), x, y,
                           samplers.constant(lam0), loss=loss, granularity=granularity,
                           pairing="reverse", fold=fold)
   lam = max(lam0, 1 - lam0) if fold else lam0
@@ -138,7 +138,7 @@ def test_mixup_loss_beta_reverse_expectation(loss, fold):
       _beta_expectation(lambda l, i=i: _np_pair_loss(params, loss, x, y, i,
                                                      batch_size - 1 - i, l), alpha)
       for i in range(batch_size)])
-  fn = lambda k: losses.mixup_loss(functools.partial(_f_jax, params), x, y, k,
+  fn = lambda k: losses.mixup_loss(k, functools.partial(_f_jax, params), x, y,
                                    samplers.beta(alpha), loss=loss, pairing="reverse",
                                    fold=fold)
   mean, se = _mc(fn, num_keys)
@@ -156,7 +156,7 @@ def test_mixup_loss_beta_permutation_expectation(granularity):
       _beta_expectation(lambda l, i=i, j=j: _np_pair_loss(params, "cross_entropy", x, y,
                                                           i, j, l), alpha)
       for i in range(batch_size) for j in range(batch_size)])
-  fn = lambda k: losses.mixup_loss(functools.partial(_f_jax, params), x, y, k,
+  fn = lambda k: losses.mixup_loss(k, functools.partial(_f_jax, params), x, y,
                                    samplers.beta(alpha), granularity=granularity)
   mean, se = _mc(fn, num_keys, seed=1)
   assert abs(mean - want) < 5 * se, (mean, want, se)
@@ -168,12 +168,12 @@ def test_regmixup_is_erm_plus_eta_mixup(loss):
   f = functools.partial(_f_jax, params)
   x, y = _data(8)
   key, sampler, eta = jax.random.key(9), samplers.beta(10.0), 0.7
-  got = losses.regmixup_loss(f, x, y, key, sampler, eta=eta, loss=loss)
+  got = losses.regmixup_loss(key, f, x, y, sampler, eta=eta, loss=loss)
   want = (losses.erm_loss(f, x, y, loss=loss)
-          + eta * losses.mixup_loss(f, x, y, key, sampler, loss=loss))
+          + eta * losses.mixup_loss(key, f, x, y, sampler, loss=loss))
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # And against NumPy, with the reverse pairing and a constant λ.
-  got = losses.regmixup_loss(f, x, y, key, samplers.constant(0.8), eta=eta, loss=loss,
+  got = losses.regmixup_loss(key, f, x, y, samplers.constant(0.8), eta=eta, loss=loss,
                              pairing="reverse")
   want = (NP_LOSSES[loss](y.astype(np.float64), _f_np(params, x.astype(np.float64))).mean()
           + eta * np.mean([_np_pair_loss(params, loss, x, y, i, 7 - i, 0.8) for i in range(8)]))
@@ -185,7 +185,7 @@ def test_squared_mixup_gradient_linear_model():
   rng = np.random.default_rng(0)
   x, y = _data(6)
   w = rng.normal(size=(D, C)).astype(np.float32)
-  grad = jax.grad(lambda w: losses.mixup_loss(lambda x: x @ w, x, y, jax.random.key(0),
+  grad = jax.grad(lambda w: losses.mixup_loss(jax.random.key(0), lambda x: x @ w, x, y,
                                               samplers.constant(0.6), loss="squared",
                                               pairing="reverse"))(w)
   xm = 0.6 * x.astype(np.float64) + 0.4 * x[::-1]
@@ -201,7 +201,7 @@ def test_jitted_mixup_loss_traces_once():
   @chex.assert_max_traces(n=1)
   def step(params, x, y, key):
     return jax.value_and_grad(
-        lambda p: losses.mixup_loss(functools.partial(_f_jax, p), x, y, key, sampler))(params)
+        lambda p: losses.mixup_loss(key, functools.partial(_f_jax, p), x, y, sampler))(params)
 
   chex.clear_trace_counter()
   params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), _params())
@@ -218,16 +218,16 @@ def test_errors():
   key, sampler = jax.random.key(0), samplers.uniform()
   int_labels = np.array([0, 2, 1, 0])
   for call in (lambda: losses.erm_loss(f, x, int_labels),
-               lambda: losses.mixup_loss(f, x, int_labels, key, sampler),
-               lambda: losses.regmixup_loss(f, x, int_labels, key, sampler)):
+               lambda: losses.mixup_loss(key, f, x, int_labels, sampler),
+               lambda: losses.regmixup_loss(key, f, x, int_labels, sampler)):
     with pytest.raises(ValueError, match=r"jax\.nn\.one_hot"):
       call()
   y = np.eye(C + 1, dtype=np.float32)[int_labels]  # 4 classes, model outputs 3
   with pytest.raises(ValueError, match="same shape"):
     losses.erm_loss(f, x, y)
   with pytest.raises(ValueError, match="Batch size mismatch"):
-    losses.mixup_loss(f, x, np.eye(C, dtype=np.float32)[:3], key, sampler)
+    losses.mixup_loss(key, f, x, np.eye(C, dtype=np.float32)[:3], sampler)
   with pytest.raises(ValueError, match="eta"):
-    losses.regmixup_loss(f, x, np.eye(C, dtype=np.float32)[int_labels], key, sampler, eta=-1.0)
+    losses.regmixup_loss(key, f, x, np.eye(C, dtype=np.float32)[int_labels], sampler, eta=-1.0)
   with pytest.raises(ValueError, match="Known loss functions: cross_entropy, squared"):
-    losses.mixup_loss(f, x, np.eye(C, dtype=np.float32)[int_labels], key, sampler, loss="l1")
+    losses.mixup_loss(key, f, x, np.eye(C, dtype=np.float32)[int_labels], sampler, loss="l1")

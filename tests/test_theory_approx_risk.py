@@ -53,7 +53,8 @@ def _exact_and_terms(params, x, y, st):
   f = lambda z: _apply(params, z)
   sampler = samplers.beta(1.0)
   return (exact_mixup_risk(f, x, y, sampler, num_nodes=32),
-          approx_mixup_terms(f, x, y, st, sampler, diagnostics=False))
+          approx_mixup_terms(None, f, x, y, st, sampler, terms=ALL_TERMS,
+                             diagnostics=False))
 
 
 def _errors_vs_scale(seed, scales, scale_labels):
@@ -115,9 +116,11 @@ def test_exact_and_lowrank_agree_at_full_rank():
   f = lambda z: _apply(params, z)
   st = data_stats(x, y)
   for loss in ("cross_entropy", "squared"):
-    exact = approx_mixup_terms(f, x, y, st, sampler, loss=loss, estimator="exact")
+    exact = approx_mixup_terms(None, f, x, y, st, sampler, loss=loss, estimator="exact",
+                               terms=ALL_TERMS)
     for stats in (st, data_stats(x, y, rank=D)):  # eigh of the dense Σ, or stats' eigenpairs
-      low = approx_mixup_terms(f, x, y, stats, sampler, loss=loss, estimator="lowrank")
+      low = approx_mixup_terms(None, f, x, y, stats, sampler, loss=loss, estimator="lowrank",
+                               terms=ALL_TERMS)
       for k in ("erm",) + ALL_TERMS:
         np.testing.assert_allclose(low[k], exact[k], rtol=1e-10, atol=1e-14)
 
@@ -130,10 +133,12 @@ def test_stochastic_estimator_is_unbiased():
   sampler = samplers.w_shaped(0.5, 0.5)
   f = lambda z: _apply(params, z)
   st = data_stats(x, y)
-  exact = approx_mixup_terms(f, x, y, st, sampler, loss="squared", estimator="exact")
+  exact = approx_mixup_terms(None, f, x, y, st, sampler, loss="squared", estimator="exact",
+                             terms=ALL_TERMS)
   keys = jax.random.split(jax.random.key(0), 1000)
   sto = jax.jit(jax.vmap(lambda k: approx_mixup_terms(
-      f, x, y, st, sampler, loss="squared", estimator="stochastic", key=k, num_probes=4)))(keys)
+      k, f, x, y, st, sampler, loss="squared", estimator="stochastic", num_probes=4,
+      terms=ALL_TERMS)))(keys)
   for k in ALL_TERMS:
     v = np.asarray(sto[k])
     se = v.std(ddof=1) / np.sqrt(len(v))
@@ -152,12 +157,14 @@ def test_lowrank_truncation_is_the_projected_covariance():
   v, lam = st_k.eigvecs, st_k.eigvals
   st = data_stats(x, y)
   projected = st.replace(sxx=(v * lam) @ v.T, sxy=v @ (v.T @ st.sxy))
-  exact = approx_mixup_terms(f, x, y, projected, sampler, estimator="exact", diagnostics=False)
+  exact = approx_mixup_terms(None, f, x, y, projected, sampler, estimator="exact",
+                             terms=ALL_TERMS, diagnostics=False)
   for stats, kw in ((st_k, {}), (st, {"rank": 2}), (st_k, {"direction_batch_size": 1})):
-    low = approx_mixup_terms(f, x, y, stats, sampler, estimator="lowrank", **kw)
+    low = approx_mixup_terms(None, f, x, y, stats, sampler, estimator="lowrank",
+                             terms=ALL_TERMS, **kw)
     for k in ALL_TERMS:
       np.testing.assert_allclose(low[k], exact[k], rtol=1e-10, atol=1e-14)
-  full = approx_mixup_terms(f, x, y, st, sampler, estimator="exact", diagnostics=False)
+  full = approx_mixup_terms(None, f, x, y, st, sampler, estimator="exact", diagnostics=False)
   assert abs(float(full["jacobian"] - exact["jacobian"])) > 1e-8  # the truncation is real
 
 
@@ -168,9 +175,9 @@ def test_autodiff_derivatives_agree_with_cross_entropy_closed_form():
   sampler = samplers.optimal()
   st = data_stats(x, y)
   for estimator, key in (("exact", None), ("lowrank", None), ("stochastic", jax.random.key(3))):
-    closed = approx_mixup_terms(f, x, y, st, sampler, estimator=estimator, key=key,
-                                derivatives="closed_form")
-    auto = approx_mixup_terms(f, x, y, st, sampler, estimator=estimator, key=key,
+    closed = approx_mixup_terms(key, f, x, y, st, sampler, estimator=estimator,
+                                terms=ALL_TERMS, derivatives="closed_form")
+    auto = approx_mixup_terms(key, f, x, y, st, sampler, estimator=estimator, terms=ALL_TERMS,
                               loss=losses.cross_entropy, derivatives="autodiff")
     assert set(closed) == set(auto)
     for k in closed:
@@ -194,8 +201,8 @@ def test_autodiff_derivatives_agree_with_cross_entropy_closed_form():
 def test_paper_grouping_r1_plus_r3_equals_jacobian_plus_cross(loss):
   params = _net(7)
   x, y = _data(n=8, seed=7)  # n > d: every Σ^(i)_xx is full rank
-  t = approx_mixup_terms(lambda z: _apply(params, z), x, y, data_stats(x, y),
-                         samplers.beta(1.0), loss=loss, estimator="exact")
+  t = approx_mixup_terms(None, lambda z: _apply(params, z), x, y, data_stats(x, y),
+                         samplers.beta(1.0), loss=loss, estimator="exact", terms=ALL_TERMS)
   np.testing.assert_allclose(t["R1"] + t["R3"], t["jacobian"] + t["cross"], rtol=1e-8)
   np.testing.assert_allclose(t["R2"], t["hessian"], rtol=1e-14)
   np.testing.assert_allclose(t["R4"], t["label"], rtol=1e-14)
@@ -208,9 +215,9 @@ def test_label_term_vanishes_for_cross_entropy_and_not_for_squared():
   f = lambda z: _apply(params, z)
   sampler = samplers.optimal()  # θ ∈ {½, 1}: E over θ and j is a finite sum
   st = data_stats(x, y)
-  ce = approx_mixup_terms(f, x, y, st, sampler, loss="cross_entropy", terms=("label",))
+  ce = approx_mixup_terms(None, f, x, y, st, sampler, loss="cross_entropy", terms=("label",))
   assert float(ce["label"]) == 0.0
-  sq = approx_mixup_terms(f, x, y, st, sampler, loss="squared", terms=("label",))
+  sq = approx_mixup_terms(None, f, x, y, st, sampler, loss="squared", terms=("label",))
   # Squared loss: H_yy = 2I, so label = (1/n) Σ_i E‖ε_i‖², enumerated here.
   theta_bar = 2 / 3 * 0.5 + 1 / 3 * 1.0
   yc = y - y.mean(0)
@@ -240,9 +247,9 @@ def test_affine_squared_loss_is_exact_and_matches_closed_form():
         np.mean(np.sum(((y_t - y.mean(0)) - (x_t - x.mean(0)) @ w) ** 2, -1)))
     np.testing.assert_allclose(exact, closed, rtol=1e-10)
     for est, stats in (("exact", st), ("lowrank", st_k)):
-      approx = approx_mixup_risk(f, x, y, stats, sampler, loss="squared", estimator=est)
+      approx = approx_mixup_risk(None, f, x, y, stats, sampler, loss="squared", estimator=est)
       np.testing.assert_allclose(float(approx), closed, rtol=1e-10)
-    terms = approx_mixup_terms(f, x, y, st, sampler, loss="squared")
+    terms = approx_mixup_terms(None, f, x, y, st, sampler, loss="squared", terms=ALL_TERMS)
     np.testing.assert_allclose(terms["hessian"], 0.0, atol=1e-14)
 
 
@@ -252,9 +259,9 @@ def test_risk_is_erm_plus_selected_terms_and_differentiable():
   st = data_stats(x, y)
   sampler = samplers.beta(1.0)
   sel = ("jacobian", "cross", "label")
-  risk = jax.jit(lambda p: approx_mixup_risk(lambda z: _apply(p, z), x, y, st, sampler,
+  risk = jax.jit(lambda p: approx_mixup_risk(None, lambda z: _apply(p, z), x, y, st, sampler,
                                              terms=sel))
-  t = approx_mixup_terms(lambda z: _apply(params, z), x, y, st, sampler, terms=sel)
+  t = approx_mixup_terms(None, lambda z: _apply(params, z), x, y, st, sampler, terms=sel)
   assert set(t) == {"erm", *sel, "R1", "R2", "R3", "R4"}
   np.testing.assert_allclose(risk(params), t["erm"] + sum(t[k] for k in sel), rtol=1e-13)
   # Gradient w.r.t. the parameters vs a central finite difference along a random direction.
@@ -279,8 +286,8 @@ def test_jit_traces_once(estimator):
   @jax.jit
   @chex.assert_max_traces(n=1)
   def risk(p, xb, yb, key):
-    return approx_mixup_risk(lambda z: _apply(p, z), xb, yb, st, sampler, estimator=estimator,
-                             key=key)
+    return approx_mixup_risk(key, lambda z: _apply(p, z), xb, yb, st, sampler,
+                             estimator=estimator)
 
   for k in range(3):
     p = tuple(a * (1 + 0.1 * k) for a in params)
@@ -294,23 +301,23 @@ def test_bad_arguments_raise():
   st = data_stats(x, y)
   s = samplers.beta(1.0)
   with pytest.raises(ValueError, match="exact, lowrank, stochastic"):
-    approx_mixup_terms(f, x, y, st, s, estimator="hutchinson")
+    approx_mixup_terms(None, f, x, y, st, s, estimator="hutchinson")
   with pytest.raises(ValueError, match="Valid terms: jacobian, cross, hessian, label"):
-    approx_mixup_terms(f, x, y, st, s, terms=("jacobian", "R2"))
+    approx_mixup_terms(None, f, x, y, st, s, terms=("jacobian", "R2"))
   with pytest.raises(ValueError, match="key"):
-    approx_mixup_risk(f, x, y, st, s, estimator="stochastic")
+    approx_mixup_risk(None, f, x, y, st, s, estimator="stochastic")
   with pytest.raises(ValueError, match="num_probes"):
-    approx_mixup_risk(f, x, y, st, s, estimator="stochastic", key=jax.random.key(0),
+    approx_mixup_risk(jax.random.key(0), f, x, y, st, s, estimator="stochastic",
                       num_probes=0)
   with pytest.raises(ValueError, match="Batch size mismatch"):
-    approx_mixup_risk(f, x, y[:5], st, s)
+    approx_mixup_risk(None, f, x, y[:5], st, s)
   with pytest.raises(ValueError, match="dimension"):
-    approx_mixup_risk(f, x[:, :2], y, st, s)
+    approx_mixup_risk(None, f, x[:, :2], y, st, s)
   with pytest.raises(ValueError, match="classes"):
-    approx_mixup_risk(f, x, y[:, :3], st, s)
+    approx_mixup_risk(None, f, x, y[:, :3], st, s)
   with pytest.raises(ValueError, match="estimator='lowrank'"):
-    approx_mixup_risk(f, x, y, data_stats(x, y, rank=2), s, estimator="exact")
+    approx_mixup_risk(None, f, x, y, data_stats(x, y, rank=2), s, estimator="exact")
   with pytest.raises(ValueError, match="rank"):
-    approx_mixup_risk(f, x, y, data_stats(x, y, rank=2), s, estimator="lowrank", rank=3)
+    approx_mixup_risk(None, f, x, y, data_stats(x, y, rank=2), s, estimator="lowrank", rank=3)
   with pytest.raises(ValueError, match="closed_form"):
-    approx_mixup_risk(f, x, y, st, s, loss="squared", derivatives="closed_form")
+    approx_mixup_risk(None, f, x, y, st, s, loss="squared", derivatives="closed_form")

@@ -150,14 +150,14 @@ def test_perturbed_erm_loss_is_unbiased_for_mixup_risk():
   f = _jax_net(params)
   exact = float(exact_mixup_risk(f, x, y, sampler))
   keys = jax.random.split(jax.random.key(1), 2000)
-  est = jax.jit(jax.vmap(lambda k: perturbed_erm_loss(f, x, y, k, sampler, st, num_draws=2)))(
+  est = jax.jit(jax.vmap(lambda k: perturbed_erm_loss(k, f, x, y, sampler, st, num_draws=2)))(
       keys)
   est = np.asarray(est)
   stderr = est.std(ddof=1) / np.sqrt(len(est))
   assert abs(est.mean() - exact) < 5 * stderr, (est.mean(), exact, stderr)
   # num_draws averages independent draws: the variance drops accordingly (loose check).
   est8 = np.asarray(jax.jit(jax.vmap(
-      lambda k: perturbed_erm_loss(f, x, y, k, sampler, st, num_draws=8)))(keys[:500]))
+      lambda k: perturbed_erm_loss(k, f, x, y, sampler, st, num_draws=8)))(keys[:500]))
   assert est8.std() < est.std()
 
 
@@ -253,7 +253,7 @@ def test_perturbed_erm_loss_bad_args():
   x, y, params = _problem()
   st = data_stats(x, y)
   with pytest.raises(ValueError, match="num_draws"):
-    perturbed_erm_loss(_jax_net(params), x, y, jax.random.key(0), samplers.beta(1.0), st,
+    perturbed_erm_loss(jax.random.key(0), _jax_net(params), x, y, samplers.beta(1.0), st,
                        num_draws=0)
   with pytest.raises(ValueError, match="Batch size mismatch"):
-    perturbed_erm_loss(_jax_net(params), x, y[:3], jax.random.key(0), samplers.beta(1.0), st)
+    perturbed_erm_loss(jax.random.key(0), _jax_net(params), x, y[:3], samplers.beta(1.0), st)

@@ -49,11 +49,11 @@ def library_loss(name, f, x, y, key, sampler, stats, *, estimator="stochastic",
   """The library objective that method `name` must equal on one (local) batch."""
   moments = mixjax.theta_moments(sampler)
   if name == "approx":
-    return mixjax.approx_mixup_risk(f, x, y, stats, sampler, loss="cross_entropy",
-                                    estimator=estimator, key=key, num_probes=num_probes,
+    return mixjax.approx_mixup_risk(key, f, x, y, stats, sampler, loss="cross_entropy",
+                                    estimator=estimator, num_probes=num_probes,
                                     terms=terms, moments=moments)
   if name == "perturbed_erm":
-    return mixjax.perturbed_erm_loss(f, x, y, key, sampler, stats, loss="cross_entropy",
+    return mixjax.perturbed_erm_loss(key, f, x, y, sampler, stats, loss="cross_entropy",
                                      num_draws=num_draws)
   if name == "erm_transformed":
     x_t, y_t = mixjax.transform(x, y, stats, moments.mean)

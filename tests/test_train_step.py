@@ -148,9 +148,9 @@ def test_per_device_methods_match_library_losses(name):
                               eta=0.6, axis_name=None)
   got = methods.METHODS.get(name)(ctx, f, jnp.asarray(x), y1h, key)
   if name == "mixup":
-    want = losses.mixup_loss(f, x, y1h, key, sampler)
+    want = losses.mixup_loss(key, f, x, y1h, sampler)
   else:
-    want = losses.regmixup_loss(f, x, y1h, key, sampler, eta=0.6)
+    want = losses.regmixup_loss(key, f, x, y1h, sampler, eta=0.6)
   np.testing.assert_allclose(float(got), float(want), rtol=1e-6)
 
 
@@ -214,8 +214,8 @@ def test_per_device_draws_equal_a_one_device_replay_of_each_devices_key():
   def replay_loss(p, fold_device=True):
     f = lambda z: model.apply({"params": p}, z)
     per = [losses.mixup_loss(
-        f, jnp.asarray(x[rows]), jax.nn.one_hot(y[rows], c),
-        jax.random.fold_in(method_key, d) if fold_device else method_key, sampler)
+        jax.random.fold_in(method_key, d) if fold_device else method_key,
+        f, jnp.asarray(x[rows]), jax.nn.one_hot(y[rows], c), sampler)
            for d, rows in enumerate(shards)]
     return jnp.mean(jnp.stack(per))  # pmean over the devices
 

@@ -93,7 +93,8 @@ def make_diagnostics_fns(x_sub: np.ndarray, y_sub: np.ndarray) -> dict:
 
   def terms_fn(logits_fn, sampler, moments, key):
     del key
-    terms = theory.approx_mixup_terms(logits_fn, xs, ys, stats, sampler, moments=moments,
+    terms = theory.approx_mixup_terms(None, logits_fn, xs, ys, stats, sampler,
+                                      terms=theory.TERMS, moments=moments,
                                       diagnostics=True)
     out = {f"t_{k}": v for k, v in terms.items()}
     approx_all = (terms["erm"] + terms["jacobian"] + terms["cross"] + terms["hessian"]
@@ -110,7 +111,7 @@ def make_diagnostics_fns(x_sub: np.ndarray, y_sub: np.ndarray) -> dict:
   def sampled_fn(logits_fn, sampler, moments, key):
     del moments
     keys = jax.random.split(jax.random.fold_in(key, 77), NUM_DRAWS)
-    draws = jax.vmap(lambda k: losses.mixup_loss(logits_fn, xs, ys, k, sampler,
+    draws = jax.vmap(lambda k: losses.mixup_loss(k, logits_fn, xs, ys, sampler,
                                                  fold=True))(keys)
     return {"sampled_mixup": jnp.mean(draws), "sampled_mixup_sd": jnp.std(draws)}
 

@@ -1,6 +1,7 @@
 """The mixup theory of docs/THEORY.md: data statistics, Theorem 1 and Lemma 2 (perturbed ERM),
 the exact mixup risk by quadrature, Theorem 3's approximate risk and its estimators, and
 the test-time rescaling. Pure `jnp` functions of a logits function `f(x) -> u`."""
+from mixjax.theory.approx_risk import DEFAULT_TERMS
 from mixjax.theory.approx_risk import ESTIMATORS
 from mixjax.theory.approx_risk import LossDerivatives
 from mixjax.theory.approx_risk import TERMS

@@ -54,6 +54,10 @@ from mixjax.theory import stats as stats_lib
 
 ESTIMATORS = ("exact", "lowrank", "stochastic")
 TERMS = ("jacobian", "cross", "hessian", "label")
+# The default terms of `approx_mixup_risk` / `approx_mixup_terms` and of the trainer's
+# `method.terms`: the hessian term (R2) is unbounded below, and the paper drops it in
+# training.
+DEFAULT_TERMS = ("jacobian", "cross", "label")
 DERIVATIVES = ("auto", "autodiff", "closed_form")
 
 
@@ -208,6 +212,11 @@ def _eigenbasis(cov: perturbation.PerturbationCovariances, rank: Optional[int]):
   return vecs, vals
 
 
+def _check_key(key, name: str) -> None:
+  mixing.check_key(key, f"{name}(key, f, x, y, stats, law) (key=None for the deterministic "
+                   "estimators)", optional=True)
+
+
 def _validate(logits_fn, x, y, stats, estimator, key, num_probes, terms, rank):
   if estimator not in ESTIMATORS:
     raise ValueError(
@@ -219,7 +228,9 @@ def _validate(logits_fn, x, y, stats, estimator, key, num_probes, terms, rank):
   if unknown:
     raise ValueError(f"Unknown terms {unknown}. Valid terms: {', '.join(TERMS)}.")
   if estimator == "stochastic" and key is None:
-    raise ValueError("estimator='stochastic' draws perturbations: pass a PRNG key (key=...).")
+    raise ValueError(
+        "estimator='stochastic' draws perturbations: pass a PRNG key first, "
+        "approx_mixup_risk(key, f, x, y, stats, law, estimator='stochastic').")
   if not isinstance(num_probes, int) or num_probes < 1:
     raise ValueError(f"num_probes must be a positive integer; got {num_probes!r}.")
   if not callable(logits_fn):
@@ -243,16 +254,19 @@ def _validate(logits_fn, x, y, stats, estimator, key, num_probes, terms, rank):
   return x, y, terms
 
 
-def approx_mixup_terms(logits_fn, x: Any, y: Any, stats: stats_lib.DataStats, sampler, *,
+def approx_mixup_terms(key: Optional[jax.Array], logits_fn, x: Any, y: Any,
+                       stats: stats_lib.DataStats, sampler, *,
                        loss: Union[str, losses_lib.Loss] = "cross_entropy",
-                       estimator: str = "exact", key: Optional[jax.Array] = None,
-                       num_probes: int = 1, terms: Sequence[str] = TERMS,
+                       estimator: str = "exact", num_probes: int = 1,
+                       terms: Sequence[str] = DEFAULT_TERMS,
                        rank: Optional[int] = None, derivatives: str = "auto",
                        moments=None, diagnostics: bool = True,
                        direction_batch_size: Optional[int] = None) -> Dict[str, jax.Array]:
   """The terms of Theorem 3's expanded form, each a mean over the n examples.
 
   Args:
+    key: PRNG key, first as in `jax.random`; required for "stochastic" (probe p uses
+      `fold_in(key, p)`), None for the deterministic "exact" and "lowrank".
     logits_fn: f, (N, ...) -> (N, c), examples treated independently.
     x: inputs (n, ...), any trailing shape with prod = stats.dim.
     y: labels (n, c), one-hot or soft.
@@ -260,9 +274,10 @@ def approx_mixup_terms(logits_fn, x: Any, y: Any, stats: stats_lib.DataStats, sa
     sampler: λ-law; only its θ-moments enter (and its draws, for "stochastic").
     loss: per-example loss or its name.
     estimator: "exact", "lowrank" or "stochastic" (see the module docstring).
-    key: PRNG key, required for "stochastic" (probe p uses `fold_in(key, p)`).
     num_probes: draws per example averaged by "stochastic".
-    terms: subset of ("jacobian", "cross", "hessian", "label") to compute.
+    terms: subset of ("jacobian", "cross", "hessian", "label") to compute; default
+      `DEFAULT_TERMS` = ("jacobian", "cross", "label"), the training objective (see
+      `approx_mixup_risk`).
     rank: "lowrank" only: keep the top `rank` eigenpairs (default all available: the
       stats' eigenpairs, or all d from an eigendecomposition of the dense Σ_xx, which is
       then redone at every call: for training, precompute `data_stats(..., rank=k)`).
@@ -278,6 +293,7 @@ def approx_mixup_terms(logits_fn, x: Any, y: Any, stats: stats_lib.DataStats, sa
     where R1 + R3 = jacobian + cross. Scalars, differentiable in the parameters closed
     over in `logits_fn`.
   """
+  _check_key(key, "approx_mixup_terms")
   x, y, terms = _validate(logits_fn, x, y, stats, estimator, key, num_probes, terms, rank)
   if moments is None:
     moments = samplers_lib.theta_moments(sampler)
@@ -370,21 +386,29 @@ def approx_mixup_terms(logits_fn, x: Any, y: Any, stats: stats_lib.DataStats, sa
   return out
 
 
-def approx_mixup_risk(logits_fn, x: Any, y: Any, stats: stats_lib.DataStats, sampler, *,
+def approx_mixup_risk(key: Optional[jax.Array], logits_fn, x: Any, y: Any,
+                      stats: stats_lib.DataStats, sampler, *,
                       loss: Union[str, losses_lib.Loss] = "cross_entropy",
-                      estimator: str = "exact", key: Optional[jax.Array] = None,
-                      num_probes: int = 1, terms: Sequence[str] = TERMS,
-                      **kwargs) -> jax.Array:
+                      estimator: str = "exact", num_probes: int = 1,
+                      terms: Sequence[str] = DEFAULT_TERMS, **kwargs) -> jax.Array:
   """Theorem 3's quadratic mixup risk: erm + the selected terms (a scalar).
 
-  The paper drops "hessian" in training (numerically unstable); pass
-  terms=("jacobian", "cross", "label") to do the same. Differentiable with respect to the
-  parameters closed over in `logits_fn`. Arguments as in `approx_mixup_terms` (extra
-  keyword arguments: rank, derivatives, moments, direction_batch_size).
+      approx_mixup_risk(key, f, x, y, stats, law)             # key=None: exact/lowrank
+
+  The default terms, `DEFAULT_TERMS` = ("jacobian", "cross", "label"), are the training
+  objective, the same default as the trainer's `method.terms`: the paper drops the
+  "hessian" term R2 in training, and rightly so: ½ Σ_k g_k tr(∇²f_k Σ^(i)_xx) is not
+  bounded below (its sign follows the residual g and the curvature of f, which the
+  model can make large; see results/paper_claims), so minimizing it diverges. Pass
+  terms=TERMS (all four) for the full second-order value, e.g. to compare with the exact
+  risk. Differentiable with respect to the parameters closed over in `logits_fn`.
+  Arguments as in `approx_mixup_terms` (extra keyword arguments: rank, derivatives,
+  moments, direction_batch_size).
   """
+  _check_key(key, "approx_mixup_risk")
   kwargs.setdefault("diagnostics", False)
-  out = approx_mixup_terms(logits_fn, x, y, stats, sampler, loss=loss, estimator=estimator,
-                           key=key, num_probes=num_probes, terms=terms, **kwargs)
+  out = approx_mixup_terms(key, logits_fn, x, y, stats, sampler, loss=loss,
+                           estimator=estimator, num_probes=num_probes, terms=terms, **kwargs)
   if isinstance(terms, str):
     terms = (terms,)
   return out["erm"] + sum((out[t] for t in terms), jnp.zeros_like(out["erm"]))

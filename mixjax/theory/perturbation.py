@@ -143,6 +143,7 @@ def sample_perturbations(key: jax.Array, x: Any, y: Any, x_pool: Any, y_pool: An
   Returns:
     `Perturbations(delta, eps, theta, partner)`.
   """
+  mixing.check_key(key, "sample_perturbations(key, x, y, x_pool, y_pool, stats, law)")
   x = _as_float(x)
   y = mixing.check_labels(y, x.shape[0] if x.ndim else None)
   x_flat = flatten_inputs(x, stats)
@@ -166,7 +167,7 @@ def sample_perturbations(key: jax.Array, x: Any, y: Any, x_pool: Any, y_pool: An
   return Perturbations(delta.reshape(x.shape), eps, theta, partner)
 
 
-def perturbed_erm_loss(logits_fn, x: Any, y: Any, key: jax.Array, sampler,
+def perturbed_erm_loss(key: jax.Array, logits_fn, x: Any, y: Any, sampler,
                        stats: stats_lib.DataStats, *,
                        loss: Union[str, losses_lib.Loss] = "cross_entropy",
                        num_draws: int = 1, theta_bar: Optional[float] = None) -> jax.Array:
@@ -181,9 +182,9 @@ def perturbed_erm_loss(logits_fn, x: Any, y: Any, key: jax.Array, sampler,
   as one batch.
 
   Args:
+    key: PRNG key (first, as in `jax.random`; draw k uses `fold_in(key, k)`).
     logits_fn: f, (N, ...) -> (N, c), examples treated independently.
     x: inputs (B, ...); y: labels (B, c).
-    key: PRNG key (draw k uses `fold_in(key, k)`).
     sampler: λ-law.
     stats: `DataStats` of the training set (x̄, ȳ).
     loss: per-example loss or its name.
@@ -193,6 +194,7 @@ def perturbed_erm_loss(logits_fn, x: Any, y: Any, key: jax.Array, sampler,
   Returns:
     scalar (an unbiased estimate; exact only in expectation).
   """
+  mixing.check_key(key, "perturbed_erm_loss(key, f, x, y, law, stats)")
   if not isinstance(num_draws, int) or num_draws < 1:
     raise ValueError(f"num_draws must be a positive integer; got {num_draws!r}.")
   x = _as_float(x)

@@ -156,7 +156,7 @@ def erm_transformed(ctx, logits_fn, x, y, key):
 @METHODS.register("perturbed_erm")
 def perturbed_erm(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
-  return theory.perturbed_erm_loss(logits_fn, x, y, _local_key(ctx, key), ctx.sampler,
+  return theory.perturbed_erm_loss(_local_key(ctx, key), logits_fn, x, y, ctx.sampler,
                                    ctx.stats, loss=ctx.loss, num_draws=ctx.num_draws,
                                    theta_bar=ctx.theta_bar)
 
@@ -165,7 +165,7 @@ def perturbed_erm(ctx, logits_fn, x, y, key):
 def approx(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   return theory.approx_mixup_risk(
-      logits_fn, x, y, ctx.stats, ctx.sampler, loss=ctx.loss, estimator=ctx.estimator,
-      key=_local_key(ctx, key), num_probes=ctx.num_probes,
+      _local_key(ctx, key), logits_fn, x, y, ctx.stats, ctx.sampler, loss=ctx.loss,
+      estimator=ctx.estimator, num_probes=ctx.num_probes,
       terms=tuple(t for t in ctx.terms if t != "erm"),
       **({} if ctx.moments is None else {"moments": ctx.moments}))
