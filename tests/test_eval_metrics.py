@@ -16,8 +16,24 @@ from mixjax.eval import reliability_curve
 NUM_BINS = 15
 
 
+def _classwise_reference(p, labels, num_bins):
+  """Nixon et al.'s SCE from its definition: for every class k, the equal-width ECE of
+  the forecasts p[:, k] of the events y = k, averaged over the classes."""
+  n, c = p.shape
+  edges = np.linspace(0.0, 1.0, num_bins + 1)
+  total = 0.0
+  for k in range(c):
+    for b, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+      inside = (p[:, k] <= hi) & ((p[:, k] > lo) if b else True)
+      if inside.any():
+        hits = (labels[inside] == k).mean()
+        total += inside.sum() / n * abs(hits - p[inside, k].mean())
+  return total / c
+
+
 def _reference(logits, labels, num_bins=NUM_BINS):
-  """Independent NumPy metrics: accuracy, NLL, Brier, ECE by a loop over bins."""
+  """Independent NumPy metrics: accuracy, NLL, Brier, ECE and class-wise ECE by loops
+  over bins."""
   logits = np.asarray(logits, np.float64)
   labels = np.asarray(labels)
   n, c = logits.shape
@@ -44,6 +60,7 @@ def _reference(logits, labels, num_bins=NUM_BINS):
       "nll": -log_p[np.arange(n), labels].mean(),
       "brier": ((p - onehot) ** 2).sum(-1).mean(),
       "ece": ece,
+      "classwise_ece": _classwise_reference(p, labels, num_bins),
   }
   return metrics, (np.array(bin_conf), np.array(bin_acc), np.array(bin_count, float))
 
@@ -58,7 +75,7 @@ def _data(seed, n=300, c=7, scale=2.0):
 
 
 def _assert_metrics_close(got, want, tol=2e-5):
-  assert set(got) == {"accuracy", "nll", "ece", "brier"}
+  assert set(got) == {"accuracy", "nll", "ece", "brier", "classwise_ece"}
   for k in want:
     assert isinstance(got[k], float)
     np.testing.assert_allclose(got[k], want[k], rtol=tol, atol=tol, err_msg=k)
@@ -70,6 +87,7 @@ def test_matches_numpy_reference():
   want, _ = _reference(logits, labels)
   _assert_metrics_close(got, want)
   assert 0.2 < want["accuracy"] < 0.9 and want["ece"] > 0  # a non-degenerate case
+  assert want["classwise_ece"] > 0.01
 
 
 def test_jit_and_reliability_curve():
@@ -97,7 +115,7 @@ def test_half_batches_add_to_whole():
   a = metric_sums(logits[:150], labels[:150])
   b = metric_sums(logits[150:], labels[150:])
   for total in (a + b, jax.tree.map(jnp.add, a, b), sum([a, b]),
-                MetricSums.zeros(NUM_BINS) + a + b):
+                MetricSums.zeros(NUM_BINS, num_classes=7) + a + b):
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-4),
                  total, whole)
     _assert_metrics_close(finalize_metrics(total), finalize_metrics(whole), tol=1e-6)
@@ -191,3 +209,36 @@ def test_bad_inputs_raise():
     finalize_metrics(stacked)
   with pytest.raises(ValueError, match="bins"):
     _ = metric_sums(logits, labels) + metric_sums(logits, labels, num_bins=10)
+  with pytest.raises(ValueError, match="classes"):
+    _ = metric_sums(logits, labels) + metric_sums(logits[:, :6], labels % 6)
+
+
+def test_classwise_ece_over_uneven_batches_and_four_devices_equals_one_batch():
+  """Summability: uneven, masked batches added on the host, and 4 devices reduced with
+  psum inside shard_map, give the one-batch class-wise tables and value."""
+  assert jax.device_count() >= 4
+  logits, labels = _data(9, n=4 * 50, c=5)
+  whole = metric_sums(logits, labels)
+  want = _classwise_reference(scipy.special.softmax(logits.astype(np.float64), -1),
+                              labels, NUM_BINS)
+  # Uneven batches (37, 100, 63), the last one padded to 100 rows with a mask.
+  parts = []
+  for lo, hi in ((0, 37), (37, 137), (137, 200)):
+    lg, lb = logits[lo:hi], labels[lo:hi]
+    pad = 100 - (hi - lo) if hi == 200 else 0
+    mask = np.r_[np.ones(hi - lo, bool), np.zeros(pad, bool)]
+    lg = np.concatenate([lg, np.full((pad, 5), np.nan, np.float32)])
+    lb = np.concatenate([lb, np.zeros(pad, np.int32)])
+    parts.append(metric_sums(lg, lb, mask=mask))
+  total = sum(parts)
+  mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  fn = jax.jit(jax.shard_map(lambda lg, lb: jax.lax.psum(metric_sums(lg, lb), "data"),
+                             mesh=mesh, in_specs=(P("data"), P("data")), out_specs=P()))
+  for got in (total, fn(logits, labels)):
+    for field in ("class_bin_probability", "class_bin_hits"):
+      np.testing.assert_allclose(getattr(got, field), getattr(whole, field), rtol=1e-5,
+                                 atol=1e-5, err_msg=field)
+    np.testing.assert_allclose(finalize_metrics(got)["classwise_ece"], want, rtol=1e-5)
+  assert total.class_bin_hits.shape == (5, NUM_BINS)
+  np.testing.assert_array_equal(np.asarray(total.class_bin_hits).sum(1),
+                                np.bincount(labels, minlength=5))

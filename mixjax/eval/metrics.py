@@ -9,18 +9,30 @@
   bin_count       Σ_i w_i 1[c_i ∈ B_b]                      (b = 1..num_bins)
   bin_confidence  Σ_i w_i c_i 1[c_i ∈ B_b]
   bin_correct     Σ_i w_i 1[argmax_k u_ik = y_i] 1[c_i ∈ B_b]
+  class_bin_probability  [k, b]  Σ_i w_i p_ik 1[p_ik ∈ B_b]           (k = 1..c)
+  class_bin_hits         [k, b]  Σ_i w_i 1[y_i = k] 1[p_ik ∈ B_b]
 
 with p_i = softmax(u_i), top-label confidence c_i = max_k p_ik, and equal-width bins
 B_b = ((b−1)/num_bins, b/num_bins] on [0, 1] (the convention of Guo et al. 2017 and of
 the 15-bin ECE reported in uncertainty-baselines; c_i ≥ 1/c > 0 so bin 1 is closed in
-practice).
+practice; for the class-wise sums B_1 = [0, 1/num_bins], since p_ik can be 0).
 
 Because every field is a sum, sums of disjoint batches add (`a + b`, or
 `jax.tree.map(jnp.add, a, b)`) and per-device sums reduce with `lax.psum(sums, "data")`
 inside `jax.shard_map`. `finalize_metrics` turns the totals into
 
   accuracy = correct / count,  nll = nll / count,  brier = brier / count,
-  ece = Σ_b (n_b / N) |acc_b − conf_b| = Σ_b |bin_confidence_b − bin_correct_b| / N.
+  ece = Σ_b (n_b / N) |acc_b − conf_b| = Σ_b |bin_confidence_b − bin_correct_b| / N,
+  classwise_ece = (1/c) Σ_k Σ_b (n_kb / N) |acc_kb − conf_kb|
+                = (1/c) Σ_k Σ_b |class_bin_probability_kb − class_bin_hits_kb| / N.
+
+classwise_ece is the static calibration error (SCE) of Nixon et al., "Measuring
+Calibration in Deep Learning" (CVPRW 2019): for every class k, the equal-width reliability
+of the one-vs-rest forecast p_ik of the event y_i = k (acc_kb = the frequency of class k
+among the examples whose p_ik falls in bin b, conf_kb = their mean p_ik), averaged over
+the c classes with equal weight. Every class's forecast counts, not only the top label.
+The metrics that need every prediction at once (adaptive ECE, SmoothECE, AURC) are in
+`mixjax.eval.pooled`.
 
 Everything is exact given the logits; the fields are float32, so counts are exact up to
 2^24 ≈ 1.7e7 examples per sum.
@@ -35,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-METRIC_NAMES = ("accuracy", "nll", "ece", "brier")
+METRIC_NAMES = ("accuracy", "nll", "ece", "brier", "classwise_ece")
 
 
 @flax.struct.dataclass
@@ -50,6 +62,8 @@ class MetricSums:
     bin_count: (num_bins,) examples per confidence bin.
     bin_confidence: (num_bins,) summed top-label confidence per bin.
     bin_correct: (num_bins,) summed top-1 correctness per bin.
+    class_bin_probability: (num_classes, num_bins) summed p_ik per class and bin.
+    class_bin_hits: (num_classes, num_bins) examples of class k per class and bin.
   """
   count: jax.Array
   correct: jax.Array
@@ -58,19 +72,27 @@ class MetricSums:
   bin_count: jax.Array
   bin_confidence: jax.Array
   bin_correct: jax.Array
+  class_bin_probability: jax.Array
+  class_bin_hits: jax.Array
 
   @property
   def num_bins(self) -> int:
     return self.bin_count.shape[-1]
 
+  @property
+  def num_classes(self) -> int:
+    return self.class_bin_hits.shape[-2]
+
   @classmethod
-  def zeros(cls, num_bins: int = 15) -> MetricSums:
+  def zeros(cls, num_bins: int = 15, *, num_classes: int) -> MetricSums:
     """The additive identity, to start an accumulation over batches."""
     _check_num_bins(num_bins)
     z = jnp.zeros((), jnp.float32)
     zb = jnp.zeros((num_bins,), jnp.float32)
+    zc = jnp.zeros((num_classes, num_bins), jnp.float32)
     return cls(count=z, correct=z, nll=z, brier=z,
-               bin_count=zb, bin_confidence=zb, bin_correct=zb)
+               bin_count=zb, bin_confidence=zb, bin_correct=zb,
+               class_bin_probability=zc, class_bin_hits=zc)
 
   def __add__(self, other):
     if not isinstance(other, MetricSums):
@@ -79,6 +101,9 @@ class MetricSums:
       raise ValueError(
           f"Cannot add MetricSums with {self.num_bins} and {other.num_bins} ECE bins; "
           "compute both with the same num_bins.")
+    if self.num_classes != other.num_classes:
+      raise ValueError(
+          f"Cannot add MetricSums of {self.num_classes} and {other.num_classes} classes.")
     return jax.tree.map(jnp.add, self, other)
 
   def __radd__(self, other):
@@ -125,7 +150,8 @@ def metric_sums(logits, labels, *, mask=None, num_bins: int = 15) -> MetricSums:
     num_bins: number of equal-width confidence bins on [0, 1] for ECE (15 is standard).
 
   Returns:
-    `MetricSums` of float32 scalars and (num_bins,) vectors. jit/vmap-compatible; the
+    `MetricSums` of float32 scalars, (num_bins,) vectors and (c, num_bins) class-wise
+    tables. jit/vmap-compatible; the
     label-range check runs only on concrete (non-traced) labels and mask; under jit an
     out-of-range label gets an all-zero one-hot (counted wrong, meaningless NLL).
   """
@@ -172,10 +198,20 @@ def metric_sums(logits, labels, *, mask=None, num_bins: int = 15) -> MetricSums:
   correct = (jnp.argmax(log_p, axis=-1) == labels).astype(jnp.float32)
   chex.assert_shape([nll, brier, confidence, correct], (batch,))
 
-  # Bin b (0-based) holds confidences in (b/nb, (b+1)/nb].
-  bin_index = jnp.clip(jnp.ceil(confidence * num_bins) - 1, 0, num_bins - 1)
-  in_bin = jax.nn.one_hot(bin_index.astype(jnp.int32), num_bins, dtype=jnp.float32)
+  # Bin b (0-based) holds confidences in (b/nb, (b+1)/nb] (bin 0 also holds 0).
+  bin_index = _bin_index(confidence, num_bins)
+  in_bin = jax.nn.one_hot(bin_index, num_bins, dtype=jnp.float32)
   in_bin = in_bin * weights[:, None]
+
+  # Class-wise tables: entry (i, k) goes to segment k·nb + bin(p_ik), O(B·c) memory.
+  segment = (jnp.arange(num_classes)[None, :] * num_bins
+             + _bin_index(p, num_bins)).reshape(-1)
+  num_segments = num_classes * num_bins
+
+  def class_table(values):
+    table = jax.ops.segment_sum((values * weights[:, None]).reshape(-1), segment,
+                                num_segments=num_segments)
+    return table.reshape(num_classes, num_bins)
   return MetricSums(
       count=jnp.sum(weights),
       correct=jnp.sum(weights * correct),
@@ -184,7 +220,14 @@ def metric_sums(logits, labels, *, mask=None, num_bins: int = 15) -> MetricSums:
       bin_count=jnp.sum(in_bin, axis=0),
       bin_confidence=jnp.sum(in_bin * confidence[:, None], axis=0),
       bin_correct=jnp.sum(in_bin * correct[:, None], axis=0),
+      class_bin_probability=class_table(p),
+      class_bin_hits=class_table(onehot),
   )
+
+
+def _bin_index(prob, num_bins: int):
+  """0-based equal-width bin of probabilities in [0, 1]: b with prob ∈ (b/nb, (b+1)/nb]."""
+  return jnp.clip(jnp.ceil(prob * num_bins) - 1, 0, num_bins - 1).astype(jnp.int32)
 
 
 def _to_host(sums: MetricSums) -> MetricSums:
@@ -203,11 +246,13 @@ def _to_host(sums: MetricSums) -> MetricSums:
 
 
 def finalize_metrics(sums: MetricSums) -> dict[str, float]:
-  """Turns summed metrics into {'accuracy', 'nll', 'ece', 'brier'} Python floats.
+  """Turns summed metrics into {'accuracy', 'nll', 'ece', 'brier', 'classwise_ece'}
+  Python floats.
 
   ECE is the top-label expected calibration error with the bins of `sums`:
   Σ_b (n_b/N) |acc_b − conf_b|. NLL is the mean negative log-likelihood in nats and
   brier the mean multi-class Brier score Σ_k (p_k − 1[k = y])² (in [0, 2]).
+  classwise_ece is Nixon et al.'s SCE (module docstring), with the same bins.
   """
   s = _to_host(sums)
   n = s.count
@@ -216,7 +261,22 @@ def finalize_metrics(sums: MetricSums) -> dict[str, float]:
       "nll": float(s.nll / n),
       "ece": float(np.sum(np.abs(s.bin_confidence - s.bin_correct)) / n),
       "brier": float(s.brier / n),
+      "classwise_ece": float(
+          np.sum(np.abs(s.class_bin_probability - s.class_bin_hits)) / (n * s.num_classes)),
   }
+
+
+def classwise_ece(logits, labels, *, num_bins: int = 15) -> float:
+  """Nixon et al.'s static calibration error (SCE) of one set of predictions.
+
+  (1/c) Σ_k Σ_b (n_kb/N) |acc_kb − conf_kb| with `num_bins` equal-width bins per class
+  (module docstring). Summable: over batches or devices, add the `metric_sums` and read
+  `finalize_metrics(total)["classwise_ece"]`; this is that for one batch.
+
+  Args:
+    logits: (N, c) logits; labels: (N,) integer labels.
+  """
+  return finalize_metrics(metric_sums(logits, labels, num_bins=num_bins))["classwise_ece"]
 
 
 def reliability_curve(sums: MetricSums) -> ReliabilityCurve:

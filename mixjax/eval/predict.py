@@ -1,23 +1,27 @@
 """Evaluation of a trained model over a dataset: its logits (`Predictor`), their metrics
-(`metrics_of`), and the test metrics with temperature scaling (`evaluate`).
+(`metrics_of`), the test metrics with temperature scaling (`evaluate`), and the metrics on
+shifted test sets (`evaluate_shift`).
 
-`evaluate` reports accuracy, NLL, ECE and Brier of the test split (`metric_sums` /
-`finalize_metrics`), and, when the dataset has a validation split, the temperature T
-fitted on it (`fit_temperature`) with the test ECE, NLL and Brier of softmax(u / T).
-With `rescale=True` the logits are those of the test-time rescaled model
+`metrics_of` reports the summable metrics of `metric_sums` / `finalize_metrics` (accuracy,
+NLL, ECE, Brier, class-wise ECE) and the pooled ones of `mixjax.eval.pooled` (adaptive
+ECE, SmoothECE, AURC), all from the same logits. `evaluate` reports them for the test
+split, and, when the dataset has a validation split, the temperature T fitted on it
+(`fit_temperature`) with the test ECE, NLL and Brier of softmax(u / T). With
+`rescale=True` the logits are those of the test-time rescaled model
 (`mixjax.theory.rescaled`, docs/THEORY.md §5).
 """
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import numpy as np
 
 from mixjax.eval import calibration
 from mixjax.eval import metrics
+from mixjax.eval import pooled
 from mixjax.theory import rescaling
 
 P = jax.sharding.PartitionSpec
@@ -91,10 +95,19 @@ _metric_sums = jax.jit(metrics.metric_sums, static_argnames=("num_bins",))
 
 
 def metrics_of(logits: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[str, float]:
-  """accuracy / nll / ece / brier of logits (n, c) against integer labels (n,)."""
-  sums = _metric_sums(np.asarray(logits, np.float32), np.asarray(labels, np.int32),
-                      num_bins=num_bins)
-  return {k: float(v) for k, v in metrics.finalize_metrics(sums).items()}
+  """Every metric of logits (n, c) against integer labels (n,): `metrics.METRIC_NAMES`
+  (accuracy, nll, ece, brier, classwise_ece; `num_bins` equal-width bins) and
+  `pooled.POOLED_METRIC_NAMES` (adaptive_ece with `num_bins` equal-mass bins, smooth_ece,
+  aurc). Non-finite logits give NaN pooled metrics (the summable ones propagate NaN)."""
+  logits = np.asarray(logits, np.float32)
+  labels = np.asarray(labels, np.int32)
+  sums = _metric_sums(logits, labels, num_bins=num_bins)
+  out = {k: float(v) for k, v in metrics.finalize_metrics(sums).items()}
+  if np.all(np.isfinite(logits)):
+    out.update(pooled.pooled_metrics(logits, labels, num_bins=num_bins))
+  else:
+    out.update(dict.fromkeys(pooled.POOLED_METRIC_NAMES, float("nan")))
+  return out
 
 
 def evaluate(predict: Predictor, variables, ds, *, num_bins: int, rescale: bool,
@@ -118,4 +131,46 @@ def evaluate(predict: Predictor, variables, ds, *, num_bins: int, rescale: bool,
       cal = metrics_of(test_logits / np.float32(t), ds.test_y, num_bins)
       out.update(temperature=t, ece_temp_scaled=cal["ece"], nll_temp_scaled=cal["nll"],
                  brier_temp_scaled=cal["brier"])
+  return out
+
+
+def evaluate_shift(predict: Predictor, variables,
+                   test_sets: Mapping[str, tuple[np.ndarray, np.ndarray]], *, num_bins: int,
+                   rescale: bool, temperature: float | None = None,
+                   logits: dict[str, np.ndarray] | None = None
+                   ) -> dict[str, dict[str, float]]:
+  """The model's metrics on each shifted test set, and their mean over the sets.
+
+  Args:
+    predict, variables: as for `evaluate`.
+    test_sets: name -> (x, y), inputs preprocessed like the clean test split (e.g.
+      `mixjax.data.shift_test_sets`: one entry per corruption).
+    num_bins: ECE bins (`config.eval.num_bins`).
+    rescale: the test-time rescaled model's logits (as `evaluate`).
+    temperature: if given (the T that `evaluate` fitted on the clean validation split),
+      also ece/nll/brier of softmax(u / T) as `*_temp_scaled`: calibration fitted
+      in-distribution, measured under shift.
+    logits: if a dict, each set's logits (n, c) are stored in it under its name.
+
+  Returns:
+    {name: metrics_of(...) [+ temperature-scaled], ..., "mean": the mean over the sets
+    of each metric}. Raises ValueError when `test_sets` is empty or a name is "mean".
+  """
+  if not test_sets:
+    raise ValueError("evaluate_shift needs at least one shifted test set.")
+  if "mean" in test_sets:
+    raise ValueError('A shifted test set cannot be named "mean" (the key of the average).')
+  out = {}
+  for name, (x, y) in test_sets.items():
+    set_logits = predict(variables, x, rescale=rescale)
+    if logits is not None:
+      logits[name] = set_logits
+    res = metrics_of(set_logits, y, num_bins)
+    if temperature is not None:
+      cal = metrics_of(set_logits / np.float32(temperature), y, num_bins)
+      res.update(ece_temp_scaled=cal["ece"], nll_temp_scaled=cal["nll"],
+                 brier_temp_scaled=cal["brier"])
+    out[name] = res
+  keys = list(next(iter(out.values())))
+  out["mean"] = {k: float(np.mean([out[n][k] for n in test_sets])) for k in keys}
   return out
