@@ -22,7 +22,7 @@ import time
 
 import jax
 
-from mixjax.train import config as config_lib
+from mixjax.train import sweeps
 from mixjax.train import setup
 from mixjax.train import optim
 from mixjax.train import step as step_lib
@@ -35,33 +35,28 @@ def build(variant: str, method: str, k: int):
   """(run(n) -> seconds for n steps, the state holder) for one setting."""
   path = os.path.join(ROOT, CONFIGS[variant].split(":")[0])
   arg = CONFIGS[variant].split(":")[1] if ":" in CONFIGS[variant] else None
-  config = config_lib.load_config_module(path).get_config(arg)
+  config = sweeps.load_config_module(path).get_config(arg)
   config.method.name = method
   config.steps_per_call = k
   devices = jax.local_devices()
   ds, spe = setup.load_data(config)
   model = setup.make_model(config, ds)
-  total = config_lib.total_steps(config, int(ds.train_x.shape[0]))
-  sampler = setup.training_sampler(config)
-  moments, stats = setup.training_law_and_stats(config, sampler, ds, "/tmp")
-  ctx = setup.method_context(config, sampler, moments)
-  tx, schedule = optim.make_optimizer(config.optimizer, spe, total)
+  total = setup.total_steps(config, int(ds.train_x.shape[0]))
+  stats = setup.training_stats(config, ds, "/tmp")
+  ctx = setup.method_context(config)
+  tx = optim.make_optimizer(config.optimizer, spe, total)
   mesh = step_lib.make_mesh(devices)
   root = jax.random.key_data(jax.random.key(0))
-  setup._STEP_CACHE.clear()  # pylint: disable=protected-access  (one program per setting)
-  steps, batch_args = setup.make_step(config, ds, mesh, model, tx, schedule, ctx, stats,
-                                     root)
-  fn = steps(k)
-  holder = {"state": setup.create_or_restore_state(config, model, tx, mesh,
-                                                  _NoCheckpoints(), root, ds)[0]}
-  args = batch_args(0, k)
+  step = setup.make_step(config, ds, mesh, model, tx, ctx, stats, root)
+  holder = {"state": setup.create_or_restore_state(model, tx, mesh, _NoCheckpoints(),
+                                                  root, ds)[0]}
 
   def run(n: int) -> float:
     assert n % k == 0
     t0 = time.perf_counter()
     state = holder["state"]
     for _ in range(n // k):
-      state, m = fn(state, *args)
+      state, m = step(state, 0, k)
     jax.block_until_ready(m["loss"])
     holder["state"] = state
     return time.perf_counter() - t0

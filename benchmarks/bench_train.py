@@ -27,14 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixjax.train import config as config_lib
+from mixjax.train import sweeps
+from mixjax.train import validate
 from mixjax.train import setup
 from mixjax.train import methods as methods_lib
 from mixjax.train import optim
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 from mixjax import data as data_lib
-from mixjax import losses
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
@@ -43,7 +43,7 @@ IMAGE_SHAPE = (32, 32, 3)
 def cifar10_config(model: str | None):
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "experiments", "cifar10.py")
-  config = config_lib.load_config_module(path).get_config()
+  config = sweeps.load_config_module(path).get_config()
   if model:
     config.model.name = model
   return config
@@ -54,17 +54,14 @@ def build(config, method: str, x: np.ndarray, y: np.ndarray):
   mesh = step_lib.make_mesh(jax.local_devices())
   model = setup.build_model(config, NUM_CLASSES)
   spe = data_lib.steps_per_epoch(x.shape[0], config.batch_size)
-  tx, schedule = optim.make_optimizer(config.optimizer, spe,
-                                      config_lib.total_steps(config, x.shape[0]))
-  ctx = methods_lib.MethodContext(
-      loss=losses.get_loss(config.method.loss), sampler=setup.training_sampler(config),
-      granularity=config.mixing.granularity, pairing=config.mixing.pairing)
+  tx = optim.make_optimizer(config.optimizer, spe, setup.total_steps(config, x.shape[0]))
+  ctx = setup.method_context(config)
   augment_fn = lambda k, im: data_lib.augment(k, im, crop_padding=config.augment.crop_padding,
                                               flip=config.augment.flip)
   fn = step_lib.make_train_step(
       model=model, tx=tx, method=methods_lib.METHODS.get(method), ctx=ctx, mesh=mesh,
       num_classes=NUM_CLASSES, batch_size=config.batch_size, num_train=x.shape[0],
-      schedule=schedule, augment_fn=augment_fn)
+      augment_fn=augment_fn)
   sample = jnp.zeros((1,) + IMAGE_SHAPE, jnp.float32)
   state = jax.jit(lambda k: state_lib.create_state(model, tx, k, sample),
                   out_shardings=step_lib.replicated(mesh))(
@@ -84,7 +81,7 @@ def main(argv=None) -> dict[str, dict[str, float]]:
 
   config = cifar10_config(args.model)
   config.batch_size = args.batch_size
-  config_lib.validate_config(config, num_devices=jax.local_device_count())
+  validate.validate_config(config, num_devices=jax.local_device_count())
   rng = np.random.default_rng(0)
   x = rng.standard_normal((args.num_train,) + IMAGE_SHAPE, dtype=np.float32)
   y = rng.integers(0, NUM_CLASSES, args.num_train).astype(np.int32)

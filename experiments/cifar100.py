@@ -9,7 +9,7 @@ import os
 
 import ml_collections
 
-from mixjax.train.config import load_config_module
+from mixjax.train.sweeps import load_config_module
 
 
 def _cifar10():

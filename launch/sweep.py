@@ -24,7 +24,7 @@ import sys
 from absl import app
 from absl import flags
 
-from mixjax.train import config as config_lib
+from mixjax.train import sweeps
 
 
 def _define_flags() -> None:
@@ -37,8 +37,8 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-load_sweep = config_lib.load_sweep
-_flag_value = config_lib.flag_value
+load_sweep = sweeps.load_sweep
+_flag_value = sweeps.flag_value
 
 
 def sweep_commands(config_path: str, workdir: str, extra: list[str],
@@ -46,7 +46,7 @@ def sweep_commands(config_path: str, workdir: str, extra: list[str],
   """One `mixjax.main` command (argv list) per sweep point."""
   cmds = []
   for i, overrides in enumerate(load_sweep(config_path)):
-    run_dir = os.path.join(workdir, config_lib.point_name(i, overrides))
+    run_dir = os.path.join(workdir, sweeps.point_name(i, overrides))
     cmd = [python, "-m", "mixjax.main", f"--config={config_path}", f"--workdir={run_dir}"]
     cmd += [f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]
     cmds.append(cmd + list(extra))

@@ -17,11 +17,14 @@ Order: parse flags (`parse_flags`: a bad --config file or override stops here) -
 workdir -> log devices and the resolved config ->
 `mixjax.train.train_and_evaluate(config, workdir)`, which checks the config against
 WORKDIR/config.json (a changed config is refused, `mixjax.train.config.RESUMABLE_CHANGES`
-excepted), writes it, and resumes from the newest restorable checkpoint.
+excepted; see `mixjax.train.workdir`), writes it, and resumes from the newest restorable
+checkpoint.
 
 Every expected failure prints one line to stderr (what is wrong: the flag or key, the
 value, the valid choices, and what to do) and exits with its code, without a Python
-traceback (`--debug` / `--verbose` prints it too):
+traceback (`--debug` / `--verbose` prints it too). mixjax raises the errors of
+`mixjax.errors`, each carrying its exit code; bad --config files and overrides are
+found by `check_config_flags` before absl parses, so no absl message is interpreted:
 
   2  bad config or flags: unknown or mistyped --config.<key>, a config file that is
      missing, does not parse or whose get_config() raises, an unknown name, an
@@ -36,6 +39,7 @@ traceback (`--debug` / `--verbose` prints it too):
 """
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import traceback
@@ -44,6 +48,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from mixjax import errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to an experiments/*.py config file (get_config()).",
@@ -57,7 +63,7 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _SWEEP = flags.DEFINE_bool(
     "sweep", False, "Run every point of the config file's get_sweep() in this process, "
-    "each in WORKDIR/<NN>_<point>/ (see mixjax.train.groups.train_sweep).")
+    "each in WORKDIR/<NN>_<point>/ (see mixjax.train.sweeps.train_sweep).")
 _NUM_CPU_DEVICES = flags.DEFINE_integer(
     "num_cpu_devices", None, "Force this many CPU devices per process (testing).")
 
@@ -68,17 +74,18 @@ flags.DEFINE_alias("verbose", "debug")
 
 flags.mark_flags_as_required(["config", "workdir"])
 
-EXIT_CONFIG, EXIT_NONFINITE, EXIT_DATA, EXIT_WORKDIR = 2, 3, 4, 5
 _DEBUG_ARGS = ("--debug", "--verbose", "--debug=true", "--verbose=true", "--debug=1",
                "--verbose=1")
 
 
-def _stop(code: int, message: str, debug: bool) -> None:
-  """Ends the run: the traceback of the error being handled if `debug`, then one line."""
+def _stop(error: BaseException, message: str, debug: bool) -> None:
+  """Ends the run: the traceback of `error` if `debug`, then one line; the exit code is
+  the error's (`mixjax.errors`), 4 for a missing dataset, 2 for bad flags."""
   if debug:
-    traceback.print_exc()
+    traceback.print_exception(error)
   print(message, file=sys.stderr, flush=True)
-  sys.exit(code)
+  sys.exit(getattr(error, "exit_code", errors.DataError.exit_code
+                   if isinstance(error, FileNotFoundError) else errors.ConfigError.exit_code))
 
 
 def _config_arg(argv) -> str | None:
@@ -92,6 +99,16 @@ def _config_arg(argv) -> str | None:
   return value
 
 
+def _overrides(argv) -> list[tuple[str, str]]:
+  """(dotted key, value) of every --config.<key>=<value> in argv."""
+  out = []
+  for a in argv:
+    if a.startswith("--config."):
+      path, _, value = a[len("--config."):].partition("=")
+      out.append((path, value))
+  return out
+
+
 def _config_file_problem(value: str) -> str | None:
   """A message if --config=value names no readable file, else None."""
   path = value.split(":", 1)[0]
@@ -100,117 +117,118 @@ def _config_file_problem(value: str) -> str | None:
   folder = os.path.dirname(path) or "."
   files = sorted(f for f in os.listdir(folder) if f.endswith(".py")
                  and not f.startswith("_")) if os.path.isdir(folder) else []
-  import difflib  # pylint: disable=g-import-not-at-top
   close = difflib.get_close_matches(os.path.basename(path), files, n=1)
-  return (f"--config={value}: no such file. "
+  where = os.path.abspath(folder)
+  return (f"--config={value}: no such file (looked in {where}/"
+          + ("" if os.path.isabs(path) else f", relative to the current directory "
+             f"{os.getcwd()}") + "). "
           + (f"Config files in {folder}/: {', '.join(files)}."
              if files else f"{folder}/ holds no config files.")
           + (f" Did you mean {os.path.join(folder, close[0])}?" if close else "")
           + " Pass a get_config() file, e.g. --config=experiments/mnist1d.py.")
 
 
-def _loaded_config(argv) -> dict | None:
-  """The --config file's get_config() as a dict (for messages), or None."""
-  from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  value = _config_arg(argv)
+def _load_config(value: str):
+  """The --config file's get_config(arg) (ConfigError naming the problem otherwise)."""
+  from mixjax.train import sweeps  # pylint: disable=g-import-not-at-top
   try:
-    return config_lib.load_config_module(value).get_config(
-        *value.split(":", 1)[1:]).to_dict()
-  except Exception:  # pylint: disable=broad-except
-    return None
+    module = sweeps.load_config_module(value)
+  except SyntaxError as e:
+    raise errors.ConfigError(f"--config={value}: {e.filename}, line {e.lineno}: "
+                             f"{e.msg}. Fix the file.") from e
+  except Exception as e:  # pylint: disable=broad-except  (the module raised on import)
+    raise errors.ConfigError(f"--config={value}: loading it raised {type(e).__name__}: "
+                             f"{errors.one_line(e).rstrip('.')}. Fix the file.") from e
+  if not hasattr(module, "get_config"):
+    raise errors.ConfigError(f"--config={value}: the file defines no get_config(). "
+                             "Define one that returns an ml_collections.ConfigDict.")
+  try:
+    config = module.get_config(*value.split(":", 1)[1:])
+  except Exception as e:  # pylint: disable=broad-except
+    raise errors.ConfigError(
+        f"--config={value}: get_config() raised {type(e).__name__}: "
+        f"{errors.one_line(e).rstrip('.')}. Fix the file or its argument.") from e
+  if not hasattr(config, "to_dict"):
+    raise errors.ConfigError(f"--config={value}: get_config() returned "
+                             f"{type(config).__name__}, not a ConfigDict. Return the config.")
+  return config.to_dict()
 
 
-def _unknown_key_problem(argv, error: Exception) -> str:
-  """The message for a --config.<key>=value override naming no config key."""
-  from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = _loaded_config(argv)
-  for a in argv:
-    if not a.startswith("--config.") or config is None:
-      continue
-    path, _, val = a[len("--config."):].partition("=")
-    missing = config_lib.find_unknown_key(config, path)
-    if missing is None:
-      continue
-    parent, key = missing
-    node = config
-    for p in parent.split(".")[1:]:
-      node = node[p]
-    whole = ""
-    if parent[len("config."):] in config_lib.DICT_KNOBS:
-      whole = (f" --{parent} is a dict: set it whole, e.g. "
-               f"--{parent}='{{\"{key}\": {val or '...'}}}'.")
-    return (f"--config.{path}={val}: {parent} has no key {key!r}. "
-            f"{config_lib.unknown_key_hint(node, key)}{whole} Every knob and its default "
-            "is listed in mixjax/train/config.py.")
-  return f"{_one_line(error)}."
-
-
-def _bad_value_problem(argv, error: Exception) -> str:
-  """The message for a flag whose value does not parse (e.g. --config.batch_size=abc)."""
-  import re  # pylint: disable=g-import-not-at-top
-  msg = _one_line(error)
-  m = re.search(r"flag --([\w.]+)=", msg)
-  name = m.group(1) if m else None
-  if name is None or not name.startswith("config."):
-    return f"Invalid flags: {msg}"
-  node = _loaded_config(argv)
-  for p in name.split(".")[1:]:
-    node = node.get(p) if isinstance(node, dict) else None
-  if isinstance(node, dict):
-    expected = ("a dict literal, e.g. "
-                f"--{name}='{{\"<key>\": <value>}}' (now {node})")
-  elif node is None:
-    expected = "a value of its type (see mixjax/train/config.py)"
+def _value_problem(path: str, value: str, current) -> str | None:
+  """A message if `value` cannot be parsed as the type of the knob's `current` value."""
+  import ast  # pylint: disable=g-import-not-at-top
+  def literal():
+    try:
+      return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      return None
+  if isinstance(current, bool):
+    ok = value.lower() in ("true", "false", "t", "f", "1", "0")
+  elif isinstance(current, int):
+    ok = isinstance(literal(), int)
+  elif isinstance(current, float):
+    ok = isinstance(literal(), (int, float))
+  elif isinstance(current, (tuple, list)):
+    ok = isinstance(literal(), (tuple, list, int, float, str))
+  elif isinstance(current, dict):
+    ok = isinstance(literal(), dict)
   else:
-    kind = type(node).__name__
-    expected = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} (now {node!r})"
-  return f"Invalid config: {msg.rstrip('.')}. --{name} takes {expected}."
+    ok = True
+  if ok:
+    return None
+  if isinstance(current, dict):
+    expected = f"a dict literal, e.g. --config.{path}='{{\"<key>\": <value>}}' (now {current})"
+  else:
+    kind = type(current).__name__
+    expected = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} (now {current!r})"
+  return f"--config.{path}={value} does not parse. --config.{path} takes {expected}."
 
 
-def _one_line(error: BaseException) -> str:
-  """The last non-empty line of an exception's message (its type name if empty)."""
-  lines = [l.strip() for l in str(error).splitlines() if l.strip()]
-  return lines[-1] if lines else type(error).__name__
+def check_config_flags(argv) -> None:
+  """What mixjax can check before absl parses the flags: the --config file exists,
+  imports and returns a ConfigDict; every --config.<key> override names a key, and its
+  value parses as the knob's type. Raises ConfigError naming the problem and the fix."""
+  from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mixjax.train import validate  # pylint: disable=g-import-not-at-top
+  value = _config_arg(argv)
+  if value is None:
+    return  # absl says that --config is required
+  problem = _config_file_problem(value)
+  if problem is not None:
+    raise errors.ConfigError(problem)
+  config = _load_config(value)
+  for path, val in _overrides(argv):
+    missing = validate.find_unknown_key(config, path)
+    if missing is not None:
+      parent, key = missing
+      node = config
+      for p in parent.split(".")[1:]:
+        node = node[p]
+      whole = ""
+      if parent[len("config."):] in config_lib.DICT_KNOBS:
+        whole = (f" --{parent} is a dict: set it whole, e.g. "
+                 f"--{parent}='{{\"{key}\": {val or '...'}}}'.")
+      raise errors.ConfigError(
+          f"--config.{path}={val}: {parent} has no key {key!r}. "
+          f"{validate.unknown_key_hint(node, key)}{whole} Every knob and its default "
+          "is listed in mixjax/train/config.py.")
+    problem = _value_problem(path, val, config_lib.get(config, path))
+    if problem is not None:
+      raise errors.ConfigError(problem)
 
 
 def parse_flags(argv):
-  """`app.run`'s flags parser: absl parsing, with every bad --config file or override
-  turned into one line on stderr and exit code 2 (`--debug`: with the traceback)."""
+  """`app.run`'s flags parser: `check_config_flags`, then absl's parsing; every bad
+  --config file, override or flag ends with one line on stderr and exit code 2
+  (`--debug`: with the traceback)."""
   debug = any(a.lower() in _DEBUG_ARGS for a in argv)
-  value = _config_arg(argv)
-  if value is not None:
-    problem = _config_file_problem(value)
-    if problem is not None:
-      _stop(EXIT_CONFIG, f"Invalid config: {problem}", debug)
   try:
+    check_config_flags(argv)
     rest = flags.FLAGS(argv)
-  except SyntaxError as e:  # the config file does not parse
-    _stop(EXIT_CONFIG, f"Invalid config: --config={value}: {e.filename}, line {e.lineno}: "
-          f"{e.msg}. Fix the file.", debug)
-  except flags.IllegalFlagValueError as e:
-    if "Error whilst parsing config file" in str(e):  # get_config() raised
-      _stop(EXIT_CONFIG, f"Invalid config: --config={value}: get_config() raised "
-            f"{_one_line(e).rstrip('.')}. Fix the file or its argument.", debug)
-    if value is not None and "Flag --config must have a value" in str(e):
-      _stop(EXIT_CONFIG, f"Invalid config: --config={value}: get_config() returned "
-            "NoneType, not a ConfigDict. Return the config.", debug)
-    _stop(EXIT_CONFIG, _bad_value_problem(argv, e), debug)
-  except flags.Error as e:  # unknown or missing flags
-    _stop(EXIT_CONFIG, f"Invalid flags: {_one_line(e).rstrip('.')}. See --helpfull.", debug)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:  # --config.<bad key>
-    _stop(EXIT_CONFIG, f"Invalid config: {_unknown_key_problem(argv, e)}", debug)
-  except Exception as e:  # pylint: disable=broad-except  (get_config() raised)
-    _stop(EXIT_CONFIG, f"Invalid config: --config={value}: loading it raised "
-          f"{type(e).__name__}: {_one_line(e).rstrip('.')}. Fix the file or its "
-          "argument.", debug)
-  try:
-    config = _CONFIG.value
-    ok = hasattr(config, "to_dict")
-  except OSError as e:  # config_flags defers a file it could not read
-    _stop(EXIT_CONFIG, f"Invalid config: --config={value}: {_one_line(e)}", debug)
-  if not ok:
-    _stop(EXIT_CONFIG, f"Invalid config: --config={value}: get_config() returned "
-          f"{type(config).__name__}, not a ConfigDict. Return the config.", debug)
+  except errors.ConfigError as e:
+    _stop(e, f"{e.prefix}: {e}", debug)
+  except flags.Error as e:  # unknown or missing flags, or a value absl rejects
+    _stop(e, f"Invalid flags: {errors.one_line(e).rstrip('.')}. See --helpfull.", debug)
   return rest
 
 
@@ -232,12 +250,6 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
   jax.distributed.initialize(**kwargs)
 
 
-def validate_config(config, num_devices=None) -> None:
-  """See `mixjax.train.config.validate_config` (this is the same function)."""
-  from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  config_lib.validate_config(config, num_devices=num_devices)
-
-
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -249,38 +261,29 @@ def main(argv) -> None:
     jax.config.update("jax_num_cpu_devices", _NUM_CPU_DEVICES.value)
   import jax  # pylint: disable=g-import-not-at-top
   from mixjax import train  # pylint: disable=g-import-not-at-top
-  from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mixjax.train import sweeps  # pylint: disable=g-import-not-at-top
+  from mixjax.train import validate  # pylint: disable=g-import-not-at-top
+  from mixjax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
-  debug = _DEBUG.value
-  points = None
   try:
-    validate_config(config)
+    validate.validate_config(config)
+    points = None
     if _SWEEP.value:
-      points = config_lib.sweep_point_configs(
+      points = sweeps.sweep_point_configs(
           config, config_flags.get_config_filename(flags.FLAGS["config"]))
-    workdir = config_lib.make_workdir(_WORKDIR.value)
-  except ValueError as e:  # ConfigError, or a registry's unknown name
-    _stop(EXIT_CONFIG, f"Invalid config: {e}", debug)
-  except config_lib.WorkdirError as e:
-    _stop(EXIT_WORKDIR, f"Unusable workdir: {e}", debug)
-
-  logging.info("JAX %s, process %d/%d, %d local / %d global devices: %s", jax.__version__,
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count(), jax.devices())
-  logging.info("Config:\n%s", config)
-  try:
+    workdir = workdir_lib.make_workdir(_WORKDIR.value)
+    logging.info("JAX %s, process %d/%d, %d local / %d global devices: %s",
+                 jax.__version__, jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count(), jax.devices())
+    logging.info("Config:\n%s", config)
     if points is not None:
       train.train_sweep(points, workdir)
     else:
       train.train_and_evaluate(config, workdir)
-  except config_lib.ConfigError as e:
-    _stop(EXIT_CONFIG, f"Invalid config: {e}", debug)
-  except train.NonFiniteLossError as e:
-    _stop(EXIT_NONFINITE, str(e), debug)
-  except config_lib.WorkdirError as e:
-    _stop(EXIT_WORKDIR, f"Unusable workdir: {e}", debug)
-  except FileNotFoundError as e:  # a dataset that is not prepared: say how
-    _stop(EXIT_DATA, f"Missing data: {e}", debug)
+  except errors.MixjaxError as e:
+    _stop(e, f"{e.prefix}: {e}" if e.prefix else str(e), _DEBUG.value)
+  except FileNotFoundError as e:  # a dataset that is not prepared: the loader says how
+    _stop(e, f"Missing data: {e}", _DEBUG.value)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,17 @@ import os
 import pytest
 
 from mixjax.train import config as config_lib
+from mixjax import errors
+from mixjax.train import sweeps
+from mixjax.train import validate
+from mixjax.train import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ("mnist1d", "digits", "two_moons", "cifar10", "cifar100", "fashion_mnist")
 
 
 def load(name):
-  return config_lib.load_config_module(os.path.join(ROOT, "experiments", f"{name}.py"))
+  return sweeps.load_config_module(os.path.join(ROOT, "experiments", f"{name}.py"))
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -23,11 +27,11 @@ def test_config_and_sweep_points_validate(name):
   config = module.get_config()
   assert config.dataset.name == name
   for ndev in (1, 4):
-    config_lib.validate_config(config, num_devices=ndev)
+    validate.validate_config(config, num_devices=ndev)
   # Every config has exactly the base config's knobs: one name per knob.
   assert set(config.to_dict()) == set(config_lib.base_config().to_dict())
   for point in getattr(module, "get_sweep", list)():
-    config_lib.validate_config(config_lib.sweep_config(config, point), num_devices=4)
+    validate.validate_config(sweeps.sweep_config(config, point), num_devices=4)
 
 
 def test_cifar_recipe_is_the_published_one():
@@ -45,8 +49,8 @@ def test_cifar_recipe_is_the_published_one():
 def test_sweep_config_rejects_unknown_keys():
   config = config_lib.base_config()
   with pytest.raises(ValueError, match="no such config key"):
-    config_lib.sweep_config(config, {"optimizer.learning_rate": 0.1})
-  swept = config_lib.sweep_config(config, {"sampler.name": "constant",
+    sweeps.sweep_config(config, {"optimizer.learning_rate": 0.1})
+  swept = sweeps.sweep_config(config, {"sampler.name": "constant",
                                            "sampler.params": {"lam": 0.7}})
   assert dict(swept.sampler.params) == {"lam": 0.7}
   assert dict(config.sampler.params) == {"alpha": 1.0}  # the original is untouched
@@ -68,33 +72,33 @@ def test_changed_config_on_resume_is_refused_outside_the_allow_list(tmp_path):
   """`check_workdir_config`: the first start writes config.json; the same config passes;
   changes in RESUMABLE_CHANGES pass and rewrite it; any other change raises WorkdirError
   listing old -> new unless allow_config_change; with nothing to resume it is replaced."""
-  check = config_lib.check_workdir_config
-  path = tmp_path / config_lib.CONFIG_FILE
+  check = workdir_lib.check_workdir_config
+  path = tmp_path / workdir_lib.CONFIG_FILE
   base = load("mnist1d").get_config()
   assert check(base, str(tmp_path), has_run=False) == {}
   first = path.read_text()
   assert check(base, str(tmp_path), has_run=True) == {}
-  allowed = config_lib.sweep_config(base, {"num_epochs": 7, "eval.every_epochs": 3,
+  allowed = sweeps.sweep_config(base, {"num_epochs": 7, "eval.every_epochs": 3,
                                            "dataset.data_dir": "/data"})
   changes = check(allowed, str(tmp_path), has_run=True, write=False)
   assert set(changes) == {"num_epochs", "eval.every_epochs", "dataset.data_dir"}
   assert changes["num_epochs"] == (base.num_epochs, 7)
   assert changes["dataset.data_dir"] == (None, "/data")
   assert path.read_text() == first  # write=False (processes other than 0)
-  changed = config_lib.sweep_config(base, {"seed": 3, "optimizer.lr": 0.5,
+  changed = sweeps.sweep_config(base, {"seed": 3, "optimizer.lr": 0.5,
                                            "num_steps": 5})
-  with pytest.raises(config_lib.WorkdirError) as e:
+  with pytest.raises(errors.WorkdirError) as e:
     check(changed, str(tmp_path), has_run=True)
   msg = str(e.value)
   assert "seed: 0 -> 3" in msg and "optimizer.lr:" in msg and "-> 0.5" in msg
   assert "num_steps" not in msg.split("Changes allowed")[0]
   assert path.read_text() == first
-  allow = config_lib.sweep_config(changed, {"allow_config_change": True})
+  allow = sweeps.sweep_config(changed, {"allow_config_change": True})
   assert set(check(allow, str(tmp_path), has_run=True)) == {
       "seed", "optimizer.lr", "num_steps", "allow_config_change"}
   assert json.loads(path.read_text())["seed"] == 3
   assert set(check(base, str(tmp_path), has_run=False)) == set()  # nothing to resume
   assert path.read_text() == first
   for key in config_lib.RESUMABLE_CHANGES:
-    assert config_lib.is_resumable_change(key)
+    assert workdir_lib.is_resumable_change(key)
     assert key == "allow_config_change" or key.split(".")[0] in base

@@ -27,6 +27,8 @@ from mixjax import data as data_lib
 from mixjax.data import prepare
 from mixjax.data import tfds_data
 from mixjax.train import config as config_lib
+from mixjax.train import sweeps
+from mixjax.train import validate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
@@ -332,7 +334,7 @@ def test_main_without_data_exits_4_with_both_routes(tmp_path):
 
 
 def test_fashion_mnist_configs():
-  module = config_lib.load_config_module(os.path.join(ROOT, "experiments",
+  module = sweeps.load_config_module(os.path.join(ROOT, "experiments",
                                                       "fashion_mnist.py"))
   base_keys = set(config_lib.base_config().to_dict())
   for arg in (None, "cpu", "gpu"):
@@ -340,9 +342,9 @@ def test_fashion_mnist_configs():
     assert c.dataset.name == "fashion_mnist" and set(c.to_dict()) == base_keys
     assert c.augment.enabled and c.augment.flip and 2 <= c.augment.crop_padding <= 4
     for ndev in (1, 4):
-      config_lib.validate_config(c, num_devices=ndev)
+      validate.validate_config(c, num_devices=ndev)
     for point in module.get_sweep():
-      config_lib.validate_config(config_lib.sweep_config(c, point), num_devices=4)
+      validate.validate_config(sweeps.sweep_config(c, point), num_devices=4)
   gpu = module.get_config("gpu")
   assert (gpu.model.name, gpu.num_epochs, gpu.batch_size) == ("preact_resnet18", 200, 128)
   assert (gpu.optimizer.name, gpu.optimizer.lr, gpu.optimizer.momentum) == ("sgd", 0.1, 0.9)
@@ -386,9 +388,9 @@ def test_real_fashion_mnist_prepare_and_train(tmp_path):
     assert got_images.shape == (n, 28, 28, 1)
     assert rows(got_images, got_labels) == rows(images, labels)
 
-  module = config_lib.load_config_module(os.path.join(ROOT, "experiments",
+  module = sweeps.load_config_module(os.path.join(ROOT, "experiments",
                                                       "fashion_mnist.py"))
-  config = config_lib.sweep_config(module.get_config(), {
+  config = sweeps.sweep_config(module.get_config(), {
       "dataset.data_dir": str(out), "num_steps": 300, "eval.every_epochs": 0,
       "model.kwargs": {"stages": ((32,), (64,)), "dense_sizes": (256,)},
       "log_every_steps": 100, "checkpoint_every_steps": 1000})

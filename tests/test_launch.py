@@ -12,7 +12,8 @@ from absl import flags
 import jax
 import pytest
 
-from mixjax.train import config as config_lib
+from mixjax.train import sweeps
+from mixjax.train import validate
 from mixjax.train import groups
 from test_main import parse_main_flags  # the same flag parsing as mixjax.main
 
@@ -26,7 +27,7 @@ VOLATILE = ("train_time_s", "process_index")
 
 def _load_sweep_module():
   # launch/sweep.py is a script (its flags are defined only under __main__).
-  return config_lib.load_config_module(os.path.join(ROOT, "launch", "sweep.py"))
+  return sweeps.load_config_module(os.path.join(ROOT, "launch", "sweep.py"))
 
 
 def _parse(argv, monkeypatch):
@@ -68,9 +69,9 @@ def test_sweep_commands_parse_into_valid_configs(tmp_path, monkeypatch):
   for cmd, point in zip(cmds, points):
     assert cmd[:3] == ["python", "-m", "mixjax.main"]
     config = _parse(["mixjax.main"] + cmd[3:], monkeypatch)
-    config_lib.validate_config(config, num_devices=4)
+    validate.validate_config(config, num_devices=4)
     assert config.num_epochs == 1
-    expected = config_lib.sweep_config(config, point)  # the point applied to the parsed one
+    expected = sweeps.sweep_config(config, point)  # the point applied to the parsed one
     assert config.to_dict() == expected.to_dict()
 
 

@@ -11,8 +11,12 @@ from absl import flags
 import pytest
 
 from mixjax import main as main_lib
+from conftest import one_line_error, run_main  # pylint: disable=g-bad-import-order
 from mixjax import train
 from mixjax.train import config as config_lib
+from mixjax import errors
+from mixjax.train import sweeps
+from mixjax.train import validate
 from mixjax.train import groups
 from mixjax.train import loop
 
@@ -21,7 +25,7 @@ MNIST1D = os.path.join(ROOT, "experiments", "mnist1d.py")
 
 
 def _config(**overrides):
-  return config_lib.sweep_config(config_lib.base_config(), overrides)
+  return sweeps.sweep_config(config_lib.base_config(), overrides)
 
 
 # (overrides, words the message must contain)
@@ -63,39 +67,15 @@ BAD = [
 
 @pytest.mark.parametrize("overrides,words", BAD, ids=[str(o) for o, _ in BAD])
 def test_validate_config_names_the_problem_and_the_choices(overrides, words):
-  with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate_config(_config(**overrides), num_devices=4)
+  with pytest.raises(errors.ConfigError) as e:
+    validate.validate_config(_config(**overrides), num_devices=4)
   for w in words:
     assert w in str(e.value), (w, str(e.value))
   assert "\n" not in str(e.value)
 
 
 def test_good_config_validates():
-  config_lib.validate_config(config_lib.base_config(), num_devices=4)
-
-
-def parse_main_flags(argv, monkeypatch):
-  """Parses `python -m mixjax.main argv...`'s flags in this process."""
-  argv = ["mixjax.main"] + list(argv)
-  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads `--config.*` from sys.argv
-  flags.FLAGS.unparse_flags()
-  for name in list(flags.FLAGS):  # override flags are defined per parse
-    if name.startswith("config."):
-      delattr(flags.FLAGS, name)
-  flags.FLAGS(argv)
-
-
-def _run_main(argv, monkeypatch):
-  parse_main_flags(argv, monkeypatch)
-  main_lib.main(["mixjax.main"])
-
-
-def _one_line_error(capsys) -> str:
-  """stderr of a failed command: exactly one non-empty line, no traceback."""
-  err = capsys.readouterr().err
-  lines = [l for l in err.splitlines() if l.strip()]
-  assert len(lines) == 1 and "Traceback" not in err, err
-  return lines[0]
+  validate.validate_config(config_lib.base_config(), num_devices=4)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +129,7 @@ def test_bad_flags_exit_2_with_one_line(argv, words, bad_configs, monkeypatch, c
   with pytest.raises(SystemExit) as e:
     main_lib.parse_flags(argv)
   assert e.value.code == 2
-  line = _one_line_error(capsys)
+  line = one_line_error(capsys)
   for w in words:
     assert w in line, (w, line)
   assert not os.listdir(tmp_path)
@@ -194,17 +174,17 @@ def test_main_rejects_bad_input_before_training(tmp_path, monkeypatch, capsys):
                      ("--config.batch_size=100000", "<= 3600"),
                      ('--config.model.kwargs={"hidden_sizes": [17]}', "dense_sizes")):
     with pytest.raises(SystemExit) as e:
-      _run_main([f"--config={MNIST1D}", f"--workdir={tmp_path}", flag], monkeypatch)
+      run_main([f"--config={MNIST1D}", f"--workdir={tmp_path}", flag], monkeypatch)
     assert e.value.code == 2
-    assert word in _one_line_error(capsys)
+    assert word in one_line_error(capsys)
     assert not os.path.exists(tmp_path / "config.json")
   # A workdir that cannot be created (under a regular file): exit 5, naming it.
   blocker = tmp_path / "file"
   blocker.write_text("")
   with pytest.raises(SystemExit) as e:
-    _run_main([f"--config={MNIST1D}", f"--workdir={blocker / 'run'}"], monkeypatch)
+    run_main([f"--config={MNIST1D}", f"--workdir={blocker / 'run'}"], monkeypatch)
   assert e.value.code == 5
-  assert f"--workdir={blocker / 'run'}" in _one_line_error(capsys)
+  assert f"--workdir={blocker / 'run'}" in one_line_error(capsys)
 
 
 def test_main_refuses_a_workdir_started_with_another_config(tmp_path, monkeypatch, capsys):
@@ -219,10 +199,10 @@ def test_main_refuses_a_workdir_started_with_another_config(tmp_path, monkeypatc
   monkeypatch.setattr(loop.data_lib, "load_dataset",
                       lambda *a, **k: pytest.fail("data loaded"))
   with pytest.raises(SystemExit) as e:
-    _run_main([f"--config={MNIST1D}", f"--workdir={tmp_path}",
+    run_main([f"--config={MNIST1D}", f"--workdir={tmp_path}",
                '--config.sampler.params={"alpha": 0.2}'], monkeypatch)
   assert e.value.code == 5
-  line = _one_line_error(capsys)
+  line = one_line_error(capsys)
   assert "sampler.params.alpha: 1.0 -> 0.2" in line
   assert "--config.allow_config_change=True" in line and "fresh --workdir" in line
   assert (tmp_path / "config.json").read_text() == before
@@ -230,7 +210,7 @@ def test_main_refuses_a_workdir_started_with_another_config(tmp_path, monkeypatc
 
 def test_main_runs_with_overrides(tmp_path, capsys, monkeypatch):
   """The mnist1d config end to end at tiny size through the real flag parsing."""
-  _run_main([f"--config={MNIST1D}", f"--workdir={tmp_path}", "--config.num_steps=4",
+  run_main([f"--config={MNIST1D}", f"--workdir={tmp_path}", "--config.num_steps=4",
              "--config.batch_size=64", "--config.log_every_steps=2",
              "--config.eval.every_epochs=0", "--config.method.name=regmixup",
              "--config.sampler.params={\"alpha\": 2.0}",
@@ -259,7 +239,7 @@ def test_main_missing_tfds_data_exits_fast_with_instructions(tmp_path, monkeypat
   empty.mkdir()
   start = time.monotonic()
   with pytest.raises(SystemExit) as e:
-    _run_main([f"--config={cifar}", f"--workdir={tmp_path / 'w'}",
+    run_main([f"--config={cifar}", f"--workdir={tmp_path / 'w'}",
                f"--config.dataset.data_dir={empty}"], monkeypatch)
   assert time.monotonic() - start < 30
   assert e.value.code == 4

@@ -17,7 +17,7 @@ from mixjax import mixing
 from mixjax import samplers
 from mixjax.studies import analysis
 from mixjax.studies import runs as study_runs
-from mixjax.train import config as config_lib
+from mixjax.train import sweeps
 from mixjax import samplers as L
 from mixjax.studies import records
 
@@ -46,8 +46,8 @@ def test_study_trains_through_the_trainer_grouped_by_law_structure(tmp_path):
   laws = [law("erm"), law("beta", alpha=0.2), law("beta", alpha=1.0), law("optimal"),
           law("matched_atoms", mean=0.75, var=1 / 48, num_points=2, label="2 atoms")]
   cfg, pts, runs_dir, named = _digits_study(tmp_path, laws)
-  assert [n for n, _ in named] == [config_lib.point_name(i, p) for i, p in enumerate(pts)]
-  groups = [[named[i][0] for i in g] for g in groups.law_groups(named)]
+  assert [n for n, _ in named] == [sweeps.point_name(i, p) for i, p in enumerate(pts)]
+  groups = [[named[i][0] for i in g] for g in sweeps.law_groups(named)]
   assert groups == [[n for n, _ in named[:2]], [n for n, _ in named[2:6]],
                     [n for n, _ in named[6:]]]
   assert sorted(d for d in os.listdir(runs_dir) if d.startswith("group_")) == [

@@ -17,51 +17,20 @@ import numpy as np
 import pytest
 
 from mixjax.train import checkpoint as checkpoint_lib
-from mixjax.train import config as config_lib
+from mixjax import errors
+from mixjax.train import sweeps
 from mixjax.train import groups
 from mixjax.train import loop
 from mixjax.train import writers
+from conftest import comparable, get_config, read_summary  # pylint: disable=g-bad-import-order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """JAX's persistent compilation cache for this module: the runs here compile the same
-  step / init / eval programs several times (a resumed run recompiles what the first
-  run compiled), and a CPU compile of a train step takes seconds. Speed only: results
-  are the same with or without it."""
-  try:
-    from jax._src import compilation_cache as cc  # pylint: disable=g-import-not-at-top
-  except ImportError:  # private module moved: run uncached
-    yield
-    return
-  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-           "jax_persistent_cache_min_entry_size_bytes")
-  old = {n: getattr(jax.config, n) for n in names}
-  cache_dir = tmp_path_factory.getbasetemp().parent / "mixjax_train_jax_cache"
-  jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  cc.reset_cache()
-  yield
-  for n, v in old.items():
-    jax.config.update(n, v)
-  cc.reset_cache()
-
-
-def get_config(name, **overrides):
-  """experiments/<name>.py's config with `overrides` ({"a.b": value}) applied."""
-  module = config_lib.load_config_module(os.path.join(ROOT, "experiments", f"{name}.py"))
-  return config_lib.sweep_config(module.get_config(), overrides)
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 TINY = {"log_every_steps": 2, "eval.every_epochs": 1, "checkpoint_every_steps": 2}
-
-
-def _summary(workdir):
-  with open(os.path.join(workdir, "summary.json")) as f:
-    return json.load(f)
 
 
 def test_digits_on_device_and_host_fed_agree(tmp_path):
@@ -76,7 +45,7 @@ def test_digits_on_device_and_host_fed_agree(tmp_path):
     records = writers.read_metrics(wd)
     assert [r["step"] for r in records if "train/loss" in r] == [2, 4]
     assert all(np.isfinite(r["train/loss"]) for r in records if "train/loss" in r)
-    assert _summary(wd)["test"] == runs[-1]["test"]
+    assert read_summary(wd)["test"] == runs[-1]["test"]
   a, b = runs
   assert a["param_l1"] == b["param_l1"]
   assert a["test"] == b["test"] and a["test_rescaled"] == b["test_rescaled"]
@@ -130,13 +99,6 @@ def test_cifar10_config_under_mock_data(tmp_path):
     assert 0 <= summary[col]["accuracy"] <= 1 and np.isfinite(summary[col]["nll"])
 
 
-def _comparable(records):
-  """The records without wall-clock rates and without the resume markers."""
-  drop = ("steps_per_sec",)
-  return [{k: v for k, v in r.items() if k not in drop} for r in records
-          if "resumed_from_step" not in r]
-
-
 def _train_steps(workdir):
   return [r["step"] for r in writers.read_metrics(workdir) if "train/loss" in r]
 
@@ -161,18 +123,18 @@ def resume_config(**overrides):
 
 
 @pytest.fixture(scope="module")
-def reference(compilation_cache, tmp_path_factory):  # pylint: disable=redefined-outer-name,unused-argument
+def reference(compilation_cache, tmp_path_factory):  # pylint: disable=unused-argument
   """(workdir, summary) of the uninterrupted RESUME run, shared by the tests below."""
   wd = str(tmp_path_factory.mktemp("reference"))
   return wd, groups.train_and_evaluate(resume_config(), wd)
 
 
 @pytest.fixture(scope="module")
-def interrupted(compilation_cache, tmp_path_factory):  # pylint: disable=redefined-outer-name,unused-argument
+def interrupted(compilation_cache, tmp_path_factory):  # pylint: disable=unused-argument
   """A workdir of the RESUME run stopped abruptly after step 7 (checkpoints 3 and 6);
   tests copy it, never change it."""
   wd = str(tmp_path_factory.mktemp("interrupted"))
-  with pytest.raises(loop._Interrupted):  # pylint: disable=protected-access
+  with pytest.raises(loop.Interrupted):  # pylint: disable=protected-access
     groups.train_and_evaluate(resume_config(), wd, interrupt_at_step=7)
   return wd
 
@@ -197,14 +159,14 @@ def test_resume_after_interruption_matches_uninterrupted_run(reference, interrup
   got = groups.train_and_evaluate(resume_config(), wd)
   assert got["resumed_from_step"] == 6 and _resumes(wd) == [6]
   assert _train_steps(wd) == list(range(1, 10))  # strictly increasing, none repeated
-  assert _comparable(writers.read_metrics(wd)) == _comparable(writers.read_metrics(full))
+  assert comparable(writers.read_metrics(wd)) == comparable(writers.read_metrics(full))
   for key in ("test", "test_rescaled", "param_l1"):
     assert got[key] == ref[key]
   # Running the finished command again only re-evaluates: nothing changes.
   again = groups.train_and_evaluate(resume_config(), wd)
   assert again["resumed_from_step"] == 9 and _resumes(wd) == [6, 9]
   assert _train_steps(wd) == list(range(1, 10))
-  assert _comparable(writers.read_metrics(wd)) == _comparable(writers.read_metrics(full))
+  assert comparable(writers.read_metrics(wd)) == comparable(writers.read_metrics(full))
   assert again["test"] == ref["test"] and again["param_l1"] == ref["param_l1"]
 
 
@@ -248,7 +210,7 @@ def test_no_restorable_checkpoint_stops_and_names_the_folder(interrupted, tmp_pa
   for wd, config in ((damaged, resume_config()),
                      (other, resume_config(**{"model.kwargs": {"features": (8,),
                                                                "dense_sizes": (8,)}}))):
-    with pytest.raises(config_lib.WorkdirError) as e:
+    with pytest.raises(errors.WorkdirError) as e:
       groups.train_and_evaluate(config, wd)
     msg = str(e.value)
     assert os.path.join(wd, "checkpoints") in msg and "fresh --workdir" in msg, msg
@@ -265,11 +227,11 @@ def test_changed_config_is_refused_unless_allowed(reference, tmp_path):
   before = open(os.path.join(wd, "config.json")).read()
   with mock.patch.object(loop.data_lib, "load_dataset",
                          side_effect=AssertionError("data loaded")):
-    with pytest.raises(config_lib.WorkdirError) as e:
+    with pytest.raises(errors.WorkdirError) as e:
       groups.train_and_evaluate(resume_config(**{"sampler.params": {"alpha": 0.2}}), wd)
     assert "sampler.params.alpha: 1.0 -> 0.2" in str(e.value)
     assert "allow_config_change=True" in str(e.value) and "fresh --workdir" in str(e.value)
-    with pytest.raises(config_lib.WorkdirError) as e:
+    with pytest.raises(errors.WorkdirError) as e:
       groups.train_and_evaluate(resume_config(**{"model.kwargs": {"features": (8,),
                                                                 "dense_sizes": (8,)}}), wd)
     assert "model.kwargs.features: [4] -> [8]" in str(e.value)
@@ -300,7 +262,7 @@ def test_workdir_from_before_a_new_knob_resumes_unless_the_knob_is_changed(refer
   del old["num_seeds"]
   with open(path, "w") as f:
     json.dump(old, f)
-  with pytest.raises(config_lib.WorkdirError, match="num_seeds"):
+  with pytest.raises(errors.WorkdirError, match="num_seeds"):
     groups.train_and_evaluate(resume_config(num_seeds=2), wd)
 
 
@@ -361,7 +323,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_a_finite_checkpoint(tmp_path):
                       **{"optimizer.lr": 1e38, "optimizer.warmup_epochs": 0.0,
                          "model.kwargs": {"features": (4,), "dense_sizes": (8,)},
                          "eval.every_epochs": 0})
-  with pytest.raises(loop.NonFiniteLossError) as e:
+  with pytest.raises(errors.NonFiniteLossError) as e:
     groups.train_and_evaluate(config, str(tmp_path))
   msg = str(e.value)
   bad = int(msg.split("at step ")[1].split()[0])
@@ -434,7 +396,7 @@ def test_sigkill_during_a_checkpoint_write_then_same_command_resumes_exactly(ref
   proc = subprocess.run([sys.executable, "-m", "mixjax.main"] + args, env=env, cwd=ROOT,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  got, ref = _summary(wd), reference[1]
+  got, ref = read_summary(wd), reference[1]
   assert got["resumed_from_step"] == 3 and _resumes(str(wd)) == [3]
   assert _train_steps(str(wd)) == list(range(1, 10))
   for key in ("test", "test_rescaled", "param_l1"):

@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 
 from mixjax import models as models_lib
-from mixjax.train import config as config_lib
+from mixjax import errors
+from mixjax.models import introspect
+from mixjax.train import sweeps
+from mixjax.train import validate
 from mixjax.train import loop
 from mixjax.train import groups
 from mixjax.train import setup
@@ -27,8 +30,9 @@ from mixjax.train import trained
 from mixjax.train import step as step_lib
 from mixjax.train import writers
 
-from tests.test_train import compilation_cache  # pylint: disable=unused-import
-from tests.test_train import get_config
+from conftest import comparable, get_config, one_line_error, read_summary, run_main  # pylint: disable=g-bad-import-order
+
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 # An MNIST-1D MLP (vmapped by "auto" on CPU): 8 steps, logged every step, checkpoints at 4.
 MLP = {"model.name": "mlp", "model.kwargs": {"hidden_sizes": (16,)},
@@ -38,11 +42,6 @@ MLP = {"model.name": "mlp", "model.kwargs": {"hidden_sizes": (16,)},
 
 def group_config(**overrides):
   return get_config("mnist1d", **{**MLP, **overrides})
-
-
-def _summary(path):
-  with open(os.path.join(path, "summary.json")) as f:
-    return json.load(f)
 
 
 def _losses(workdir):
@@ -72,12 +71,12 @@ def test_group_writes_one_folder_per_run_and_a_group_summary(group):
     with open(os.path.join(run, "config.json")) as f:
       cfg = json.load(f)
     assert (cfg["seed"], cfg["num_seeds"]) == (seed, 1)
-    s = _summary(run)
+    s = read_summary(run)
     assert s["status"] == "ok" and s["step"] == 8 and s["seed"] == seed
     assert os.path.exists(os.path.join(run, "predictions.npz"))
     assert [r["step"] for r in writers.read_metrics(run) if "train/loss" in r] == \
         list(range(1, 9))
-  g = _summary(wd)
+  g = read_summary(wd)
   assert (g["num_runs"], g["num_finished"]) == (3, 3)
   acc = [out["runs_summaries"][f"seed_{s}"]["test"]["accuracy"] for s in (5, 6, 7)]
   assert g["test"]["accuracy"]["mean"] == pytest.approx(np.mean(acc), abs=1e-12)
@@ -92,7 +91,7 @@ def test_run_in_a_group_equals_the_run_trained_alone(group, tmp_path):
   alone_wd, alone = _alone(6, tmp_path)
   in_group = os.path.join(wd, "seed_6")
   np.testing.assert_allclose(_losses(in_group), _losses(alone_wd), rtol=2e-5)
-  got = _summary(in_group)
+  got = read_summary(in_group)
   assert got["param_l1"] == pytest.approx(alone["param_l1"], rel=1e-5)
   for k in ("accuracy", "nll", "ece", "brier"):
     assert got["test"][k] == pytest.approx(alone["test"][k], rel=1e-4, abs=1e-5)
@@ -100,17 +99,17 @@ def test_run_in_a_group_equals_the_run_trained_alone(group, tmp_path):
                                                     abs=1e-5)
 
 
-def test_vmapped_group_of_one_is_the_single_run(tmp_path):
-  """`train_group` with one run (vmapped, R = 1) equals `train_and_evaluate` alone."""
-  config = group_config(seed=3, group_mode="vmap")
-  wd = str(tmp_path / "g1")
-  out = groups.train_group(config, wd, devices=jax.devices())
-  alone_wd, alone = _alone(3, tmp_path)
-  run = out["runs_summaries"]["seed_3"]
-  np.testing.assert_allclose(_losses(os.path.join(wd, "seed_3")), _losses(alone_wd),
-                             rtol=2e-5)
-  assert run["param_l1"] == pytest.approx(alone["param_l1"], rel=1e-5)
-  assert run["test"]["accuracy"] == pytest.approx(alone["test"]["accuracy"], abs=1e-6)
+def test_a_lone_run_compiles_without_the_run_axis(tmp_path, monkeypatch):
+  """A single run is a group of one through the same path, compiled without the run
+  axis (num_runs None), so its program is a single run's; a seed group of two compiles
+  one vmapped program (num_runs 2)."""
+  built = []
+  original = step_lib.make_train_step
+  monkeypatch.setattr(step_lib, "make_train_step",
+                      lambda **kw: built.append(kw["num_runs"]) or original(**kw))
+  groups.train_and_evaluate(group_config(seed=3), str(tmp_path / "one"))
+  groups.train_and_evaluate(group_config(seed=3, num_seeds=2), str(tmp_path / "two"))
+  assert built == [None, 2]
 
 
 def test_killed_group_resumes_exactly(group, tmp_path):
@@ -118,12 +117,12 @@ def test_killed_group_resumes_exactly(group, tmp_path):
   run's metrics and summary equal the uninterrupted group's exactly."""
   full, ref = group
   wd = str(tmp_path / "killed")
-  with pytest.raises(loop._Interrupted):  # pylint: disable=protected-access
+  with pytest.raises(loop.Interrupted):  # pylint: disable=protected-access
     groups.train_and_evaluate(group_config(seed=5, num_seeds=3), wd, interrupt_at_step=6)
   assert not os.path.exists(os.path.join(wd, "summary.json"))
   groups.train_and_evaluate(group_config(seed=5, num_seeds=3), wd)
   for seed in (5, 6, 7):
-    got, want = (_summary(os.path.join(d, f"seed_{seed}")) for d in (wd, full))
+    got, want = (read_summary(os.path.join(d, f"seed_{seed}")) for d in (wd, full))
     assert got["resumed_from_step"] == 4
     assert got["param_l1"] == want["param_l1"] and got["test"] == want["test"]
     drop = lambda rs: [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in rs
@@ -148,7 +147,7 @@ def test_nan_in_one_run_fails_that_run_only(group, tmp_path, monkeypatch):
   monkeypatch.setattr(setup, "create_or_restore_state", poisoned)
   wd = str(tmp_path / "nan")
   out = groups.train_and_evaluate(group_config(seed=5, num_seeds=3), wd)
-  failed = _summary(os.path.join(wd, "seed_6"))
+  failed = read_summary(os.path.join(wd, "seed_6"))
   assert failed["status"] == "failed" and failed["failed_at_step"] == 1
   assert "test" not in failed
   nan_metrics = os.path.join(wd, "seed_6", writers.METRICS_FILE)
@@ -158,14 +157,14 @@ def test_nan_in_one_run_fails_that_run_only(group, tmp_path, monkeypatch):
   assert out["runs"]["seed_6"] == {"status": "failed", "seed": 6, "failed_at_step": 1,
                                    "test": None}
   for seed in (5, 7):
-    got, want = (_summary(os.path.join(d, f"seed_{seed}")) for d in (wd, full))
+    got, want = (read_summary(os.path.join(d, f"seed_{seed}")) for d in (wd, full))
     assert got["status"] == "ok" and got["param_l1"] == pytest.approx(want["param_l1"],
                                                                       rel=1e-6)
 
 
 def test_nan_in_every_run_stops_the_group(tmp_path):
   config = group_config(num_seeds=2, **{"optimizer.lr": 1e30})
-  with pytest.raises(loop.NonFiniteLossError, match="every run of the group"):
+  with pytest.raises(errors.NonFiniteLossError, match="every run of the group"):
     groups.train_and_evaluate(config, str(tmp_path / "all_nan"))
 
 
@@ -183,14 +182,13 @@ def test_sequential_group_shares_one_step_and_skips_finished_runs(tmp_path, monk
   original = step_lib.make_train_step
   monkeypatch.setattr(step_lib, "make_train_step",
                       lambda **kw: built.append(kw["num_runs"]) or original(**kw))
-  setup._STEP_CACHE.clear()  # pylint: disable=protected-access
   wd = str(tmp_path / "seq")
   out = groups.train_and_evaluate(config, wd)
   assert built == [None] and out["num_finished"] == 2
   assert not os.path.exists(os.path.join(wd, "checkpoints"))  # each run has its own
   for seed in (0, 1):
     alone_wd, alone = _alone(seed, tmp_path, **overrides)
-    got = _summary(os.path.join(wd, f"seed_{seed}"))
+    got = read_summary(os.path.join(wd, f"seed_{seed}"))
     assert got["param_l1"] == alone["param_l1"] and got["test"] == alone["test"]
   mtime = os.path.getmtime(os.path.join(wd, "seed_0", "summary.json"))
   groups.train_and_evaluate(config, wd)
@@ -198,11 +196,18 @@ def test_sequential_group_shares_one_step_and_skips_finished_runs(tmp_path, monk
 
 
 def test_auto_mode_vmaps_dense_models_and_not_convolutions():
-  mlp = models_lib.build_model("mlp", 10, {"hidden_sizes": (8,)})
-  lenet = models_lib.build_model("lenet", 10, {"features": (4,), "dense_sizes": (8,)},
-                                 input_shape=(40, 1, 1))
-  assert not setup.has_convolution(mlp, (40,))
-  assert setup.has_convolution(lenet, (40,))
+  """`group_mode="auto"` on these CPU devices: vmap for the MLP, sequential for LeNet
+  (a convolution), sequential for host-fed data; "vmap" and "sequential" as asked."""
+  lenet = {"model.name": "lenet", "model.kwargs": {"features": (4,), "dense_sizes": (8,)},
+           "model.input_shape": (40, 1, 1)}
+  mode = lambda c: groups.group_mode(c, setup.make_model(c, ds), ds, jax.devices())
+  ds, _ = setup.load_data(group_config())
+  assert mode(group_config(num_seeds=2)) == "vmap"
+  assert mode(group_config(num_seeds=2, **lenet)) == "sequential"
+  assert mode(group_config(num_seeds=2, data_on_device=False)) == "sequential"
+  assert mode(group_config(num_seeds=2, group_mode="vmap", **lenet)) == "vmap"
+  assert mode(group_config(num_seeds=2, group_mode="sequential")) == "sequential"
+  assert introspect.has_convolution(setup.make_model(group_config(**lenet), ds), (40,))
 
 
 @pytest.mark.parametrize("key,value,needle", [
@@ -210,19 +215,19 @@ def test_auto_mode_vmaps_dense_models_and_not_convolutions():
     ("group_mode", "parallel", "config.group_mode='parallel' is not valid"),
 ])
 def test_bad_group_settings_are_refused(key, value, needle):
-  with pytest.raises(config_lib.ConfigError, match=needle.replace("(", r"\(")):
-    config_lib.validate_config(group_config(**{key: value}), check_data=False)
+  with pytest.raises(errors.ConfigError, match=needle.replace("(", r"\(")):
+    validate.validate_config(group_config(**{key: value}), check_data=False)
 
 
 def test_vmap_mode_needs_the_data_on_device(tmp_path):
   config = group_config(num_seeds=2, group_mode="vmap", data_on_device=False)
-  with pytest.raises(config_lib.ConfigError, match="group_mode=sequential"):
+  with pytest.raises(errors.ConfigError, match="group_mode=sequential"):
     groups.train_and_evaluate(config, str(tmp_path / "host"))
   shutil.rmtree(tmp_path / "host", ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------
-# Sweeps: `python -m mixjax.main --sweep` (`config.sweep_point_configs`, `groups.train_sweep`).
+# Sweeps: `python -m mixjax.main --sweep` (`config.sweep_point_configs`, `sweeps.train_sweep`).
 
 SWEEP_FILE = '''
 import ml_collections
@@ -254,9 +259,8 @@ def sweep_file(tmp_path):
 def test_sweep_runs_every_point_in_its_folder_and_skips_finished_ones(sweep_file,
                                                                        tmp_path,
                                                                        monkeypatch):
-  from tests.test_main import _run_main  # pylint: disable=g-import-not-at-top
   wd = tmp_path / "sweep"
-  _run_main([f"--config={sweep_file}", f"--workdir={wd}", "--sweep",
+  run_main([f"--config={sweep_file}", f"--workdir={wd}", "--sweep",
              "--config.seed=3"], monkeypatch)
   names = ["00_method=erm", "01_sampler=beta_alpha=0.2"]
   assert sorted(p for p in os.listdir(wd) if os.path.isdir(wd / p)) == names
@@ -265,14 +269,14 @@ def test_sweep_runs_every_point_in_its_folder_and_skips_finished_ones(sweep_file
   assert (beta["method"]["name"], beta["sampler"]["params"]) == ("mixup", {"alpha": 0.2})
   summary = json.loads((wd / "summary.json").read_text())
   assert list(summary) == names and all(v["status"] == "ok" for v in summary.values())
-  assert summary[names[1]]["test"] == _summary(wd / names[1])["test"]
+  assert summary[names[1]]["test"] == read_summary(wd / names[1])["test"]
   # The ERM point is the run of that config trained alone.
-  module = config_lib.load_config_module(sweep_file)
-  alone = config_lib.sweep_config(module.get_config(), {"method.name": "erm", "seed": 3})
+  module = sweeps.load_config_module(sweep_file)
+  alone = sweeps.sweep_config(module.get_config(), {"method.name": "erm", "seed": 3})
   got = groups.train_and_evaluate(alone, str(tmp_path / "alone"))
   assert got["test"] == summary[names[0]]["test"]
   mtime = os.path.getmtime(wd / names[0] / "summary.json")
-  _run_main([f"--config={sweep_file}", f"--workdir={wd}", "--sweep",
+  run_main([f"--config={sweep_file}", f"--workdir={wd}", "--sweep",
              "--config.seed=3"], monkeypatch)
   assert os.path.getmtime(wd / names[0] / "summary.json") == mtime
 
@@ -280,12 +284,11 @@ def test_sweep_runs_every_point_in_its_folder_and_skips_finished_ones(sweep_file
 def test_sweep_point_and_command_line_setting_the_same_key_is_refused(sweep_file,
                                                                        tmp_path,
                                                                        monkeypatch, capsys):
-  from tests.test_main import _one_line_error, _run_main  # pylint: disable=g-import-not-at-top
   with pytest.raises(SystemExit) as e:
-    _run_main([f"--config={sweep_file}", f"--workdir={tmp_path / 'w'}", "--sweep",
+    run_main([f"--config={sweep_file}", f"--workdir={tmp_path / 'w'}", "--sweep",
                "--config.method.name=regmixup"], monkeypatch)
   assert e.value.code == 2
-  line = _one_line_error(capsys)
+  line = one_line_error(capsys)
   assert "method.name" in line and "command line" in line and "point 0" in line
   assert not (tmp_path / "w").exists()
 
@@ -299,29 +302,33 @@ def test_sweep_point_and_command_line_setting_the_same_key_is_refused(sweep_file
     {"data_on_device": False},  # host-fed: k stacked batches per call
     {"num_seeds": 2, "group_mode": "vmap"},  # a vmapped group, scanned
 ], ids=["on_device", "host_fed", "vmapped_group"])
-def test_k_steps_per_call_take_the_same_steps(overrides, tmp_path):
+def test_k_steps_per_call_take_the_same_steps(overrides, tmp_path, monkeypatch):
   """k = 4 with logs every 4 steps and a checkpoint every 10 of 18 steps (scanned blocks
   0–4, 4–8, 12–16; single steps for 8–12 around the checkpoint and 16–18) against k = 1:
   the same logged losses and final parameters to float tolerance, logs at the same
   steps, and both the 4-step and the 1-step programs were used."""
   base = {**overrides, "log_every_steps": 4, "checkpoint_every_steps": 10, "num_steps": 18}
   out = {}
+  original = step_lib.make_train_step
   for k in (1, 4):
+    built = []
+    monkeypatch.setattr(step_lib, "make_train_step",
+                        lambda **kw: built.append(kw["steps_per_call"]) or original(**kw))  # pylint: disable=cell-var-from-loop
     wd = tmp_path / f"k{k}"
     out[k] = groups.train_and_evaluate(group_config(steps_per_call=k, **base), str(wd))
     out[k]["_dir"] = wd / "seed_0" if "num_seeds" in overrides else wd
-    assert sorted(setup._STEP_CACHE["programs"]) == sorted({1, k})  # pylint: disable=protected-access
+    assert sorted(built) == sorted({1, k})
   steps = lambda d: [r["step"] for r in writers.read_metrics(str(d)) if "train/loss" in r]
   assert steps(out[1]["_dir"]) == steps(out[4]["_dir"]) == [4, 8, 12, 16, 18]
   np.testing.assert_allclose(_losses(str(out[4]["_dir"])), _losses(str(out[1]["_dir"])),
                              rtol=1e-5)
-  p1, p4 = (_summary(str(out[k]["_dir"]))["param_l1"] for k in (1, 4))
+  p1, p4 = (read_summary(str(out[k]["_dir"]))["param_l1"] for k in (1, 4))
   assert p4 == pytest.approx(p1, rel=1e-5)
 
 
 def test_steps_per_call_must_be_positive():
-  with pytest.raises(config_lib.ConfigError, match="steps_per_call=0"):
-    config_lib.validate_config(group_config(steps_per_call=0), check_data=False)
+  with pytest.raises(errors.ConfigError, match="steps_per_call=0"):
+    validate.validate_config(group_config(steps_per_call=0), check_data=False)
 
 
 LAW_SWEEP_FILE = SWEEP_FILE.replace('''def get_sweep():
@@ -342,15 +349,15 @@ def test_sweep_over_law_parameters_is_one_vmapped_program_equal_to_each_run(tmp_
   assert "(1.0, 0.05, 1e-3)" in LAW_SWEEP_FILE
   path = tmp_path / "law_sweep.py"
   path.write_text(LAW_SWEEP_FILE)
-  config = config_lib.load_config_module(str(path)).get_config()
-  points = config_lib.sweep_point_configs(config, str(path))
-  assert [[points[i][0] for i in g] for g in groups.law_groups(points)] == [
+  config = sweeps.load_config_module(str(path)).get_config()
+  points = sweeps.sweep_point_configs(config, str(path))
+  assert [[points[i][0] for i in g] for g in sweeps.law_groups(points)] == [
       [p[0] for p in points[:3]], [points[3][0]]]
   wd = tmp_path / "sweep"
-  out = groups.train_sweep(points, str(wd))
+  out = sweeps.train_sweep(points, str(wd))
   assert sorted(os.listdir(wd)) == sorted([p[0] for p in points] + ["group_000_3",
                                                                      "summary.json"])
-  assert _summary(wd / points[1][0])["checkpoint"] == {
+  assert read_summary(wd / points[1][0])["checkpoint"] == {
       "workdir": "../group_000_3", "run": 1, "num_runs": 3}
   lrs = [[r["train/lr"] for r in writers.read_metrics(str(wd / p[0])) if "train/lr" in r]
          for p in points[:2]]
@@ -358,7 +365,7 @@ def test_sweep_over_law_parameters_is_one_vmapped_program_equal_to_each_run(tmp_
   for name, c in points:
     alone_wd = str(tmp_path / f"alone_{name}")
     alone = groups.train_and_evaluate(c, alone_wd)
-    got = _summary(wd / name)
+    got = read_summary(wd / name)
     assert got["theta_bar"] == pytest.approx(alone["theta_bar"], rel=1e-12)
     np.testing.assert_allclose(_losses(str(wd / name)), _losses(alone_wd), rtol=2e-5)
     assert got["param_l1"] == pytest.approx(alone["param_l1"], rel=1e-5)
@@ -373,3 +380,38 @@ def test_sweep_over_law_parameters_is_one_vmapped_program_equal_to_each_run(tmp_
     assert run.steps[-1] == ref.steps[-1] == 6
     run.close()
     ref.close()
+
+
+SWAP_SWEEP_FILE = SWEEP_FILE.replace('''def get_sweep():
+  return [{"method.name": "erm"},
+          {"sampler.name": "beta", "sampler.params": {"alpha": 0.2}}]''', '''def get_sweep(arg=None):
+  values = [(0.1, 0.0), (0.02, 0.05)]
+  if arg == "swapped":
+    values = values[::-1]
+  return [{"seed": s, "optimizer.lr": lr, "optimizer.weight_decay": wd}
+          for s, (lr, wd) in zip((0, 1), values)]''').replace("def get_config():",
+                                                      "def get_config(arg=None):")
+
+
+def test_swapping_per_run_optimizer_values_in_a_vmapped_sweep_changes_the_runs(tmp_path):
+  """Negative control for per-run values: two points (seeds 0 and 1) trained as one
+  vmapped program, then the same with their (lr, weight decay) swapped. Each run
+  follows its own values: swapping changes both runs' results, and the seed-0 run with
+  the values (0.1, 0) matches itself across the two sweeps only when it has them."""
+  path = tmp_path / "swap.py"
+  path.write_text(SWAP_SWEEP_FILE)
+  out = {}
+  for arg in ("plain", "swapped"):
+    config = sweeps.load_config_module(str(path)).get_config()
+    points = sweeps.sweep_point_configs(config, f"{path}:{arg}")
+    assert len(sweeps.law_groups(points)) == 1  # one vmapped program
+    sweeps.train_sweep(points, str(tmp_path / arg))
+    out[arg] = [read_summary(tmp_path / arg / name)["param_l1"] for name, _ in points]
+  for r in range(2):
+    assert abs(out["plain"][r] - out["swapped"][r]) > 1e-3 * abs(out["plain"][r])
+  # The same run (seed, lr, wd) trained in each sweep: equal up to float rounding.
+  alone = groups.train_and_evaluate(
+      sweeps.sweep_config(sweeps.load_config_module(str(path)).get_config(),
+                          {"seed": 1, "optimizer.lr": 0.1, "optimizer.weight_decay": 0.0}),
+      str(tmp_path / "alone"))
+  assert out["swapped"][1] == pytest.approx(alone["param_l1"], rel=1e-5)

@@ -28,9 +28,11 @@ from mixjax import models
 from mixjax import samplers
 from mixjax.theory import stats as stats_lib
 from mixjax.train import config as config_lib
+from mixjax.train import sweeps
 from mixjax.train import groups
 from mixjax.train import setup
 from mixjax.train import methods
+from conftest import method_context  # pylint: disable=g-bad-import-order
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 from mixjax.train import writers
@@ -121,9 +123,9 @@ def test_step_loss_equals_library_objective_at_each_step(name, estimator):
   model = models.get_model("mlp", c, hidden_sizes=(8,), activation="tanh")
   sampler = samplers.beta(0.7)
   stats = mixjax.data_stats(x_all, jax.nn.one_hot(y_all, c))
-  ctx = methods.MethodContext(loss=losses.get_loss("cross_entropy"), sampler=sampler,
-                              theta_bar=float(samplers.theta_moments(sampler).mean),
-                              estimator=estimator, num_probes=2, num_draws=2)
+  ctx = method_context(sampler=sampler, moments=samplers.theta_moments(sampler),
+                       method__estimator=estimator, method__num_probes=2,
+                       method__num_draws=2)
   mesh = step_lib.make_mesh()
   tx = optax.adam(3e-2)
   rng = jax.random.key_data(jax.random.key(11))
@@ -152,8 +154,8 @@ def test_step_loss_equals_library_objective_at_each_step(name, estimator):
 
 
 def _two_moons_config(name, num_steps):
-  module = config_lib.load_config_module(os.path.join(ROOT, "experiments", "two_moons.py"))
-  return config_lib.sweep_config(module.get_config(), {
+  module = sweeps.load_config_module(os.path.join(ROOT, "experiments", "two_moons.py"))
+  return sweeps.sweep_config(module.get_config(), {
       "method.name": name, "num_steps": num_steps, "log_every_steps": 1,
       "checkpoint_every_steps": 1000, "eval.every_epochs": 0,
       "dataset.kwargs": {"num_features": 16, "feature_map": "relu", "noise": 0.01,
@@ -200,7 +202,7 @@ def _stats_config(**overrides):
   c.dataset.name = "two_moons"
   c.dataset.val_fraction = 0.2
   c.dataset.kwargs = {"num_features": 6, "n_samples": 200}
-  return config_lib.sweep_config(c, overrides)
+  return sweeps.sweep_config(c, overrides)
 
 
 def _load(config):

@@ -182,7 +182,8 @@ def test_sgd_couples_weight_decay_before_momentum(nesterov):
   spe, total, lr, mu, wd = 2, 4, 0.2, 0.9, 0.05
   cfg = _cfg(name="sgd", lr=lr, momentum=mu, nesterov=nesterov, weight_decay=wd,
              schedule="cosine", warmup_epochs=0.0)
-  tx, sched = optim.make_optimizer(cfg, spe, total)
+  tx = optim.make_optimizer(cfg, spe, total)
+  sched = optim.make_schedule(cfg, spe, total)
   got = _run_tx(tx, params, grads)
   lrs = [lr * 0.5 * (1 + math.cos(math.pi * t / total)) for t in range(4)]
   _assert_history(got, _sgd_numpy(params, grads, lrs, mu, wd, nesterov))
@@ -202,7 +203,7 @@ def test_sgd_one_step_by_hand():
   """First step from zero momentum: p − lr (g + wd p) (Nesterov: p − lr (1 + μ)(g + wd p))."""
   params, grads = _problem(1)
   for nesterov in (False, True):
-    tx, _ = optim.make_optimizer(
+    tx = optim.make_optimizer(
         _cfg(name="sgd", lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=0.01,
              schedule="constant", warmup_epochs=0.0), 10, 100)
     got = _run_tx(tx, params, grads[:1])[0]
@@ -215,7 +216,7 @@ def test_sgd_one_step_by_hand():
 
 def test_sgd_without_momentum_or_decay_is_plain_gradient_descent():
   params, grads = _problem(2)
-  tx, _ = optim.make_optimizer(_cfg(name="sgd", lr=0.3, momentum=0.0, weight_decay=0.0,
+  tx = optim.make_optimizer(_cfg(name="sgd", lr=0.3, momentum=0.0, weight_decay=0.0,
                                     schedule="constant"), 10, 100)
   _assert_history(_run_tx(tx, params, grads),
                   _sgd_numpy(params, grads, [0.3] * 4, 0.0, 0.0, False))
@@ -228,7 +229,7 @@ def test_adam_is_adamw_with_decoupled_decay():
   spe, total, lr, wd = 1, 4, 0.05, 0.1
   cfg = _cfg(name="adam", lr=lr, weight_decay=wd, schedule="piecewise", boundaries=(2,),
              decay_factor=0.5, warmup_epochs=0.0)
-  tx, _ = optim.make_optimizer(cfg, spe, total)
+  tx = optim.make_optimizer(cfg, spe, total)
   got = _run_tx(tx, params, grads)
   lrs = [lr, lr, lr / 2, lr / 2]
   _assert_history(got, _adamw_numpy(params, grads, lrs, wd))
@@ -244,3 +245,32 @@ def test_adam_is_adamw_with_decoupled_decay():
     g = grads[0][k]
     step = g / (np.abs(g) + 1e-8) + wd * params[k]
     np.testing.assert_allclose(first[k], params[k] - lr * step, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_learning_rate_and_weight_decay_are_state_leaves(name):
+  """The peak lr and the weight decay live in the optimizer state
+  (`optax.inject_hyperparams`): replacing them in a state built with other values gives
+  the updates of an optimizer built with them (NumPy references for SGD and AdamW), the
+  state's structure does not change, and `learning_rate` reads the schedule at the
+  state's peak rate."""
+  params, grads = _problem(4)
+  spe, total = 2, 4
+  kw = dict(schedule="cosine", warmup_epochs=0.0)
+  built = optim.make_optimizer(_cfg(name=name, lr=0.3, weight_decay=0.2, **kw), spe, total)
+  state = built.init(params)
+  moved = optim.with_hyperparams(state, lr=0.05, weight_decay=0.01)
+  assert jax.tree.structure(moved) == jax.tree.structure(state)
+  got, p, st = [], params, moved
+  for g in grads:
+    u, st = built.update(g, st, p)
+    p = optax.apply_updates(p, u)
+    got.append(p)
+  lrs = [0.05 * 0.5 * (1 + math.cos(math.pi * t / total)) for t in range(4)]
+  want = (_sgd_numpy(params, grads, lrs, 0.9, 0.01, False) if name == "sgd"
+          else _adamw_numpy(params, grads, lrs, 0.01))
+  _assert_history(got, want)
+  for t in range(4):
+    np.testing.assert_allclose(
+        float(optim.learning_rate(moved, _cfg(name=name, **kw), spe, total, t)), lrs[t],
+        rtol=1e-6)

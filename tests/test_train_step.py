@@ -20,6 +20,7 @@ from mixjax import models
 from mixjax import samplers
 from mixjax.models import base as model_base
 from mixjax.train import methods
+from conftest import method_context  # pylint: disable=g-bad-import-order
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 
@@ -41,8 +42,7 @@ def _build(devices, *, model, method="mixup", global_draw=True, tx=None, batch_s
            augment=False, max_traces=None, x=None, y=None, num_classes=3):
   mesh = step_lib.make_mesh(devices)
   tx = tx or optax.sgd(0.1, momentum=0.9)
-  ctx = methods.MethodContext(loss=losses.get_loss("cross_entropy"),
-                              sampler=samplers.beta(1.0), global_draw=global_draw)
+  ctx = method_context(sampler=samplers.beta(1.0), mixing__global_draw=global_draw)
   init = jax.jit(lambda k: state_lib.create_state(model, tx, k, jnp.zeros((1,) + x.shape[1:])),
                  out_shardings=step_lib.replicated(mesh))
   state = init(jax.random.key_data(jax.random.key(0)))
@@ -144,8 +144,7 @@ def test_per_device_methods_match_library_losses(name):
   f = lambda z: z @ w
   key = jax.random.key(3)
   sampler = samplers.beta(0.7)
-  ctx = methods.MethodContext(loss=losses.get_loss("cross_entropy"), sampler=sampler,
-                              eta=0.6, axis_name=None)
+  ctx = method_context(sampler=sampler, method__eta=0.6, axis_name=None)
   got = methods.METHODS.get(name)(ctx, f, jnp.asarray(x), y1h, key)
   if name == "mixup":
     want = losses.mixup_loss(key, f, x, y1h, sampler)
@@ -159,8 +158,7 @@ def test_global_draw_rows_match_one_mix_of_the_global_batch():
   the shared key (reference: one unsharded `mix` call)."""
   x, y = _data(n=8, shape=(3,), c=2)
   y1h = jax.nn.one_hot(y, 2)
-  ctx = methods.MethodContext(loss=losses.get_loss("cross_entropy"),
-                              sampler=samplers.beta(1.0), global_draw=True)
+  ctx = method_context(sampler=samplers.beta(1.0), mixing__global_draw=True)
   key = jax.random.key(5)
   mesh = step_lib.make_mesh()
   P = step_lib.P
@@ -168,7 +166,7 @@ def test_global_draw_rows_match_one_mix_of_the_global_batch():
   out = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P("data"), P("data")),
                               out_specs=P("data")))(jnp.asarray(x), y1h)
   ref = jax.jit(lambda xx, yy: methods.draw_mix(
-      methods.MethodContext(loss=ctx.loss, sampler=ctx.sampler, axis_name=None), key, xx, yy)
+      ctx.replace(global_draw=False, axis_name=None), key, xx, yy)
   )(jnp.asarray(x), y1h)
   for a, b in zip(out, ref):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)

@@ -47,6 +47,7 @@ from mixjax import samplers as L
 from mixjax.studies import plots
 from mixjax.studies import records
 from mixjax.studies import runs as study_runs
+from mixjax.train import sweeps
 
 PARTS = ("mnist1d_tanh",)
 SUBSET = 256
@@ -77,7 +78,7 @@ def get_config(law_label: str = "Beta(1)", seeds: int = 3, quick: bool = False):
   n_train = data.dataset.train_size(cfg.dataset.name, val_fraction=cfg.dataset.val_fraction,
                                     **dict(cfg.dataset.kwargs))  # without loading it
   spe = data.steps_per_epoch(int(n_train), cfg.batch_size)
-  return config_lib.sweep_config(cfg, {**spec, "num_seeds": seeds,
+  return sweeps.sweep_config(cfg, {**spec, "num_seeds": seeds,
                                        "checkpoint_every_steps": every * spe,
                                        "max_to_keep": epochs // every + 1})
 

@@ -33,6 +33,7 @@ from experiments.studies import common  # noqa: F401  (the XLA:CPU workaround fi
 from experiments.studies import mixing_law
 from mixjax.studies import records
 from mixjax.studies import runs as study_runs
+from mixjax.train import sweeps
 
 PART = "fashion_mnist_cnn"
 _B1_MEAN, _B1_SD = 0.75, math.sqrt(1.0 / 48.0)  # Beta(1, 1): θ ~ U[½, 1]
@@ -78,7 +79,7 @@ def study_config(args, law: str, seed: int):
   """The recipe's config with the law's overrides, the seed and the study's length."""
   from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   here = os.path.dirname(os.path.abspath(__file__))
-  base = config_lib.load_config_module(
+  base = sweeps.load_config_module(
       os.path.join(here, "..", "fashion_mnist.py")).get_config()
   over = dict(LAWS[law][1], seed=seed)
   over["eval.every_epochs"] = 0  # the final evaluation only
@@ -90,7 +91,7 @@ def study_config(args, law: str, seed: int):
     over["num_epochs"] = args.epochs
   if args.quick:
     over["num_steps"] = 30
-  return config_lib.sweep_config(base, over)
+  return sweeps.sweep_config(base, over)
 
 
 def run(args) -> None:

@@ -35,6 +35,7 @@ from mixjax.studies import analysis
 from mixjax.studies import plots
 from mixjax.studies import records
 from mixjax.studies import runs as study_runs
+from mixjax.train import sweeps
 
 law = study_runs.law
 # Equal-moment groups: laws with the same θ̄ and σ² (hence γ²) but different shapes.
@@ -166,7 +167,7 @@ def run(args) -> None:
 def config_quick(cfg):
   """2 epochs, one evaluation: the pipeline check of --quick."""
   from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.sweep_config(cfg, {"num_epochs": 2, "eval.every_epochs": 0})
+  return sweeps.sweep_config(cfg, {"num_epochs": 2, "eval.every_epochs": 0})
 
 
 # ----------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from mixjax.studies import analysis
 from mixjax.studies import plots
 from mixjax.studies import records
 from mixjax.studies import runs as study_runs
+from mixjax.train import sweeps
 
 PART = "mnist1d_mlp"
 MIN_BIN_COUNT = 10  # bins with fewer pooled test predictions are not drawn
@@ -60,7 +61,7 @@ def run(args) -> None:
   labels = ["ERM", "Beta(1)"] + ([best] if best not in ("ERM", "Beta(1)") else [])
   cfg = mixing_law.get_config(PART)
   from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  cfg = config_lib.sweep_config(cfg, {"eval.every_epochs": 0})
+  cfg = sweeps.sweep_config(cfg, {"eval.every_epochs": 0})
   seeds = list(range(args.seeds))
   if args.quick:
     cfg, seeds = mixing_law.config_quick(cfg), seeds[:2]

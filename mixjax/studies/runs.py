@@ -38,6 +38,9 @@ import numpy as np
 
 from mixjax import samplers
 from mixjax.train import config as config_lib
+from mixjax import errors
+from mixjax.train import sweeps
+from mixjax.train import workdir as workdir_lib
 
 # How every study trains (set explicitly; the trainer's defaults are the CIFAR recipe's):
 # Adam with a cosine schedule and no weight decay, folded λ (λ ↦ max(λ, 1 − λ) before
@@ -103,7 +106,7 @@ def study_config(*, dataset: str, model: str, num_epochs: int, batch_size: int, 
   c.checkpoint_every_steps = 10_000
   c.max_to_keep = 1
   more = {k.replace("__", "."): v for k, v in overrides.items()}
-  return config_lib.sweep_config(c, {**STUDY_TRAINING, **more})
+  return sweeps.sweep_config(c, {**STUDY_TRAINING, **more})
 
 
 def law(name: str, **params: Any) -> dict[str, Any]:
@@ -126,7 +129,7 @@ def sampler_of(overrides: dict) -> samplers.Sampler:
 def named_points(config: ml_collections.ConfigDict, pts: Sequence[dict]
                  ) -> list[tuple[str, ml_collections.ConfigDict]]:
   """(folder, config) per point: the folder names of `python -m mixjax.main --sweep`."""
-  return [(config_lib.point_name(i, p), config_lib.sweep_config(config, p))
+  return [(sweeps.point_name(i, p), sweeps.sweep_config(config, p))
           for i, p in enumerate(pts)]
 
 
@@ -139,8 +142,8 @@ def train(config: ml_collections.ConfigDict, pts: Sequence[dict], runs_dir: str
   from mixjax.train import loop  # pylint: disable=g-import-not-at-top
   named = named_points(config, pts)
   try:
-    groups.train_sweep(named, runs_dir)
-  except loop.NonFiniteLossError as e:
+    sweeps.train_sweep(named, runs_dir)
+  except errors.NonFiniteLossError as e:
     print(f"[study] {e}", flush=True)
   return named
 
@@ -200,7 +203,7 @@ def rows(named: Sequence[tuple[str, ml_collections.ConfigDict]], runs_dir: str,
 
 def config_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The base config as JSON (what the study records as its training setup)."""
-  return json.loads(config_lib.config_to_json(config))
+  return json.loads(workdir_lib.config_to_json(config))
 
 
 def predictions(named: Sequence[tuple[str, ml_collections.ConfigDict]], runs_dir: str,

@@ -10,10 +10,12 @@ import importlib
 
 _EXPORTS = {
     "base_config": "mixjax.train.config",
-    "validate_config": "mixjax.train.config",
-    "NonFiniteLossError": "mixjax.train.loop",
+    "validate_config": "mixjax.train.validate",
+    "ConfigError": "mixjax.errors",
+    "WorkdirError": "mixjax.errors",
+    "NonFiniteLossError": "mixjax.errors",
     "train_and_evaluate": "mixjax.train.groups",
-    "train_sweep": "mixjax.train.groups",
+    "train_sweep": "mixjax.train.sweeps",
     "TrainedRun": "mixjax.train.trained",
     "METHODS": "mixjax.train.methods",
     "TrainState": "mixjax.train.state",

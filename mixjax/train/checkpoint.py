@@ -28,7 +28,7 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
-from mixjax.train.config import WorkdirError
+from mixjax.errors import WorkdirError, one_line
 
 
 class _QuietOrbax(py_logging.Filter):
@@ -40,12 +40,6 @@ class _QuietOrbax(py_logging.Filter):
 
 py_logging.getLogger("absl").addFilter(_QuietOrbax())
 
-
-def _one_line(e: BaseException, limit: int = 300) -> str:
-  """`Type: message` of an exception, on one line, at most `limit` characters."""
-  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
-  text = f"{type(e).__name__}: {lines[-1] if lines else ''}"
-  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class Checkpointer:
@@ -96,7 +90,7 @@ class Checkpointer:
       try:
         out = self.restore(step, template)
       except Exception as e:  # pylint: disable=broad-except  (Orbax/TensorStore errors)
-        failed.append((step, _one_line(e)))
+        failed.append((step, f"{type(e).__name__}: {one_line(e, 280)}"))
         logging.warning("Checkpoint step %d in %s cannot be restored (%s); trying the "
                         "previous one.", step, self.directory, failed[-1][1])
         continue

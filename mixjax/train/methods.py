@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import flax
 import jax
 from jax import lax
 import jax.numpy as jnp
@@ -43,8 +44,9 @@ import jax.numpy as jnp
 from mixjax import losses as losses_lib
 from mixjax import mixing
 from mixjax.registry import Registry
+from mixjax.sharding import AXIS
+from mixjax.train import config as config_lib
 
-AXIS = "data"
 METHODS = Registry("method")
 
 # Methods whose model is trained on Theorem 1's transformed data, so that test-time
@@ -54,43 +56,92 @@ MIXUP_FAMILY = ("mixup", "regmixup", "erm_transformed", "perturbed_erm", "approx
 NEEDS_STATS = ("erm_transformed", "perturbed_erm", "approx")
 
 
-@dataclasses.dataclass(frozen=True)
+def knob(config_key: str | None, *, leaf: bool, convert: Callable[[Any], Any] | None = None):
+  """A `MethodContext` field and where its value comes from.
+
+  Args:
+    config_key: the config knob it is read from (`MethodContext.from_config`), or None
+      for the values the trainer sets (the law's moments, the statistics).
+    leaf: a pytree leaf (a number that may differ across the runs of one vmapped
+      program: stacked on a run axis and passed to the step) or static structure
+      (baked into the compiled program; runs that differ in it compile separately).
+    convert: maps the config value to the field's value (e.g. a name to a function).
+  """
+  return dataclasses.field(metadata={"pytree_node": leaf, "config_key": config_key,
+                                     "convert": convert})
+
+
+def make_law(section) -> Any:
+  """The mixing law of a config's `sampler` section (name and params)."""
+  from mixjax import samplers  # pylint: disable=g-import-not-at-top
+  return samplers.make_sampler(section.name, **dict(section.params))
+
+
+@flax.struct.dataclass
 class MethodContext:
-  """What a method needs besides the batch (static, hashable by identity).
+  """What a method needs besides the batch, built from the config by `from_config`.
+
+  Leaves (numbers, stacked on a run axis when the runs of a vmapped group differ in
+  them; `per_run_keys` lists their config keys) and static fields (the program's
+  structure). Adding a per-run numeric knob means: its default in `config.base_config`,
+  a `knob(..., leaf=True)` field here read by its method, and a test.
 
   Attributes:
-    loss: per-example loss ℓ(y, u).
-    sampler: the λ-law.
-    stats: DataStats of the training set, or None when the method needs none (inside
-      the train step it is a replicated argument of the step, set with
-      `dataclasses.replace`, so large Σ_xx are not baked into the program).
-    theta_bar: E θ of the sampler (used by erm_transformed).
+    loss: per-example loss ℓ(y, u) (method.loss).
+    sampler: the mixing law (sampler.name / sampler.params), a pytree.
+    eta: RegMixup weight η (method.eta).
     granularity, pairing, fold: mixing options (`mixjax.mixing.mix`).
     global_draw: draw λ / partners over the global batch (see the module docstring).
-    eta: RegMixup weight. num_draws: perturbed_erm draws. estimator, num_probes,
-    terms: approx options.
-    moments: the law's θ-moments (`samplers.ThetaMoments`, or arrays with its fields
-      when the law is traced, e.g. vmapped over laws), or None to derive them from
-      `sampler` (approx).
+    num_draws: perturbed_erm draws. estimator, num_probes, terms: approx options.
+    moments: θ-moments of the law the model trains on (`setup.training_moments`;
+      None outside the mixup family): θ̄ for erm_transformed and the approximate risk.
+    stats: DataStats of the training set, or None when the method needs none (inside
+      the train step it is a replicated argument of the step, set with `replace`, so
+      large Σ_xx are not baked into the program).
     axis_name: the mesh axis inside shard_map, or None outside it (single device).
-
-  Every default here is `mixjax.train.config.base_config()`'s for the same knob.
   """
-  loss: Callable[..., Any]
-  sampler: Any
-  stats: Any = None
-  theta_bar: float = 1.0
-  granularity: str = "example"
-  pairing: str = "permutation"
-  fold: bool = False
-  global_draw: bool = False
-  eta: float = 1.0
-  num_draws: int = 1
-  estimator: str = "stochastic"
-  num_probes: int = 1
-  terms: tuple[str, ...] = ("jacobian", "cross", "label")
-  moments: Any = None
-  axis_name: str | None = AXIS
+  loss: Callable[..., Any] = knob("method.loss", leaf=False, convert=losses_lib.get_loss)
+  sampler: Any = knob("sampler", leaf=True, convert=make_law)
+  eta: Any = knob("method.eta", leaf=True, convert=float)
+  granularity: str = knob("mixing.granularity", leaf=False)
+  pairing: str = knob("mixing.pairing", leaf=False)
+  fold: bool = knob("mixing.fold", leaf=False, convert=bool)
+  global_draw: bool = knob("mixing.global_draw", leaf=False, convert=bool)
+  num_draws: int = knob("method.num_draws", leaf=False, convert=int)
+  estimator: str = knob("method.estimator", leaf=False)
+  num_probes: int = knob("method.num_probes", leaf=False, convert=int)
+  terms: tuple[str, ...] = knob("method.terms", leaf=False, convert=tuple)
+  moments: Any = knob(None, leaf=True)
+  stats: Any = knob(None, leaf=True)
+  axis_name: str | None = knob(None, leaf=False)
+
+  @classmethod
+  def from_config(cls, config, *, moments=None, stats=None, sampler=None,
+                  axis_name: str | None = AXIS) -> "MethodContext":
+    """The context of `config`: every `knob` with a config key read from it (`sampler`:
+    an already built law instead of config.sampler's)."""
+    values = {}
+    for f in dataclasses.fields(cls):
+      key = f.metadata["config_key"]
+      if key is None:
+        continue
+      value = config_lib.get(config, key)
+      convert = f.metadata["convert"]
+      values[f.name] = convert(value) if convert is not None else value
+    if sampler is not None:
+      values["sampler"] = sampler
+    return cls(**values, moments=moments, stats=stats, axis_name=axis_name)
+
+  @classmethod
+  def per_run_keys(cls) -> tuple[str, ...]:
+    """The config keys read into leaves: what the runs of one program may differ in."""
+    return tuple(f.metadata["config_key"] for f in dataclasses.fields(cls)
+                 if f.metadata["pytree_node"] and f.metadata["config_key"])
+
+  @property
+  def theta_bar(self):
+    """θ̄ of the training law (1 outside the mixup family)."""
+    return 1.0 if self.moments is None else self.moments.mean
 
 
 def _mean_loss(ctx: MethodContext, y, u):

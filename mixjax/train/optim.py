@@ -1,7 +1,8 @@
 """Optimizer and learning-rate schedule from `config.optimizer` (epochs -> steps).
 
   sgd:   add_decayed_weights(wd) then SGD with (Nesterov) momentum: L2 coupled to the
-         gradient, as in the classic PyTorch CIFAR recipe (wd 1e-4 on all parameters).
+         gradient, as in the classic PyTorch CIFAR recipe (wd 1e-4 on all parameters;
+         with wd = 0 the decay adds exactly 0).
   adam:  AdamW (decoupled weight decay, `weight_decay` times the learning rate).
 Schedules (s = the optimizer's step count, 0 at the first update; T = total_steps;
 w = round(warmup_epochs · steps_per_epoch)):
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -47,23 +50,47 @@ def make_schedule(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_st
       [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int,
-                   *, lr: Any = None, weight_decay: Any = None
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns (tx, schedule) for `config.optimizer`.
+# The optimizer's numeric hyper-parameters that may differ across the runs of one
+# vmapped program: optimizer-state leaves (`optax.inject_hyperparams`), by config key.
+HYPERPARAMS = {"lr": "optimizer.lr", "weight_decay": "optimizer.weight_decay"}
 
-  `lr` and `weight_decay` replace cfg.lr and cfg.weight_decay; they may be traced scalars
-  (each run's own values inside a vmapped group, `step.RunParams`). The optimizer
-  state's structure does not depend on them, so runs with different values stack.
+
+def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int, total_steps: int
+                   ) -> optax.GradientTransformation:
+  """The optimizer of `config.optimizer`, its peak learning rate and weight decay held in
+  its state (`optax.inject_hyperparams`: `opt_state.hyperparams["lr"]`,
+  `["weight_decay"]`, float32 scalars), so that runs with different values stack into
+  one vmapped program and a checkpoint records them. `tx.init` stores cfg.lr and
+  cfg.weight_decay; `with_hyperparams` replaces them in a state.
+
+  The learning rate of update s is `make_schedule(cfg, ..., lr=hyperparams["lr"])(s)`
+  (`learning_rate(opt_state, ...)`).
   """
-  schedule = make_schedule(cfg, steps_per_epoch, total_steps, lr)
-  wd = cfg.weight_decay if weight_decay is None else weight_decay
-  if cfg.name == "sgd":
-    tx = optax.chain(
-        optax.add_decayed_weights(wd) if weight_decay is not None or wd else optax.identity(),
-        optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
-  elif cfg.name == "adam":
-    tx = optax.adamw(schedule, weight_decay=wd)
-  else:
+  if cfg.name not in ("sgd", "adam"):
     raise ValueError(f"Unknown optimizer {cfg.name!r}; use sgd or adam.")
-  return tx, schedule
+
+  def factory(lr, weight_decay):
+    schedule = make_schedule(cfg, steps_per_epoch, total_steps, lr)
+    if cfg.name == "sgd":
+      return optax.chain(
+          optax.add_decayed_weights(weight_decay),
+          optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+    return optax.adamw(schedule, weight_decay=weight_decay)
+
+  return optax.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(
+      lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def with_hyperparams(opt_state, **values):
+  """`opt_state` of `make_optimizer` with hyperparams replaced (e.g. lr=, weight_decay=;
+  traced values allowed)."""
+  hyper = dict(opt_state.hyperparams)
+  hyper.update({k: jnp.asarray(v, jnp.float32) for k, v in values.items()})
+  return opt_state._replace(hyperparams=hyper)
+
+
+def learning_rate(opt_state, cfg: ml_collections.ConfigDict, steps_per_epoch: int,
+                  total_steps: int, step) -> jax.Array:
+  """The learning rate of update `step` under the peak rate held in `opt_state`."""
+  return make_schedule(cfg, steps_per_epoch, total_steps,
+                       opt_state.hyperparams["lr"])(step)

@@ -1,10 +1,15 @@
-"""Setting up a run from its config: the dataset, the λ-law, the model, the statistics,
-the method's context, the state (restored from the workdir's checkpoint), the writer and
-the compiled train step. `loop.py` (one run), `groups.py` (seed groups and sweeps) and
-`trained.py` (a trained run, for analysis) build on these.
+"""From configs to the parts of one compiled program that trains R ≥ 1 runs: the
+dataset, the model, the θ-moments and statistics, the method contexts, the optimizer,
+the state (restored from a checkpoint), the writers and the compiled step.
+
+`groups.train_runs` builds a program from these in one sequence for any R: a lone run
+is a program of one run (compiled without the run axis, so its speed and numbers are
+those of a single run); a vmapped group stacks the runs' states, and their contexts when
+they differ (`stack_contexts`). `trained.py` builds a TrainedRun from the same pieces.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,29 +22,29 @@ import ml_collections
 import numpy as np
 
 from mixjax import data as data_lib
-from mixjax import losses as losses_lib
 from mixjax import models as models_lib
 from mixjax import samplers as samplers_lib
+from mixjax import sharding
 from mixjax import theory
+from mixjax.data import feeding
+from mixjax.errors import ConfigError
+from mixjax.models import introspect
 from mixjax.theory import stats as stats_lib
-from mixjax.train import config as config_lib
 from mixjax.train import methods as methods_lib
 from mixjax.train import optim
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
+from mixjax.train import workdir as workdir_lib
 from mixjax.train import writers
-
 
 STATS_FILE = "data_stats.npz"
 
 
-# The last compiled train step and its key (`make_step`): one entry, so that the runs of
-# a sequential seed group share one compilation and nothing else is kept alive.
-_STEP_CACHE: dict[str, Any] = {}
-
-
-# Hold the training set on device when it takes at most this many bytes per device.
-MAX_ON_DEVICE_BYTES = 4 << 30
+def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+  """config.num_steps if > 0, else num_epochs × full batches per epoch."""
+  if config.num_steps and config.num_steps > 0:
+    return int(config.num_steps)
+  return int(config.num_epochs) * data_lib.steps_per_epoch(num_train, config.batch_size)
 
 
 def load_data(config: ml_collections.ConfigDict):
@@ -50,20 +55,20 @@ def load_data(config: ml_collections.ConfigDict):
                              **dict(config.dataset.kwargs))
   spe = data_lib.steps_per_epoch(int(ds.train_x.shape[0]), config.batch_size)  # rejects B > n
   if config.augment.enabled and not ds.is_image:
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"config.augment.enabled=True but {config.dataset.name} is not an image dataset; "
         "set --config.augment.enabled=False.")
   return ds, spe
 
 
 def training_sampler(config: ml_collections.ConfigDict):
-  """The λ-law of the mixup part (config.sampler)."""
-  return samplers_lib.make_sampler(config.sampler.name, **dict(config.sampler.params))
+  """The mixing law of config.sampler (the law `MethodContext.from_config` builds)."""
+  return methods_lib.make_law(config.sampler)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int, *,
                 input_shape: tuple[int, ...] | None = None,
-                bn_axis_name: str | None = step_lib.AXIS):
+                bn_axis_name: str | None = sharding.AXIS):
   """`models.build_model` for config.model: BatchNorm over `bn_axis_name`, the network
   seeing config.model.input_shape (same number of entries as the data's `input_shape`)."""
   target = config.model.input_shape
@@ -84,11 +89,11 @@ def make_model(config: ml_collections.ConfigDict, ds):
   try:
     model = build_model(config, ds.num_classes, input_shape=input_shape)
   except (TypeError, ValueError) as e:
-    raise config_lib.ConfigError(
+    raise ConfigError(
         f"config.model ({config.model.name!r}, kwargs={dict(config.model.kwargs)}, "
         f"input_shape={config.model.input_shape}): {e}") from e
-  if config.method.name == "approx" and has_batch_stats(model, input_shape):
-    raise config_lib.ConfigError(
+  if config.method.name == "approx" and introspect.has_batch_stats(model, input_shape):
+    raise ConfigError(
         f"method 'approx' differentiates the model along input directions (JVPs), which "
         f"cannot carry BatchNorm batch statistics; model {config.model.name!r} has "
         "BatchNorm. Use a model without BatchNorm (mlp, lenet) or another method.")
@@ -120,55 +125,91 @@ def load_or_compute_stats(config, ds, workdir: str) -> theory.DataStats:
       write=jax.process_index() == 0)
 
 
-def training_law_and_stats(config: ml_collections.ConfigDict, sampler, ds, workdir: str):
-  """θ-moments of the law the model effectively trains on (the mixup family; RegMixup's
-  is `samplers.regmixup_equivalent`), and the DataStats if the method or the rescaling
-  needs them (float32 unless x64 is enabled)."""
-  stats = load_or_compute_stats(config, ds, workdir) if needs_stats(config) else None
-  if stats is not None and not jax.config.jax_enable_x64:
+def training_stats(config: ml_collections.ConfigDict, ds, workdir: str):
+  """The DataStats if the method or the rescaling needs them (float32 unless x64 is
+  enabled), else None."""
+  if not needs_stats(config):
+    return None
+  stats = load_or_compute_stats(config, ds, workdir)
+  if not jax.config.jax_enable_x64:
     stats = jax.tree.map(lambda a: np.asarray(a, np.float32), stats)
-  return training_moments(config, sampler), stats
+  return stats
 
 
-def training_moments(config: ml_collections.ConfigDict, sampler):
-  """θ-moments of the law the model effectively trains on: `sampler`'s, RegMixup's
-  `samplers.regmixup_equivalent`; None outside the mixup family."""
+def training_moments(config: ml_collections.ConfigDict, sampler=None):
+  """θ-moments of the law the model effectively trains on: the sampler's (config's by
+  default), RegMixup's `samplers.regmixup_equivalent`; None outside the mixup family."""
   if config.method.name not in methods_lib.MIXUP_FAMILY:
     return None
-  law = sampler
+  law = training_sampler(config) if sampler is None else sampler
   if config.method.name == "regmixup":
-    law = samplers_lib.regmixup_equivalent(sampler, float(config.method.eta))
+    law = samplers_lib.regmixup_equivalent(law, float(config.method.eta))
   return samplers_lib.theta_moments(law)
 
 
-def method_context(config: ml_collections.ConfigDict, sampler, moments
-                   ) -> methods_lib.MethodContext:
-  return methods_lib.MethodContext(
-      loss=losses_lib.get_loss(config.method.loss), sampler=sampler,
-      theta_bar=float(moments.mean) if moments is not None else 1.0,
-      granularity=config.mixing.granularity, pairing=config.mixing.pairing,
-      fold=config.mixing.fold, global_draw=config.mixing.global_draw,
-      eta=float(config.method.eta), num_draws=int(config.method.num_draws),
-      estimator=config.method.estimator, num_probes=int(config.method.num_probes),
-      terms=tuple(config.method.terms))
+def method_context(config: ml_collections.ConfigDict) -> methods_lib.MethodContext:
+  """The run's method context, its θ-moments included (`training_moments`)."""
+  ctx = methods_lib.MethodContext.from_config(config)
+  return ctx.replace(moments=training_moments(config, ctx.sampler))
 
 
-def initial_state(model, tx, mesh, root, ds, *, num_runs: int | None = None):
-  """The initial TrainState from key data `root` (2,), replicated on `mesh`; with
-  `num_runs`, `root` is (R, 2) and the runs' states are stacked on a leading axis."""
+def stack_contexts(ctxs: list[methods_lib.MethodContext]) -> methods_lib.MethodContext:
+  """The runs' contexts as one, every leaf stacked on a leading run axis (R, ...): the
+  laws by `samplers.stack` (one sampler structure), their θ-moments by
+  `samplers.stack_moments`, every other per-run value as a float32 (R,) array."""
+  law = samplers_lib.stack([c.sampler for c in ctxs])
+  moments = (None if ctxs[0].moments is None
+             else samplers_lib.stack_moments([c.moments for c in ctxs]))
+  rest = [c.replace(sampler=None, moments=None) for c in ctxs]
+  stacked = jax.tree.map(lambda *xs: jnp.asarray(xs, jnp.float32), *rest)
+  return stacked.replace(sampler=law, moments=moments)
+
+
+def per_run_keys() -> tuple[str, ...]:
+  """The config keys the runs of one vmapped program may differ in: the seed, the
+  method context's leaves (`MethodContext.per_run_keys`: the law, η, …) and the
+  optimizer's state-held hyper-parameters (`optim.HYPERPARAMS`)."""
+  return (("seed",) + methods_lib.MethodContext.per_run_keys()
+          + tuple(optim.HYPERPARAMS.values()))
+
+
+def group_key(config: ml_collections.ConfigDict) -> str:
+  """What runs must share to train as one vmapped program: the config but for
+  `per_run_keys`, and one sampler structure (`samplers.structure`: e.g. Beta(α) for
+  several α, or two-atom laws)."""
+  flat = workdir_lib.flatten(json.loads(workdir_lib.config_to_json(config)))
+  drop = per_run_keys()
+  kept = {k: v for k, v in flat.items()
+          if not any(k == d or k.startswith(d + ".") for d in drop)}
+  kept["sampler_structure"] = samplers_lib.structure(training_sampler(config))
+  return json.dumps(kept, sort_keys=True)
+
+
+def initial_state(model, tx, mesh, roots, ds, *, hyperparams=None,
+                  num_runs: int | None = None):
+  """The initial TrainState from key data `roots` (2,), replicated on `mesh`; with
+  `num_runs`, `roots` is (R, 2) and the runs' states are stacked on a leading axis.
+  `hyperparams`: {name: (R,) or scalar} optimizer values put in the state
+  (`optim.with_hyperparams`; default: the tx's own)."""
   sample = jnp.zeros((1,) + tuple(ds.input_shape), jnp.float32)
-  init = lambda k: state_lib.create_state(model, tx, k, sample)
+
+  def init(k, hyper):
+    state = state_lib.create_state(model, tx, k, sample)
+    if hyper:
+      state = state.replace(opt_state=optim.with_hyperparams(state.opt_state, **hyper))
+    return state
+
   if num_runs is not None:
     init = jax.vmap(init)
-  return jax.jit(init, out_shardings=step_lib.replicated(mesh))(root)
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))(roots, hyperparams or {})
 
 
-def create_or_restore_state(config: ml_collections.ConfigDict, model, tx, mesh, ckpt,
-                            root, ds, *, num_runs: int | None = None):
-  """The initial state replicated on `mesh`, or the latest restorable checkpoint's;
-  and whether it was restored. With `num_runs`, `root` is (R, 2) (one key per run) and
-  the state is the runs' states stacked on a leading axis."""
-  state = initial_state(model, tx, mesh, root, ds, num_runs=num_runs)
+def create_or_restore_state(model, tx, mesh, ckpt, roots, ds, *, hyperparams=None,
+                            num_runs: int | None = None):
+  """The initial state replicated on `mesh` (`initial_state`), or the latest
+  restorable checkpoint's; and whether it was restored."""
+  state = initial_state(model, tx, mesh, roots, ds, hyperparams=hyperparams,
+                        num_runs=num_runs)
   restored = ckpt.restore_latest(state)
   if restored is None:
     return state, False
@@ -189,151 +230,72 @@ def open_writer(workdir: str, start: int, resumed: bool, *, tensorboard: bool = 
   return writer
 
 
-def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, schedule, ctx,
-              stats, root, *, num_runs: int | None = None,
-              runs: step_lib.RunParams | None = None
-              ) -> tuple[Callable[[int], Callable], Callable[[int, int], tuple]]:
-  """`(steps, batch_args)`: `steps(n)` is the compiled program that takes n steps per
-  call (n = config.steps_per_call, or 1 for a remainder; `step.make_train_step`) and
-  `batch_args(s, n)` its arguments after the state for steps s … s+n−1 (the training set
-  held on device when it fits, with the permutations of the epochs those steps reach,
-  computed once per epoch from `root`'s data key (`root` (R, 2) for a vmapped group:
-  each run its own order), else those steps' batches from the host, stacked when
-  n > 1; then the statistics for the methods that use them).
+@dataclasses.dataclass
+class TrainStep:
+  """The compiled train step of a program and its data (`make_step`).
 
-  The programs are shared by every run whose config differs from this one's only in the
-  seed (the runs of a sequential seed group, `train_group`): they are built and compiled
-  once per process for them. `num_runs`: the programs of a vmapped group; `runs`: its
-  runs' own λ-laws and optimizer values (`step.RunParams`), passed as the step's
-  argument after the statistics.
+  `step(state, s, n)` takes steps s … s+n−1 in one call (n = config.steps_per_call, or
+  1 for a remainder) and returns (state, metrics). `programs` maps n to the compiled
+  program (`step.make_train_step`); a caller may share it between runs whose programs
+  are the same (the runs of a sequential seed group).
+  """
+  programs: dict[int, Callable]
+  build: Callable[[int], Callable]
+  feed: feeding.Feeder
+  stats: Any
+  ctx: Any
+
+  def __call__(self, state, s: int, n: int = 1):
+    if n not in self.programs:
+      self.programs[n] = self.build(n)
+    x, y, order = self.feed(s, n)
+    return self.programs[n](state, x, y, self.stats, self.ctx, order)
+
+
+def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, ctx, stats,
+              roots, *, num_runs: int | None = None, run_ctx=None,
+              programs: dict[int, Callable] | None = None) -> TrainStep:
+  """The program's `TrainStep`: the training set held on device when it fits
+  (`data.feeding`), the statistics for the methods that use them, `ctx` baked into the
+  program, or `run_ctx` (the runs' stacked contexts, `stack_contexts`) passed to it.
+
+  Args:
+    config: the (first) run's config.
+    ds, mesh, model, tx: the dataset, mesh, model and optimizer.
+    ctx: the method context (`method_context`) compiled into the program.
+    stats: DataStats or None.
+    roots: the runs' root key data, (2,) or (R, 2) for a vmapped group (each run its
+      own data order).
+    num_runs: R for a vmapped group, None for one run.
+    run_ctx: the runs' own contexts, when they differ within the group, else None.
+    programs: compiled programs to reuse, by steps per call (see `TrainStep`).
   """
   num_train = int(ds.train_x.shape[0])
+  spe = data_lib.steps_per_epoch(num_train, config.batch_size)
+  total = total_steps(config, num_train)
+  on_device = feeding.fits_on_device(ds, config.data_on_device)
   augment_fn = None
   if config.augment.enabled:
     augment_fn = lambda k, im: data_lib.augment(
         k, im, crop_padding=config.augment.crop_padding, flip=config.augment.flip)
-  train_bytes = ds.train_x.nbytes + ds.train_y.nbytes
-  on_device = config.data_on_device and train_bytes <= MAX_ON_DEVICE_BYTES
-  per_run = None if runs is None else tuple(f is not None for f in runs)
-  cache_key = (seedless_json(config) if runs is None else law_group_key(config),
-               per_run, num_train, on_device, num_runs,
-               tuple(d.id for d in mesh.devices.flat), ds.num_classes)
-  if _STEP_CACHE.get("key") != cache_key:
-    _STEP_CACHE.clear()
-    _STEP_CACHE.update(key=cache_key, programs={})
-  programs = _STEP_CACHE["programs"]
-  spe = data_lib.steps_per_epoch(num_train, config.batch_size)
-  total = config_lib.total_steps(config, num_train)
 
-  def steps(n: int) -> Callable:
-    if n not in programs:
-      programs[n] = step_lib.make_train_step(
-          model=model, tx=tx, method=methods_lib.METHODS.get(config.method.name),
-          ctx=ctx, mesh=mesh, num_classes=ds.num_classes, batch_size=config.batch_size,
-          num_train=num_train if on_device else None, schedule=schedule,
-          augment_fn=augment_fn, num_runs=num_runs, steps_per_call=n,
-          make_tx=None if runs is None or runs.lr is None else (
-              lambda lr, wd: optim.make_optimizer(config.optimizer, spe, total, lr=lr,
-                                                  weight_decay=wd)))
-    return programs[n]
+  def build(n: int) -> Callable:
+    return step_lib.make_train_step(
+        model=model, tx=tx, method=methods_lib.METHODS.get(config.method.name),
+        ctx=ctx, mesh=mesh, num_classes=ds.num_classes, batch_size=config.batch_size,
+        num_train=num_train if on_device else None, augment_fn=augment_fn,
+        learning_rate=lambda opt_state, s: optim.learning_rate(
+            opt_state, config.optimizer, spe, total, s),
+        num_runs=num_runs, steps_per_call=n)
 
-  data_key = lambda r: jax.random.fold_in(jax.random.wrap_key_data(r), state_lib.KEY_DATA)
-  if on_device:
-    x_src = step_lib.put_replicated(mesh, ds.train_x)
-    y_src = step_lib.put_replicated(mesh, ds.train_y.astype(np.int32))
-    # The permutations of the epochs one call can reach (k steps span at most
-    # ceil((k − 1) / spe) + 1 epochs), computed once per first epoch (one sort per epoch).
-    num_epochs = -(-(int(config.steps_per_call) - 1) // spe) + 1
-    perms_of = lambda r, e0: data_lib.epoch_permutations(data_key(r), e0, num_epochs,
-                                                         num_train)
-    if num_runs is not None:
-      perms_of = jax.vmap(perms_of, in_axes=(0, None))
-    perms_fn = jax.jit(perms_of, out_shardings=step_lib.replicated(mesh))
-  else:
-    logging.info("Training set (%.1f GB) fed from the host.", train_bytes / 1e9)
-    host_key = data_key(root)
+  fold = lambda r: jax.random.fold_in(jax.random.wrap_key_data(r), state_lib.KEY_DATA)
+  data_keys = jax.vmap(fold)(roots) if num_runs is not None else fold(roots)
+  feed = feeding.Feeder(ds, config.batch_size, mesh, data_keys,
+                        steps_per_call=config.steps_per_call, on_device=on_device)
   stats_dev = None  # only the methods that use them get the statistics in the step
   if stats is not None and config.method.name in methods_lib.NEEDS_STATS:
-    stats_dev = jax.tree.map(lambda a: step_lib.put_replicated(mesh, np.asarray(a)), stats)
-
-  runs_dev = None if runs is None else jax.device_put(runs, step_lib.replicated(mesh))
-
-  cache: dict[str, Any] = {}
-
-  def epoch_perm(e: int) -> np.ndarray:  # host-fed: one epoch's order, on the host
-    if cache.get("epoch") != e:
-      cache.update(epoch=e, perm=np.asarray(data_lib.epoch_permutation(
-          jax.random.fold_in(host_key, e), num_train)))
-    return cache["perm"]
-
-  def batch_args(s: int, n: int = 1) -> tuple:
-    if on_device:
-      if cache.get("first_epoch") != s // spe:
-        e0 = s // spe
-        cache.update(first_epoch=e0, order=(
-            step_lib.put_replicated(mesh, np.int32(e0)), perms_fn(root, e0)))
-      return x_src, y_src, stats_dev, runs_dev, cache["order"]
-    bs = config.batch_size
-    idx = np.stack([epoch_perm(t // spe)[(t % spe) * bs:(t % spe + 1) * bs]
-                    for t in range(s, s + n)])
-    if n == 1:
-      idx = idx[0]
-    axis = 0 if n == 1 else 1
-    return (step_lib.put_sharded(mesh, ds.train_x[idx], axis=axis),
-            step_lib.put_sharded(mesh, ds.train_y[idx].astype(np.int32), axis=axis),
-            stats_dev, runs_dev, None)
-
-  return steps, batch_args
-
-
-def has_convolution(model, input_shape) -> bool:
-  """Whether the model's forward pass contains a convolution (from its jaxpr)."""
-  x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
-  jaxpr = jax.make_jaxpr(lambda v: model.init(jax.random.key(0), v, train=False))(x)
-  return "conv_general_dilated" in str(jaxpr)
-
-
-# Keys a vmapped group of sweep points may differ in: they enter the step as arrays.
-_PER_RUN_KEYS = (("seed",), ("sampler", "name"), ("sampler", "params"), ("optimizer", "lr"),
-                 ("optimizer", "weight_decay"))
-
-
-def law_group_key(config: ml_collections.ConfigDict) -> str:
-  """What a group of sweep points must share to train as one vmapped program: the
-  config but for the seed, the λ-law's parameters and the optimizer's lr and weight
-  decay; the laws must have one structure (`samplers.structure`: e.g. Beta(α) for
-  several α, or two-atom laws)."""
-  d = json.loads(seedless_json(config))
-  for keys in _PER_RUN_KEYS:
-    node = d
-    for k in keys[:-1]:
-      node = node.get(k, {})
-    node.pop(keys[-1], None)
-  if config.method.name in methods_lib.MIXUP_FAMILY:
-    d["sampler_structure"] = samplers_lib.structure(training_sampler(config))
-  return json.dumps(d, sort_keys=True)
-
-
-def seedless_json(config: ml_collections.ConfigDict) -> str:
-  """The config as JSON without the keys a compiled step does not depend on."""
-  d = json.loads(config_lib.config_to_json(config))
-  for k in ("seed", "num_seeds", "group_mode", "log_every_steps", "tensorboard",
-            "checkpoint_every_steps",
-            "max_to_keep", "allow_config_change", "eval", "steps_per_call"):
-    d.pop(k, None)
-  d.get("dataset", {}).pop("data_dir", None)
-  return json.dumps(d, sort_keys=True)
-
-
-def has_batch_stats(model, input_shape) -> bool:
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                             jnp.zeros((1,) + tuple(input_shape)),
-                                             train=False))
-  return bool(shapes.get("batch_stats"))
-
-
-def to_host(x) -> np.ndarray:
-  """A replicated (possibly multi-process) array as a host NumPy array."""
-  if getattr(x, "is_fully_addressable", True):
-    return np.asarray(x)
-  return np.asarray(x.addressable_data(0))
+    stats_dev = jax.tree.map(lambda a: sharding.put_replicated(mesh, np.asarray(a)), stats)
+  run_ctx_dev = (None if run_ctx is None
+                 else jax.device_put(run_ctx, sharding.replicated(mesh)))
+  return TrainStep(programs={} if programs is None else programs, build=build,
+                   feed=feed, stats=stats_dev, ctx=run_ctx_dev)

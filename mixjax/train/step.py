@@ -30,8 +30,7 @@ Per step s (B = global batch, D = devices, b = B / D, n = training-set size):
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import chex
 import flax.linen as nn
@@ -42,53 +41,14 @@ import numpy as np
 import optax
 
 from mixjax import data as data_lib
+from mixjax import sharding
 from mixjax.train import methods as methods_lib
 from mixjax.train import state as state_lib
 
-AXIS = methods_lib.AXIS
-P = jax.sharding.PartitionSpec
-
-
-def make_mesh(devices=None) -> jax.sharding.Mesh:
-  """A 1-D mesh with axis 'data' over `devices` (default: all devices of all processes)."""
-  devices = jax.devices() if devices is None else list(devices)
-  return jax.sharding.Mesh(np.asarray(devices), (AXIS,),
-                           axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def replicated(mesh: jax.sharding.Mesh) -> jax.sharding.NamedSharding:
-  return jax.sharding.NamedSharding(mesh, P())
-
-
-def put_replicated(mesh: jax.sharding.Mesh, value: np.ndarray) -> jax.Array:
-  """A host array replicated on every device of `mesh` (works across processes: every
-  process passes the same value)."""
-  value = np.asarray(value)
-  return jax.make_array_from_callback(value.shape, replicated(mesh), lambda idx: value[idx])
-
-
-def put_sharded(mesh: jax.sharding.Mesh, value: np.ndarray, axis: int = 0) -> jax.Array:
-  """A host array (the same global value on every process) split over 'data' on `axis`
-  (1 for k stacked batches (k, B, ...))."""
-  value = np.asarray(value)
-  sharding = jax.sharding.NamedSharding(mesh, P(*([None] * axis), AXIS))
-  return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
-
-
-class RunParams(NamedTuple):
-  """Each run's own values in a vmapped group (leading axis R; None: shared by all runs).
-
-  Attributes:
-    sampler: the runs' λ-laws, `samplers.stack([...])` (one sampler structure).
-    moments: their θ-moments, `samplers.stack_moments([...])` (θ̄ for the rescaling and
-      the approximate risk).
-    lr: (R,) peak learning rates (config.optimizer.lr).
-    weight_decay: (R,) weight decays (config.optimizer.weight_decay).
-  """
-  sampler: Any = None
-  moments: Any = None
-  lr: Any = None
-  weight_decay: Any = None
+AXIS = sharding.AXIS
+P = sharding.P
+make_mesh, replicated = sharding.make_mesh, sharding.replicated
+put_replicated, put_sharded = sharding.put_replicated, sharding.put_sharded
 
 
 class Forward:
@@ -140,27 +100,28 @@ def make_train_step(
     *, model: nn.Module, tx: optax.GradientTransformation, method: Callable[..., Any],
     ctx: methods_lib.MethodContext, mesh: jax.sharding.Mesh, num_classes: int,
     batch_size: int, num_train: int | None,
-    schedule: optax.Schedule | None = None,
+    learning_rate: Callable[[Any, jax.Array], jax.Array] | None = None,
     augment_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     max_traces: int | None = None,
     num_runs: int | None = None,
     steps_per_call: int = 1,
-    make_tx: Callable[[Any, Any], tuple[optax.GradientTransformation, Any]] | None = None,
 ) -> Callable[..., tuple[state_lib.TrainState, dict[str, jax.Array]]]:
-  """Builds `train_step(state, x_src, y_src, stats, runs=None, order=None) -> (state,
+  """Builds `train_step(state, x_src, y_src, stats, ctx=None, order=None) -> (state,
   metrics)`, jitted, sharded.
 
   Args:
     model: Linen model (BatchNorm models built with `bn_axis_name="data"`).
-    tx: optimizer.
+    tx: optimizer (`optim.make_optimizer`: its learning rate and weight decay are
+      optimizer-state leaves, so each run of a group uses its own).
     method: a `METHODS` entry, `method(ctx, logits_fn, x, y, key) -> local mean loss`.
-    ctx: the method's context (`ctx.axis_name` must be "data").
+    ctx: the method's context (`ctx.axis_name` must be "data"), baked into the program;
+      a group whose runs differ in its leaves passes them as the step's `ctx` instead.
     mesh: 1-D mesh with axis "data"; B must be divisible by its size.
     num_classes: c, for the one-hot labels.
     batch_size: B, the global batch.
     num_train: n when the training set is passed whole (held on device, replicated);
       None for host-fed batches (x_src, y_src are then the (B, ...) global batch).
-    schedule: the learning-rate schedule (only logged).
+    learning_rate: `learning_rate(opt_state, step)` (`optim.learning_rate`), only logged.
     augment_fn: `augment_fn(key, images) -> images` for a batch (or None).
     max_traces: wrap the body in `chex.assert_max_traces(n=max_traces)` (tests).
     num_runs: None for one run; R for a group of R runs trained by one program: every
@@ -172,15 +133,12 @@ def make_train_step(
       (one dispatch for k steps). With the training set on device the batches are drawn
       inside the scan; host-fed, `x_src`/`y_src` are then k stacked global batches
       (k, B, ...), sharded over their second axis. The metrics are the last step's.
-    make_tx: `make_tx(lr, weight_decay) -> (tx, schedule)` (`optim.make_optimizer` with
-      traced values), used when the runs of a group have their own learning rates or
-      weight decays (`RunParams.lr`); `tx` then only initialized the state.
 
   Returns:
-    The compiled step `train_step(state, x_src, y_src, stats, runs=None, order=None)`;
-    `stats` is the DataStats pytree (replicated) or None; `runs` (vmapped groups only) is
-    None or a `RunParams` of the runs' own λ-laws and optimizer values (the method then
-    uses run r's sampler, θ̄ and θ-moments, the optimizer run r's lr and weight decay);
+    The compiled step `train_step(state, x_src, y_src, stats, ctx=None, order=None)`;
+    `stats` is the DataStats pytree (replicated) or None; `ctx` (vmapped groups only)
+    is None or the runs' contexts stacked on a leading axis (`setup.stack_contexts`:
+    run r then uses its own λ-law, θ-moments and other per-run values);
     `x_src` (n, ...) or (B, ...) float, `y_src` (n,) or (B,) int32; `order` (training
     set on device): None, the step then recomputing its epoch's permutation
     (`data.batch_indices`), or `(first_epoch, perms)` with perms (E, n) int32 =
@@ -198,14 +156,8 @@ def make_train_step(
   spe = num_train // batch_size if on_device else None
 
   def body(state: state_lib.TrainState, x_src: jax.Array, y_src: jax.Array, stats: Any,
-           runs: RunParams | None, order: Any):
-    step_ctx = dataclasses.replace(ctx, stats=stats)
-    run_tx, run_schedule = tx, schedule
-    if runs is not None and runs.sampler is not None:  # this run's own λ-law
-      step_ctx = dataclasses.replace(step_ctx, sampler=runs.sampler,
-                                     theta_bar=runs.moments.mean, moments=runs.moments)
-    if runs is not None and runs.lr is not None:  # this run's own lr and weight decay
-      run_tx, run_schedule = make_tx(runs.lr, runs.weight_decay)
+           run_ctx: methods_lib.MethodContext | None, order: Any):
+    step_ctx = (ctx if run_ctx is None else run_ctx).replace(stats=stats)
     dev = lax.axis_index(AXIS)
     step = state.step
     root = state_lib.root_key(state)
@@ -238,7 +190,7 @@ def make_train_step(
       return lax.pmean(local, AXIS), fwd.new_batch_stats
 
     (loss, new_bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, new_opt = run_tx.update(grads, state.opt_state, state.params)
+    updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     finite = jnp.isfinite(loss) & _all_finite(grads) & _all_finite(new_params)
     healthy = state.first_nonfinite == state_lib.NO_NONFINITE
@@ -251,8 +203,8 @@ def make_train_step(
         first_nonfinite=first_nonfinite.astype(jnp.int32))
     metrics = {
         "loss": loss,
-        "lr": jnp.asarray(run_schedule(step) if run_schedule is not None else 0.0,
-                          jnp.float32),
+        "lr": jnp.asarray(learning_rate(state.opt_state, step)
+                          if learning_rate is not None else 0.0, jnp.float32),
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(state.params),
         "finite": finite.astype(jnp.float32),
@@ -262,18 +214,18 @@ def make_train_step(
   if num_runs is not None:
     one_run = body
 
-    def body(state, x_src, y_src, stats, runs, order):  # pylint: disable=function-redefined
+    def body(state, x_src, y_src, stats, run_ctx, order):  # pylint: disable=function-redefined
       axes = (0, None, None, None, 0, None if order is None else (None, 0))
-      return jax.vmap(one_run, in_axes=axes)(state, x_src, y_src, stats, runs, order)
+      return jax.vmap(one_run, in_axes=axes)(state, x_src, y_src, stats, run_ctx, order)
   if steps_per_call > 1:
     one_step = body
 
-    def body(state, x_src, y_src, stats, runs, order):  # pylint: disable=function-redefined
+    def body(state, x_src, y_src, stats, run_ctx, order):  # pylint: disable=function-redefined
       if on_device:
-        run = lambda st, _: one_step(st, x_src, y_src, stats, runs, order)
+        run = lambda st, _: one_step(st, x_src, y_src, stats, run_ctx, order)
         state, metrics = lax.scan(run, state, None, length=steps_per_call)
       else:
-        run = lambda st, xy: one_step(st, xy[0], xy[1], stats, runs, order)
+        run = lambda st, xy: one_step(st, xy[0], xy[1], stats, run_ctx, order)
         state, metrics = lax.scan(run, state, (x_src, y_src))
       return state, jax.tree.map(lambda a: a[-1], metrics)
   if max_traces is not None:
@@ -284,7 +236,7 @@ def make_train_step(
                           out_specs=(P(), P()))
   compiled = jax.jit(sharded, donate_argnums=(0,))
 
-  def train_step(state, x_src, y_src, stats, runs=None, order=None):
-    return compiled(state, x_src, y_src, stats, runs, order)
+  def train_step(state, x_src, y_src, stats, ctx=None, order=None):  # pylint: disable=redefined-outer-name
+    return compiled(state, x_src, y_src, stats, ctx, order)
 
   return train_step

@@ -11,14 +11,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from mixjax import data as data_lib
+from mixjax import sharding
 from mixjax.train import checkpoint as checkpoint_lib
-from mixjax.train import config as config_lib
 from mixjax.train import loop
 from mixjax.train import optim
 from mixjax.train import setup
 from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
-from mixjax.train import writers
+from mixjax.train import workdir as workdir_lib
 
 
 class TrainedRun:
@@ -41,9 +40,8 @@ class TrainedRun:
   def __init__(self, run_dir: str, *, ds=None):
     with open(os.path.join(run_dir, "config.json")) as f:
       self.config = ml_collections.ConfigDict(_tuples(json.load(f)))
-    with open(os.path.join(run_dir, writers.SUMMARY_FILE)) as f:
-      where = json.load(f).get("checkpoint") or {"workdir": ".", "run": None,
-                                                  "num_runs": None}
+    summary = workdir_lib.finished_summary(run_dir) or {}
+    where = summary.get("checkpoint") or {"workdir": ".", "run": None, "num_runs": None}
     self.ds = ds if ds is not None else setup.load_data(self.config)[0]
     self.model = setup.make_model(self.config, self.ds)
     self._run, num_runs = where["run"], where["num_runs"]
@@ -51,11 +49,11 @@ class TrainedRun:
         os.path.normpath(os.path.join(run_dir, where["workdir"])))
     self.steps = sorted(self._ckpt.all_steps())
     spe = data_lib.steps_per_epoch(int(self.ds.train_x.shape[0]), self.config.batch_size)
-    tx, _ = optim.make_optimizer(self.config.optimizer, spe, config_lib.total_steps(
+    tx = optim.make_optimizer(self.config.optimizer, spe, setup.total_steps(
         self.config, int(self.ds.train_x.shape[0])))
     root = jnp.zeros((num_runs, 2) if num_runs else (2,), jnp.uint32)
     self._template = setup.initial_state(self.model, tx,
-                                         step_lib.make_mesh(jax.local_devices()), root,
+                                         sharding.make_mesh(jax.local_devices()), root,
                                          self.ds, num_runs=num_runs)
 
   def state(self, step: int | None = None) -> state_lib.TrainState:

@@ -1,0 +1,96 @@
+"""Feeding a compiled train step its data: the training set held on device, or batches
+from the host.
+
+`Feeder(ds, batch_size, mesh, data_keys, ...)(s, n)` gives the arguments, after the state,
+of the program that takes steps s … s+n−1 (`train.step.make_train_step`):
+`(x_src, y_src, order)`.
+
+- On device (the training set replicated on every device, when it fits): x_src, y_src
+  are the whole training split, and `order = (first_epoch, perms)` holds the
+  permutations of the epochs those steps reach, perms (E, n) int32 =
+  `epoch_permutations(data_key, first_epoch, E, n)` ((R, E, n) for a group: one data key
+  per run), computed once per first epoch (one sort per epoch). The step slices them
+  (`batch_from_permutations`), giving exactly `batch_indices(data_key, s, ...)`.
+- From the host: the global batches of those steps, drawn from the same epoch
+  permutations (one per epoch, cached), stacked (n, B, ...) when n > 1, split over the
+  mesh axis; `order` is None.
+
+Each run's data key is the caller's (the trainer folds it from the run's root key).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from absl import logging
+import jax
+import numpy as np
+
+from mixjax import sharding
+from mixjax.data import batching
+
+# Hold the training set on device when it takes at most this many bytes per device.
+MAX_ON_DEVICE_BYTES = 4 << 30
+
+
+def fits_on_device(ds, data_on_device: bool = True) -> bool:
+  """Whether the training split is held on device (`data_on_device` and ≤ 4 GiB)."""
+  return data_on_device and ds.train_x.nbytes + ds.train_y.nbytes <= MAX_ON_DEVICE_BYTES
+
+
+class Feeder:
+  """The data arguments of the train step for steps s … s+n−1 (module docstring).
+
+  Args:
+    ds: the dataset (`train_x` (n, ...), `train_y` (n,)).
+    batch_size: B, the global batch.
+    mesh: the 1-D mesh with axis "data".
+    data_keys: the runs' data keys: a key for one run, or (R,) keys for a vmapped group.
+    steps_per_call: k, the most steps one call takes (sizes the permutations held).
+    on_device: hold the training set on device (`fits_on_device`).
+  """
+
+  def __init__(self, ds, batch_size: int, mesh, data_keys, *, steps_per_call: int = 1,
+               on_device: bool = True):
+    self.ds, self.batch_size, self.mesh, self.on_device = ds, batch_size, mesh, on_device
+    self.num_train = int(ds.train_x.shape[0])
+    self.spe = batching.steps_per_epoch(self.num_train, batch_size)
+    self._keys = data_keys
+    self._cache: dict[str, Any] = {}
+    if on_device:
+      self.x = sharding.put_replicated(mesh, ds.train_x)
+      self.y = sharding.put_replicated(mesh, ds.train_y.astype(np.int32))
+      # k steps span at most ceil((k − 1) / spe) + 1 epochs.
+      num_epochs = -(-(int(steps_per_call) - 1) // self.spe) + 1
+      perms_of = lambda k, e0: batching.epoch_permutations(k, e0, num_epochs,
+                                                           self.num_train)
+      if data_keys.ndim == 1:
+        perms_of = jax.vmap(perms_of, in_axes=(0, None))
+      self._perms = jax.jit(perms_of, out_shardings=sharding.replicated(mesh))
+    else:
+      logging.info("Training set (%.1f GB) fed from the host.",
+                   (ds.train_x.nbytes + ds.train_y.nbytes) / 1e9)
+      self._host_key = data_keys
+
+  def _epoch_perm(self, e: int) -> np.ndarray:
+    """Host-fed: epoch e's order, on the host (the last one cached)."""
+    if self._cache.get("epoch") != e:
+      self._cache.update(epoch=e, perm=np.asarray(batching.epoch_permutation(
+          jax.random.fold_in(self._host_key, e), self.num_train)))
+    return self._cache["perm"]
+
+  def __call__(self, s: int, n: int = 1) -> tuple:
+    if self.on_device:
+      e0 = s // self.spe
+      if self._cache.get("first_epoch") != e0:
+        self._cache.update(first_epoch=e0, order=(
+            sharding.put_replicated(self.mesh, np.int32(e0)), self._perms(self._keys, e0)))
+      return self.x, self.y, self._cache["order"]
+    bs, spe = self.batch_size, self.spe
+    idx = np.stack([self._epoch_perm(t // spe)[(t % spe) * bs:(t % spe + 1) * bs]
+                    for t in range(s, s + n)])
+    if n == 1:
+      idx = idx[0]
+    axis = 0 if n == 1 else 1
+    return (sharding.put_sharded(self.mesh, self.ds.train_x[idx], axis=axis),
+            sharding.put_sharded(self.mesh, self.ds.train_y[idx].astype(np.int32),
+                                 axis=axis), None)

@@ -1,0 +1,108 @@
+"""The end of a program: each run's final evaluation and its `summary.json`.
+
+For each run (`finish_runs`): test accuracy, NLL, ECE (15 bins), Brier and the other
+metrics of `mixjax.eval.evaluate`; the same after temperature scaling fitted on the
+validation split; for the mixup family (mixup, regmixup, erm_transformed, perturbed_erm,
+approx) the same again with test-time rescaling (docs/THEORY.md §5, `theory.rescaled`
+with θ̄ of the run's training law, `samplers.regmixup_equivalent` for RegMixup), side
+by side. Written to the run's `summary.json` (with what the run was and how it was
+trained) and printed; the logits go to `predictions.npz` (`writers.write_summary`). A
+run of a group whose loss turned non-finite gets a summary marked failed, with the step.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from mixjax import eval as eval_lib
+from mixjax.sharding import to_host
+from mixjax.train import loop
+from mixjax.train import methods as methods_lib
+from mixjax.train import state as state_lib
+from mixjax.train import writers
+
+
+def run_summary(config: ml_collections.ConfigDict, state, *, total: int, spe: int,
+                num_devices: int, moments, train_time: float,
+                resumed_from_step: int | None) -> dict[str, Any]:
+  """What the run was (summary.json without the evaluations)."""
+  return {
+      "dataset": config.dataset.name, "model": config.model.name,
+      "method": config.method.name, "sampler": config.sampler.name,
+      "seed": int(config.seed),
+      "step": total, "epochs": total / spe, "num_devices": num_devices,
+      "theta_bar": None if moments is None else float(moments.mean),
+      "strength": None if moments is None else float(moments.strength),
+      "train_time_s": train_time,
+      "resumed_from_step": resumed_from_step,
+      "process_index": jax.process_index(), "process_count": jax.process_count(),
+      # Σ |w| over all parameters: a cheap fingerprint to compare runs and processes.
+      "param_l1": float(sum(np.abs(to_host(p)).astype(np.float64).sum()
+                            for p in jax.tree.leaves(state.params))),
+  }
+
+
+def final_records(summary: dict[str, Any]) -> dict[str, Any]:
+  return ({"final/" + k: v for k, v in summary["test"].items()}
+          | {"final_rescaled/" + k: v for k, v in summary.get("test_rescaled", {}).items()})
+
+
+def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds):
+  """{"test": metrics, "test_rescaled": metrics (the mixup family, if config.eval.rescale)}
+  and the logits they were computed from (plain, rescaled)."""
+  logits, logits_rescaled = {}, {}
+  results = {"test": eval_lib.evaluate(predict, state.variables, ds,
+                                       num_bins=config.eval.num_bins, rescale=False,
+                                       logits=logits)}
+  if config.eval.rescale and config.method.name in methods_lib.MIXUP_FAMILY:
+    results["test_rescaled"] = eval_lib.evaluate(
+        predict, state.variables, ds, num_bins=config.eval.num_bins, rescale=True,
+        logits=logits_rescaled)
+  return results, logits, logits_rescaled
+
+
+def finish_runs(configs, dirs, state, *, predict, ds, writer, total: int, spe: int,
+                num_devices: int, moments, train_time: float, resumed_from_step,
+                training: list[dict[str, Any]], changes=None) -> dict[str, dict[str, Any]]:
+  """Each run's summary.json after training (module docstring); {folder name: summary}.
+
+  Args:
+    configs, dirs: the runs' configs and folders.
+    state: the program's final state (a leading run axis when len(configs) > 1).
+    predict: the `eval.Predictor` of the program (θ̄ replaced per run).
+    moments: each run's θ-moments (None outside the mixup family).
+    training: each run's "checkpoint" entry: where its states are and how it trained.
+    changes: each run's config changes accepted on this rerun ({key: (old, new)},
+      `workdir.check_workdir_config`), recorded as "config_changes".
+  """
+  summaries = {}
+  grouped = len(configs) > 1
+  for r, (c, d) in enumerate(zip(configs, dirs)):
+    run_state = loop.run_slice(state, r) if grouped else state
+    summary = run_summary(c, run_state, total=total, spe=spe, num_devices=num_devices,
+                          moments=moments[r], train_time=train_time,
+                          resumed_from_step=resumed_from_step)
+    summary["checkpoint"] = training[r]
+    if changes and changes[r]:
+      summary["config_changes"] = {k: list(v) for k, v in changes[r].items()}
+    bad = int(to_host(run_state.first_nonfinite))
+    if bad != state_lib.NO_NONFINITE:
+      summary.update(status="failed", failed_at_step=bad,
+                     error=f"non-finite loss or gradient at step {bad}; the run stopped "
+                           "updating there (the other runs of the group continued).")
+      if jax.process_index() == 0:
+        writers.write_json(os.path.join(d, writers.SUMMARY_FILE), summary)
+    else:
+      summary["status"] = "ok"
+      run_predict = predict if moments[r] is None else predict.with_theta_bar(
+          float(moments[r].mean))
+      results, logits, logits_rescaled = final_evaluation(c, run_predict, run_state, ds)
+      summary.update(results)
+      writer.write_run(r, total, final_records(summary))
+      writers.write_summary(d, summary, ds, logits, logits_rescaled)
+    summaries[os.path.basename(d)] = summary
+  return summaries

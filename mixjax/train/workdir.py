@@ -1,0 +1,167 @@
+"""The workdir and the resume policy: what a rerun of the same command may do.
+
+A run's folder holds `config.json` (the config of its first start), its checkpoints,
+`metrics.jsonl` and, once it has finished, `summary.json` (written atomically, so its
+presence means "finished": `finished_summary`).
+
+Rerunning on a workdir that holds a run (`check_workdir_config`):
+- an unfinished run resumes from its newest restorable checkpoint. Its config may
+  differ from config.json only in `config.RESUMABLE_CHANGES` (length of training,
+  logging, checkpoint cadence, evaluation, the data folder), unless
+  `allow_config_change=True` (e.g. to continue with a lower learning rate after a NaN);
+- a finished run trains nothing more unless its length grows. A change that would need
+  retraining (any key outside `RESUMABLE_CHANGES`) is refused even with
+  `allow_config_change=True`: the weights would stay the old config's while config.json
+  and the summary would name the new one. Evaluation-only changes (`eval.*`)
+  re-evaluate it, and the summary records them (`reevaluated_with`).
+A key the old config.json lacks (a knob added to mixjax since) is no change when it has
+its default value. An accepted change is logged and config.json is rewritten.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+from absl import logging
+import ml_collections
+
+from mixjax.errors import WorkdirError
+from mixjax.train import config as config_lib
+from mixjax.train.writers import SUMMARY_FILE
+
+CONFIG_FILE = "config.json"
+_ABSENT = "<absent>"
+
+
+def make_workdir(workdir: str) -> str:
+  """Creates `workdir` (with parents) and checks it is writable; returns its absolute
+  path. Raises WorkdirError (exit 5) naming the path and the reason otherwise."""
+  path = os.path.abspath(workdir)
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise WorkdirError(f"--workdir={workdir}: cannot create it ({e.strerror or e}). "
+                       "Pass a folder you can write to.") from e
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise WorkdirError(f"--workdir={workdir}: not writable. Pass a folder you can "
+                       "write to.")
+  return path
+
+
+def finished_summary(run_dir: str) -> dict[str, Any] | None:
+  """The summary of a finished run (RUN_DIR/summary.json), or None when it has none."""
+  path = os.path.join(run_dir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def config_to_json(config: ml_collections.ConfigDict) -> str:
+  """The config as written to WORKDIR/config.json (tuples as lists)."""
+  if hasattr(config, "to_json_best_effort"):
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{dotted key: leaf} of a nested dict (empty dicts are leaves)."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping) and v:
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]
+                   ) -> dict[str, tuple[Any, Any]]:
+  """{dotted key: (old value, new value)} for the leaves where two JSON configs differ
+  (a key present on one side only shows `<absent>` on the other)."""
+  old, new = flatten(old), flatten(new)
+  return {k: (old.get(k, _ABSENT), new.get(k, _ABSENT))
+          for k in sorted(set(old) | set(new))
+          if old.get(k, _ABSENT) != new.get(k, _ABSENT)}
+
+
+def is_resumable_change(key: str) -> bool:
+  return any(key == a or key.startswith(a + ".")
+             for a in config_lib.RESUMABLE_CHANGES)
+
+
+def _listed(changes: Mapping[str, tuple[Any, Any]]) -> str:
+  return "; ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}"
+                   for k, (a, b) in changes.items())
+
+
+def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *,
+                         has_run: bool, finished: bool = False, write: bool = True
+                         ) -> dict[str, tuple[Any, Any]]:
+  """Compares `config` with WORKDIR/config.json (the module docstring's policy), then
+  (if `write`) writes it there.
+
+  Args:
+    config: the resolved config of this start.
+    workdir: the run's folder.
+    has_run: the workdir holds a run to resume (checkpoints or a summary). Without one,
+      a changed config simply replaces config.json (a start that failed early).
+    finished: the run has finished (its summary.json exists): only
+      `RESUMABLE_CHANGES` are accepted, whatever `allow_config_change` says.
+    write: write config.json (process 0 only, so a multi-process run writes it once).
+
+  Returns:
+    The changes accepted ({key: (old, new)}), empty for a first start or the same config.
+
+  Raises:
+    WorkdirError: the workdir's run was started with a config that differs in a key
+      outside `RESUMABLE_CHANGES` (and the run has finished, or allow_config_change is
+      False); the message lists the keys (old → new) and the way out.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  text = config_to_json(config)
+  changes = {}
+  if has_run and os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, ValueError) as e:
+      old = None
+      if finished or not config.allow_config_change:
+        raise WorkdirError(
+            f"{path} cannot be read ({e}), so this run cannot be checked against the "
+            "config the workdir was started with. Use a fresh --workdir"
+            + ("." if finished else ", or pass --config.allow_config_change=True to "
+               "resume anyway.")) from e
+    if old is not None:
+      changes = config_changes(old, json.loads(text))
+      # A knob added to mixjax after the run started, at its default, changes nothing.
+      defaults = flatten(json.loads(config_to_json(config_lib.base_config())))
+      changes = {k: (a, b) for k, (a, b) in changes.items()
+                 if not (a == _ABSENT and k in defaults and defaults[k] == b)}
+    refused = {k: v for k, v in changes.items() if not is_resumable_change(k)}
+    if refused and finished:
+      raise WorkdirError(
+          f"--workdir={workdir} holds a finished run of a different config "
+          f"({_listed(refused)}). Nothing would be retrained: its results would only be "
+          "relabelled with this config. Train this config in a fresh --workdir. "
+          "(On a finished run only these may change: "
+          f"{', '.join(config_lib.RESUMABLE_CHANGES)}; eval.* re-evaluates it.)")
+    if refused and not config.allow_config_change:
+      raise WorkdirError(
+          f"--workdir={workdir} holds a run started with a different config "
+          f"({_listed(refused)}); resuming it would report the old run's results as "
+          "this config's. Use a fresh --workdir, or, to continue this unfinished run "
+          "from its last checkpoint with the new config, pass "
+          "--config.allow_config_change=True. Changes allowed without it: "
+          f"{', '.join(config_lib.RESUMABLE_CHANGES)}.")
+    if changes:
+      logging.warning("Resuming %s with a changed config (config.json rewritten): %s",
+                      workdir, _listed(changes))
+  if write:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  return changes
