@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mixjax.models import layers
 from mixjax.models.reshaped import Reshaped
 from mixjax.registry import Registry
 
@@ -53,11 +54,14 @@ Dtype = Any
 
 
 def batch_norm(train: bool, axis_name: str | None, dtype: Dtype, name: str | None = None
-               ) -> nn.BatchNorm:
-  """BatchNorm with momentum 0.9; batch statistics averaged over `axis_name` if given."""
-  return nn.BatchNorm(
-      use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-      axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32, name=name)
+               ) -> nn.Module:
+  """BatchNorm with momentum 0.9; batch statistics averaged over `axis_name` if given.
+
+  `layers.BatchNorm` on CPU (the same variables and values, faster statistics), flax's
+  `nn.BatchNorm` elsewhere (`layers.cpu_forms`)."""
+  cls = layers.BatchNorm if layers.cpu_forms() else nn.BatchNorm
+  return cls(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+             axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 def check_common(module: nn.Module) -> None:

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from mixjax.models import base
+from mixjax.models import layers
 
 
 @base.register("lenet")
@@ -17,6 +18,8 @@ class LeNet(nn.Module):
   Works on 28×28×1 (MNIST), 32×32×3 (CIFAR) and 1-D signals that the caller reshapes to
   `(B, L, 1, 1)`: pooling uses window min(2, size) per spatial axis, so a spatial axis of
   size 1 is left alone. Shapes: `x` (B, H, W, C) -> logits (B, num_classes) float32.
+  Convolutions and pools are `models.layers`' (for a non-decreasing activation the pool
+  runs before it, the same function).
 
   Attributes:
     num_classes: number of outputs.
@@ -54,10 +57,10 @@ class LeNet(nn.Module):
     k = self.kernel_size
     for i, f in enumerate(self.features):
       x = nn.Conv(f, (k, k), padding="SAME", dtype=self.dtype, kernel_init=base.conv_init,
-                  name=f"conv{i}")(x)
-      x = act(x)
+                  conv_general_dilated=layers.conv_general_dilated, name=f"conv{i}")(x)
       window = tuple(min(2, s) for s in x.shape[1:3])
-      x = nn.max_pool(x, window, strides=window, padding="SAME")
+      x = layers.activate_and_pool(x, act, window,
+                                   self.activation in layers.NONDECREASING)
     x = jnp.reshape(x, (x.shape[0], -1))
     for i, h in enumerate(self.dense_sizes):
       x = act(nn.Dense(h, dtype=self.dtype, name=f"dense{i}")(x))

@@ -26,13 +26,15 @@ import jax
 import jax.numpy as jnp
 
 from mixjax.models import base
+from mixjax.models import layers
 
 
 def _conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Conv:
   pad = (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=base.conv_init, name=name)
+                 param_dtype=jnp.float32, kernel_init=base.conv_init,
+                 conv_general_dilated=layers.conv_general_dilated, name=name)
 
 
 class PreActBlock(nn.Module):
