@@ -140,8 +140,8 @@ def mixup_loss(key: jax.Array, logits_fn: LogitsFn, x: Any, y: Any, sampler, *,
   """
   mixing.check_key(key, "mixup_loss(key, f, x, y, law)")
   x, y = _check_inputs(x, y)
-  x_mix, y_mix, _, _ = mixing.mix(key, x, y, sampler, granularity=granularity,
-                                  pairing=pairing, fold=fold)
+  x_mix, y_mix = mixing.mix(key, x, y, sampler, granularity=granularity,
+                            pairing=pairing, fold=fold)[:2]
   return jnp.mean(batch_loss(loss, y_mix, logits_fn(x_mix)))
 
 
@@ -176,8 +176,8 @@ def regmixup_loss(key: jax.Array, logits_fn: LogitsFn, x: Any, y: Any, sampler, 
     raise ValueError(f"RegMixup weight eta must be >= 0 (got {eta}).")
   x, y = _check_inputs(x, y)
   batch_size = x.shape[0]
-  x_mix, y_mix, _, _ = mixing.mix(key, x, y, sampler, granularity=granularity,
-                                  pairing=pairing, fold=fold)
+  x_mix, y_mix = mixing.mix(key, x, y, sampler, granularity=granularity,
+                            pairing=pairing, fold=fold)[:2]
   u = logits_fn(jnp.concatenate([x.astype(x_mix.dtype), x_mix], axis=0))
   per_example = batch_loss(loss, jnp.concatenate([y, y_mix], axis=0), u)
   return jnp.mean(per_example[:batch_size]) + eta * jnp.mean(per_example[batch_size:])

@@ -5,8 +5,14 @@ For a batch (x_i, y_i), i = 1..B, mixup forms
     x_mix_i = λ_i x_i + (1 − λ_i) x_{π(i)}        y_mix_i = λ_i y_i + (1 − λ_i) y_{π(i)}
 
 with λ_i drawn from a λ-law (a sampler, see `mixjax.samplers`) and π a pairing of the
-batch. `mix` returns the mixed batch *and* its draw (λ, π) so that analysis and tests
-can see exactly what happened (STYLE.md, "samplers return their draw").
+batch. A mask law (CutMix, GMix, a switch; docs/THEORY.md §8) draws a mask M_i ∈ [0, 1]^(H×W)
+per image instead, shared by the channels, and λ_i = mean(M_i):
+
+    x_mix_i = M_i ⊙ x_i + (1 − M_i) ⊙ x_{π(i)}    y_mix_i = λ_i y_i + (1 − λ_i) y_{π(i)}
+
+A λ-law is the constant mask M_i = λ_i·1, so both go through one code path. `mix` returns
+the mixed batch *and* its draw (mask, λ, π) so that analysis and tests can see exactly
+what happened (STYLE.md, "samplers return their draw").
 
 Averaged over λ and over a uniformly random partner, this is an unbiased estimate of the
 mixup risk E^mix of docs/THEORY.md (Setup); by docs/THEORY.md §1 only θ = max(λ, 1 − λ) matters for
@@ -18,7 +24,7 @@ full double sum over the batch), and `pairing="reverse"` contains both (i, π(i)
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, NamedTuple, Tuple
 
 import chex
 import jax
@@ -131,36 +137,100 @@ def _bcast(lam: jax.Array, ndim: int) -> jax.Array:
   return lam.reshape(lam.shape + (1,) * (ndim - 1))
 
 
+class Mixed(NamedTuple):
+  """A mixed batch and the draw that made it (`mix`).
+
+  Attributes:
+    x: x_mix (B, ...) float, = mask * x + (1 − mask) * x[partner].
+    y: y_mix (B, c) float, = lam y + (1 − lam) y[partner].
+    lam: λ (B,) float32, the label weight actually used (after folding; for a mask
+      law the area mean(M) the example keeps).
+    partner: π (B,) int32.
+    mask: the weight of x_i, shaped to broadcast against x: (B, 1, …, 1) (= λ) for a
+      λ-law; (B, H, W, 1) for images (B, H, W, C) and (B, H, W) for (B, H, W) under a
+      mask law (`mask[..., 0]` is then the (B, H, W) pixel mask of channel-last images).
+  """
+  x: jax.Array
+  y: jax.Array
+  lam: jax.Array
+  partner: jax.Array
+  mask: jax.Array
+
+
+def _mask_draw(sampler, key, batch_size: int, x_shape, granularity: str):
+  """A mask law's draw: (mask broadcastable to x, λ (B,)) (docs/THEORY.md §8)."""
+  from mixjax.samplers import masks as masks_lib  # pylint: disable=g-import-not-at-top
+  hw = masks_lib.image_hw(x_shape[1:], sampler)
+  if granularity == "example":
+    m, lam = sampler.masks(key, batch_size, hw)
+  else:
+    m, lam = sampler.masks(key, 1, hw)
+    m = jnp.broadcast_to(m, (batch_size,) + hw)
+    lam = jnp.broadcast_to(lam, (batch_size,))
+  chex.assert_shape(m, (batch_size,) + hw)
+  return (m[..., None] if len(x_shape) == 4 else m), lam
+
+
+def _draw(sampler, key, batch_size: int, x: jax.Array, granularity: str, fold: bool):
+  """(mask broadcastable to x in x.dtype, λ (B,) float32), folded if `fold`."""
+  if getattr(sampler, "is_mask", False):
+    mask, lam = _mask_draw(sampler, key, batch_size, x.shape, granularity)
+    if fold:
+      flip = lam < 0.5
+      mask = jnp.where(_bcast(flip, mask.ndim), 1.0 - mask, mask)
+      lam = jnp.where(flip, 1.0 - lam, lam)
+    chex.assert_shape(lam, (batch_size,))
+    return mask.astype(x.dtype), lam
+  if granularity == "example":
+    lam = jnp.asarray(sampler(key, (batch_size,)), jnp.float32)
+  else:
+    lam0 = jnp.asarray(sampler(key, ()), jnp.float32)
+    chex.assert_shape(lam0, ())
+    lam = jnp.broadcast_to(lam0, (batch_size,))
+  chex.assert_shape(lam, (batch_size,))
+  if fold:
+    lam = jnp.maximum(lam, 1.0 - lam)
+  # A λ-law's constant mask: λ broadcast over the trailing axes, never materialized.
+  return _bcast(lam.astype(x.dtype), x.ndim), lam
+
+
 def mix(key: jax.Array, x: Any, y: Any, sampler: Sampler, *,
         granularity: str = "example", pairing: str = "permutation",
-        fold: bool = False) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        fold: bool = False) -> Mixed:
   """Mixes a batch with its partners and returns the draw.
 
-      x_mix = lam * x + (1 − lam) * x[partner]     (lam broadcast over trailing axes)
+      x_mix = mask * x + (1 − mask) * x[partner]
       y_mix = lam * y + (1 − lam) * y[partner]
 
-  λ and the partners come from separate key streams (`fold_in(key, 0)` for λ,
-  `fold_in(key, 1)` for the partners), so changing the pairing never changes λ.
+  For a λ-law, mask = λ broadcast over the trailing axes, (B, 1, …, 1); for a mask law
+  (docs/THEORY.md §8) it is the drawn per-pixel mask, shared by the channels, and
+  λ = mean(mask). The mask (or λ) and the partners come from separate key streams
+  (`fold_in(key, 0)` and `fold_in(key, 1)`), so changing the pairing never changes the
+  mask; a λ-law draws λ as `sampler(fold_in(key, 0), (B,))`.
 
   Args:
     key: PRNG key.
-    x: inputs, (B, ...) with any trailing shape. Integer inputs (e.g. uint8 images) are
-      converted to float32; mixed inputs are never quantized back.
+    x: inputs, (B, ...) with any trailing shape for a λ-law; images (B, H, W, C)
+      (channels last) or (B, H, W) for a mask law. Integer inputs (e.g. uint8 images) are
+      converted to float32; mixed inputs are never quantized back. Any B ≥ 1, odd too.
     y: labels, (B, c), one-hot or soft (see `check_labels`).
-    sampler: λ-law, `sampler(key, shape) -> λ` in [0, 1] (`mixjax.samplers`).
-    granularity: "example" (one λ per example, `sampler(key, (B,))`) or "batch" (one
-      λ for the whole batch, `sampler(key, ())`, broadcast to (B,)).
+    sampler: a λ-law, `sampler(key, shape) -> λ` in [0, 1], or a mask law
+      (`law.masks(key, B, (H, W))`; `mixjax.samplers`).
+    granularity: "example" (one λ or mask per example) or "batch" (one for the whole
+      batch, `sampler(key, ())` for a λ-law, broadcast to (B,)).
     pairing: "permutation" or "reverse" (see `partners`).
-    fold: replace λ by max(λ, 1 − λ) (uncertainty-baselines' ImageNet mixup), so that
-      every mixed example is dominated by its own x_i.
+    fold: replace λ by max(λ, 1 − λ) (uncertainty-baselines' ImageNet mixup), and a mask
+      M by 1 − M where mean(M) < ½, so that every mixed example is dominated by its own
+      x_i.
 
   Returns:
-    (x_mix, y_mix, lam, partner): x_mix (B, ...) float, y_mix (B, c) float, lam (B,)
-    float32 (the λ actually used, after folding), partner (B,) int32.
+    `Mixed(x, y, lam, partner, mask)`: x_mix (B, ...) float, y_mix (B, c) float, lam
+    (B,) float32 (the label weight actually used, after folding), partner (B,) int32,
+    mask (see `Mixed`). Unpacks as `x_mix, y_mix, lam, partner, mask = mix(...)`.
 
   Raises:
-    ValueError: x and y batch sizes differ, y is not (B, c), x is a scalar, or
-      granularity/pairing is unknown.
+    ValueError: x and y batch sizes differ, y is not (B, c), x is a scalar, a mask law
+      gets inputs that are not images, or granularity/pairing is unknown.
   """
   check_key(key, "mix(key, x, y, law)")
   _check_choice(granularity, GRANULARITIES, "granularity")
@@ -175,21 +245,13 @@ def mix(key: jax.Array, x: Any, y: Any, sampler: Sampler, *,
 
   lam_key = jax.random.fold_in(key, _LAM_STREAM)
   partner_key = jax.random.fold_in(key, _PARTNER_STREAM)
-  if granularity == "example":
-    lam = jnp.asarray(sampler(lam_key, (batch_size,)), jnp.float32)
-  else:
-    lam0 = jnp.asarray(sampler(lam_key, ()), jnp.float32)
-    chex.assert_shape(lam0, ())
-    lam = jnp.broadcast_to(lam0, (batch_size,))
-  chex.assert_shape(lam, (batch_size,))
-  if fold:
-    lam = jnp.maximum(lam, 1.0 - lam)
+  lam_x, lam = _draw(sampler, lam_key, batch_size, x, granularity, fold)
   partner = partners(partner_key, batch_size, pairing)
 
-  lam_x = _bcast(lam.astype(x.dtype), x.ndim)
+  # One code path for λ-laws and mask laws: lam_x is the mask, broadcastable to x.
   x_mix = lam_x * x + (1 - lam_x) * x[partner]
   lam_y = _bcast(lam.astype(y.dtype), 2)
   y_mix = lam_y * y + (1 - lam_y) * y[partner]
   chex.assert_equal_shape([x_mix, x])
   chex.assert_equal_shape([y_mix, y])
-  return x_mix, y_mix, lam, partner
+  return Mixed(x_mix, y_mix, lam, partner, lam_x)

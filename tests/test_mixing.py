@@ -34,7 +34,7 @@ def _np_mix(x, y, lam, partner):
 @pytest.mark.parametrize("batch_size,trailing", [(8, (5,)), (7, (4, 4, 3)), (1, (2,))])
 def test_mix_matches_numpy(granularity, pairing, fold, batch_size, trailing):
   x, y = _batch(batch_size, trailing)
-  x_mix, y_mix, lam, partner = mixing.mix(
+  x_mix, y_mix, lam, partner, _ = mixing.mix(
       jax.random.key(3), x, y, samplers.beta(0.4), granularity=granularity,
       pairing=pairing, fold=fold)
   assert x_mix.shape == x.shape and y_mix.shape == y.shape
@@ -61,7 +61,7 @@ def test_partner_is_a_permutation(batch_size):
 @pytest.mark.parametrize("batch_size", [1, 6, 7])
 def test_reverse_pairing(batch_size):
   x, y = _batch(batch_size)
-  x_mix, _, lam, partner = mixing.mix(
+  x_mix, _, lam, partner, _ = mixing.mix(
       jax.random.key(0), x, y, samplers.beta(1.0), pairing="reverse")
   np.testing.assert_array_equal(partner, np.arange(batch_size)[::-1])
   if batch_size % 2:  # The middle example is paired with itself: it is unchanged.
@@ -109,9 +109,9 @@ def test_batch_granularity_shares_lambda():
 def test_lambda_and_partner_use_separate_streams():
   x, y = _batch(10)
   key = jax.random.key(11)
-  _, _, lam_p, part_p = mixing.mix(key, x, y, samplers.beta(1.0), pairing="permutation")
-  _, _, lam_r, _ = mixing.mix(key, x, y, samplers.beta(1.0), pairing="reverse")
-  _, _, _, part_c = mixing.mix(key, x, y, samplers.constant(0.3), pairing="permutation")
+  _, _, lam_p, part_p, _ = mixing.mix(key, x, y, samplers.beta(1.0), pairing="permutation")
+  _, _, lam_r, _, _ = mixing.mix(key, x, y, samplers.beta(1.0), pairing="reverse")
+  _, _, _, part_c, _ = mixing.mix(key, x, y, samplers.constant(0.3), pairing="permutation")
   np.testing.assert_array_equal(lam_p, lam_r)    # pairing does not move λ
   np.testing.assert_array_equal(part_p, part_c)  # the λ law does not move the partners
 
@@ -120,7 +120,7 @@ def test_mixed_images_stay_float():
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, size=(6, 4, 4, 3), dtype=np.uint8)
   y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, size=6)]
-  x_mix, _, lam, partner = mixing.mix(jax.random.key(0), x, y, samplers.constant(0.3))
+  x_mix, _, lam, partner, _ = mixing.mix(jax.random.key(0), x, y, samplers.constant(0.3))
   assert jnp.issubdtype(x_mix.dtype, jnp.floating)
   ref, _ = _np_mix(x, y, lam, np.asarray(partner))
   np.testing.assert_allclose(x_mix, ref, rtol=1e-5)  # not rounded back to integers

@@ -104,11 +104,25 @@ def _as_shape(shape) -> Shape:
 
 
 class Sampler:
-  """Base class of λ-laws: `sampler(key, shape=()) -> λ` (float32 in [0, 1])."""
+  """Base class of λ-laws: `sampler(key, shape=()) -> λ` (float32 in [0, 1]).
+
+  Mask laws (`samplers.masks`) share this base with `is_mask = True`; every λ-law is
+  the constant mask M = λ·1 (`masks`).
+  """
+
+  is_mask = False
 
   def __call__(self, key: jax.Array, shape: Sequence[int] | int = ()) -> jax.Array:
     """Draws λ of shape `shape` (float32, in [0, 1]) from the PRNG `key`."""
     return self._sample(key, _as_shape(shape))
+
+  def masks(self, key: jax.Array, batch_size: int, hw: Sequence[int]
+            ) -> tuple[jax.Array, jax.Array]:
+    """The λ-law as a mask law: constant masks M = λ·1 (B, H, W) and λ (B,), with λ
+    drawn as `self(key, (batch_size,))` (docs/THEORY.md §8)."""
+    lam = self(key, (int(batch_size),))
+    h, w = (int(v) for v in hw)
+    return jnp.broadcast_to(lam[:, None, None], (lam.shape[0], h, w)), lam
 
   def _sample(self, key: jax.Array, shape: Shape) -> jax.Array:
     raise NotImplementedError
@@ -418,10 +432,15 @@ def mixture(samplers: Sequence[Any], weights: Sequence[float]) -> Mixture:
     samplers: Samplers, or specs `(name, params)` / names (see `make_sampler`).
     weights: probabilities, ≥ 0, summing to 1 (within 1e-6), one per sampler.
   """
-  samplers = list(samplers)
+  samplers = [_as_sampler(s) for s in samplers]
   weights = [float(w) for w in np.asarray(weights, np.float64).ravel()]
   if not samplers:
     raise ValueError("mixture: needs at least one sampler (got an empty list).")
+  masks = [s.label for s in samplers if s.is_mask]
+  if masks:
+    raise ValueError(
+        f"mixture: {', '.join(masks)} is a mask law; a mixture mixes λ-laws. Combine a "
+        "mask law with another law by samplers.switch(law_a, law_b, p).")
   if len(samplers) != len(weights):
     raise ValueError(
         f"mixture: got {len(samplers)} samplers but {len(weights)} weights; give one "
@@ -434,7 +453,7 @@ def mixture(samplers: Sequence[Any], weights: Sequence[float]) -> Mixture:
         f"mixture: weights must sum to 1 (within {_WEIGHT_SUM_TOL:g}), got sum {total!r}; "
         "normalize them, e.g. weights / sum(weights).")
   weights = [w / total for w in weights]
-  return Mixture(tuple(_as_sampler(s) for s in samplers), tuple(weights))
+  return Mixture(tuple(samplers), tuple(weights))
 
 
 def regmixup_equivalent(sampler: Any, eta: float) -> Mixture:
@@ -447,7 +466,8 @@ def regmixup_equivalent(sampler: Any, eta: float) -> Mixture:
       λ ~ sampler with probability η/(1+η),
 
   so its θ-law puts mass 1/(1+η) at θ = 1 and θ̄ = (1 + η θ̄_sampler)/(1+η). η = 0 is
-  ERM (θ = 1 surely).
+  ERM (θ = 1 surely). For a mask law it is the switch to `sampler` with probability
+  η/(1+η) from the constant mask 1 (`samplers.switch`).
 
   Args:
     sampler: the λ-law of the mixup term (a Sampler or a spec, see `mixture`).
@@ -459,6 +479,9 @@ def regmixup_equivalent(sampler: Any, eta: float) -> Mixture:
     e = float("nan")
   if not math.isfinite(e) or e < 0.0:
     raise ValueError(f"regmixup sampler: eta must be a finite number ≥ 0, got {eta!r}.")
+  sampler = _as_sampler(sampler)
+  if sampler.is_mask:
+    return SAMPLERS.get("switch")(Constant(1.0), sampler, e / (1.0 + e))
   return mixture([Constant(1.0), sampler], [1.0 / (1.0 + e), e / (1.0 + e)])
 
 
@@ -620,6 +643,9 @@ def _unlabelled(sampler: Sampler) -> Sampler:
   kw = {"title": None, "tag": None}
   if isinstance(sampler, Mixture):
     kw["samplers"] = tuple(_unlabelled(s) for s in sampler.samplers)
+  for part in ("law_a", "law_b"):  # a mask-law switch (samplers.masks.Switch)
+    if hasattr(sampler, part):
+      kw[part] = _unlabelled(getattr(sampler, part))
   return dataclasses.replace(sampler, **kw)
 
 

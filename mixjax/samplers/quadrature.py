@@ -1,4 +1,5 @@
-"""θ-quadrature: Gauss rules for E_Q g(θ) over a sampler's θ-law (docs/THEORY.md §1).
+"""Quadrature over a law: Gauss rules for E_Q g(θ) over a sampler's θ-law
+(docs/THEORY.md §1), and a mask law's exact finite support (§8, `mask_support`).
 
 `theta_quadrature(sampler, num_nodes)` gives a Gauss rule (nodes in [½, 1], weights ≥ 0
 summing to 1) that integrates polynomials in θ of degree ≤ 2·num_nodes − 1 exactly
@@ -14,6 +15,8 @@ import numpy as np
 from scipy import linalg as sp_linalg
 from scipy import special as sp_special
 
+from mixjax.samplers import masks as masks_lib
+from mixjax.samplers import moments as moments_lib
 from mixjax.samplers.laws import Atom, FoldedBeta, Sampler, ShiftedBeta, Unknown
 from mixjax.samplers.moments import _check_sampler, _theta_draws  # pylint: disable=protected-access
 
@@ -207,4 +210,47 @@ def theta_quadrature(sampler: Sampler, num_nodes: int, *, empirical: bool = Fals
   weights = np.maximum(np.concatenate(weights), 0.0)
   order = np.argsort(nodes, kind="stable")
   return nodes[order], weights[order] / weights.sum()
+
+
+# ---------------------------------------------------------------------------
+# The exact support of a mask law (for the exact mixup risk of small problems).
+# ---------------------------------------------------------------------------
+def _cutmix_support(alpha: float, hw):
+  h, w = hw
+  masks, weights = [], []
+  for (a, b), prob in moments_lib.cutmix_sizes(alpha, hw).items():
+    if prob <= 0.0:
+      continue
+    r, c = moments_lib.line_indicators(h, a), moments_lib.line_indicators(w, b)
+    box = r[:, None, :, None] * c[None, :, None, :]  # (cy, cx, H, W)
+    masks.append(1.0 - box.reshape(h * w, h, w))
+    weights.append(np.full(h * w, prob / (h * w)))
+  return np.concatenate(masks), np.concatenate(weights)
+
+
+def mask_support(law: laws.Sampler, hw: Sequence[int], *, num_nodes: int = 32
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """A finite rule for E_M g(M): (masks (K, H, W) float64, weights (K,) summing to 1).
+
+  CutMix: its exact support (every box size and centre, with the exact probabilities of
+  `mask_moments`). A λ-law: the constant masks θ_q·1 of its θ-quadrature
+  (`theta_quadrature(law, num_nodes)`; by §1 only θ matters). A switch: both parts'
+  rules, weighted. Raises a ValueError for laws known only by their draws (GMix).
+  """
+  law = _check_sampler(law)
+  hw = masks_lib.check_hw(hw, law)
+  if not law.is_mask:
+    nodes, weights = theta_quadrature(law, num_nodes)
+    return np.broadcast_to(nodes[:, None, None], (len(nodes),) + hw).copy(), weights
+  if isinstance(law, masks_lib.CutMix):
+    return _cutmix_support(float(law.alpha), hw)
+  if isinstance(law, masks_lib.Switch):
+    (ma, wa), (mb, wb) = (mask_support(p, hw, num_nodes=num_nodes)
+                          for p in (law.law_a, law.law_b))
+    p = float(law.p)
+    return np.concatenate([ma, mb]), np.concatenate([(1.0 - p) * wa, p * wb])
+  raise ValueError(
+      f"{law.label} has no exact finite support (it is known through its draws): the "
+      "exact mixup risk needs CutMix, λ-laws or switches of them; use the stochastic "
+      "estimators (perturbed_erm_loss, approx_mixup_risk(..., estimator='stochastic')).")
 

@@ -9,6 +9,7 @@ from mixjax.theory.approx_risk import approx_mixup_risk
 from mixjax.theory.approx_risk import approx_mixup_terms
 from mixjax.theory.approx_risk import loss_derivatives
 from mixjax.theory.exact_risk import exact_mixup_risk
+from mixjax.theory.perturbation import MaskPerturbationCovariances
 from mixjax.theory.perturbation import PerturbationCovariances
 from mixjax.theory.perturbation import Perturbations
 from mixjax.theory.perturbation import perturbation_covariances

@@ -254,6 +254,68 @@ def _validate(logits_fn, x, y, stats, estimator, key, num_probes, terms, rank):
   return x, y, terms
 
 
+def _lowrank_mask_terms(fn, x_t, der: LossDerivatives,
+                        cov: perturbation.MaskPerturbationCovariances, rank, mask_rank,
+                        need_jac: bool, second: bool, direction_batch_size):
+  """The lowrank estimator for a mask law (docs/THEORY.md §8), per example (n,) terms.
+
+  Per-example part: with C_N = Σ_l μ_l e_l e_lᵀ (pixel grid, tiled over the channels),
+  C_N ⊙ u_i u_iᵀ = Σ_l μ_l (e_l ⊙ u_i)(e_l ⊙ u_i)ᵀ: one JVP (and a JVP of a JVP for the
+  hessian term) along each t_il = e_l ⊙ u_i. The per-example cross part
+  v_iᵀ M J_i (c_N ⊙ u_i) is one JVP along c_N ⊙ u_i. Shared part: the top-`rank`
+  eigenpairs of the dense S_N ⊙ Σ_xx, or, with rank-k statistics Σ_xx = Σ_k λ_k v_k v_kᵀ,
+  the directions s_l ⊙ v_k with weights ρ_l λ_k (S_N = Σ_l ρ_l s_l s_lᵀ); the shared cross
+  part tr(M J_i diag(s_N) Σ_xy) is one JVP per class. Exact at full ranks.
+  """
+  n, d = x_t.shape
+  ch = cov.channels
+
+  def eig(mat, k):
+    vals, vecs = jnp.linalg.eigh(mat)
+    vals, vecs = jnp.maximum(vals[::-1], 0.0), vecs[:, ::-1]
+    return (vals, vecs) if k is None else (vals[:k], vecs[:, :k])
+
+  mu, e = eig(cov.c_mat, mask_rank)
+  e = perturbation.tile_channels(e.T, ch)  # (L, d)
+  if cov.sxx is not None:
+    omega, z = eig(cov.shared_xx(), rank)
+    z = z.T  # (K, d)
+  else:
+    rho, sv = eig(cov.s_mat, mask_rank)
+    sv = perturbation.tile_channels(sv.T, ch)  # (L', d)
+    lam_k, vk = cov.eigvals, cov.eigvecs.T
+    if rank is not None:
+      lam_k, vk = lam_k[:rank], vk[:rank]
+    z = (sv[:, None, :] * vk[None, :, :]).reshape(-1, d)
+    omega = (rho[:, None] * lam_k[None, :]).reshape(-1)
+
+  def along(t):
+    _, jt, ht = _directional(fn, x_t, jnp.broadcast_to(t, x_t.shape), second)
+    return (jt, ht) if second else (jt, jnp.zeros_like(jt))
+
+  def along_all(ts):
+    if direction_batch_size is None:
+      return jax.vmap(along)(ts)
+    return jax.lax.map(along, ts, batch_size=direction_batch_size)
+
+  j_per, h_per = along_all(e[:, None, :] * cov.u[None])  # (L, n, c) each
+  j_sh, h_sh = along_all(z)  # (K, n, c) each
+  out = {}
+  if need_jac:
+    out["jacobian"] = 0.5 * (
+        jnp.einsum("l,lna,nab,lnb->n", mu, j_per, der.huu, j_per)
+        + jnp.einsum("k,kna,nab,knb->n", omega, j_sh, der.huu, j_sh))
+    cu = perturbation.tile_channels(cov.c_vec, ch) * cov.u
+    j_cu = _directional(fn, x_t, cu, False)[1]  # (n, c)
+    j_xy = along_all(cov.shared_xy().T)[0]  # (c_cls, n, c): J_i applied to each column
+    out["cross"] = (_quad(cov.v, der.m, j_cu)
+                    + jnp.einsum("nab,bnb->n", der.m, j_xy))
+  if second:
+    out["hessian"] = 0.5 * (jnp.einsum("l,nc,lnc->n", mu, der.g, h_per)
+                            + jnp.einsum("k,nc,knc->n", omega, der.g, h_sh))
+  return out
+
+
 def approx_mixup_terms(key: Optional[jax.Array], logits_fn, x: Any, y: Any,
                        stats: stats_lib.DataStats, sampler, *,
                        loss: Union[str, losses_lib.Loss] = "cross_entropy",
@@ -261,7 +323,8 @@ def approx_mixup_terms(key: Optional[jax.Array], logits_fn, x: Any, y: Any,
                        terms: Sequence[str] = DEFAULT_TERMS,
                        rank: Optional[int] = None, derivatives: str = "auto",
                        moments=None, diagnostics: bool = True,
-                       direction_batch_size: Optional[int] = None) -> Dict[str, jax.Array]:
+                       direction_batch_size: Optional[int] = None,
+                       mask_rank: Optional[int] = None) -> Dict[str, jax.Array]:
   """The terms of Theorem 3's expanded form, each a mean over the n examples.
 
   Args:
@@ -282,10 +345,13 @@ def approx_mixup_terms(key: Optional[jax.Array], logits_fn, x: Any, y: Any,
       stats' eigenpairs, or all d from an eigendecomposition of the dense Σ_xx, which is
       then redone at every call: for training, precompute `data_stats(..., rank=k)`).
     derivatives: loss derivatives, "auto" | "autodiff" | "closed_form" (`loss_derivatives`).
-    moments: θ-moments to use instead of `theta_moments(sampler)`.
+    moments: the law's moments to use instead of `samplers.law_moments(sampler,
+      x.shape[1:])` (θ-moments, or mask moments for a mask law).
     diagnostics: "exact" only: also return the paper's R1..R4.
     direction_batch_size: "lowrank" only: eigen-directions per vectorized pass
       (`jax.lax.map` batch size); None does all k at once.
+    mask_rank: "lowrank" with a mask law only: keep the top `mask_rank` eigenpairs of
+      C_N (and of S_N with rank-k statistics); default all nonzero ones.
 
   Returns:
     dict with "erm" = (1/n) Σ ℓ(ỹ_i, f(x̃_i)), each selected term, and for
@@ -296,15 +362,14 @@ def approx_mixup_terms(key: Optional[jax.Array], logits_fn, x: Any, y: Any,
   _check_key(key, "approx_mixup_terms")
   x, y, terms = _validate(logits_fn, x, y, stats, estimator, key, num_probes, terms, rank)
   if moments is None:
-    moments = samplers_lib.theta_moments(sampler)
-  theta_bar = moments.mean
+    moments = samplers_lib.law_moments(sampler, x.shape[1:])
   n, c = y.shape
   input_shape = x.shape[1:]
   fn = _batched_fn(logits_fn, input_shape)
-  x_t, y_t = perturbation.transform(x, y, stats, theta_bar)
+  x_t, y_t = perturbation.transform(x, y, stats, moments)
   x_t = x_t.reshape(n, -1)
   cov = perturbation.perturbation_covariances(x, y, stats, moments)
-  s, g_str = cov.strength, cov.global_strength
+  is_mask = isinstance(cov, perturbation.MaskPerturbationCovariances)
 
   want = set(terms)
   if estimator == "exact" and diagnostics:
@@ -326,7 +391,13 @@ def approx_mixup_terms(key: Optional[jax.Array], logits_fn, x: Any, y: Any,
     if second:
       per["hessian"] = 0.5 * cov.xx_quadratic(_weighted_hessians(fn, x_t, der.g))
 
+  elif estimator == "lowrank" and is_mask:
+    if need_jac or second:
+      per.update(_lowrank_mask_terms(fn, x_t, der, cov, rank, mask_rank, need_jac, second,
+                                     direction_batch_size))
+
   elif estimator == "lowrank":
+    s, g_str = cov.strength, cov.global_strength
     if need_jac or second:
       _, ju, hu = _directional(fn, x_t, cov.u, second)
       vecs, vals = _eigenbasis(cov, rank)
@@ -355,7 +426,7 @@ def approx_mixup_terms(key: Optional[jax.Array], logits_fn, x: Any, y: Any,
   else:  # stochastic
     def probe(p):
       draw = perturbation.sample_perturbations(
-          jax.random.fold_in(key, p), x, y, x, y, stats, sampler, theta_bar=theta_bar)
+          jax.random.fold_in(key, p), x, y, x, y, stats, sampler, theta_bar=moments)
       delta = draw.delta.reshape(n, -1).astype(x_t.dtype)
       _, jd, hd = _directional(fn, x_t, delta, second)
       res = {}

@@ -10,6 +10,11 @@ so the only error is the quadrature's (exact for laws with finitely many atoms, 
 small for smooth densities). The double sum is exact. This is the reference that
 Theorem 1 and the approximate risk of Theorem 3 are tested against, and it is
 differentiable in the parameters closed over in `logits_fn`.
+
+For a mask law (docs/THEORY.md §8) the θ-nodes become the law's finite rule of masks
+M_k with weights w_k (`samplers.mask_support`: exact for CutMix, every box size and
+centre), and the pair (i, j) gives ℓ(λ_k y_i + (1−λ_k) y_j, f(M_k ⊙ x_i + (1−M_k) ⊙ x_j)),
+λ_k = mean(M_k).
 """
 from __future__ import annotations
 
@@ -40,9 +45,11 @@ def exact_mixup_risk(logits_fn, x: Any, y: Any, sampler, *,
     logits_fn: f, (N, ...) -> (N, c), examples treated independently.
     x: inputs (n, ...).
     y: labels (n, c), one-hot or soft.
-    sampler: λ-law (`mixjax.samplers`); only its θ-law enters.
+    sampler: λ-law (`mixjax.samplers`; only its θ-law enters), or a mask law with a
+      finite rule (`samplers.mask_support`: CutMix, switches of it and λ-laws), then x is
+      (n, H, W[, C]).
     loss: per-example loss or its name.
-    num_nodes: θ-quadrature nodes.
+    num_nodes: θ-quadrature nodes (per λ-law part).
     chunk_size: first indices per block; default so that a block is ≈ 32k evaluations.
 
   Returns:
@@ -57,7 +64,16 @@ def exact_mixup_risk(logits_fn, x: Any, y: Any, sampler, *,
   y = mixing.check_labels(y, n)
   if not isinstance(num_nodes, int) or num_nodes < 1:
     raise ValueError(f"num_nodes must be a positive integer; got {num_nodes!r}.")
-  nodes, weights = samplers_lib.theta_quadrature(sampler, num_nodes)
+  trailing = x.shape[1:]
+  if getattr(sampler, "is_mask", False):
+    hw = samplers_lib.image_hw(trailing, sampler)
+    nodes, weights = samplers_lib.mask_support(sampler, hw, num_nodes=num_nodes)
+    label_nodes = nodes.reshape(len(nodes), -1).mean(axis=1)
+    if len(trailing) == 3:
+      nodes = nodes[..., None]
+  else:
+    nodes, weights = samplers_lib.theta_quadrature(sampler, num_nodes)
+    label_nodes = nodes
   num_q = len(nodes)
   if chunk_size is None:
     chunk_size = max(1, min(n, _EVALS_PER_CHUNK // max(1, n * num_q)))
@@ -69,14 +85,15 @@ def exact_mixup_risk(logits_fn, x: Any, y: Any, sampler, *,
   dtype = jnp.result_type(x.dtype, y.dtype)
   theta = jnp.asarray(nodes, dtype)
   w = jnp.asarray(weights, dtype)
-  trailing = x.shape[1:]
   # Rows past n repeat real rows (finite values) and are masked out.
   idx = jnp.arange(num_chunks * chunk_size)
   mask = (idx < n).astype(dtype).reshape(num_chunks, chunk_size)
   idx = (idx % n).reshape(num_chunks, chunk_size)
 
-  th_x = theta.reshape((1, 1, num_q) + (1,) * len(trailing))
-  th_y = theta.reshape(1, 1, num_q, 1)
+  # θ-nodes broadcast over the trailing axes, or masks (K, H, W[, 1]) over the channels.
+  th_x = theta.reshape((1, 1, num_q) + theta.shape[1:] + (1,) * (len(trailing) + 1
+                                                                  - theta.ndim))
+  th_y = jnp.asarray(label_nodes, dtype).reshape(1, 1, num_q, 1)
 
   def block(args):
     rows, row_mask = args

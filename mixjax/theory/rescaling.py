@@ -8,6 +8,9 @@ undo the label transform on its outputs:
 
 (the paper's "one-line change"). With balanced classes the ȳ shift is a constant across
 classes and cancels in the softmax, so the output side is temperature sharpening by θ̄.
+For a mask law (docs/THEORY.md §8) the inputs shrink per pixel by N̄:
+
+    f_test(x) = ȳ + ( f(x̄ + N̄ ⊙ (x − x̄)) − ȳ ) / θ̄,      θ̄ = mean(N̄).
 """
 from __future__ import annotations
 
@@ -27,16 +30,19 @@ def rescaled(logits_fn: Callable[[jax.Array], jax.Array], stats: stats_lib.DataS
   Args:
     logits_fn: f, (B, ...) -> (B, c), examples treated independently.
     stats: training-set `DataStats` (x̄ and ȳ are used).
-    theta_bar: θ̄ = E max(λ, 1 − λ) of the training sampler
-      (`mixjax.samplers.theta_moments(sampler).mean`), in (0, 1].
+    theta_bar: θ̄ = E max(λ, 1 − λ) of the training law, in (0, 1], or the law's moments
+      (`mixjax.samplers.law_moments(law, input_shape)`): θ-moments use their mean; mask
+      moments shrink the inputs per pixel by N̄ (H, W) and the logits by θ̄.
 
   Returns:
-    f_test: (B, ...) -> (B, c), x ↦ ȳ + (f(x̄ + θ̄(x − x̄)) − ȳ)/θ̄. Exact; jit-able.
+    f_test: (B, ...) -> (B, c), x ↦ ȳ + (f(x̄ + θ̄(x − x̄)) − ȳ)/θ̄ (with N̄ ⊙ for mask
+    moments). Exact; jit-able.
   """
   if isinstance(theta_bar, (int, float)) and not 0.0 < theta_bar <= 1.0:
     raise ValueError(
         f"theta_bar must lie in (0, 1] (E max(λ, 1 − λ) is in [1/2, 1]); got {theta_bar}. "
-        "Take it from `mixjax.samplers.theta_moments(sampler).mean`.")
+        "Take it from `mixjax.samplers.law_moments(law, input_shape)`.")
+  label_factor = perturbation._theta_bar(theta_bar)  # pylint: disable=protected-access
 
   def f_test(x: jax.Array) -> jax.Array:
     u = logits_fn(perturbation.transform_inputs(x, stats, theta_bar))
@@ -45,6 +51,6 @@ def rescaled(logits_fn: Callable[[jax.Array], jax.Array], stats: stats_lib.DataS
           f"logits_fn returned shape {u.shape}; expected (B, {stats.num_classes}) to match "
           "the training labels in stats.")
     y_mean = stats.y_mean.astype(u.dtype)
-    return y_mean + (u - y_mean) / theta_bar
+    return y_mean + (u - y_mean) / label_factor
 
   return f_test

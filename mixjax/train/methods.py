@@ -149,7 +149,8 @@ def _mean_loss(ctx: MethodContext, y, u):
 
 
 def draw_mix(ctx: MethodContext, key: jax.Array, x: jax.Array, y: jax.Array):
-  """This device's mixed rows (x_mix, y_mix, lam, partner) under the configured draw.
+  """This device's mixed rows and their draw (`mixing.mix`'s result) under the
+  configured draw.
 
   Per-device (default): `mix(fold_in(key, device), x, y)` on the local batch; `partner`
   indexes the local batch. Global: `mix(key, all_gather(x), all_gather(y))` with the key
@@ -164,9 +165,8 @@ def draw_mix(ctx: MethodContext, key: jax.Array, x: jax.Array, y: jax.Array):
   b = x.shape[0]
   xg = lax.all_gather(x, ctx.axis_name, tiled=True)
   yg = lax.all_gather(y, ctx.axis_name, tiled=True)
-  x_mix, y_mix, lam, partner = mixing.mix(key, xg, yg, ctx.sampler, **kw)
   rows = lambda a: lax.dynamic_slice_in_dim(a, dev * b, b, axis=0)
-  return rows(x_mix), rows(y_mix), rows(lam), rows(partner)
+  return jax.tree.map(rows, mixing.mix(key, xg, yg, ctx.sampler, **kw))
 
 
 def _local_key(ctx: MethodContext, key: jax.Array) -> jax.Array:
@@ -183,13 +183,13 @@ def erm(ctx, logits_fn, x, y, key):
 
 @METHODS.register("mixup")
 def mixup(ctx, logits_fn, x, y, key):
-  x_mix, y_mix, _, _ = draw_mix(ctx, key, x, y)
+  x_mix, y_mix = draw_mix(ctx, key, x, y)[:2]
   return _mean_loss(ctx, y_mix, logits_fn(x_mix))
 
 
 @METHODS.register("regmixup")
 def regmixup(ctx, logits_fn, x, y, key):
-  x_mix, y_mix, _, _ = draw_mix(ctx, key, x, y)
+  x_mix, y_mix = draw_mix(ctx, key, x, y)[:2]
   b = x.shape[0]
   u = logits_fn(jnp.concatenate([x.astype(x_mix.dtype), x_mix], axis=0))
   per_example = losses_lib.batch_loss(ctx.loss, jnp.concatenate([y, y_mix], axis=0), u)
