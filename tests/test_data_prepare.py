@@ -1,4 +1,5 @@
-"""mixjax.data.prepare: tfds `fashion_mnist` built offline from local IDX files.
+"""mixjax.data.prepare: tfds `fashion_mnist` and `fashion_mnist_corrupted` (Fashion-MNIST-C,
+mixjax.data.shift) built offline from local IDX files.
 
 References are independent of the code under test: the tests write small IDX files
 themselves (headers packed with `struct`, payload with NumPy, gzip'd), and the real-data
@@ -11,6 +12,7 @@ The real-data test runs when /usr/share/datasets/fashion-mnist exists (Debian's
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -76,9 +78,10 @@ def rows(images: np.ndarray, labels: np.ndarray) -> list[bytes]:
   return sorted(r.tobytes() for r in table)
 
 
-def read_back(data_dir, split):
-  """(images (n, 28, 28, 1), labels (n,)) through `tfds.data_source`, one key at a time."""
-  source = tfds.data_source("fashion_mnist", split=split, data_dir=str(data_dir),
+def read_back(data_dir, split, name="fashion_mnist"):
+  """(images (n, 28, 28, 1), labels (n,)) through `tfds.data_source`, one key at a time,
+  in the order tfds stored them."""
+  source = tfds.data_source(name, split=split, data_dir=str(data_dir),
                             download=False, try_gcs=False)
   examples = [source[i] for i in range(len(source))]
   return (np.stack([np.asarray(e["image"]) for e in examples]),
@@ -367,8 +370,9 @@ def decode_idx(path: str, magic: int, header: int) -> np.ndarray:
 
 @pytest.mark.slow
 def test_real_fashion_mnist_prepare_and_train(tmp_path):
-  """Debian's Fashion-MNIST: all 70,000 examples read back exactly, then 300 steps of
-  the CPU recipe (a narrower CNN) on real images reach a sane test accuracy."""
+  """Debian's Fashion-MNIST: all 70,000 examples read back exactly; two corruptions of
+  Fashion-MNIST-C built from the same files and read as shifted test sets; then 300 steps
+  of the CPU recipe (a narrower CNN) on real images reach a sane test accuracy."""
   if not os.path.exists(os.path.join(DEBIAN_DIR, FILES["train"][0])):
     if os.environ.get("CI"):
       pytest.fail(f"CI is set but {DEBIAN_DIR} is missing: .ci/run installs "
@@ -388,6 +392,25 @@ def test_real_fashion_mnist_prepare_and_train(tmp_path):
     assert got_images.shape == (n, 28, 28, 1)
     assert rows(got_images, got_labels) == rows(images, labels)
 
+  # Fashion-MNIST-C: two corruptions of the whole test split (default source_dir), read
+  # for evaluation like the clean test split: same order and labels, same normalization.
+  shifts = ("shot_noise", "stripe")
+  _, built = prepare.prepare("fashion_mnist_corrupted", data_dir=str(out), configs=shifts)
+  assert built
+  ds = data_lib.load_dataset("fashion_mnist", data_dir=str(out))
+  sets = data_lib.shift_test_sets("fashion_mnist_corrupted", data_dir=str(out), ds=ds,
+                                  configs=shifts)
+  raw = np.rint((ds.test_x * ds.norm_std + ds.norm_mean) / ds.raw_scale)
+  for c, (x, y) in sets.items():
+    assert x.shape == (10000, 28, 28, 1)
+    np.testing.assert_array_equal(y, ds.test_y)
+    assert np.mean(np.abs(x - ds.test_x)) > 0.1, c
+  raw[:, :, :7] = 255 - raw[:, :, :7]
+  raw[:, :, 21:] = 255 - raw[:, :, 21:]
+  np.testing.assert_allclose(sets["stripe"][0],
+                             (raw * ds.raw_scale - ds.norm_mean) / ds.norm_std, atol=1e-5)
+  del ds, sets, raw
+
   module = sweeps.load_config_module(os.path.join(ROOT, "experiments",
                                                       "fashion_mnist.py"))
   config = sweeps.sweep_config(module.get_config(), {
@@ -401,3 +424,245 @@ def test_real_fashion_mnist_prepare_and_train(tmp_path):
     assert json.load(f)["test"]["accuracy"] == summary["test"]["accuracy"]
   # Chance is 10%; these 300 steps reached 0.801 on the 2-core development CPU (seed 0).
   assert summary["test"]["accuracy"] >= 0.75, summary["test"]
+
+
+# ------------------------------------------------- fashion_mnist_corrupted (Fashion-MNIST-C)
+
+CONFIGS = ("shot_noise", "stripe", "rotate")
+
+
+def corrupted_names(out):
+  return sorted(os.listdir(os.path.join(out, "fashion_mnist_corrupted")))
+
+
+@pytest.fixture(scope="module")
+def corrupted(tmp_path_factory):
+  """A synthetic source, fashion_mnist and three corruptions of it prepared from it."""
+  root = tmp_path_factory.mktemp("corrupted")
+  arrays = make_arrays(seed=3, n_train=30, n_test=40)
+  write_source(root / "src", arrays)
+  out = root / "tfds"
+  prepare.prepare("fashion_mnist", data_dir=str(out), source_dir=str(root / "src"))
+  path, built = prepare.prepare("fashion_mnist_corrupted", data_dir=str(out),
+                                source_dir=str(root / "src"), configs=CONFIGS)
+  assert built and path == str(out / "fashion_mnist_corrupted")
+  return out, arrays
+
+
+def test_corrupted_configs_are_corruptions_of_the_clean_test_split_in_its_order(corrupted):
+  """Each config's test split, read with tfds.data_source, holds corruption(clean test
+  image j) at the position where fashion_mnist's test split holds clean image j (same
+  keys, same tfds order), with the same label; the features are fashion_mnist's."""
+  from mixjax.data import corruptions  # pylint: disable=g-import-not-at-top
+  out, arrays = corrupted
+  src_images, src_labels = arrays["test"]
+  assert sorted(os.listdir(out)) == ["fashion_mnist", "fashion_mnist_corrupted"]
+  assert corrupted_names(out) == sorted(CONFIGS)
+  clean_images, clean_labels = read_back(out, "test")
+  # Where each clean example came from in the source (the synthetic images are distinct).
+  index = {img.tobytes(): i for i, img in enumerate(src_images)}
+  origin = np.array([index[img[..., 0].tobytes()] for img in clean_images])
+  np.testing.assert_array_equal(src_labels[origin], clean_labels)
+  own = tfds.builder("fashion_mnist", data_dir=str(out), try_gcs=False).info
+  for c in CONFIGS:
+    images, labels = read_back(out, "test", f"fashion_mnist_corrupted/{c}")
+    np.testing.assert_array_equal(labels, clean_labels)
+    want = corruptions.corrupt(src_images, c)[origin]
+    np.testing.assert_array_equal(images[..., 0], want)
+    assert np.any(images[..., 0] != src_images[origin])
+    info = tfds.builder(f"fashion_mnist_corrupted/{c}", data_dir=str(out),
+                        try_gcs=False).info
+    assert (info.name, str(info.version), info.config_name) == (
+        "fashion_mnist_corrupted", "1.0.0", c)
+    assert "array_record" in str(info.file_format).lower()
+    assert {s: info.splits[s].num_examples for s in info.splits} == {"test": 40}
+    assert info.features.to_json() == own.features.to_json()
+    assert info.supervised_keys == own.supervised_keys
+
+
+def test_shift_test_sets_are_preprocessed_like_the_clean_test_split(corrupted):
+  out, _ = corrupted
+  ds = data_lib.load_dataset("fashion_mnist", data_dir=str(out), val_fraction=0.2)
+  sets = data_lib.shift_test_sets("fashion_mnist_corrupted", data_dir=str(out), ds=ds,
+                                  configs=("stripe", "rotate"))
+  assert list(sets) == ["stripe", "rotate"]
+  raw = np.rint((ds.test_x * ds.norm_std + ds.norm_mean) / ds.raw_scale)
+  striped = raw.copy()
+  striped[:, :, :7] = 255 - striped[:, :, :7]
+  striped[:, :, 21:] = 255 - striped[:, :, 21:]
+  for c, (x, y) in sets.items():
+    assert x.dtype == np.float32 and x.shape == ds.test_x.shape
+    np.testing.assert_array_equal(y, ds.test_y)
+  np.testing.assert_allclose(sets["stripe"][0],
+                             (striped * ds.raw_scale - ds.norm_mean) / ds.norm_std,
+                             atol=1e-5)
+  # The default is every corruption: here three are missing, named with the fix.
+  with pytest.raises(FileNotFoundError) as err:
+    data_lib.shift_test_sets("fashion_mnist_corrupted", data_dir=str(out), ds=ds)
+  msg = str(err.value)
+  assert "impulse_noise (missing:" in msg and "stripe (" not in msg
+  assert (f"python -m mixjax.data.prepare --dataset=fashion_mnist_corrupted --configs="
+          f"impulse_noise,glass_blur,motion_blur,shear,scale,brightness,translate,fog,"
+          f"spatter,dotted_line,zigzag,canny_edges --data_dir={out}") in msg
+  assert "apt-get install dataset-fashion-mnist" in msg
+  other = dataclasses.replace(ds, name="mnist")
+  with pytest.raises(ValueError, match="shifts the test split of fashion_mnist"):
+    data_lib.shift_test_sets("fashion_mnist_corrupted", data_dir=str(out), ds=other)
+
+
+def test_check_shift_prepared_at_start_up(corrupted, tmp_path):
+  out, _ = corrupted
+  assert data_lib.check_shift_prepared("fashion_mnist_corrupted", str(out),
+                                       CONFIGS) == CONFIGS
+  with pytest.raises(FileNotFoundError) as err:
+    data_lib.check_shift_prepared("fashion_mnist_corrupted", str(tmp_path))
+  msg = str(err.value)  # nothing prepared: the command builds everything (no --configs)
+  assert (f"python -m mixjax.data.prepare --dataset=fashion_mnist_corrupted "
+          f"--data_dir={tmp_path}") in msg
+  assert list(tmp_path.iterdir()) == []
+  with pytest.raises(ValueError, match="Unknown fashion_mnist_corrupted configs"):
+    data_lib.check_shift_prepared("fashion_mnist_corrupted", str(out), ("frost",))
+  with pytest.raises(ValueError, match="Unknown shifted dataset"):
+    data_lib.check_shift_prepared("cifar10_corrupted", str(out))
+
+
+def test_corrupted_rerun_is_a_noop_and_a_larger_run_adds_only_the_missing(source,
+                                                                          tmp_path):
+  src, _ = source
+  out = tmp_path / "tfds"
+  kwargs = dict(data_dir=str(out), source_dir=str(src))
+  _, built = prepare.prepare("fashion_mnist_corrupted", configs=("stripe",), **kwargs)
+  assert built
+  folder = out / "fashion_mnist_corrupted" / "stripe" / "1.0.0"
+  before = {f: os.stat(folder / f).st_mtime_ns for f in os.listdir(folder)}
+  saved = {f: (src / f).read_bytes() for f in os.listdir(src)}
+  for f in saved:  # a no-op needs no source
+    os.remove(src / f)
+  assert prepare.prepare("fashion_mnist_corrupted", configs=("stripe",), **kwargs)[1] is False
+  for f, b in saved.items():
+    (src / f).write_bytes(b)
+  _, built = prepare.prepare("fashion_mnist_corrupted", configs=("brightness", "stripe"),
+                             **kwargs)
+  assert built and corrupted_names(out) == ["brightness", "stripe"]
+  assert {f: os.stat(folder / f).st_mtime_ns for f in os.listdir(folder)} == before
+  assert sorted(os.listdir(out)) == ["fashion_mnist_corrupted"]  # no temporary folder
+
+
+def test_corrupted_build_failing_half_way_installs_no_config(source, tmp_path,
+                                                             monkeypatch):
+  """The second config's corruption fails: neither config is installed (the first was
+  built, but configs are renamed into place only once all are built)."""
+  from mixjax.data import corruptions  # pylint: disable=g-import-not-at-top
+  src, _ = source
+  original = corruptions.corrupt
+
+  def failing(images, name, **kw):
+    if name == "brightness":
+      raise RuntimeError("out of memory (simulated)")
+    return original(images, name, **kw)
+
+  monkeypatch.setattr(corruptions, "corrupt", failing)
+  out = tmp_path / "tfds"
+  with pytest.raises(RuntimeError, match="simulated"):
+    prepare.prepare("fashion_mnist_corrupted", data_dir=str(out), source_dir=str(src),
+                    configs=("stripe", "brightness"))
+  assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["truncated_payload", "missing_file"])
+def test_corrupted_build_refuses_a_bad_source(source, tmp_path, name):
+  src, _ = source
+  filename, edit, fragment = {
+      "truncated_payload": ("t10k-images-idx3-ubyte.gz", _truncate_payload, "truncated"),
+      "missing_file": ("t10k-labels-idx1-ubyte.gz", None, "no such file")}[name]
+  bad = src / filename
+  if edit is None:
+    os.remove(bad)
+  else:
+    bad.write_bytes(edit(bad.read_bytes()))
+  out = tmp_path / "tfds"
+  with pytest.raises(prepare.PrepareError) as err:
+    prepare.prepare("fashion_mnist_corrupted", data_dir=str(out), source_dir=str(src),
+                    configs=("stripe",))
+  assert str(bad) in str(err.value) and fragment in str(err.value)
+  assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_corrupted_build_refuses_bad_configs_and_folders_in_the_way(source, tmp_path):
+  src, _ = source
+  out = tmp_path / "tfds"
+  with pytest.raises(prepare.PrepareError, match="Unknown fashion_mnist_corrupted "
+                                                 "configs: frost"):
+    prepare.prepare("fashion_mnist_corrupted", data_dir=str(out), source_dir=str(src),
+                    configs=("stripe", "frost"))
+  with pytest.raises(prepare.PrepareError, match="has no configs"):
+    prepare.prepare("fashion_mnist", data_dir=str(out), source_dir=str(src),
+                    configs=("stripe",))
+  (out / "fashion_mnist_corrupted" / "stripe" / "1.0.0").mkdir(parents=True)
+  with pytest.raises(prepare.PrepareError, match="exists but is not a prepared dataset"):
+    prepare.prepare("fashion_mnist_corrupted", data_dir=str(out), source_dir=str(src),
+                    configs=("stripe",))
+
+
+def test_corrupted_cli_follows_the_start_up_message(source, tmp_path):
+  """The command that check_shift_prepared prints, run as printed (with --source_dir),
+  builds the missing config; run again, it has nothing to do."""
+  src, arrays = source
+  out = tmp_path / "tfds"
+  with pytest.raises(FileNotFoundError) as err:
+    data_lib.check_shift_prepared("fashion_mnist_corrupted", str(out), ("stripe",))
+  line = next(l for l in str(err.value).splitlines() if "--source_dir=SRC" in l)
+  cmd = line.strip().replace("SRC", str(src)).split()
+  assert cmd[:3] == ["python", "-m", "mixjax.data.prepare"] and "--configs=stripe" in cmd
+  r = run(cmd[1:])
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "Prepared fashion_mnist_corrupted" in r.stdout
+  images, labels = read_back(out, "test", "fashion_mnist_corrupted/stripe")
+  want = arrays["test"][0].copy()
+  want[:, :, :7] = 255 - want[:, :, :7]
+  want[:, :, 21:] = 255 - want[:, :, 21:]
+  assert rows(images, labels) == rows(want, arrays["test"][1])
+  r = run(cmd[1:])
+  assert r.returncode == 0 and "nothing to do" in r.stdout
+
+
+def real_data_or_skip():
+  if not os.path.exists(os.path.join(DEBIAN_DIR, FILES["test"][0])):
+    if os.environ.get("CI"):
+      pytest.fail(f"CI is set but {DEBIAN_DIR} is missing: .ci/run installs "
+                  "dataset-fashion-mnist (apt-get) before the tests.")
+    pytest.skip(f"{DEBIAN_DIR} absent (apt-get install dataset-fashion-mnist)")
+
+
+# A regression pin of the build's determinism (seeds, corruption code, tfds order) for
+# the first 50 Debian test images: sha256 over the configs' (name, images, labels) in the
+# order tfds stores them. The behaviour is checked by the tests above and in
+# test_data_corruptions.py; a deliberate change of a corruption (or of a pinned library
+# it depends on) changes this digest and must bump the dataset's version.
+SMALL_BUILD_CONFIGS = ("impulse_noise", "glass_blur", "zigzag")
+SMALL_BUILD_SHA256 = "4b92e1b499985bf9a5d8b57e7bfc76ea77f4ba0fe04583982e168795d4d11045"
+
+
+def test_real_small_build_has_the_pinned_checksum(tmp_path):
+  import hashlib  # pylint: disable=g-import-not-at-top
+  from mixjax.data import corruptions  # pylint: disable=g-import-not-at-top
+  real_data_or_skip()
+  images = decode_idx(os.path.join(DEBIAN_DIR, FILES["test"][0]), 0x803, 16)
+  labels = decode_idx(os.path.join(DEBIAN_DIR, FILES["test"][1]), 0x801, 8)
+  images = images.reshape(-1, 28, 28)[:50]
+  labels = labels[:50]
+  src = tmp_path / "src"
+  src.mkdir()
+  for name, array in zip(FILES["test"], (images, labels)):
+    (src / name).write_bytes(gzip.compress(idx_bytes(array)))
+  out = tmp_path / "tfds"
+  prepare.prepare("fashion_mnist_corrupted", data_dir=str(out), source_dir=str(src),
+                  configs=SMALL_BUILD_CONFIGS)
+  digest = hashlib.sha256()
+  for c in SMALL_BUILD_CONFIGS:
+    got_images, got_labels = read_back(out, "test", f"fashion_mnist_corrupted/{c}")
+    assert rows(got_images, got_labels) == rows(corruptions.corrupt(images, c), labels)
+    digest.update(c.encode())
+    digest.update(np.ascontiguousarray(got_images, np.uint8).tobytes())
+    digest.update(np.asarray(got_labels, np.int64).tobytes())
+  assert digest.hexdigest() == SMALL_BUILD_SHA256

@@ -1,6 +1,8 @@
 r"""Prepares a tfds dataset from local files, offline, with tfds' own builder.
 
   python -m mixjax.data.prepare --dataset=fashion_mnist [--source_dir=DIR] --data_dir=OUT
+  python -m mixjax.data.prepare --dataset=fashion_mnist_corrupted [--source_dir=DIR] \
+      --data_dir=OUT [--configs=shot_noise,stripe]
 
 writes `OUT/fashion_mnist/3.0.1/` exactly as `tfds build fashion_mnist
 --file_format=array_record` would (same name, version, splits `train`/`test`, features
@@ -20,13 +22,21 @@ PNG encoder for arrays is TensorFlow's; PIL images are PNG-encoded by the same f
 without TensorFlow. tfds' `download_and_prepare` does the rest (serialization, shuffling
 by key, array_record shards, `dataset_info.json`).
 
+`fashion_mnist_corrupted` (Fashion-MNIST-C, `mixjax.data.shift`) is built the same way
+from the same IDX files (only the test split's two): its builder (mixjax's, one config
+per MNIST-C corruption) corrupts the decoded test images with the config's corruption
+(`mixjax.data.corruptions`, fixed seeds: every build writes the same images) before tfds
+serializes them. `--configs` builds a subset of the corruptions (default: all); configs
+already prepared are left alone, so a later run with more configs adds the missing ones.
+
 Safety:
   - every IDX file is decoded and checked before anything is written: gzip integrity,
     magic number (0x00000803 for images, 0x00000801 for labels), dimensions, payload size,
     label range, and equal image and label counts. A bad file stops the command with one
     message naming the file (exit code 1, no traceback);
   - the dataset is built in a temporary folder inside OUT and renamed into place, so OUT
-    never holds a half-written dataset that tfds would open;
+    never holds a half-written dataset that tfds would open (with configs: every missing
+    config is built first, then each is renamed into place);
   - re-running on a prepared OUT is a no-op that says so (the source files are not read).
 
 IDX format (LeCun et al.): a big-endian header `0x00 0x00 <type> <ndim>` (type 0x08 =
@@ -45,6 +55,8 @@ import zlib
 
 from absl import logging
 import numpy as np
+
+from mixjax.data import corruptions as corruptions_lib
 
 IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes
 
@@ -66,6 +78,10 @@ class LocalSource:
     image_shape: (H, W, C) of one image.
     num_classes: labels must lie in [0, num_classes).
     url: where the files can be fetched on a connected machine.
+    configs: the builder's configs, each built as a dataset folder of its own (empty:
+      a builder without configs). A builder may define `transform_images(images) ->
+      images` (uint8 (n, H, W, C)), applied to each split's images before they are
+      written (`fashion_mnist_corrupted`: the config's corruption).
   """
   name: str
   builder: str
@@ -75,6 +91,7 @@ class LocalSource:
   image_shape: tuple[int, int, int]
   num_classes: int
   url: str
+  configs: tuple[str, ...] = ()
 
 
 SOURCES = {
@@ -88,6 +105,16 @@ SOURCES = {
         image_shape=(28, 28, 1),
         num_classes=10,
         url="https://github.com/zalandoresearch/fashion-mnist"),
+    "fashion_mnist_corrupted": LocalSource(
+        name="fashion_mnist_corrupted",
+        builder="mixjax.data.shift:builder_class",
+        default_dir="/usr/share/datasets/fashion-mnist",
+        debian_package="dataset-fashion-mnist",
+        files={"test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")},
+        image_shape=(28, 28, 1),
+        num_classes=10,
+        url="https://github.com/zalandoresearch/fashion-mnist",
+        configs=corruptions_lib.CORRUPTIONS),
 }
 
 
@@ -98,11 +125,12 @@ def get_source(name: str) -> LocalSource:
   return SOURCES[name]
 
 
-def instructions(name: str, data_dir: str = "DIR") -> str:
-  """The two offline routes to prepare `name` into `data_dir` (for error messages)."""
+def instructions(name: str, data_dir: str = "DIR", extra_flags: str = "") -> str:
+  """The two offline routes to prepare `name` into `data_dir` (for error messages);
+  `extra_flags` (e.g. " --configs=a,b") is appended to the command."""
   src = get_source(name)
   files = ", ".join(f for pair in src.files.values() for f in pair)
-  cmd = f"python -m mixjax.data.prepare --dataset={name}"
+  cmd = f"python -m mixjax.data.prepare --dataset={name}{extra_flags}"
   return (
       f"Prepare it offline from the original IDX files, either way:\n"
       f"  (a) from Debian's package {src.debian_package} (installs {src.default_dir}):\n"
@@ -190,6 +218,8 @@ def _local_builder_class(source: LocalSource,
 
   module, cls_name = source.builder.split(":")
   base = getattr(importlib.import_module(module), cls_name)
+  if not isinstance(base, type):  # a factory (its module imports tfds lazily)
+    base = base()
 
   class LocalBuilder(base, skip_registration=True):
     """`base` with its `_info`, fed from local arrays."""
@@ -205,6 +235,8 @@ def _local_builder_class(source: LocalSource,
 
     def _generate_examples(self, split):
       images, labels = arrays[split]
+      if hasattr(self, "transform_images"):
+        images = self.transform_images(images)
       mode = "L" if images.shape[-1] == 1 else "RGB"
       for i in range(images.shape[0]):  # per example: tfds serializes one at a time
         img = images[i, ..., 0] if mode == "L" else images[i]
@@ -225,32 +257,37 @@ def _is_prepared(name: str, data_dir: str):
   return builder, builder.is_prepared()
 
 
-def prepare(name: str, *, data_dir: str, source_dir: str | None = None) -> tuple[str, bool]:
+def prepare(name: str, *, data_dir: str, source_dir: str | None = None,
+            configs: tuple[str, ...] | None = None) -> tuple[str, bool]:
   """Builds tfds dataset `name` (array_record) under `data_dir` from local files.
 
   Args:
-    name: a key of `SOURCES` (`fashion_mnist`).
-    data_dir: the tfds data directory to write `<name>/<version>/` into.
+    name: a key of `SOURCES` (`fashion_mnist`, `fashion_mnist_corrupted`).
+    data_dir: the tfds data directory to write `<name>/<version>/` (or, for a builder
+      with configs, `<name>/<config>/<version>/`) into.
     source_dir: the folder of the original files (default: the source's `default_dir`).
+    configs: for a builder with configs, the ones to build (default: all).
 
   Returns:
-    (the dataset folder, True if it was built now / False if it was already prepared).
+    (the dataset folder (`data_dir/<name>` for a builder with configs), True if
+    something was built now / False if everything was already prepared).
 
   Raises:
-    PrepareError: a missing or invalid source file (named in the message), or a
-      dataset folder in the way that is not a prepared dataset. Nothing is left under
-      `data_dir/<name>/<version>` then.
+    PrepareError: a missing or invalid source file (named in the message), an unknown
+      config, or a dataset folder in the way that is not a prepared dataset. Nothing is
+      left under `data_dir/<name>/...` that tfds would open then.
   """
   source = get_source(name)
   source_dir = source_dir or source.default_dir
   data_dir = os.path.abspath(os.path.expanduser(data_dir))
+  if source.configs:
+    return _prepare_configs(source, data_dir, source_dir, configs)
+  if configs:
+    raise PrepareError(f"{name} has no configs; drop --configs.")
   builder, prepared = _is_prepared(name, data_dir)
   final = os.fspath(builder.data_dir)
   if prepared:
-    file_format = str(builder.info.file_format or "")
-    if "array_record" not in file_format.lower():
-      raise PrepareError(f"{final} holds {name} prepared as {file_format}; reading it "
-                         "without TensorFlow needs array_record. Remove it and run again.")
+    _check_format(builder, final)
     return final, False
   if os.path.exists(final):
     raise PrepareError(f"{final} exists but is not a prepared dataset (no "
@@ -279,6 +316,67 @@ def prepare(name: str, *, data_dir: str, source_dir: str | None = None) -> tuple
   return final, True
 
 
+def _check_format(builder, folder: str) -> None:
+  file_format = str(builder.info.file_format or "")
+  if "array_record" not in file_format.lower():
+    raise PrepareError(f"{folder} holds {builder.name} prepared as {file_format}; reading "
+                       "it without TensorFlow needs array_record. Remove it and run again.")
+
+
+def _prepare_configs(source: LocalSource, data_dir: str, source_dir: str,
+                     configs: tuple[str, ...] | None) -> tuple[str, bool]:
+  """`prepare` for a builder with configs: the missing ones built in one temporary folder,
+  then each renamed into `data_dir/<name>/<config>/<version>`."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  configs = tuple(source.configs if not configs else configs)
+  unknown = [c for c in configs if c not in source.configs]
+  if unknown:
+    raise PrepareError(f"Unknown {source.name} configs: {', '.join(unknown)}. Known: "
+                       f"{', '.join(source.configs)}.")
+  module, factory = source.builder.split(":")
+  base = getattr(importlib.import_module(module), factory)
+  base = base if isinstance(base, type) else base()
+  root = os.path.join(data_dir, source.name)
+  missing = {}
+  for c in configs:
+    final = os.path.join(root, c, str(base.VERSION))
+    if os.path.exists(os.path.join(final, "dataset_info.json")):
+      _check_format(base(config=c, data_dir=data_dir), final)
+    elif os.path.exists(final):
+      raise PrepareError(f"{final} exists but is not a prepared dataset (no "
+                         "dataset_info.json); remove it and run again.")
+    else:
+      missing[c] = final
+  if not missing:
+    return root, False
+  if not os.path.isdir(source_dir):
+    raise PrepareError(f"Source folder {source_dir} does not exist.\n"
+                       + instructions(source.name, data_dir))
+  arrays = read_source(source, source_dir)  # everything is checked before writing
+
+  os.makedirs(data_dir, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{source.name}-prepare-", dir=data_dir)
+  try:
+    cls = _local_builder_class(source, arrays)
+    built = {}
+    for c in missing:
+      local = cls(config=c, data_dir=tmp, file_format="array_record")
+      local.download_and_prepare()
+      for split, (_, labels) in arrays.items():
+        got = local.info.splits[split].num_examples
+        if got != labels.shape[0]:
+          raise PrepareError(f"tfds wrote {got} {split} examples of {c}, expected "
+                             f"{labels.shape[0]}; nothing was installed.")
+      built[c] = os.fspath(local.data_dir)
+      assert os.path.relpath(built[c], tmp) == os.path.relpath(missing[c], data_dir)
+    for c, final in missing.items():  # all built: install each config (atomic rename)
+      os.makedirs(os.path.dirname(final), exist_ok=True)
+      os.rename(built[c], final)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return root, True
+
+
 def main(argv) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl import app  # pylint: disable=g-import-not-at-top
@@ -288,7 +386,8 @@ def main(argv) -> None:
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()
   try:
-    path, built = prepare(f.dataset, data_dir=f.data_dir, source_dir=f.source_dir)
+    path, built = prepare(f.dataset, data_dir=f.data_dir, source_dir=f.source_dir,
+                          configs=tuple(f.configs) if f.configs else None)
   except PrepareError as e:
     print(f"mixjax.data.prepare: {e}", file=sys.stderr, flush=True)
     sys.exit(1)
@@ -308,6 +407,10 @@ def _define_flags() -> None:
                       "Folder of the original files (default: the Debian package's, "
                       "e.g. /usr/share/datasets/fashion-mnist).")
   flags.DEFINE_string("data_dir", None, "tfds data directory to write into.")
+  flags.DEFINE_list("configs", None,
+                    "For datasets with configs, the ones to build (default: all); "
+                    "fashion_mnist_corrupted's are its corruptions: "
+                    f"{', '.join(corruptions_lib.CORRUPTIONS)}.")
   flags.mark_flags_as_required(["data_dir"])
 
 

@@ -32,7 +32,8 @@ TFDS_DATASETS = {
 }
 
 
-def _default_data_dir() -> str:
+def default_data_dir() -> str:
+  """tfds' default data directory: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
   return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
@@ -44,12 +45,12 @@ def preparation_message(name: str, looked_in: str, data_dir: str | None,
   (`fashion_mnist`: Debian's `dataset-fashion-mnist` or the IDX files from anywhere) get
   those routes; the others (CIFAR, SVHN, ...) get `tfds build` on a connected machine.
   """
-  shown = data_dir if data_dir is not None else f"{_default_data_dir()} (tfds default)"
+  shown = data_dir if data_dir is not None else f"{default_data_dir()} (tfds default)"
   head = (f"TFDS dataset {name!r} {problem}: looked in {looked_in} (data_dir={shown}). "
           "mixjax never downloads data. ")
   from mixjax.data import prepare  # pylint: disable=g-import-not-at-top
   if name in prepare.SOURCES:
-    target = data_dir if data_dir is not None else _default_data_dir()
+    target = data_dir if data_dir is not None else default_data_dir()
     return (head + prepare.instructions(name, target) + "\n"
             f"then pass --config.dataset.data_dir={target} "
             f"(or load_dataset(..., data_dir={target!r})).")
