@@ -1,9 +1,10 @@
 """The usual PyTorch mixup recipe, for a side-by-side speed reference (benchmarks only).
 
 Same architectures as the JAX benchmark (`mixjax.models` "mlp" with hidden sizes
-(512, 512) and "lenet" with its defaults: two 5×5 SAME convolutions with 32 and 64
-channels, ReLU, 2×2 max-pooling, a 256-unit dense layer), the same batch and SGD with
-momentum. The mixup step is the recipe of Zhang et al.'s reference code
+(512, 512), "lenet" with its defaults: two 5×5 SAME convolutions with 32 and 64
+channels, ReLU, 2×2 max-pooling, a 256-unit dense layer, and "cnn", the Fashion-MNIST
+recipe's conv-BatchNorm-ReLU-pool network), the same batch and SGD with momentum. The
+mixup step is the recipe of Zhang et al.'s reference code
 (facebookresearch/mixup-cifar10): one λ ~ Beta(α, α) per batch, a `torch.randperm`
 partner, and the loss λ·CE(f(x_mix), y_a) + (1 − λ)·CE(f(x_mix), y_b). λ comes from a
 local NumPy Generator (no global RNG).
@@ -46,14 +47,38 @@ def lenet(input_shape: Sequence[int], num_classes: int, features: Sequence[int] 
   return nn.Sequential(*layers, nn.Linear(size, num_classes))
 
 
+def cnn(input_shape: Sequence[int], num_classes: int,
+        stages: Sequence[Sequence[int]] = ((32, 32), (64, 64)),
+        dense_sizes: Sequence[int] = (256,)) -> nn.Module:
+  """Mirror of `mixjax.models.CNN` with BatchNorm and ReLU (NCHW here; `input_shape` is
+  (H, W, C)): per stage, 3×3 SAME convolutions without bias, each followed by BatchNorm
+  (momentum 0.1 in PyTorch's convention = flax's 0.9, ε = 1e-5) and ReLU, then a 2×2
+  max-pool; flatten, dense + ReLU layers, linear head."""
+  height, width, channels = input_shape
+  layers = []
+  for stage in stages:
+    for f in stage:
+      layers += [nn.Conv2d(channels, f, 3, padding="same", bias=False),
+                 nn.BatchNorm2d(f, eps=1e-5, momentum=0.1), nn.ReLU()]
+      channels = f
+    layers.append(nn.MaxPool2d(2, ceil_mode=True))
+    height, width = -(-height // 2), -(-width // 2)
+  layers.append(nn.Flatten())
+  size = channels * height * width
+  for h in dense_sizes:
+    layers += [nn.Linear(size, h), nn.ReLU()]
+    size = h
+  return nn.Sequential(*layers, nn.Linear(size, num_classes))
+
+
 def make_steps(model_name: str, input_shape: Sequence[int], num_classes: int,
                batch_size: int, *, alpha: float = 1.0, lr: float = 0.01,
-               momentum: float = 0.9, threads: int | None = None, seed: int = 0
-               ) -> Dict[str, Callable[[int], None]]:
+               momentum: float = 0.9, threads: int | None = None, seed: int = 0,
+               model_kwargs: dict | None = None) -> Dict[str, Callable[[int], None]]:
   """Builds the PyTorch ERM and mixup training steps on a fixed synthetic batch.
 
   Args:
-    model_name: "mlp" or "lenet".
+    model_name: "mlp", "lenet" or "cnn" (with BatchNorm, in training mode).
     input_shape: one example's shape, (d,) or (H, W, C).
     num_classes: c.
     batch_size: B.
@@ -61,6 +86,7 @@ def make_steps(model_name: str, input_shape: Sequence[int], num_classes: int,
     lr, momentum: SGD hyper-parameters.
     threads: `torch.set_num_threads` (match the cores JAX uses).
     seed: seed of the model initialization, data and λ stream.
+    model_kwargs: keyword arguments of the "cnn" mirror (stages, dense_sizes).
 
   Returns:
     {"erm": run, "mixup": run}, each `run(num_steps)` trains in place.
@@ -72,12 +98,16 @@ def make_steps(model_name: str, input_shape: Sequence[int], num_classes: int,
   if model_name == "mlp":
     model = mlp(int(np.prod(input_shape)), num_classes)
     x = torch.from_numpy(rng.normal(size=(batch_size, *input_shape)).astype(np.float32))
-  elif model_name == "lenet":
-    model = lenet(input_shape, num_classes)
+  elif model_name in ("lenet", "cnn"):
+    if model_name == "lenet":
+      model = lenet(input_shape, num_classes)
+    else:
+      model = cnn(input_shape, num_classes, **(model_kwargs or {}))
     h, w, c = input_shape
     x = torch.from_numpy(rng.normal(size=(batch_size, c, h, w)).astype(np.float32))
   else:
-    raise ValueError(f"Unknown torch reference model {model_name!r}; known: lenet, mlp.")
+    raise ValueError(f"Unknown torch reference model {model_name!r}; known: cnn, lenet, "
+                     "mlp.")
   y = torch.from_numpy(rng.integers(0, num_classes, size=batch_size))
   opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
   criterion = nn.CrossEntropyLoss()

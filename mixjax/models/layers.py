@@ -137,9 +137,9 @@ def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: f
   Gradient (custom VJP; x̂ = (x − m)·s, means over the global batch, N its size):
     ∂bias = Σ dy,   ∂scale = Σ dy·x̂ = s·(Σ dy·x − m·Σ dy),
     ∂x = a·(dy − mean(dy) − x̂·mean(dy·x̂)),
-  the gradient of flax's `nn.BatchNorm` (its E[x²] − m² variance, clipped at 0),
-  with the two channel sums Σ dy and Σ dy·x written as `channel_sum`. The mean and var
-  outputs are for the running averages: no gradient flows back through them.
+  the gradient of flax's `nn.BatchNorm` (its E[x²] − m² variance), with the two
+  channel sums Σ dy and Σ dy·x written as `channel_sum`; cotangents of the mean and
+  var outputs (the running averages') add (∂mean + 2·∂var·(x − m))/N.
 
   Shapes: x (..., C) float32; scale, bias (C,); y like x; mean, var (C,).
   """
@@ -157,18 +157,22 @@ def _bn_fwd(x, scale, bias, epsilon, axis_name):
 def _bn_bwd(epsilon, axis_name, residuals, cotangents):
   del epsilon
   x, scale, mean, inv = residuals
-  dy = cotangents[0]
+  dy, dmean, dvar = cotangents
   n = math.prod(x.shape[:-1])
   sums = jnp.stack([channel_sum(dy), channel_sum(dy * x)])
   if axis_name is not None:  # scale and bias are replicated: their gradient is global
     means = lax.pmean(sums / n, axis_name)
     sums = lax.psum(sums, axis_name)
+    n = n * lax.psum(1, axis_name)
   else:
     means = sums / n
   a = scale * inv
   dscale = inv * (sums[1] - mean * sums[0])
   c = a * inv * inv * (means[1] - mean * means[0])   # a·s·mean(dy·x̂)
-  dx = a * dy - c * x + (c * mean - a * means[0])
+  # Through the mean and var outputs: ∂m/∂x = 1/N, ∂v/∂x = 2(x − m)/N.
+  c_x = 2.0 * dvar / n - c
+  c_0 = c * mean - a * means[0] + (dmean - 2.0 * dvar * mean) / n
+  dx = a * dy + c_x * x + c_0
   return dx.astype(x.dtype), dscale, sums[0]
 
 
