@@ -291,6 +291,26 @@ def test_models_equal_their_standard_layer_versions(name, kwargs, shape, monkeyp
   _assert_close(got, want, rtol=1e-3, atol=1e-4)
 
 
+def _model_jvp(name, kwargs, x, seed=0):
+  model = get_model(name, 10, **kwargs)
+  variables = jax.jit(lambda x: model.init(jax.random.key(seed), x))(x)
+  f = lambda x: model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+  tangent = _normal(*x.shape, seed=3)
+  return jax.jit(lambda x, t: jax.jvp(f, (x,), (t,)))(x, tangent)
+
+
+@pytest.mark.parametrize("name,kwargs,shape", MODELS[:1] + MODELS[3:])
+def test_models_forward_mode_equals_their_standard_layer_versions(name, kwargs, shape,
+                                                                   monkeypatch):
+  """Input-direction derivatives (`jax.jvp`, as the approximate mixup risk takes them)
+  through the CPU forms equal those through the standard layers."""
+  x = _normal(*shape)
+  got = _model_jvp(name, kwargs, x)
+  monkeypatch.setattr(layers, "cpu_forms", lambda: False)
+  want = _model_jvp(name, kwargs, x)
+  _assert_close(got, want, rtol=1e-3, atol=1e-4)
+
+
 def test_resnet_forward_equals_its_standard_layer_version(monkeypatch):
   """Forward and statistics only: a deep ReLU network's gradient at initialization moves
   by percents under a 1e-7 input perturbation (ReLU kinks), so float32 rounding alone

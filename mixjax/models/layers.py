@@ -23,18 +23,21 @@ ReLU-pool-dense256-head, batch 128, 28×28×1; `python -m benchmarks.bench_steps
   every axis but the minor one, (B, H, W, C) → (C,), as a `reduce-window` that walks
   memory with stride C: 4.8 ms for one 128×28×28×32 sum. Summing first over a leading
   block axis, `x.reshape(32, -1).sum(0)` (a vectorized row reduction), then over the
-  rest takes 0.36 ms. The batch statistics and their gradient (Σ dy, Σ dy·x) are
-  written with that sum and a custom VJP (the textbook BatchNorm gradient):
-  step 67 → 44 ms.
+  rest takes 0.36 ms. The batch statistics are written with that sum, and the
+  per-channel scale and shift with its transpose (`channel_broadcast`), so that the
+  gradient's sums (Σ dy, Σ dy·x) take the same form (plain jnp: forward- and
+  reverse-mode autodiff as usual): step 67 → 44 ms.
 - **pool before the activation** (`activate_and_pool`). For a non-decreasing activation
   φ, pool(φ(x)) = φ(pool(x)) exactly, and the activation then runs on a quarter of the
   entries: step 44 → 40 ms. Applied on every backend (it is the same function).
-- **one-channel convolutions** (`conv_general_dilated`, passed to `nn.Conv`). Eigen's
-  convolution with 1 input channel is slow: 2.1 ms forward for 128×28×28×1 → 32;
-  the sum of the 3×3 shifted inputs times the kernel rows is one elementwise fusion,
-  0.4 ms. Its gradients are those of `lax.conv_general_dilated` (the same kernels as
-  the standard layer). With 32 input channels Eigen's convolution is faster than any
-  rewrite tried (patches + matmul 16 ms against 2.9 ms), so it stays.
+- **convolutions of 1 to 3 input channels** (`conv_general_dilated`, passed to
+  `nn.Conv`). Eigen's convolution with one input channel is slow: 2.1 ms forward for
+  128×28×28×1 → 32; the sum of the 3×3 shifted inputs times the kernel rows is one
+  elementwise fusion, 0.4 ms (3 channels, CIFAR: 3.6 → 2.2 ms for 32 features). Its
+  tangent, and so its gradients, are `lax.conv_general_dilated`'s (a custom JVP: the
+  same kernels as the standard layer): step 40 → 38 ms. With 32 input channels Eigen's
+  convolution is faster than any rewrite tried (patches + matmul 16 ms against 2.9 ms),
+  so it stays.
 
 What remains of the gap to PyTorch is in the convolution kernels themselves (Eigen's
 backward convolutions: 3.4 ms input gradient + 5.8 ms weight gradient with its layout
@@ -114,69 +117,43 @@ def channel_sum(x: jax.Array) -> jax.Array:
   return x.reshape(-1, c).sum(0)
 
 
-def _batch_moments(x, epsilon, axis_name):
-  """(mean, var, 1/√(var + ε)) over all axes but the last (and over `axis_name`)."""
-  n = math.prod(x.shape[:-1])
-  m = jnp.stack([channel_sum(x), channel_sum(x * x)]) / n
-  if axis_name is not None:
-    m = lax.pmean(m, axis_name)
-  mean = m[0]
-  var = jnp.maximum(m[1] - mean * mean, 0.0)
-  return mean, var, lax.rsqrt(var + epsilon)
+def channel_broadcast(v: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """(C,) -> `shape` (..., C): `v` broadcast over every axis but the last, written as the
+  transpose of `channel_sum` (broadcast to the k-times smaller block, then over the k
+  blocks), so that its gradient, Σ over the broadcast axes, is `channel_sum`'s fast form
+  rather than XLA's strided reduction."""
+  c = shape[-1]
+  rows = math.prod(shape[:-1])
+  k = math.gcd(rows, _SUM_BLOCKS)
+  v = jnp.broadcast_to(v, (rows // k, c))
+  if k > 1:
+    v = jnp.broadcast_to(v.reshape(-1), (k, rows // k * c))
+  return v.reshape(shape)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def batch_norm_train(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
                      axis_name: str | None) -> tuple[jax.Array, jax.Array, jax.Array]:
   r"""BatchNorm with batch statistics: (y, mean, var).
 
   With m = E[x], v = max(E[x²] − m², 0) per channel (over all axes but the last, and
   over the devices of `axis_name`, equal local batches), s = 1/√(v + ε):
-  y = (x − m)·s·scale + bias, computed as x·a + (bias − m·a), a = s·scale.
-
-  Gradient (custom VJP; x̂ = (x − m)·s, means over the global batch, N its size):
-    ∂bias = Σ dy,   ∂scale = Σ dy·x̂ = s·(Σ dy·x − m·Σ dy),
-    ∂x = a·(dy − mean(dy) − x̂·mean(dy·x̂)),
-  the gradient of flax's `nn.BatchNorm` (its E[x²] − m² variance), with the two
-  channel sums Σ dy and Σ dy·x written as `channel_sum`; cotangents of the mean and
-  var outputs (the running averages') add (∂mean + 2·∂var·(x − m))/N.
+  y = (x − m)·s·scale + bias, computed as x·a + (bias − m·a), a = s·scale: flax's
+  `nn.BatchNorm` (its E[x²] − m² variance). Every per-channel sum is `channel_sum` and
+  every per-channel broadcast `channel_broadcast`, so the gradient's sums (Σ dy,
+  Σ dy·x) take the fast form too; plain jnp, so forward- and reverse-mode autodiff
+  both apply.
 
   Shapes: x (..., C) float32; scale, bias (C,); y like x; mean, var (C,).
   """
-  mean, var, inv = _batch_moments(x, epsilon, axis_name)
-  a = scale * inv
-  return x * a + (bias - mean * a), mean, var
-
-
-def _bn_fwd(x, scale, bias, epsilon, axis_name):
-  mean, var, inv = _batch_moments(x, epsilon, axis_name)
-  a = scale * inv
-  return (x * a + (bias - mean * a), mean, var), (x, scale, mean, inv)
-
-
-def _bn_bwd(epsilon, axis_name, residuals, cotangents):
-  del epsilon
-  x, scale, mean, inv = residuals
-  dy, dmean, dvar = cotangents
   n = math.prod(x.shape[:-1])
-  sums = jnp.stack([channel_sum(dy), channel_sum(dy * x)])
-  if axis_name is not None:  # scale and bias are replicated: their gradient is global
-    means = lax.pmean(sums / n, axis_name)
-    sums = lax.psum(sums, axis_name)
-    n = n * lax.psum(1, axis_name)
-  else:
-    means = sums / n
-  a = scale * inv
-  dscale = inv * (sums[1] - mean * sums[0])
-  c = a * inv * inv * (means[1] - mean * means[0])   # a·s·mean(dy·x̂)
-  # Through the mean and var outputs: ∂m/∂x = 1/N, ∂v/∂x = 2(x − m)/N.
-  c_x = 2.0 * dvar / n - c
-  c_0 = c * mean - a * means[0] + (dmean - 2.0 * dvar * mean) / n
-  dx = a * dy + c_x * x + c_0
-  return dx.astype(x.dtype), dscale, sums[0]
-
-
-batch_norm_train.defvjp(_bn_fwd, _bn_bwd)
+  m = jnp.stack([channel_sum(x), channel_sum(x * x)]) / n
+  if axis_name is not None:
+    m = lax.pmean(m, axis_name)
+  mean = m[0]
+  var = jnp.maximum(m[1] - mean * mean, 0.0)
+  a = scale * lax.rsqrt(var + epsilon)
+  y = x * channel_broadcast(a, x.shape) + channel_broadcast(bias - mean * a, x.shape)
+  return y, mean, var
 
 
 class BatchNorm(nn.Module):
@@ -219,10 +196,11 @@ def _same_pads(spatial, kernel, padding):
   return [tuple(p) for p in padding]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _shifted_conv(x, kernel, pads):
-  """Stride-1 NHWC/HWIO convolution as Σ_taps shift(x)·kernel[tap] (taps that read only
-  padding are skipped)."""
+  """Stride-1 NHWC/HWIO convolution as Σ_taps Σ_ci shift(x)[..., ci]·kernel[tap, ci]
+  (taps that read only padding are skipped); its tangent (and so its gradients, by
+  transposition) is `lax.conv_general_dilated`'s."""
   spatial = x.shape[1:-1]
   xp = jnp.pad(x, [(0, 0), *pads, (0, 0)])
   out_shape = tuple(s + lo + hi - k + 1
@@ -234,6 +212,19 @@ def _shifted_conv(x, kernel, pads):
       term = window[..., ci:ci + 1] * kernel[tap][ci]
       y = term if y is None else y + term
   return y
+
+
+@functools.partial(_shifted_conv.defjvp, symbolic_zeros=True)
+def _shifted_conv_jvp(pads, primals, tangents):
+  x, kernel = primals
+  dx, dkernel = tangents
+  y = _shifted_conv(x, kernel, pads)
+  dy = jnp.zeros_like(y)
+  if not isinstance(dx, jax.custom_derivatives.SymbolicZero):
+    dy = dy + _lax_conv(dx, kernel, pads)
+  if not isinstance(dkernel, jax.custom_derivatives.SymbolicZero):
+    dy = dy + _lax_conv(x, dkernel, pads)
+  return y, dy
 
 
 def _taps(spatial, pads, kernel, out_shape):
@@ -254,19 +245,6 @@ def _product(ranges):
 def _lax_conv(x, kernel, pads):
   return lax.conv_general_dilated(x, kernel, (1,) * (x.ndim - 2), pads,
                                   dimension_numbers=_nhwc(x.ndim))
-
-
-def _shifted_fwd(x, kernel, pads):
-  return _shifted_conv(x, kernel, pads), (x, kernel)
-
-
-def _shifted_bwd(pads, residuals, dy):
-  x, kernel = residuals
-  _, vjp = jax.vjp(lambda a, b: _lax_conv(a, b, pads), x, kernel)
-  return vjp(dy)
-
-
-_shifted_conv.defvjp(_shifted_fwd, _shifted_bwd)
 
 
 def _nhwc(ndim: int) -> lax.ConvDimensionNumbers:
