@@ -52,10 +52,11 @@ def test_smooth_reliability_diagram_draws_relplots_curve(tmp_path):
   assert abs(curve.smooth_ece - value) < 1e-6 and curve.sigma == sigma
   # Over-confident: the curve lies below the diagonal at high confidence.
   assert np.all(y[x > 0.6] < x[x > 0.6])
-  # Widths grow with the density of the confidences.
-  widths = np.asarray(lines.get_linewidths())
-  density = kernel.kde(conf, 0.5 * (x[:-1] + x[1:]))
-  assert np.corrcoef(widths, density)[0, 1] > 0.99
+  # Width and opacity grow with the density of the confidences (at the segments' ends).
+  density = 0.5 * (kernel.kde(conf, x[:-1]) + kernel.kde(conf, x[1:]))
+  order = np.argsort(density)
+  for v in (np.asarray(lines.get_linewidths()), lines.get_colors()[:, 3]):
+    assert np.all(np.diff(v[order]) >= -1e-12) and v.max() > 2 * v.min()
   assert any(f"smECE {value:.3f}" == t.get_text() for t in ax.texts)
   path = plots.save(fig, str(tmp_path / "one.png"))
   assert png_size(path)[0] == "PNG"

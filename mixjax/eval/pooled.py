@@ -25,7 +25,6 @@ import math
 from typing import NamedTuple
 
 import numpy as np
-import scipy.signal
 
 POOLED_METRIC_NAMES = ("adaptive_ece", "smooth_ece", "aurc")
 
@@ -147,7 +146,8 @@ def _smooth(f: np.ndarray, values: np.ndarray, sigma: float, t: np.ndarray) -> n
   kernel = (np.exp(-np.square(grid_t - 0.5) / (2.0 * sigma * sigma))
             / (math.sqrt(2.0 * math.pi) * sigma))
   extended = np.pad(grid, m - 1, mode="reflect")
-  smoothed = scipy.signal.fftconvolve(extended, kernel, mode="valid")[m // 2:m // 2 + m]
+  # A direct convolution (not FFT): non-negative masses stay non-negative.
+  smoothed = np.convolve(extended, kernel, mode="valid")[m // 2:m // 2 + m]
   return np.interp(t, grid_t, smoothed)
 
 

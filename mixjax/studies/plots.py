@@ -97,8 +97,10 @@ def smooth_reliability_diagram(ax, confidence, correct, *, color: str = "tab:red
 
   The curve is `mixjax.eval.smooth_reliability`: the kernel-smoothed accuracy
   E[correct | confidence = t] at the SmoothECE bandwidth σ*, drawn as line segments whose
-  width grows with the kernel density of the confidences at t (relplot draws the same
-  curve with density-sized markers); the density itself is shaded along the bottom, the
+  width and opacity grow with the kernel density δ(t) of the confidences (∫δ = 1), as
+  relplot does with its density-sized markers (width 0.4 + 1.6 min(√(δ/2), 2) points,
+  opacity clip(0.3 δ, 0.05, 1)): where few predictions fall the estimate is unreliable
+  and fades out. The density is shaded along the bottom (scaled to its maximum), the
   diagonal is perfect calibration, and smECE is printed.
 
   Args:
@@ -113,14 +115,16 @@ def smooth_reliability_diagram(ax, confidence, correct, *, color: str = "tab:red
   from mixjax.eval import pooled  # pylint: disable=g-import-not-at-top
   curve = pooled.smooth_reliability(confidence, correct)
   t, acc, dens = curve.mesh, curve.accuracy, curve.density
-  weight = dens / dens.max()
   ax.plot([0, 1], [0, 1], "k--", lw=1, alpha=0.3)
   if show_density:
-    ax.fill_between(t, 0, 0.15 * weight, color="gray", alpha=0.3, lw=0)
+    ax.fill_between(t, 0, 0.15 * dens / dens.max(), color="gray", alpha=0.3, lw=0)
   points = np.stack([t, acc], axis=1)
   segments = np.stack([points[:-1], points[1:]], axis=1)
-  mid = 0.5 * (weight[:-1] + weight[1:])
-  ax.add_collection(LineCollection(segments, colors=color, linewidths=0.6 + 3.4 * mid,
+  mid = 0.5 * (dens[:-1] + dens[1:])
+  rgba = np.tile(matplotlib.colors.to_rgba(color), (mid.size, 1))
+  rgba[:, 3] = np.clip(0.3 * mid, 0.05, 1.0)
+  widths = 0.4 + 1.6 * np.minimum(np.sqrt(mid / 2), 2.0)
+  ax.add_collection(LineCollection(segments, colors=rgba, linewidths=widths,
                                    capstyle="round", label=label))
   if show_value:
     ax.text(0.04, 0.92, f"smECE {curve.smooth_ece:.3f}", transform=ax.transAxes,
