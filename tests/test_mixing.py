@@ -199,7 +199,7 @@ def test_mask_mix_matches_numpy(law, trailing, granularity, fold):
 
 
 def test_mask_law_draws_the_unfolded_box_and_fold_swaps_the_roles():
-  x, y = _batch(16, (8, 8, 1))
+  x, y = _batch(64, (8, 8, 1))
   law = samplers.cutmix(1.0)
   plain = mixing.mix(jax.random.key(5), x, y, law)
   folded = mixing.mix(jax.random.key(5), x, y, law, fold=True)
