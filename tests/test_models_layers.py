@@ -220,13 +220,13 @@ def test_batch_norm_vmapped_over_runs_equals_each_run():
 
 # --- convolutions -------------------------------------------------------------------
 
-# (input shape, features, kernel, padding): the first convolutions of the recipe CNN and
-# LeNet on 28×28×1, CIFAR's 32×32×3, LeNet on MNIST-1D seen as (40, 1, 1), the ResNet
-# stem's explicit padding, and a 1-D convolution.
-CONVS = [((4, 28, 28, 1), 8, (3, 3), "SAME"), ((3, 32, 32, 3), 6, (3, 3), "SAME"),
-         ((2, 28, 28, 1), 4, (5, 5), "SAME"), ((5, 40, 1, 1), 6, (5, 5), "SAME"),
-         ((2, 12, 12, 3), 5, (3, 3), ((1, 1), (1, 1))), ((3, 20, 2), 4, (5,), "SAME"),
-         ((2, 9, 7, 2), 3, (3, 3), ((0, 2), (1, 0)))]
+# (input shape, features, kernel, padding): the first convolution of the recipe CNN on
+# 28×28×1, LeNet's on MNIST-1D seen as (40, 1, 1) (5 taps touch the input), the ResNet
+# stem's explicit padding, asymmetric padding, and a 1-D convolution: all within
+# `SHIFTED_CONV_MAX_TERMS`.
+CONVS = [((4, 28, 28, 1), 8, (3, 3), "SAME"), ((5, 40, 1, 1), 6, (5, 5), "SAME"),
+         ((2, 12, 12, 1), 5, (3, 3), ((1, 1), (1, 1))), ((3, 20, 1), 4, (5,), "SAME"),
+         ((2, 9, 7, 1), 3, (3, 3), ((0, 2), (1, 0))), ((3, 10, 1, 3), 4, (3, 3), "SAME")]
 
 
 @pytest.mark.parametrize("shape,features,kernel,padding", CONVS)
@@ -245,14 +245,18 @@ def test_shifted_conv_equals_nn_conv_with_gradients(shape, features, kernel, pad
   assert "conv_general_dilated" not in str(jax.make_jaxpr(new.apply)(variables, x))
 
 
-def test_conv_with_more_channels_or_strides_is_lax():
-  for shape, strides in [((2, 8, 8, layers.SHIFTED_CONV_MAX_CHANNELS + 1), (1, 1)),
-                         ((2, 8, 8, 1), (2, 2))]:
+def test_conv_with_more_terms_or_strides_is_lax():
+  """More than `SHIFTED_CONV_MAX_TERMS` = 9 taps × channels (5×5×1 LeNet on 28×28,
+  3×3×3 on CIFAR), or a stride: lax's convolution, unchanged."""
+  assert layers.SHIFTED_CONV_MAX_TERMS == 9
+  for shape, kernel, strides in [((2, 8, 8, 1), (5, 5), (1, 1)),
+                                 ((2, 8, 8, 3), (3, 3), (1, 1)),
+                                 ((2, 8, 8, 1), (3, 3), (2, 2))]:
     x = _normal(*shape)
-    m = nn.Conv(4, (3, 3), strides=strides, conv_general_dilated=layers.conv_general_dilated)
+    m = nn.Conv(4, kernel, strides=strides, conv_general_dilated=layers.conv_general_dilated)
     v = m.init(jax.random.key(0), x)
     assert "conv_general_dilated" in str(jax.make_jaxpr(m.apply)(v, x))
-    ref = nn.Conv(4, (3, 3), strides=strides)
+    ref = nn.Conv(4, kernel, strides=strides)
     np.testing.assert_array_equal(m.apply(v, x), ref.apply(v, x))
 
 

@@ -30,14 +30,17 @@ ReLU-pool-dense256-head, batch 128, 28×28×1; `python -m benchmarks.bench_steps
 - **pool before the activation** (`activate_and_pool`). For a non-decreasing activation
   φ, pool(φ(x)) = φ(pool(x)) exactly, and the activation then runs on a quarter of the
   entries: step 44 → 40 ms. Applied on every backend (it is the same function).
-- **convolutions of 1 to 3 input channels** (`conv_general_dilated`, passed to
-  `nn.Conv`). Eigen's convolution with one input channel is slow: 2.1 ms forward for
-  128×28×28×1 → 32; the sum of the 3×3 shifted inputs times the kernel rows is one
-  elementwise fusion, 0.4 ms (3 channels, CIFAR: 3.6 → 2.2 ms for 32 features). Its
-  tangent, and so its gradients, are `lax.conv_general_dilated`'s (a custom JVP: the
-  same kernels as the standard layer): step 40 → 38 ms. With 32 input channels Eigen's
-  convolution is faster than any rewrite tried (patches + matmul 16 ms against 2.9 ms),
-  so it stays.
+- **small one-channel convolutions** (`conv_general_dilated`, passed to `nn.Conv`).
+  Eigen's convolution with one input channel is slow: 2.1 ms forward for 128×28×28×1
+  → 32; the sum of the 3×3 shifted inputs times the kernel rows is one elementwise
+  fusion, 0.4 ms. Its tangent, and so its gradients, are `lax.conv_general_dilated`'s
+  (a custom JVP: the same kernels as the standard layer): step 40 → 38 ms. Only up to
+  `SHIFTED_CONV_MAX_TERMS` = 9 terms (taps that touch the input × input channels: the
+  recipe's 3×3×1, MNIST-1D's 5×1 column): XLA fuses the sum into each of its consumers,
+  so with more terms the whole step gets slower although the convolution alone is
+  faster (LeNet 5×5×1 on 28×28: 59 → 82 ms; 5×5×3 on 32×32: 85 → 325 ms). With 32
+  input channels Eigen's convolution is faster than any rewrite tried (patches + matmul
+  16 ms against 2.9 ms).
 
 What remains of the gap to PyTorch is in the convolution kernels themselves (Eigen's
 backward convolutions: 3.4 ms input gradient + 5.8 ms weight gradient with its layout
@@ -61,9 +64,9 @@ NONDECREASING = frozenset({"relu", "tanh", "sigmoid", "elu", "softplus", "identi
 # First-stage block count of `channel_sum` (a divisor of the number of rows is used).
 _SUM_BLOCKS = 32
 
-# `conv_general_dilated` computes convolutions with at most this many input channels
-# as shifted multiply-adds on CPU.
-SHIFTED_CONV_MAX_CHANNELS = 3
+# `conv_general_dilated` computes a convolution as shifted multiply-adds on CPU when it
+# has at most this many terms (kernel taps that touch the input × input channels).
+SHIFTED_CONV_MAX_TERMS = 9
 
 
 def cpu_forms() -> bool:
@@ -257,22 +260,25 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, precision=None, **kwargs):
   """`lax.conv_general_dilated` for `nn.Conv(conv_general_dilated=...)`: on CPU, a
-  stride-1, undilated, ungrouped channels-last convolution with at most
-  `SHIFTED_CONV_MAX_CHANNELS` input channels runs its forward pass as shifted
-  multiply-adds (its gradients are `lax.conv_general_dilated`'s); everything else is
+  stride-1, undilated, ungrouped channels-last convolution of at most
+  `SHIFTED_CONV_MAX_TERMS` terms runs its forward pass as shifted multiply-adds (its
+  gradients are `lax.conv_general_dilated`'s); everything else is
   `lax.conv_general_dilated` itself."""
   nd = lhs.ndim
+  ones = (1,) * (nd - 2)
   fast = (cpu_forms() and not kwargs and feature_group_count == 1
-          and lhs.shape[-1] <= SHIFTED_CONV_MAX_CHANNELS
-          and all(int(s) == 1 for s in window_strides)
-          and all(int(d) == 1 for d in (lhs_dilation or (1,) * (nd - 2)))
-          and all(int(d) == 1 for d in (rhs_dilation or (1,) * (nd - 2)))
+          and lhs.shape[-1] <= SHIFTED_CONV_MAX_TERMS
+          and tuple(int(s) for s in window_strides) == ones
+          and tuple(int(d) for d in (lhs_dilation or ones)) == ones
+          and tuple(int(d) for d in (rhs_dilation or ones)) == ones
           and dimension_numbers == _nhwc(nd) and lhs.dtype == rhs.dtype)
-  if not fast:
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision, **kwargs)
-  pads = tuple(tuple(int(v) for v in p)
-               for p in _same_pads(lhs.shape[1:-1], rhs.shape[:-2], padding))
-  return _shifted_conv(lhs, rhs, pads)
+  if fast:
+    spatial, kernel = lhs.shape[1:-1], rhs.shape[:-2]
+    pads = tuple(tuple(int(v) for v in p) for p in _same_pads(spatial, kernel, padding))
+    out = tuple(s + lo + hi - k + 1 for s, (lo, hi), k in zip(spatial, pads, kernel))
+    if len(_taps(spatial, pads, kernel, out)) * lhs.shape[-1] <= SHIFTED_CONV_MAX_TERMS:
+      return _shifted_conv(lhs, rhs, pads)
+  return lax.conv_general_dilated(
+      lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count, precision=precision, **kwargs)
