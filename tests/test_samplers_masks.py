@@ -239,3 +239,12 @@ def test_stack_moments_of_mask_laws():
   with pytest.raises(ValueError, match="θ-moments with mask moments"):
     samplers.stack_moments([ms[0], samplers.theta_moments(samplers.beta(1.0))])
   assert jnp.issubdtype(stacked.mean.dtype, jnp.floating)
+
+
+def test_mask_moments_compare_and_hash_by_value():
+  a = samplers.mask_moments(samplers.cutmix(1.0), (4, 4))
+  b = jax.tree.map(np.copy, a)  # another object with the same values
+  c = samplers.mask_moments(samplers.cutmix(0.5), (4, 4))
+  assert a is not b and a == b and hash(a) == hash(b) and a != c
+  assert a != samplers.theta_moments(samplers.beta(1.0))
+  assert {a: 1}[b] == 1

@@ -29,7 +29,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mixjax.samplers import laws
 from mixjax.samplers.laws import Sampler
@@ -276,7 +275,8 @@ class Switch(MaskLaw):
     return f"switch({self.law_a!r}, {self.law_b!r}, p={self.p:.6g})"
 
   def _default_label(self):
-    return f"Switch({self.law_a.label},{self.law_b.label},p={laws._g(round(self.p, 4))})"  # pylint: disable=protected-access
+    p = laws._g(round(self.p, 4))  # pylint: disable=protected-access
+    return f"Switch({self.law_a.label},{self.law_b.label},p={p})"
 
 
 # ---------------------------------------------------------------------------

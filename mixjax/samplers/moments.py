@@ -8,8 +8,8 @@ standard errors for `from_fn` laws. `MomentArrays` holds the same fields as (tra
 arrays, stacked over laws by `stack_moments`, for the theory functions' `moments=`
 argument inside programs vmapped over laws.
 
-Mask laws (`mask_moments`). Fold every draw: N = M if mean(M) ≥ ½ else 1 − M (the roles of the pair swapped), and
-θ = mean(N) ∈ [½, 1]. Theorem 1 and Lemma 2 for masks need, on the H·W pixel grid
+Mask laws (`mask_moments`). Fold every draw: N = M if mean(M) ≥ ½ else 1 − M (the roles
+of the pair swapped), and θ = mean(N) ∈ [½, 1]. Theorem 1 and Lemma 2 for masks need, on the H·W pixel grid
 (vec order p = h·W + w; the channels share the mask),
 
     N̄ = E N (H×W),  θ̄ = E θ = mean(N̄),  σ² = Var θ,  γ² = E (1 − θ)²,
@@ -299,6 +299,28 @@ class MaskMoments:
   def hw(self) -> tuple[int, int]:
     """(H, W)."""
     return tuple(int(s) for s in np.shape(self.n_bar)[-2:])
+
+  def __eq__(self, other) -> bool:
+    """Equal values (as `ThetaMoments` compare), not an elementwise array comparison;
+    traced moments are equal only to themselves."""
+    if not isinstance(other, MaskMoments):
+      return NotImplemented
+    if (self.exact, self.stderr) != (other.exact, other.stderr):
+      return False
+    mine, theirs = jax.tree.leaves(self), jax.tree.leaves(other)
+    try:
+      return len(mine) == len(theirs) and all(
+          np.shape(a) == np.shape(b) and np.array_equal(np.asarray(a), np.asarray(b))
+          for a, b in zip(mine, theirs))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+      return self is other
+
+  def __hash__(self) -> int:
+    try:
+      return hash((self.hw, self.exact, np.asarray(self.n_bar).tobytes(),
+                   float(np.sum(self.var))))
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+      return id(self)
 
   def __repr__(self) -> str:
     if np.ndim(self.mean) != 0:
