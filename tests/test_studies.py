@@ -1,10 +1,12 @@
-"""Tests for mixjax.studies: studies through the one trainer (`runs`), the laws' draws,
-the statistics and the report step."""
+"""Tests for mixjax.studies: a study file trained by the main entry's sweep and read
+back (`study.collect`), the laws' draws, the statistics and the report step."""
 from __future__ import annotations
 
 import json
 import math
 import os
+import re
+import subprocess
 import sys
 
 import chex
@@ -13,67 +15,130 @@ import numpy as np
 import pytest
 from scipy import stats as sp_stats
 
+from conftest import ROOT, run_main  # pylint: disable=g-bad-import-order
 from mixjax import mixing
 from mixjax import samplers
-from mixjax.studies import analysis
-from mixjax.studies import runs as study_runs
-from mixjax.train import sweeps
 from mixjax import samplers as L
+from mixjax.errors import ConfigError
+from mixjax.studies import analysis
+from mixjax.studies import laws
 from mixjax.studies import records
+from mixjax.studies import runs as study_runs
+from mixjax.studies import study
+from mixjax.train import sweeps
+from mixjax.train import validate
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:  # the study commands live in experiments/ at the repo root
-  sys.path.insert(0, _ROOT)
+STUDIES = os.path.join(ROOT, "experiments", "studies")
+
+# A study file as experiments/studies/ holds them: a 1-epoch digits setting, five laws
+# (three sampler structures) × 2 seeds, and a report.
+_TINY_STUDY = """
+from mixjax.studies import laws, runs, study
+
+SETTINGS = ("tiny",)
+LAWS = [laws.law("erm"), laws.law("beta", alpha=0.2), laws.law("beta", alpha=1.0),
+        laws.law("optimal"),
+        laws.law("matched_atoms", mean=0.75, var=1 / 48, num_points=2, label="2 atoms")]
 
 
-def _digits_study(tmp_path, laws, seeds=(0, 1), **kw):
-  """A 1-epoch study on scikit-learn's digits through the one trainer."""
-  cfg = study_runs.study_config(dataset="digits", model="mlp",
-                                model_kwargs={"hidden_sizes": (16,)}, num_epochs=1,
-                                batch_size=64, lr=3e-3, **kw)
-  pts = study_runs.points(laws, seeds)
-  runs_dir = str(tmp_path / "runs")
-  return cfg, pts, runs_dir, study_runs.train(cfg, pts, runs_dir)
+def get_config(setting="tiny"):
+  return runs.study_config(dataset="digits", model="mlp", model_kwargs={"hidden_sizes": (16,)},
+                           num_epochs=1, batch_size=64, lr=3e-3)
 
 
-def test_study_trains_through_the_trainer_grouped_by_law_structure(tmp_path):
-  """Study points are `python -m mixjax.main --sweep` points: same folders, one vmapped
-  program per sampler structure (ERM; the Beta laws; the two-atom laws), each run's row
-  read back from its summary.json with the law's exact θ-moments; the ERM law's
-  rescaling is the identity (θ̄ = 1)."""
-  from mixjax.train import groups  # pylint: disable=g-import-not-at-top
-  law = study_runs.law
-  laws = [law("erm"), law("beta", alpha=0.2), law("beta", alpha=1.0), law("optimal"),
-          law("matched_atoms", mean=0.75, var=1 / 48, num_points=2, label="2 atoms")]
-  cfg, pts, runs_dir, named = _digits_study(tmp_path, laws)
-  assert [n for n, _ in named] == [sweeps.point_name(i, p) for i, p in enumerate(pts)]
-  groups = [[named[i][0] for i in g] for g in sweeps.law_groups(named)]
-  assert groups == [[n for n, _ in named[:2]], [n for n, _ in named[2:6]],
-                    [n for n, _ in named[6:]]]
-  assert sorted(d for d in os.listdir(runs_dir) if d.startswith("group_")) == [
+def get_sweep(setting="tiny"):
+  return runs.points(LAWS, (0, 1))
+
+
+def columns(setting, config):
+  return {"tag": config.sampler.name}
+
+
+def report(out):
+  study.write_report(out, ["# tiny", *study.saved_settings(SETTINGS, out)])
+"""
+
+
+def test_study_file_trains_by_main_sweep_and_is_collected_from_the_summaries(
+    tmp_path, monkeypatch):
+  """A study setting trained by `python -m mixjax.main --config=<study>:<setting> --sweep`
+  (its points grouped by sampler structure: ERM; the Beta laws; the two-atom laws) is
+  read back by `study.collect`: one row per point from its summary.json, the law's
+  exact θ-moments, the study's extra columns, the command line's overrides; the ERM
+  law's rescaling is the identity (θ̄ = 1). A rerun trains nothing; a workdir whose run
+  has not finished is refused, naming the training command."""
+  path = tmp_path / "tiny.py"
+  path.write_text(_TINY_STUDY)
+  workdir, out = str(tmp_path / "runs"), str(tmp_path / "results")
+  argv = [f"--config={path}:tiny", "--sweep", f"--workdir={workdir}",
+          "--config.log_every_steps=4"]
+  run_main(argv, monkeypatch)
+  module, setting = study.load(f"{path}:tiny")
+  pts = module.get_sweep(setting)
+  names = [sweeps.point_name(i, p) for i, p in enumerate(pts)]
+  assert sorted(d for d in os.listdir(workdir) if d.startswith("group_")) == [
       "group_000_2", "group_002_4", "group_006_4"]
-  rows = study_runs.rows(named, runs_dir)
+
+  json_path = study.collect(f"{path}:tiny", workdir, out)
+  rec = records.load(out, "tiny")
+  rows = rec["runs"]
+  assert json_path == os.path.join(out, "tiny.json")
+  assert [r["point"] for r in rows] == names
   assert [r["law"] for r in rows] == [l for l in ("ERM", "Beta(0.2)", "Beta(1)", "optimal",
                                                   "2 atoms") for _ in (0, 1)]
   assert [r["seed"] for r in rows] == [0, 1] * 5
-  for r, (name, c) in zip(rows, named):
-    with open(os.path.join(runs_dir, name, "summary.json")) as f:
+  assert [r["tag"] for r in rows] == [p["sampler.name"] for p in pts]
+  for r, p, name in zip(rows, pts, names):
+    with open(os.path.join(workdir, name, "summary.json")) as f:
       summary = json.load(f)
     assert r["status"] == "ok" and r["test_accuracy"] == summary["test"]["accuracy"]
     assert r["test_rs_nll"] == summary["test_rescaled"]["nll"]
-    m = L.theta_moments(study_runs.sampler_of(pts[named.index((name, c))]))
+    assert r["temperature"] == summary["val"]["temperature"] > 0
+    m = L.theta_moments(laws.sampler_of(p))
     assert (r["theta_bar"], r["strength"]) == (m.mean, m.strength)
-    assert np.isfinite(r["train_objective"]) and r["temperature"] > 0
+    assert np.isfinite(r["train_objective"])
   assert rows[0]["test_rs_accuracy"] == rows[0]["test_accuracy"]
   assert rows[6]["theta_bar"] == pytest.approx(2 / 3)
-  logits = study_runs.predictions(named, runs_dir, "test_logits_rescaled")
-  with np.load(os.path.join(runs_dir, named[0][0], "predictions.npz")) as z:
-    n_test = z["test_labels"].shape[0]
-  chex.assert_shape(logits, (10, n_test, 10))
-  # Rerunning the study trains nothing: every point has its summary.
-  mtime = os.path.getmtime(os.path.join(runs_dir, named[0][0], "summary.json"))
-  study_runs.train(cfg, pts, runs_dir)
-  assert os.path.getmtime(os.path.join(runs_dir, named[0][0], "summary.json")) == mtime
+  assert rec["config"]["command_line_overrides"] == {"log_every_steps": [8, 4]}
+  assert rec["config"]["seeds"] == [0, 1] and len(rec["config"]["laws"]) == 5
+  assert rec["provenance"]["packages"]["jax"] == jax.__version__
+  named = [(n, study.read_config(os.path.join(workdir, n))) for n in names]
+  logits = study_runs.predictions(named, workdir, "test_logits_rescaled")
+  chex.assert_shape(logits, (10, 359, 10))
+  # Rerunning the same command trains nothing: every point has its summary.
+  mtime = os.path.getmtime(os.path.join(workdir, names[0], "summary.json"))
+  run_main(argv, monkeypatch)
+  assert os.path.getmtime(os.path.join(workdir, names[0], "summary.json")) == mtime
+  os.remove(os.path.join(workdir, names[3], "summary.json"))
+  with pytest.raises(ConfigError, match=re.escape(f"{names[3]} has not finished")):
+    study.collect(f"{path}:tiny", workdir, out)
+  with pytest.raises(ConfigError, match="unknown setting 'big'; known: tiny"):
+    study.collect(f"{path}:big", workdir, out)
+
+
+def _study_settings():
+  out = []
+  for file in sorted(os.listdir(STUDIES)):
+    if file.endswith(".py"):
+      module = sweeps.load_config_module(os.path.join(STUDIES, file))
+      if hasattr(module, "get_sweep"):
+        out += [(file, s) for s in module.SETTINGS]
+  return out
+
+
+@pytest.mark.parametrize("file,setting", _study_settings())
+def test_every_study_setting_is_a_valid_sweep(file, setting):
+  """Each setting of each study file is what `python -m mixjax.main --sweep` accepts:
+  every point's config passes validation (before anything would train), point folders
+  are distinct, and the file holds its report step."""
+  path = os.path.join(STUDIES, file)
+  module = sweeps.load_config_module(path)
+  base = module.get_config(setting)
+  pts = sweeps.load_sweep(f"{path}:{setting}", module)
+  assert pts and callable(module.report)
+  for p in pts:
+    validate.validate_config(sweeps.sweep_config(base, p), num_devices=1)
+  assert len({sweeps.point_name(i, p) for i, p in enumerate(pts)}) == len(pts)
 
 
 def test_study_config_sets_the_shared_training_explicitly():
@@ -86,6 +151,20 @@ def test_study_config_sets_the_shared_training_explicitly():
   with pytest.raises(ValueError, match="no such config key"):
     study_runs.study_config(dataset="digits", model="mlp", num_epochs=1, batch_size=8,
                             lr=1e-3, method__term=("jacobian",))
+
+
+def test_studies_entry_refuses_an_unknown_setting_in_one_line():
+  res = subprocess.run(
+      [sys.executable, "-m", "mixjax.studies",
+       "--config=experiments/studies/mixing_law.py:mnist1d", "--out=/tmp/unused"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  lines = [l for l in res.stderr.splitlines() if l.strip() and "libtpu" not in l
+           and "xla_bridge" not in l]
+  assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+  assert lines == ["Invalid config: --config=experiments/studies/mixing_law.py:mnist1d: "
+                   "unknown setting 'mnist1d'; known: mnist1d_mlp, mnist1d_cnn, digits_mlp, "
+                   "two_moons_rf, two_moons_noisy_rf."], res.stderr
 
 
 # ----------------------------------------------------------------------------------------
@@ -202,34 +281,67 @@ def test_slope_and_group_statistics_against_closed_forms():
   assert d["diff"] == pytest.approx(4.0)
 
 
+def _report_cells(text: str, first: str) -> list[str]:
+  """The cells of the report.md table row whose first cell is `first`."""
+  line = next(l for l in text.splitlines() if l.startswith(f"| {first} |"))
+  return [c.strip() for c in line.strip("|").split("|")]
+
+
 def test_report_step_on_tiny_saved_result(tmp_path):
-  from experiments.studies import mixing_law  # pylint: disable=g-import-not-at-top
-  laws = [L.erm(), L.beta(0.2), L.beta(2.0)] + [
-      study_runs.sampler_of(l) for g in mixing_law.GROUPS.values() for l in g]
+  """The mixing-law study's report from saved rows (`python -m mixjax.studies` without
+  a setting), checked against statistics recomputed here with NumPy and SciPy: each
+  law's mean ± se, the best law's paired difference to ERM and its paired-t 95% CI
+  (`scipy.stats.ttest_rel`), and the OLS slope of the per-law mean NLL against σ²/θ̄²
+  with its t-interval (`scipy.stats.linregress`)."""
+  module = sweeps.load_config_module(os.path.join(STUDIES, "mixing_law.py"))
+  law_list = [laws.law("erm"), laws.law("beta", alpha=0.2), laws.law("beta", alpha=2.0)] + [
+      l for g in laws.EQUAL_MOMENT_GROUPS.values() for l in g]
   rng = np.random.default_rng(0)
-  runs = []
-  for law in laws:
-    m_ = L.theta_moments(law)
-    for seed in range(3):
+  runs, values = [], {}
+  for spec in law_list:
+    law, m_ = laws.sampler_of(spec), L.theta_moments(laws.sampler_of(spec))
+    effect = rng.normal(0, 0.05)
+    for seed in range(4):
       row = {"law": law.label, "seed": seed, "theta_bar": m_.mean, "sigma2": m_.var,
              "gamma2": m_.gamma2, "strength": m_.strength,
              "global_strength": m_.global_strength}
-      for m in mixing_law.METRICS:
-        row[m] = float(rng.uniform(0.05, 0.9))
+      for m in ("test_accuracy", "test_nll", "test_ece", "test_rs_accuracy", "test_rs_nll",
+                "test_rs_ece", "test_ts_nll", "test_ts_ece", "test_rs_ts_ece",
+                "temperature", "train_objective"):
+        row[m] = float(rng.uniform(0.3, 0.9) + effect + 0.02 * seed)
       runs.append(row)
-  config = {"setting": "digits_mlp", "dataset": "digits", "lr": 1e-3, "seeds": [0, 1, 2],
-            "laws": [L.describe(l) for l in laws],
-            "train": study_runs.config_record(mixing_law.get_config("digits_mlp")),
+      values.setdefault(law.label, []).append(row)
+  config = {"setting": "digits_mlp", "dataset": "digits", "lr": 1e-3, "seeds": [0, 1, 2, 3],
+            "laws": [L.describe(laws.sampler_of(l)) for l in law_list],
+            "train": study_runs.config_record(module.get_config("digits_mlp")),
             "data_sizes": {"train_x": 10, "val_x": 2, "test_x": 3}}
   records.save(str(tmp_path), "digits_mlp", runs=runs, config=config,
-               info={"total_seconds": 1.0})
-  mixing_law.main(["--out", str(tmp_path), "--mode", "report"])
-  for f in ("report.md", "digits_mlp_vs_strength.png", "digits_mlp_equal_moments.png"):
+               info={"train_seconds": 1.0})
+  module.report(str(tmp_path))
+  for f in ("digits_mlp_vs_strength.png", "digits_mlp_equal_moments.png"):
     assert os.path.getsize(tmp_path / f) > 1000, f
   text = (tmp_path / "report.md").read_text()
-  assert "Beta(0.2)" in text and "3 atoms ≡ W(0.5)" in text and "p |" in text
-  rec = records.load(str(tmp_path), "digits_mlp")
-  assert rec["provenance"]["packages"]["jax"] == jax.__version__
+
+  acc = {l: np.asarray([r["test_accuracy"] for r in rs]) for l, rs in values.items()}
+  for label, a in acc.items():  # the table: mean ± se over seeds, in %
+    cells = _report_cells(text, label)
+    assert cells[4] == f"{a.mean() * 100:.2f} ± {sp_stats.sem(a) * 100:.2f}", label
+  best = max((l for l in acc if l != "ERM"), key=lambda l: acc[l].mean())
+  d = acc[best] - acc["ERM"]
+  ci = sp_stats.ttest_rel(acc[best], acc["ERM"]).confidence_interval(0.95)
+  assert (f"Best law by mean test accuracy: {best} ({acc[best].mean() * 100:.2f} ± "
+          f"{sp_stats.sem(acc[best]) * 100:.2f}%); paired difference to ERM "
+          f"{d.mean() * 100:+.2f} points, 95% CI [{ci.low * 100:+.2f}, "
+          f"{ci.high * 100:+.2f}]") in text
+  mix = [l for l in values if l != "ERM"]
+  x = np.asarray([values[l][0]["strength"] for l in mix])
+  y = np.asarray([np.mean([r["test_nll"] for r in values[l]]) for l in mix])
+  fit = sp_stats.linregress(x, y)
+  half = sp_stats.t.ppf(0.975, len(mix) - 2) * fit.stderr
+  cells = _report_cells(text, "test NLL")  # its first row: the slope against σ²/θ̄²
+  assert cells[1] == "σ²/θ̄²" and cells[2:4] == [f"{fit.slope:.3g}",
+                        f"[{fit.slope - half:.3g}, {fit.slope + half:.3g}]"], cells
+  assert "3 atoms ≡ W(0.5)" in text and "p |" in text
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,166 +1,62 @@
-r"""Collinearity / manifold intrusion (Chidambaram et al., ICLR 2022) vs the mixing law.
+r"""How close do mixup points come to other classes' data? Collinearity (manifold
+intrusion, Chidambaram et al., ICLR 2022) against the mixing law.
 
-For each training point x_i of class k, D_i is the distance to the nearest mixup point
-whose two source classes both differ from k (`mixjax.eval.collinearity`, computed in
-blocks on device), over a Monte-Carlo sample of M mixup points
-(`mixjax.eval.make_mixup_points`). Reported: min_i D_i (the paper's number), the 1% and
-50% quantiles, for Beta(α, α) with α from 0.1 to 1024 and for the study's other laws, on
-the offline datasets (standardized inputs) and on any tfds dataset prepared locally (a
-20% subsample, as in the paper).
+For Beta(α, α) with α from 0.1 to 1024, and W(0.5), RegMixup(10, η = 1) and the optimal
+law: the distance from each training point to the nearest mixup point of two other
+classes (`mixjax.studies.collinearity`), on the offline datasets (standardized inputs,
+setting "offline") and on the tfds datasets prepared locally (a 20% subsample, as in the
+paper, at most 10,000 points: setting "tfds"). Nothing is trained.
 
-  python -m experiments.studies.collinearity --out results/collinearity
-  python -m experiments.studies.collinearity --out results/collinearity --mode=report
+  python -m mixjax.studies --config=experiments/studies/collinearity.py:offline \
+      --out=results/collinearity
 """
-from __future__ import annotations
-
-import os
-import sys
-import time
-import zlib
-
-import jax
 import numpy as np
 
-from experiments.studies import common
-from mixjax import eval as mj_eval
-from mixjax.studies import analysis
-from mixjax import samplers as L
-from mixjax.studies import plots
-from mixjax.studies import records
+from mixjax import data
+from mixjax import samplers
+from mixjax.studies import collinearity
+from mixjax.studies import study
 
-OFFLINE = ("mnist1d", "digits", "two_moons")
-TFDS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped")
+SETTINGS = {"offline": ("mnist1d", "digits", "two_moons"),
+            "tfds": ("mnist", "fashion_mnist", "cifar10", "cifar100", "svhn_cropped")}
 ALPHAS = (0.1, 0.2, 0.5, 1.0, 2.0, 8.0, 32.0, 128.0, 1024.0)
-OTHER_LAWS = (L.w_shaped(0.5), L.regmixup(10.0, 1.0), L.optimal())
-MIX_PER_POINT = 20  # M = 20 N mixup points
-MAX_POINTS = 10000  # tfds: at most this many points of the 20% subsample
+LAWS = [samplers.beta(a) for a in ALPHAS] + [samplers.w_shaped(0.5),
+                                             samplers.regmixup(10.0, 1.0), samplers.optimal()]
+SEEDS, MIX_PER_POINT, MAX_POINTS = (0, 1, 2), 20, 10_000
 
 
-def _datasets(parts):
-  """(name, x, labels) for the offline datasets and the tfds ones that are prepared."""
-  out = []
-  for name in parts:
-    if name in OFFLINE:
-      kw = {"feature_map": "none"} if name == "two_moons" else {}
-      d = common.load(name, **kw)
+def _datasets(setting: str) -> tuple[list, list[str]]:
+  """(name, x, labels, note) of the setting's datasets, and those not prepared here."""
+  out, skipped = [], []
+  for name in SETTINGS[setting]:
+    if setting == "offline":
+      d = data.load_dataset(name, **({"feature_map": "none"} if name == "two_moons" else {}))
       out.append((name, np.asarray(d.train_x), np.asarray(d.train_y), ""))
-    else:
-      try:
-        d = common.load(name)
-      except (ValueError, OSError) as e:  # not prepared locally: skipped, reason printed
-        print(f"[collinearity] {name}: skipped ({str(e).splitlines()[0][:120]})")
-        continue
-      n = d.train_x.shape[0]
-      rng = np.random.default_rng(0)
-      idx = rng.choice(n, size=min(MAX_POINTS, n // 5), replace=False)
-      out.append((name, np.asarray(d.train_x)[idx], np.asarray(d.train_y)[idx],
-                  "20% subsample"))
-  return out
-
-
-def run(args) -> None:
-  laws = [L.beta(a) for a in ALPHAS] + list(OTHER_LAWS)
-  seeds = list(range(args.seeds))
-  mix_per_point = MIX_PER_POINT
-  if args.quick:
-    laws, seeds, mix_per_point = laws[:2], seeds[:1], 2
-  rows, skipped = [], []
-  for name, x, y, note in _datasets(args.parts):
-    n = x.shape[0]
-    m = mix_per_point * n
-    for law in laws:
-      sampler = law
-      for seed in seeds:
-        t0 = time.time()
-        key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(law.label.encode()) % (2**31))
-        pts = mj_eval.make_mixup_points(key, x, y, sampler, m)
-        dist = np.asarray(mj_eval.collinearity(x, y, pts.points, pts.source_labels))
-        dist = dist[np.isfinite(dist)]
-        rows.append({"dataset": name, "law": law.label, "seed": seed, "n": n, "m": m,
-                     "note": note, **{k: v for k, v in L.describe(law).items()
-                                      if k in ("mean", "var", "strength")},
-                     "alpha": next((a for a in ALPHAS if L.beta(a).label == law.label),
-                                   None),
-                     "min": float(dist.min()), "q01": float(np.quantile(dist, 0.01)),
-                     "q50": float(np.quantile(dist, 0.5)),
-                     "data_scale": float(np.median(np.linalg.norm(
-                         x.reshape(n, -1) - x.reshape(n, -1).mean(0), axis=1))),
-                     "seconds": time.time() - t0})
-      print(f"[collinearity] {name} {law.label}: min D = "
-            f"{np.mean([r['min'] for r in rows[-len(seeds):]]):.4f}", flush=True)
-  for name in args.parts:
-    if name not in {r["dataset"] for r in rows}:
+      continue
+    try:
+      d = data.load_dataset(name)
+    except (ValueError, OSError) as e:  # not prepared locally: skipped, reason printed
+      print(f"[collinearity] {name}: skipped ({str(e).splitlines()[0][:120]})")
       skipped.append(name)
-  records.save(args.out, "collinearity", runs=rows, config={
-      "alphas": ALPHAS, "laws": [L.describe(l) for l in laws], "seeds": seeds,
-      "mix_per_point": mix_per_point, "quick": bool(args.quick)},
-               extra={"skipped": skipped})
+      continue
+    n = d.train_x.shape[0]
+    idx = np.random.default_rng(0).choice(n, size=min(MAX_POINTS, n // 5), replace=False)
+    out.append((name, np.asarray(d.train_x)[idx], np.asarray(d.train_y)[idx],
+                "20% subsample"))
+  return out, skipped
 
 
-def report(args) -> None:
-  rec = records.load(args.out, "collinearity")
-  rows = rec["runs"]
-  datasets = analysis.unique(rows, "dataset")
-  md = ["# Collinearity (manifold intrusion) vs the mixing law\n",
-        "D_i = distance from training point i to the nearest of M = "
-        f"{rec['config']['mix_per_point']}·N sampled mixup points whose two source "
-        "classes both differ from y_i (Chidambaram et al.; `mixjax.eval.collinearity`), "
-        "on standardized inputs. Mean ± se over "
-        f"{len(rec['config']['seeds'])} independent draws of the mixup points. "
-        "Generated by `python -m experiments.studies.collinearity --out "
-        f"{args.out} --mode=report`.\n"]
-  if rec["extra"].get("skipped"):
-    md.append(f"Skipped (not prepared locally, no download): "
-              f"{', '.join(rec['extra']['skipped'])}.\n")
-  fig, axes = plots.new_figure(1, len(datasets), size=(4.2, 3.5))
-  for ax, ds in zip(axes[0], datasets):
-    sub = analysis.select(rows, dataset=ds)
-    beta_rows = [r for r in sub if r["alpha"] is not None]
-    alphas = sorted({r["alpha"] for r in beta_rows})
-    for key, name, color in (("min", "min_i D_i", "black"), ("q01", "1% quantile", "tab:gray"),
-                             ("q50", "median", "tab:blue")):
-      ms = [analysis.mean_se(r[key] for r in beta_rows if r["alpha"] == a) for a in alphas]
-      ax.errorbar(alphas, [m[0] for m in ms], yerr=[m[1] for m in ms], marker="o", ms=4,
-                  capsize=2, color=color, label=f"Beta(α, α): {name}")
-    for law in analysis.unique([r for r in sub if r["alpha"] is None], "law"):
-      m = analysis.mean_se(r["min"] for r in sub if r["law"] == law)
-      c, _ = plots.style(law)
-      ax.axhline(m[0], color=c, ls=":", lw=1.2, label=f"{law}: min_i D_i")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("α")
-    ax.set_ylabel("distance (standardized inputs, log scale)")
-    ax.set_title(f"{ds} (N = {sub[0]['n']}, M = {sub[0]['m']})", fontsize=9)
-    ax.grid(alpha=0.3)
-  handles, labels = axes[0, -1].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=7)
-  fig.suptitle("Distance to the nearest mixup point of two other classes (mean ± se over "
-               "draws of the mixup points)", fontsize=10)
-  fig.tight_layout(rect=(0, 0.07, 1, 1))
-  f = plots.save(fig, os.path.join(args.out, "collinearity.png"), tight=False)
-  for ds in datasets:
-    sub = analysis.select(rows, dataset=ds)
-    md.append(f"\n## {ds}\n\nN = {sub[0]['n']} points {sub[0]['note']}, M = {sub[0]['m']} "
-              f"mixup points per draw; median distance of a point to the data mean: "
-              f"{sub[0]['data_scale']:.2f}.\n")
-    body = []
-    for law in analysis.unique(sub, "law"):
-      lr = analysis.select(sub, law=law)
-      body.append([law, f"{lr[0]['strength']:.4f}"] +
-                  [analysis.fmt(*analysis.mean_se(r[k] for r in lr)[:2], 3)
-                   for k in ("min", "q01", "q50")])
-    md.append(analysis.markdown_table(["law", "σ²/θ̄²", "min_i D_i", "1% quantile",
-                                       "median"], body))
-  md.append(f"\n![collinearity]({os.path.basename(f)})\n")
-  with open(os.path.join(args.out, "report.md"), "w") as fh:
-    fh.write("\n".join(md))
+def collect(setting: str) -> dict:
+  datasets, skipped = _datasets(setting)
+  return {"runs": collinearity.measure(datasets, LAWS, SEEDS, ALPHAS, MIX_PER_POINT),
+          "config": {"alphas": ALPHAS, "laws": [samplers.describe(l) for l in LAWS],
+                     "seeds": SEEDS, "mix_per_point": MIX_PER_POINT},
+          "extra": {"skipped": skipped}}
 
 
-def main(argv=None) -> None:
-  args = common.parse_args(__doc__.splitlines()[0], list(OFFLINE + TFDS), argv,
-                           default_seeds=3)
-  common.main(args, run, report)
-
-
-if __name__ == "__main__":
-  main(sys.argv[1:])
+def report(out: str) -> None:
+  study.write_report(out, [
+      "# Collinearity (manifold intrusion) vs the mixing law\n",
+      "Generated by `python -m mixjax.studies --config=experiments/studies/collinearity.py "
+      f"--out={out}` from the saved results.\n"]
+      + [collinearity.report_setting(out, s) for s in study.saved_settings(SETTINGS, out)])

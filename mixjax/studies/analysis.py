@@ -30,25 +30,30 @@ import statsmodels.api as sm
 from statsmodels.stats.anova import AnovaRM
 
 
-def select(rows: Sequence[dict], **where: Any) -> list[dict]:
-  """Rows whose fields equal the given values."""
-  return [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+def frame(rows: Sequence[dict] | pd.DataFrame) -> pd.DataFrame:
+  """The rows as a DataFrame, in their order. In numeric columns None and ±inf become
+  NaN, so that the statistics below ignore them (a run whose loss diverged)."""
+  df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+  for col in df.columns:
+    if df[col].dtype == object:
+      num = pd.to_numeric(df[col], errors="coerce")
+      if num.notna().sum() == df[col].notna().sum() and num.notna().any():
+        df[col] = num  # numbers with None: numeric with NaN
+    if pd.api.types.is_float_dtype(df[col]):
+      df[col] = df[col].replace([np.inf, -np.inf], np.nan)
+  return df
 
 
-def unique(rows: Sequence[dict], key: str) -> list[Any]:
+def unique(rows: Sequence[dict] | pd.DataFrame, key: str) -> list[Any]:
   """Distinct values of `key`, in first-appearance order."""
-  return list(pd.unique(pd.Series([r.get(key) for r in rows], dtype=object)))
-
-
-def _finite(values: Iterable[Any]) -> pd.Series:
-  v = pd.to_numeric(pd.Series([x for x in values if x is not None], dtype=object),
-                    errors="coerce").astype(np.float64)
-  return v[np.isfinite(v)]
+  return list(pd.unique(frame(rows)[key]))
 
 
 def mean_se(values: Iterable[float]) -> tuple[float, float, int]:
-  """(mean, standard error of the mean, n) ignoring NaNs; se is NaN for n < 2."""
-  v = _finite(values)
+  """(mean, standard error of the mean, n) ignoring NaNs and infinities; se is NaN for
+  n < 2."""
+  v = frame([{"v": x} for x in values])
+  v = v["v"].dropna() if "v" in v else pd.Series(dtype=np.float64)
   if v.empty:
     return math.nan, math.nan, 0
   return float(v.mean()), float(v.sem(ddof=1)) if len(v) > 1 else math.nan, int(len(v))
@@ -63,21 +68,26 @@ def fmt(mean: float, se: float | None = None, digits: int = 3, scale: float = 1.
   return f"{mean * scale:.{digits}f} ± {se * scale:.{digits}f}"
 
 
-def group_summary(rows: Sequence[dict], by: str, metrics: Sequence[str],
-                  keep: Sequence[str] = ()) -> list[dict]:
-  """Per value of `by` (in first-appearance order): mean, se and n of each metric over
-  its rows (e.g. seeds), NaNs ignored.
+def group_summary(rows: Sequence[dict] | pd.DataFrame, by: str | Sequence[str],
+                  metrics: Sequence[str], keep: Sequence[str] = ()) -> pd.DataFrame:
+  """Per value of `by` (a column or columns; groups in first-appearance order): the
+  mean, standard error and count of each metric over the group's rows (e.g. seeds),
+  NaNs and infinities ignored (`groupby().agg`).
 
-  Returns rows {by: value, **{k: first row's k for k in keep}, metric: mean,
-  metric + '_se': se, 'n': n}.
+  Returns a DataFrame indexed by `by` with columns `keep` (the group's first value),
+  m, m + "_se" (NaN for fewer than 2 values) and m + "_n" for each metric m, and "n",
+  the count of the first metric.
   """
-  out = []
-  for v in unique(rows, by):
-    sub = select(rows, **{by: v})
-    row = {by: v, **{k: sub[0].get(k) for k in keep}}
-    for m in metrics:
-      row[m], row[m + "_se"], row["n"] = mean_se(r.get(m) for r in sub)
-    out.append(row)
+  df = frame(rows)
+  metrics = list(metrics)
+  g = df.groupby(by, sort=False)
+  stats = g[metrics].agg(["mean", "sem", "count"])
+  out = g[list(keep)].first() if keep else pd.DataFrame(index=stats.index)
+  for m in metrics:
+    out[m] = stats[(m, "mean")]
+    out[m + "_se"] = stats[(m, "sem")]
+    out[m + "_n"] = stats[(m, "count")]
+  out["n"] = out[metrics[0] + "_n"]
   return out
 
 
@@ -99,19 +109,24 @@ def linear_fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
           "r": float(np.sign(res.params[1]) * math.sqrt(max(res.rsquared, 0.0)))}
 
 
-def law_seed_table(rows: Sequence[dict], metric: str, *, law_key: str = "law",
-                   seed_key: str = "seed", laws: Sequence[Any] | None = None
-                   ) -> pd.DataFrame:
+def law_seed_table(rows: Sequence[dict] | pd.DataFrame, metric: str, *,
+                   law_key: str = "law", seed_key: str = "seed",
+                   laws: Sequence[Any] | None = None) -> pd.DataFrame:
   """The metric as a laws × seeds DataFrame (laws in first-appearance order, or `laws`;
   NaN where a run is missing or its value is None)."""
-  df = pd.DataFrame({"law": [r.get(law_key) for r in rows],
-                     "seed": [r.get(seed_key) for r in rows],
-                     "m": pd.to_numeric(pd.Series([r.get(metric) for r in rows],
-                                                  dtype=object), errors="coerce")})
-  table = df.pivot_table(index="law", columns="seed", values="m", aggfunc="first",
+  df = frame(rows)
+  df["_m"] = pd.to_numeric(df[metric], errors="coerce").astype(np.float64)
+  table = df.pivot_table(index=law_key, columns=seed_key, values="_m", aggfunc="first",
                          dropna=False, sort=False)
-  return table.reindex(index=list(laws) if laws is not None else unique(rows, law_key),
-                       columns=unique(rows, seed_key)).astype(np.float64)
+  return table.reindex(index=list(laws) if laws is not None else unique(df, law_key),
+                       columns=unique(df, seed_key)).astype(np.float64)
+
+
+def _law_values(rows, law_key: str, keys: Sequence[str]) -> np.ndarray:
+  """(laws, len(keys)): each law's first value of the per-law statistics `keys`, laws in
+  first-appearance order."""
+  first = frame(rows).groupby(law_key, sort=False)[list(keys)].first()
+  return first.to_numpy(np.float64)
 
 
 def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
@@ -147,13 +162,12 @@ def slope_vs(rows: Sequence[dict], x_key: str, metric: str, *, law_key: str = "l
   Spearman rank correlation of the per-law means. A law without any finite value drops
   out of both.
   """
-  laws = unique(rows, law_key)
-  xs = np.asarray([select(rows, **{law_key: l})[0][x_key] for l in laws], np.float64)
+  xs = _law_values(rows, law_key, [x_key])[:, 0]
   table = law_seed_table(rows, metric, law_key=law_key, seed_key=seed_key)
   means = table.mean(axis=1, skipna=True).to_numpy()
   fit = linear_fit(xs, means)
   ok = np.isfinite(xs) & np.isfinite(means)
-  xc = xs[ok] - xs[ok].mean()
+  xc = xs[ok] - xs[ok].mean() if ok.any() else xs[ok]
   fit["boot_low"] = fit["boot_high"] = math.nan
   if len(xc) >= 3 and np.any(xc != 0) and table.shape[1] > 1:
     slope = lambda m: ((m - m.mean(-1, keepdims=True)) @ xc / (xc @ xc))[..., None]
@@ -175,9 +189,7 @@ def regress_laws(rows: Sequence[dict], x_keys: Sequence[str], metric: str, *,
   Returns {x_key: {coef, ci_low, ci_high (t, n_laws − 1 − k dof), boot_low, boot_high
   (cluster bootstrap over seeds), dof}}.
   """
-  laws = unique(rows, law_key)
-  xmat = np.asarray([[select(rows, **{law_key: l})[0][k] for k in x_keys] for l in laws],
-                    np.float64)
+  xmat = _law_values(rows, law_key, x_keys)
   table = law_seed_table(rows, metric, law_key=law_key, seed_key=seed_key)
   means = table.mean(axis=1, skipna=True).to_numpy()
   ok = np.isfinite(means)
@@ -267,8 +279,3 @@ def verdict_from_slope(fit: dict[str, float], *, better: str, what: str, x_name:
     return (f"{what} {direction} with {x_name} on average over these laws, but the laws "
             f"scatter too much around the line to call it a law-level effect ({desc}).")
   return f"{what}: no detectable linear trend in {x_name} ({desc})."
-
-
-def apply_rows(rows: Sequence[dict], fn: Callable[[dict], dict]) -> list[dict]:
-  """Returns [dict(r, **fn(r))] (derived columns)."""
-  return [{**r, **fn(r)} for r in rows]

@@ -1,21 +1,18 @@
 """Studies on the one trainer: a base config, a list of points, and the rows they give.
 
-A study is a base config (`study_config`: the trainer's `base_config()` with the study's
-dataset, model, length and the training every study shares, `STUDY_TRAINING`) and a list
-of points, each a dict of config overrides ({"sampler.name": ..., "seed": ...}), exactly
-what a config file's `get_sweep()` returns. `train` runs every point through
-`mixjax.train.train_sweep` in this process, in OUT/runs/<point folder>, so
+A study setting is a base config (`study_config`: the trainer's `base_config()` with the
+study's dataset, model, length and the training every study shares, `STUDY_TRAINING`)
+and a list of points, each a dict of config overrides ({"sampler.name": ..., "seed":
+...}, `points` of `laws.law`s × seeds), exactly what a config file's `get_sweep()`
+returns. `python -m mixjax.main --config=<study file>:<setting> --sweep --workdir=W`
+trains them (`mixjax.train.train_sweep`) in W/<point folder> (`named_points`):
 
   * points that differ only in the seed, the λ-law's parameters (one sampler structure)
     and the optimizer's lr / weight decay train as one vmapped program on dense models
     (one per sampler structure: ERM, Beta(α), W-shaped, RegMixup, two-atom and
     three-atom laws), and one after another, sharing one compiled step, for
-    convolutional models on CPU (`mixjax.train.groups.group_mode`);
-  * every run equals the same run trained alone with `python -m mixjax.main`, and the
-    same folders come from `python -m mixjax.main --config=<study file>:<setting>
-    --sweep --workdir=OUT/runs`;
-  * a killed study rerun with the same command skips finished points and resumes the
-    others from their checkpoints;
+    convolutional models on CPU (`mixjax.train.groups.group_mode`); the groups are a
+    function of the sweep file, so a rerun or a resumed sweep gives the same numbers;
   * the same seed gives the same initialization and data order under every law and
     method, so comparisons between laws are paired (common random numbers).
 
@@ -38,7 +35,6 @@ import numpy as np
 
 from mixjax import samplers
 from mixjax.train import config as config_lib
-from mixjax import errors
 from mixjax.train import sweeps
 from mixjax.train import workdir as workdir_lib
 
@@ -63,10 +59,10 @@ METRICS = {
     "test_ts_nll": ("test", "nll_temp_scaled"), "test_ts_ece": ("test", "ece_temp_scaled"),
     "test_rs_ts_nll": ("test_rescaled", "nll_temp_scaled"),
     "test_rs_ts_ece": ("test_rescaled", "ece_temp_scaled"),
-    "temperature": ("test", "temperature"),
-    "rs_temperature": ("test_rescaled", "temperature"),
-    "val_accuracy": ("test", "val_accuracy"),
-    "val_rs_accuracy": ("test_rescaled", "val_accuracy"),
+    "temperature": ("val", "temperature"),
+    "rs_temperature": ("val_rescaled", "temperature"),
+    "val_accuracy": ("val", "accuracy"),
+    "val_rs_accuracy": ("val_rescaled", "accuracy"),
 }
 
 
@@ -109,21 +105,11 @@ def study_config(*, dataset: str, model: str, num_epochs: int, batch_size: int, 
   return sweeps.sweep_config(c, {**STUDY_TRAINING, **more})
 
 
-def law(name: str, **params: Any) -> dict[str, Any]:
-  """The overrides of a λ-law by registry name, e.g. law("beta", alpha=0.2)."""
-  return {"sampler.name": name, "sampler.params": dict(params)}
-
-
-def points(laws: Sequence[dict], seeds: Sequence[int], **extra: Any) -> list[dict]:
-  """Law-major points: every law (`law`) with every seed, plus `extra` overrides."""
+def points(law_list: Sequence[dict], seeds: Sequence[int], **extra: Any) -> list[dict]:
+  """Law-major points: every law (`laws.law`) with every seed, plus `extra` overrides
+  ({"a.b": value} as keyword arguments with "__" for ".")."""
   more = {k.replace("__", "."): v for k, v in extra.items()}
-  return [{**l, **more, "seed": int(s)} for l in laws for s in seeds]
-
-
-def sampler_of(overrides: dict) -> samplers.Sampler:
-  """The sampler a point's overrides name."""
-  return samplers.make_sampler(overrides["sampler.name"],
-                               **dict(overrides.get("sampler.params", {})))
+  return [{**l, **more, "seed": int(s)} for l in law_list for s in seeds]
 
 
 def named_points(config: ml_collections.ConfigDict, pts: Sequence[dict]
@@ -131,21 +117,6 @@ def named_points(config: ml_collections.ConfigDict, pts: Sequence[dict]
   """(folder, config) per point: the folder names of `python -m mixjax.main --sweep`."""
   return [(sweeps.point_name(i, p), sweeps.sweep_config(config, p))
           for i, p in enumerate(pts)]
-
-
-def train(config: ml_collections.ConfigDict, pts: Sequence[dict], runs_dir: str
-          ) -> list[tuple[str, ml_collections.ConfigDict]]:
-  """Trains every point (`mixjax.train.train_sweep`) in RUNS_DIR/<folder>; returns the
-  (folder, config) pairs. Points whose loss turned NaN are recorded as failed (their
-  rows have NaN metrics); the others are kept."""
-  from mixjax.train import groups  # pylint: disable=g-import-not-at-top
-  from mixjax.train import loop  # pylint: disable=g-import-not-at-top
-  named = named_points(config, pts)
-  try:
-    sweeps.train_sweep(named, runs_dir)
-  except errors.NonFiniteLossError as e:
-    print(f"[study] {e}", flush=True)
-  return named
 
 
 def _last_epoch_loss(run_dir: str, spe_steps: float) -> float:
@@ -186,7 +157,8 @@ def row(name: str, config: ml_collections.ConfigDict, runs_dir: str,
                global_strength=0.0)
   out["status"] = summary.get("status", "ok")
   for key, (col, metric) in METRICS.items():
-    src = summary.get(col) or summary.get("test") or {}
+    plain = col.replace("_rescaled", "")  # ERM-trained: rescaled = plain (θ̄ = 1)
+    src = summary.get(col) or summary.get(plain) or {}
     v = src.get(metric)
     out[key] = float("nan") if v is None else float(v)
   spe = summary["step"] / summary["epochs"] if summary.get("epochs") else math.inf

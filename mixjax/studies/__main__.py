@@ -1,0 +1,57 @@
+r"""The report step of a study: rows from the trained runs, then tables and figures.
+
+  # 1. train a setting (the one way to train: the main entry's sweep)
+  python -m mixjax.main --config=experiments/studies/mixing_law.py:mnist1d_mlp --sweep \
+      --workdir=runs/mixing_law/mnist1d_mlp
+  # 2. its rows (and the study's measurements) into results/mixing_law/mnist1d_mlp.json,
+  #    then the report of every saved setting (report.md, figures)
+  python -m mixjax.studies --config=experiments/studies/mixing_law.py:mnist1d_mlp \
+      --workdir=runs/mixing_law/mnist1d_mlp --out=results/mixing_law
+  # the report alone, from the saved JSON files (no setting named: nothing is collected)
+  python -m mixjax.studies --config=experiments/studies/mixing_law.py --out=results/mixing_law
+
+A study that trains nothing (collinearity) computes its setting in step 2, without
+--workdir. See `mixjax.studies.study` for what a study file holds. Bad input (an unknown
+setting, a workdir whose runs have not finished) exits with one line naming the fix.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+from mixjax import errors
+from mixjax.studies import study
+
+_CONFIG = flags.DEFINE_string(
+    "config", None, "The study file, experiments/studies/<study>.py, with :<setting> to "
+    "collect that setting before the report.", required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where `python -m mixjax.main --config=<same> --sweep` trained the "
+    "setting.")
+_OUT = flags.DEFINE_string("out", None, "The study's results folder (results/<study>).",
+                           required=True)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  try:
+    module, setting = study.load(_CONFIG.value)
+    os.makedirs(_OUT.value, exist_ok=True)
+    if setting is not None:
+      t0 = time.time()
+      path = study.collect(_CONFIG.value, _WORKDIR.value, _OUT.value)
+      print(f"[studies] {path} written in {time.time() - t0:.0f} s", flush=True)
+    module.report(_OUT.value)
+    print(f"[studies] {os.path.join(_OUT.value, 'report.md')} written", flush=True)
+  except errors.MixjaxError as e:
+    print(f"{e.prefix}: {e}" if e.prefix else str(e), file=sys.stderr)
+    sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+  app.run(main)
