@@ -167,8 +167,7 @@ def test_sampled_perturbations_have_lemma_2_moments_and_perturbed_erm_is_unbiase
   assert abs(float(vals.mean()) - exact) <= 5 * float(vals.std()) / np.sqrt(4000)
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "squared"])
-@pytest.mark.parametrize("shape", [(4, 4, 1), (3, 5, 2)])
+@pytest.mark.parametrize("loss,shape", [("cross_entropy", (4, 4, 1)), ("squared", (3, 5, 2))])
 def test_approx_estimators_agree_for_a_box_law(loss, shape):
   """lowrank = exact at full rank (dense Σ and eigenpair statistics); the stochastic
   estimator is unbiased (5 standard errors over 2000 keys)."""
