@@ -262,12 +262,12 @@ def test_conv_with_more_terms_or_strides_is_lax():
 
 # --- the models ---------------------------------------------------------------------
 
-MODELS = [("cnn", dict(stages=((32,), (64,))), (6, 28, 28, 1)),   # the recipe network
-          ("cnn", dict(stages=((8, 8), (16,)), dense_sizes=(32,)), (4, 32, 32, 3)),
-          ("cnn", dict(stages=((8,), (16,)), activation="gelu", dropout_rate=0.0),
-           (4, 28, 28, 1)),
-          ("lenet", dict(features=(8, 16)), (4, 28, 28, 1)),
-          ("lenet", dict(features=(16, 32), dense_sizes=(128,)), (8, 40, 1, 1))]
+MODELS = [("cnn", dict(stages=((32,), (64,))), (4, 28, 28, 1)),   # the recipe network
+          ("lenet", dict(features=(16, 32), dense_sizes=(128,)), (8, 40, 1, 1)),  # MNIST-1D
+          ("cnn", dict(stages=((8, 8), (16,)), dense_sizes=(32,)), (4, 12, 12, 3)),
+          ("cnn", dict(stages=((8,), (16,)), activation="gelu", dense_sizes=(32,)),
+           (4, 12, 12, 1)),
+          ("lenet", dict(features=(8, 16), dense_sizes=(32,)), (4, 13, 13, 1))]
 
 
 def _model_grads(name, kwargs, x, seed=0):
@@ -303,7 +303,7 @@ def _model_jvp(name, kwargs, x, seed=0):
   return jax.jit(lambda x, t: jax.jvp(f, (x,), (t,)))(x, tangent)
 
 
-@pytest.mark.parametrize("name,kwargs,shape", MODELS[:1] + MODELS[3:])
+@pytest.mark.parametrize("name,kwargs,shape", MODELS[:2])
 def test_models_forward_mode_equals_their_standard_layer_versions(name, kwargs, shape,
                                                                    monkeypatch):
   """Input-direction derivatives (`jax.jvp`, as the approximate mixup risk takes them)
