@@ -153,6 +153,19 @@ def test_study_config_sets_the_shared_training_explicitly():
                             lr=1e-3, method__term=("jacobian",))
 
 
+def test_compare_rows_is_bit_for_bit_but_for_wall_clock_times():
+  rows = [{"point": "00_a", "test_nll": 0.25, "test_ts_nll": None, "train_time_s": 3.0},
+          {"point": "01_b", "test_nll": float("nan"), "test_ts_nll": 1.0}]
+  same = [dict(r) for r in rows]
+  same[0]["train_time_s"], same[0]["test_ts_nll"] = 9.0, float("nan")
+  assert records.compare_rows(same, rows) == []
+  moved = [dict(r) for r in rows]
+  moved[1]["test_ts_nll"] = float(np.nextafter(1.0, 2.0))  # one ulp
+  assert records.compare_rows(moved, rows) == [
+      "01_b: test_ts_nll 1.0 -> 1.0000000000000002"]
+  assert records.compare_rows(rows[:1], rows) == ["1 rows against 2"]
+
+
 def test_studies_entry_refuses_an_unknown_setting_in_one_line():
   res = subprocess.run(
       [sys.executable, "-m", "mixjax.studies",

@@ -9,6 +9,9 @@ r"""The report step of a study: rows from the trained runs, then tables and figu
       --workdir=runs/mixing_law/mnist1d_mlp --out=results/mixing_law
   # the report alone, from the saved JSON files (no setting named: nothing is collected)
   python -m mixjax.studies --config=experiments/studies/mixing_law.py --out=results/mixing_law
+  # does a rerun reproduce the recorded rows? (bit for bit; exit status 1 if not)
+  python -m mixjax.studies --config=experiments/studies/mixing_law.py:mnist1d_mlp \
+      --workdir=runs/rerun --out=/tmp/rerun --compare_to=results/mixing_law/mnist1d_mlp.json
 
 A study that trains nothing (collinearity) computes its setting in step 2, without
 --workdir. See `mixjax.studies.study` for what a study file holds. Bad input (an unknown
@@ -24,6 +27,7 @@ from absl import app
 from absl import flags
 
 from mixjax import errors
+from mixjax.studies import records
 from mixjax.studies import study
 
 _CONFIG = flags.DEFINE_string(
@@ -34,6 +38,9 @@ _WORKDIR = flags.DEFINE_string(
     "setting.")
 _OUT = flags.DEFINE_string("out", None, "The study's results folder (results/<study>).",
                            required=True)
+_COMPARE_TO = flags.DEFINE_string(
+    "compare_to", None, "A saved record (results/<study>/<setting>.json) the collected rows "
+    "must equal, value by value (wall-clock times aside); exit status 1 if they do not.")
 
 
 def main(argv) -> None:
@@ -48,6 +55,19 @@ def main(argv) -> None:
       print(f"[studies] {path} written in {time.time() - t0:.0f} s", flush=True)
     module.report(_OUT.value)
     print(f"[studies] {os.path.join(_OUT.value, 'report.md')} written", flush=True)
+    if _COMPARE_TO.value:
+      if setting is None:
+        raise errors.ConfigError("--compare_to needs a setting to collect, "
+                                 f"--config={_CONFIG.value}:<setting>.")
+      ref = os.path.splitext(_COMPARE_TO.value)
+      diffs = records.compare_rows(
+          records.load(_OUT.value, setting)["runs"],
+          records.load(os.path.dirname(ref[0]) or ".", os.path.basename(ref[0]))["runs"])
+      print("\n".join(diffs) + f"\n[studies] {len(diffs)} rows differ from "
+            f"{_COMPARE_TO.value}" if diffs else
+            f"[studies] every row equals {_COMPARE_TO.value}", flush=True)
+      if diffs:
+        sys.exit(1)
   except errors.MixjaxError as e:
     print(f"{e.prefix}: {e}" if e.prefix else str(e), file=sys.stderr)
     sys.exit(e.exit_code)

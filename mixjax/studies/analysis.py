@@ -76,7 +76,7 @@ def group_summary(rows: Sequence[dict] | pd.DataFrame, by: str | Sequence[str],
 
   Returns a DataFrame indexed by `by` with columns `keep` (the group's first value),
   m, m + "_se" (NaN for fewer than 2 values) and m + "_n" for each metric m, and "n",
-  the count of the first metric.
+  the count of the first metric (unless `keep` has a column "n").
   """
   df = frame(rows)
   metrics = list(metrics)
@@ -87,7 +87,8 @@ def group_summary(rows: Sequence[dict] | pd.DataFrame, by: str | Sequence[str],
     out[m] = stats[(m, "mean")]
     out[m + "_se"] = stats[(m, "sem")]
     out[m + "_n"] = stats[(m, "count")]
-  out["n"] = out[metrics[0] + "_n"]
+  if "n" not in out:
+    out["n"] = out[metrics[0] + "_n"]
   return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -31,8 +32,24 @@ def _git(*args: str) -> str | None:
   return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _cpu() -> dict[str, Any]:
+  """The CPU's model name and its vector-instruction flags (/proc/cpuinfo; empty
+  elsewhere): XLA:CPU compiles for the host's instruction set, and the last bits of some
+  results (e.g. transcendental functions in the λ draws) may depend on it."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      info = dict(l.split(":", 1) for l in f.read().split("\n\n")[0].splitlines() if ":" in l)
+  except OSError:
+    return {}
+  info = {k.strip(): v.strip() for k, v in info.items()}
+  flags = sorted(f for f in info.get("flags", "").split()
+                 if f.startswith(("avx", "fma", "sse4", "amx", "f16c")))
+  return {"cpu_model": info.get("model name"), "cpu_flags": flags}
+
+
 def provenance() -> dict[str, Any]:
-  """Package versions, git revision (and whether the tree was dirty), devices, command."""
+  """Package versions, git revision (and whether the tree was dirty), the machine (CPU
+  model and vector flags, devices), the command."""
   import jax  # pylint: disable=g-import-not-at-top
   versions = {}
   for p in _PACKAGES:
@@ -50,6 +67,7 @@ def provenance() -> dict[str, Any]:
       "platform": platform.platform(),
       "processor": platform.processor() or platform.machine(),
       "cpu_count": os.cpu_count(),
+      **_cpu(),
       "jax_backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()],
       "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
@@ -114,3 +132,27 @@ def load(out_dir: str, name: str) -> dict[str, Any]:
   npz = os.path.join(out_dir, f"{name}_arrays.npz")
   record["arrays"] = dict(np.load(npz)) if os.path.exists(npz) else {}
   return record
+
+
+WALL_CLOCK = ("train_time_s", "seconds")  # row keys that measure time, not results
+
+
+def compare_rows(rows: list[dict], reference: list[dict],
+                 ignore: tuple[str, ...] = WALL_CLOCK) -> list[str]:
+  """The differences between two lists of rows (e.g. a rerun against a saved record),
+  value by value and bit for bit (NaN equals NaN; None equals NaN), ignoring `ignore`;
+  one line per differing row ("point: key a -> b, ..."), empty when they are equal."""
+  def same(a, b):
+    a, b = (math.nan if v is None else v for v in (a, b))
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+
+  if len(rows) != len(reference):
+    return [f"{len(rows)} rows against {len(reference)}"]
+  out = []
+  for r, ref in zip(rows, reference):
+    keys = [k for k in dict.fromkeys([*ref, *r]) if k not in ignore
+            and not same(r.get(k), ref.get(k))]
+    if keys:
+      out.append(f"{ref.get('point', ref.get('law'))}: " + ", ".join(
+          f"{k} {ref.get(k)!r} -> {r.get(k)!r}" for k in keys))
+  return out
