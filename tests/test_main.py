@@ -16,9 +16,11 @@ from mixjax import train
 from mixjax.train import config as config_lib
 from mixjax import errors
 from mixjax.train import sweeps
+from mixjax.train import workdir as workdir_lib
 from mixjax.train import validate
 from mixjax.train import groups
 from mixjax.train import loop
+from mixjax.train import setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST1D = os.path.join(ROOT, "experiments", "mnist1d.py")
@@ -187,24 +189,33 @@ def test_main_rejects_bad_input_before_training(tmp_path, monkeypatch, capsys):
   assert f"--workdir={blocker / 'run'}" in one_line_error(capsys)
 
 
-def test_main_refuses_a_workdir_started_with_another_config(tmp_path, monkeypatch, capsys):
-  """A workdir whose run (here: a summary) was made with α = 1, rerun with α = 0.2:
-  exit 5 before any data is loaded, one line listing the key old -> new and the way
-  out; config.json is not overwritten."""
-  from mixjax.train import config as cfg  # pylint: disable=g-import-not-at-top
-  module = cfg.load_config_module(MNIST1D)
-  (tmp_path / "config.json").write_text(cfg.config_to_json(module.get_config()))
-  (tmp_path / "summary.json").write_text("{}")
+@pytest.mark.parametrize("finished", [True, False], ids=["finished", "unfinished"])
+def test_main_refuses_a_workdir_started_with_another_config(finished, tmp_path, monkeypatch,
+                                                            capsys):
+  """A workdir whose run was made with α = 1, rerun with α = 0.2: exit 5 before any data
+  is loaded, one line listing the key old -> new and the way out; config.json is not
+  overwritten. A finished run (a summary) is refused even with allow_config_change=True:
+  nothing would be retrained, so its results would only be relabelled; an unfinished
+  one (a checkpoint) names allow_config_change=True as the way to continue it."""
+  module = sweeps.load_config_module(MNIST1D)
+  (tmp_path / "config.json").write_text(workdir_lib.config_to_json(module.get_config()))
+  if finished:
+    (tmp_path / "summary.json").write_text("{}")
+  else:
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
   before = (tmp_path / "config.json").read_text()
-  monkeypatch.setattr(loop.data_lib, "load_dataset",
+  monkeypatch.setattr(setup.data_lib, "load_dataset",
                       lambda *a, **k: pytest.fail("data loaded"))
-  with pytest.raises(SystemExit) as e:
-    run_main([f"--config={MNIST1D}", f"--workdir={tmp_path}",
-               '--config.sampler.params={"alpha": 0.2}'], monkeypatch)
-  assert e.value.code == 5
-  line = one_line_error(capsys)
-  assert "sampler.params.alpha: 1.0 -> 0.2" in line
-  assert "--config.allow_config_change=True" in line and "fresh --workdir" in line
+  flags_ = [f"--config={MNIST1D}", f"--workdir={tmp_path}",
+            '--config.sampler.params={"alpha": 0.2}']
+  for extra in ([], ["--config.allow_config_change=True"]) if finished else ([],):
+    with pytest.raises(SystemExit) as e:
+      run_main(flags_ + extra, monkeypatch)
+    assert e.value.code == 5
+    line = one_line_error(capsys)
+    assert "sampler.params.alpha: 1.0 -> 0.2" in line and "fresh --workdir" in line
+    assert ("--config.allow_config_change=True" in line) == (not finished), line
+    assert ("Nothing would be retrained" in line) == finished, line
   assert (tmp_path / "config.json").read_text() == before
 
 

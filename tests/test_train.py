@@ -21,6 +21,7 @@ from mixjax import errors
 from mixjax.train import sweeps
 from mixjax.train import groups
 from mixjax.train import loop
+from mixjax.train import setup
 from mixjax.train import writers
 from conftest import comparable, get_config, read_summary  # pylint: disable=g-bad-import-order
 
@@ -162,12 +163,19 @@ def test_resume_after_interruption_matches_uninterrupted_run(reference, interrup
   assert comparable(writers.read_metrics(wd)) == comparable(writers.read_metrics(full))
   for key in ("test", "test_rescaled", "param_l1"):
     assert got[key] == ref[key]
-  # Running the finished command again only re-evaluates: nothing changes.
+  # Running the finished command again trains and evaluates nothing: same summary.
+  mtime = os.path.getmtime(os.path.join(wd, "summary.json"))
   again = groups.train_and_evaluate(resume_config(), wd)
-  assert again["resumed_from_step"] == 9 and _resumes(wd) == [6, 9]
-  assert _train_steps(wd) == list(range(1, 10))
-  assert comparable(writers.read_metrics(wd)) == comparable(writers.read_metrics(full))
+  assert again == read_summary(wd) and _resumes(wd) == [6]
+  assert os.path.getmtime(os.path.join(wd, "summary.json")) == mtime
   assert again["test"] == ref["test"] and again["param_l1"] == ref["param_l1"]
+  # An evaluation-only change re-evaluates the same weights, and says so.
+  rebinned = groups.train_and_evaluate(resume_config(**{"eval.num_bins": 10}), wd)
+  assert rebinned["resumed_from_step"] == 9 and _resumes(wd) == [6, 9]
+  assert rebinned["config_changes"] == {"eval.num_bins": [15, 10]}
+  assert rebinned["param_l1"] == ref["param_l1"]
+  assert rebinned["test"]["accuracy"] == ref["test"]["accuracy"]
+  assert _train_steps(wd) == list(range(1, 10))
 
 
 def _truncate_arrays(workdir, step):
@@ -219,23 +227,35 @@ def test_no_restorable_checkpoint_stops_and_names_the_folder(interrupted, tmp_pa
   assert "shape" in msg  # the other model's error is named
 
 
-def test_changed_config_is_refused_unless_allowed(reference, tmp_path):
+def test_changed_config_is_refused_unless_allowed(reference, interrupted, tmp_path):
   """A finished workdir rerun with another λ law or another model: refused, listing the
-  keys old -> new, config.json untouched, before any data is loaded. A change in the
-  allow-list (here log_every_steps) resumes and rewrites config.json."""
+  keys old -> new and saying nothing would be retrained, even with
+  allow_config_change=True (the old weights would be relabelled), config.json and
+  summary.json untouched, before any data is loaded. An unfinished run may continue with
+  a changed config only with allow_config_change=True. A change in the allow-list (here
+  log_every_steps) resumes and rewrites config.json."""
   wd = _copy(reference[0], tmp_path / "w")
-  before = open(os.path.join(wd, "config.json")).read()
-  with mock.patch.object(loop.data_lib, "load_dataset",
+  before = {f: open(os.path.join(wd, f)).read() for f in ("config.json", "summary.json")}
+  with mock.patch.object(setup.data_lib, "load_dataset",
                          side_effect=AssertionError("data loaded")):
-    with pytest.raises(errors.WorkdirError) as e:
-      groups.train_and_evaluate(resume_config(**{"sampler.params": {"alpha": 0.2}}), wd)
-    assert "sampler.params.alpha: 1.0 -> 0.2" in str(e.value)
-    assert "allow_config_change=True" in str(e.value) and "fresh --workdir" in str(e.value)
+    for allow in (False, True):
+      with pytest.raises(errors.WorkdirError) as e:
+        groups.train_and_evaluate(resume_config(**{"sampler.params": {"alpha": 0.2},
+                                                   "allow_config_change": allow}), wd)
+      msg = str(e.value)
+      assert "sampler.params.alpha: 1.0 -> 0.2" in msg and "finished run" in msg, msg
+      assert "Nothing would be retrained" in msg and "fresh --workdir" in msg, msg
+      assert "allow_config_change=True" not in msg
     with pytest.raises(errors.WorkdirError) as e:
       groups.train_and_evaluate(resume_config(**{"model.kwargs": {"features": (8,),
                                                                 "dense_sizes": (8,)}}), wd)
     assert "model.kwargs.features: [4] -> [8]" in str(e.value)
-  assert open(os.path.join(wd, "config.json")).read() == before
+    unfinished = _copy(interrupted, tmp_path / "unfinished")
+    with pytest.raises(errors.WorkdirError) as e:
+      groups.train_and_evaluate(resume_config(**{"sampler.params": {"alpha": 0.2}}),
+                                unfinished)
+    assert "allow_config_change=True" in str(e.value) and "fresh --workdir" in str(e.value)
+  assert before == {f: open(os.path.join(wd, f)).read() for f in before}
   got = groups.train_and_evaluate(resume_config(log_every_steps=3), wd)
   assert got["resumed_from_step"] == 9 and got["test"] == reference[1]["test"]
   with open(os.path.join(wd, "config.json")) as f:
@@ -245,8 +265,10 @@ def test_changed_config_is_refused_unless_allowed(reference, tmp_path):
 def test_workdir_from_before_a_new_knob_resumes_unless_the_knob_is_changed(reference,
                                                                           tmp_path):
   """A config.json written before knobs were added (here num_seeds and steps_per_call
-  removed from it) resumes when the new knobs have their defaults; a new knob set to
-  something else is a change like any other (num_seeds: <absent> -> 2, refused)."""
+  removed from it) is the same config when the new knobs have their defaults (the
+  finished run is not trained or evaluated again; with an evaluation change it is
+  re-evaluated and config.json rewritten); a new knob set to something else is a change
+  like any other (num_seeds: <absent> -> 2, refused)."""
   wd = _copy(reference[0], tmp_path / "old")
   path = os.path.join(wd, "config.json")
   with open(path) as f:
@@ -255,7 +277,9 @@ def test_workdir_from_before_a_new_knob_resumes_unless_the_knob_is_changed(refer
   with open(path, "w") as f:
     json.dump(old, f)
   got = groups.train_and_evaluate(resume_config(), wd)
-  assert got["resumed_from_step"] == 9 and got["test"] == reference[1]["test"]
+  assert got == reference[1]
+  got = groups.train_and_evaluate(resume_config(**{"eval.num_bins": 10}), wd)
+  assert got["resumed_from_step"] == 9 and got["param_l1"] == reference[1]["param_l1"]
   with open(path) as f:  # rewritten with the new knobs
     old = json.load(f)
   assert old["num_seeds"] == 1
@@ -304,14 +328,14 @@ def test_saved_predictions_reproduce_the_summary(reference):
   assert z["test_logits"].shape == (1000, 10) and z["val_logits"].shape == (400, 10)
   for col, suffix in (("test", ""), ("test_rescaled", "_rescaled")):
     test, val = z["test_logits" + suffix], z["val_logits" + suffix]
-    ref = summary[col]
+    ref, ref_val = summary[col], summary[col.replace("test", "val")]
     got = metrics(test, z["test_labels"])
     for k in ("accuracy", "nll", "ece", "brier"):
       assert got[k] == pytest.approx(ref[k], rel=1e-4, abs=1e-5), (col, k)
     assert metrics(val, z["val_labels"])["accuracy"] == pytest.approx(
-        ref["val_accuracy"], abs=1e-6)
+        ref_val["accuracy"], abs=1e-6)
     t = fit_t(val, z["val_labels"])
-    assert t == pytest.approx(ref["temperature"], rel=1e-3)
+    assert t == pytest.approx(ref_val["temperature"], rel=1e-3)
     cal = metrics(test, z["test_labels"], t)
     assert cal["nll"] == pytest.approx(ref["nll_temp_scaled"], rel=1e-4)
     assert cal["ece"] == pytest.approx(ref["ece_temp_scaled"], abs=2e-3)

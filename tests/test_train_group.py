@@ -358,6 +358,8 @@ def test_sweep_over_law_parameters_is_one_vmapped_program_equal_to_each_run(tmp_
   assert sorted(os.listdir(wd)) == sorted([p[0] for p in points] + ["group_000_3",
                                                                      "summary.json"])
   assert read_summary(wd / points[1][0])["checkpoint"] == {
+      "mode": "vmapped", "group": [f"../{p[0]}" if i != 1 else "."
+                                   for i, p in enumerate(points[:3])],
       "workdir": "../group_000_3", "run": 1, "num_runs": 3}
   lrs = [[r["train/lr"] for r in writers.read_metrics(str(wd / p[0])) if "train/lr" in r]
          for p in points[:2]]
@@ -406,12 +408,13 @@ def test_swapping_per_run_optimizer_values_in_a_vmapped_sweep_changes_the_runs(t
     points = sweeps.sweep_point_configs(config, f"{path}:{arg}")
     assert len(sweeps.law_groups(points)) == 1  # one vmapped program
     sweeps.train_sweep(points, str(tmp_path / arg))
-    out[arg] = [read_summary(tmp_path / arg / name)["param_l1"] for name, _ in points]
+    out[arg] = [_losses(str(tmp_path / arg / name))[-1] for name, _ in points]
   for r in range(2):
-    assert abs(out["plain"][r] - out["swapped"][r]) > 1e-3 * abs(out["plain"][r])
-  # The same run (seed, lr, wd) trained in each sweep: equal up to float rounding.
-  alone = groups.train_and_evaluate(
+    assert abs(out["plain"][r] - out["swapped"][r]) > 0.02 * abs(out["plain"][r])
+  # The run (seed 1, lr 0.1, wd 0) of the swapped sweep is that run trained alone.
+  alone_wd = str(tmp_path / "alone")
+  groups.train_and_evaluate(
       sweeps.sweep_config(sweeps.load_config_module(str(path)).get_config(),
                           {"seed": 1, "optimizer.lr": 0.1, "optimizer.weight_decay": 0.0}),
-      str(tmp_path / "alone"))
-  assert out["swapped"][1] == pytest.approx(alone["param_l1"], rel=1e-5)
+      alone_wd)
+  assert out["swapped"][1] == pytest.approx(_losses(alone_wd)[-1], rel=1e-5)

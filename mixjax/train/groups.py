@@ -114,8 +114,9 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
   """R ≥ 1 runs, each in its folder `dirs[r]`; {folder name: summary}.
 
   The runs must share everything but `setup.per_run_keys` (a seed group; the points of
-  a sweep group). A finished run rerun with the same config trains and evaluates
-  nothing (`finished_runs`: its summary is returned); with a changed length of training
+  a sweep group). The configs are checked first, before any data is loaded
+  (`check_configs`). A finished run rerun with the same config trains and evaluates
+  nothing (its summary is returned); with a changed length of training
   or evaluation (`config.RESUMABLE_CHANGES`) it continues or is re-evaluated, and its
   summary records the changes; with any other change it is refused (`workdir`). A
   vmapped group trains unless every run is done, so its runs are always those of one
@@ -131,7 +132,9 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
       WORKDIR/config.json (a sweep group has none: each run's folder holds its config).
     interrupt_at_step: see `train_and_evaluate`.
   """
-  done = finished_runs(configs, dirs)
+  changes, finished = check_configs(configs, dirs, workdir, group_config)
+  done = {os.path.basename(d): workdir_lib.finished_summary(d)
+          for d, f, ch in zip(dirs, finished, changes) if f and not ch}
   if len(done) == len(dirs):
     return done
   if ds is None:
@@ -143,62 +146,60 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
                  ", ".join(os.path.basename(d) for d in dirs), mode)
   if mode != "sequential":
     return train_program(configs, dirs, workdir, devices=devices, ds=ds, model=model,
-                         group_config=group_config, interrupt_at_step=interrupt_at_step)
-  if group_config is not None:
-    ckpt_dir = os.path.join(workdir, "checkpoints")  # a single run's, in this workdir
-    workdir_lib.check_workdir_config(
-        group_config, workdir, write=jax.process_index() == 0,
-        has_run=any(os.path.isdir(d) for d in dirs)
-        or os.path.exists(os.path.join(workdir, writers.SUMMARY_FILE))
-        or (os.path.isdir(ckpt_dir) and bool(os.listdir(ckpt_dir))))
+                         changes=changes, interrupt_at_step=interrupt_at_step)
   summaries, programs = {}, []  # programs: [(context, compiled programs)], shared
-  for c, d in zip(configs, dirs):
+  for c, d, ch in zip(configs, dirs, changes):
     name = os.path.basename(d)
     if name in done:
       logging.info("%s finished already; not trained again.", d)
       summaries[name] = done[name]
       continue
     summaries.update(train_program([c], [d], d, devices=devices, ds=ds, model=model,
-                                   programs=programs, interrupt_at_step=interrupt_at_step))
+                                   changes=[ch], programs=programs,
+                                   interrupt_at_step=interrupt_at_step))
   return summaries
 
 
-def finished_runs(configs, dirs) -> dict[str, dict[str, Any]]:
-  """{folder name: summary} of the runs that have finished with the same config (up to
-  keys that change nothing, `workdir.check_workdir_config`): nothing to do for them.
+def _holds_run(folder: str) -> bool:
+  """The folder holds a run: checkpoints or a summary."""
+  ckpt = os.path.join(folder, "checkpoints")
+  return (os.path.isdir(ckpt) and bool(os.listdir(ckpt))) or os.path.exists(
+      os.path.join(folder, writers.SUMMARY_FILE))
+
+
+def check_configs(configs, dirs, workdir: str, group_config=None):
+  """Before any data is loaded: each run's config against its folder's config.json, and
+  a seed group's config against WORKDIR's (`workdir.check_workdir_config`, which
+  writes them). Returns (each run's accepted changes, whether each had finished).
 
   Raises:
-    WorkdirError: a finished run's config differs in a key that would need retraining
-      (its results would be relabelled).
+    WorkdirError: a config differs in a key the policy refuses (a finished run would be
+      relabelled; an unfinished one resumed under another config).
   """
-  done = {}
-  for c, d in zip(configs, dirs):
-    summary = workdir_lib.finished_summary(d)
-    if summary is not None and not workdir_lib.check_workdir_config(
-        c, d, has_run=True, finished=True, write=False):
-      done[os.path.basename(d)] = summary
-  return done
+  write = jax.process_index() == 0
+  finished = [workdir_lib.finished_summary(d) is not None for d in dirs]
+  group_run = _holds_run(workdir)
+  if group_config is not None:
+    workdir_lib.check_workdir_config(
+        group_config, workdir, write=write, finished=all(finished),
+        has_run=group_run or any(os.path.isdir(d) for d in dirs))
+  changes = [workdir_lib.check_workdir_config(
+      c, workdir_lib.make_workdir(d), write=write, finished=f,
+      has_run=_holds_run(d) or (group_config is None and group_run))
+             for c, d, f in zip(configs, dirs, finished)]
+  return changes, finished
 
 
-def train_program(configs, dirs, workdir, *, devices, ds, model, group_config=None,
+def train_program(configs, dirs, workdir, *, devices, ds, model, changes,
                   programs: list | None = None, interrupt_at_step: int | None = None
                   ) -> dict[str, dict[str, Any]]:
-  """The runs `configs` as one program (vmapped over a run axis when R > 1; see
-  `train_runs` for the arguments); `programs`: [(context, compiled programs)] to reuse
-  between runs with equal contexts (a sequential group)."""
+  """The runs `configs` (checked: `check_configs`, whose `changes` their summaries
+  record) as one program, vmapped over a run axis when R > 1 (see `train_runs` for the
+  arguments); `programs`: [(context, compiled programs)] to reuse between runs with
+  equal contexts (a sequential group)."""
   num_runs = len(configs) if len(configs) > 1 else None
   base = configs[0]
   ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=base.max_to_keep)
-  finished = [workdir_lib.finished_summary(d) is not None for d in dirs]
-  has_run = bool(ckpt.all_steps()) or any(finished)
-  write = jax.process_index() == 0
-  if group_config is not None:
-    workdir_lib.check_workdir_config(group_config, workdir, write=write, has_run=has_run,
-                                     finished=all(finished))
-  changes = [workdir_lib.check_workdir_config(
-      c, workdir_lib.make_workdir(d), write=write, finished=f,
-      has_run=(has_run and group_config is None) or f)
-             for c, d, f in zip(configs, dirs, finished)]
   mesh = sharding.make_mesh(devices)
   num_train = int(ds.train_x.shape[0])
   spe = feeding.batching.steps_per_epoch(num_train, base.batch_size)
@@ -232,7 +233,9 @@ def train_program(configs, dirs, workdir, *, devices, ds, model, group_config=No
   state, train_time = loop.train(
       base, state, step, predict, ds, ckpt, writer, start=start, total=total, spe=spe,
       devices=devices, interrupt_at_step=interrupt_at_step, num_runs=num_runs)
-  training = [{"workdir": os.path.relpath(workdir, d), "run": r if num_runs else None,
+  training = [{"mode": "vmapped" if num_runs else "alone",
+               "group": [os.path.relpath(g, d) for g in dirs] if num_runs else None,
+               "workdir": os.path.relpath(workdir, d), "run": r if num_runs else None,
                "num_runs": num_runs} for r, d in enumerate(dirs)]
   summaries = summary_lib.finish_runs(
       configs, dirs, state, predict=predict, ds=ds, writer=writer, total=total, spe=spe,

@@ -1,13 +1,21 @@
 """The end of a program: each run's final evaluation and its `summary.json`.
 
-For each run (`finish_runs`): test accuracy, NLL, ECE (15 bins), Brier and the other
-metrics of `mixjax.eval.evaluate`; the same after temperature scaling fitted on the
-validation split; for the mixup family (mixup, regmixup, erm_transformed, perturbed_erm,
-approx) the same again with test-time rescaling (docs/THEORY.md §5, `theory.rescaled`
-with θ̄ of the run's training law, `samplers.regmixup_equivalent` for RegMixup), side
-by side. Written to the run's `summary.json` (with what the run was and how it was
-trained) and printed; the logits go to `predictions.npz` (`writers.write_summary`). A
-run of a group whose loss turned non-finite gets a summary marked failed, with the step.
+For each run (`finish_runs`), the evaluations of `mixjax.eval.evaluate`, under one name
+each in summary.json, metrics.jsonl (the final record, `"final": true`, at the last
+step, keys `<column>/<metric>`) and the printed table:
+  test           accuracy, NLL, ECE (15 bins), Brier, classwise / adaptive / smooth
+                 ECE, AURC, and ece / nll / brier after temperature scaling
+                 (`*_temp_scaled`, T fitted on the validation split);
+  val            the validation split: its accuracy and the fitted temperature;
+  test_rescaled, val_rescaled   the same with test-time rescaling, for the mixup family
+                 (mixup, regmixup, erm_transformed, perturbed_erm, approx;
+                 docs/THEORY.md §5, `theory.rescaled` with θ̄ of the run's training law,
+                 `samplers.regmixup_equivalent` for RegMixup).
+The summary also says what the run was (dataset, model, method, the sampler's name,
+parameters and label, θ̄ and the strengths, the seed) and how it was trained
+("checkpoint": alone, or vmapped in a group, and where its states are). The logits go to
+`predictions.npz` (`writers.write_summary`). A run of a group whose loss turned
+non-finite gets a summary marked failed, with the step.
 """
 from __future__ import annotations
 
@@ -32,11 +40,14 @@ def run_summary(config: ml_collections.ConfigDict, state, *, total: int, spe: in
   """What the run was (summary.json without the evaluations)."""
   return {
       "dataset": config.dataset.name, "model": config.model.name,
-      "method": config.method.name, "sampler": config.sampler.name,
+      "method": config.method.name,
+      "sampler": {"name": config.sampler.name, "params": dict(config.sampler.params),
+                  "label": methods_lib.make_law(config.sampler).label},
       "seed": int(config.seed),
       "step": total, "epochs": total / spe, "num_devices": num_devices,
       "theta_bar": None if moments is None else float(moments.mean),
       "strength": None if moments is None else float(moments.strength),
+      "global_strength": None if moments is None else float(moments.global_strength),
       "train_time_s": train_time,
       "resumed_from_step": resumed_from_step,
       "process_index": jax.process_index(), "process_count": jax.process_count(),
@@ -46,22 +57,37 @@ def run_summary(config: ml_collections.ConfigDict, state, *, total: int, spe: in
   }
 
 
+COLUMNS = ("test", "val", "test_rescaled", "val_rescaled")
+# `eval.evaluate`'s keys that describe the validation split, not the test split.
+_VAL_KEYS = {"val_accuracy": "accuracy", "temperature": "temperature"}
+
+
 def final_records(summary: dict[str, Any]) -> dict[str, Any]:
-  return ({"final/" + k: v for k, v in summary["test"].items()}
-          | {"final_rescaled/" + k: v for k, v in summary.get("test_rescaled", {}).items()})
+  """The final metrics.jsonl record: `<column>/<metric>` as in summary.json."""
+  return {"final": True} | {f"{col}/{k}": v for col in COLUMNS
+                            for k, v in (summary.get(col) or {}).items()}
+
+
+def _split(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """`eval.evaluate`'s output as (test metrics, validation entries)."""
+  test = {k: v for k, v in metrics.items() if k not in _VAL_KEYS}
+  val = {_VAL_KEYS[k]: v for k, v in metrics.items() if k in _VAL_KEYS}
+  return test, val
 
 
 def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds):
-  """{"test": metrics, "test_rescaled": metrics (the mixup family, if config.eval.rescale)}
-  and the logits they were computed from (plain, rescaled)."""
+  """{"test", "val"} and, for the mixup family if config.eval.rescale, {"test_rescaled",
+  "val_rescaled"} (module docstring), and the logits they were computed from (plain,
+  rescaled)."""
   logits, logits_rescaled = {}, {}
-  results = {"test": eval_lib.evaluate(predict, state.variables, ds,
-                                       num_bins=config.eval.num_bins, rescale=False,
-                                       logits=logits)}
+  results = {}
+  results["test"], results["val"] = _split(eval_lib.evaluate(
+      predict, state.variables, ds, num_bins=config.eval.num_bins, rescale=False,
+      logits=logits))
   if config.eval.rescale and config.method.name in methods_lib.MIXUP_FAMILY:
-    results["test_rescaled"] = eval_lib.evaluate(
+    results["test_rescaled"], results["val_rescaled"] = _split(eval_lib.evaluate(
         predict, state.variables, ds, num_bins=config.eval.num_bins, rescale=True,
-        logits=logits_rescaled)
+        logits=logits_rescaled))
   return results, logits, logits_rescaled
 
 
@@ -75,7 +101,9 @@ def finish_runs(configs, dirs, state, *, predict, ds, writer, total: int, spe: i
     state: the program's final state (a leading run axis when len(configs) > 1).
     predict: the `eval.Predictor` of the program (θ̄ replaced per run).
     moments: each run's θ-moments (None outside the mixup family).
-    training: each run's "checkpoint" entry: where its states are and how it trained.
+    training: each run's "checkpoint" entry: how it trained ("mode": "alone" or
+      "vmapped" with "group": the folders of the program's runs) and where its states
+      are ("workdir", and its index "run" among "num_runs" stacked runs).
     changes: each run's config changes accepted on this rerun ({key: (old, new)},
       `workdir.check_workdir_config`), recorded as "config_changes".
   """

@@ -16,6 +16,8 @@ import numpy as np
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 PREDICTIONS_FILE = "predictions.npz"
+# The evaluations a seed group's summary averages over its runs.
+GROUP_COLUMNS = ("test", "val", "test_rescaled", "val_rescaled")
 
 
 def _py(v: Any) -> Any:
@@ -123,7 +125,8 @@ def write_json(path: str, value: Any) -> None:
 def write_group_summary(workdir: str, summaries: dict[str, dict[str, Any]]) -> dict:
   """WORKDIR/summary.json of a seed group: each run's folder, status and test metrics,
   and per metric the mean, sample standard deviation and count over the runs that
-  finished (`"test"`, and `"test_rescaled"` when the runs have it). Printed as a table.
+  finished (`GROUP_COLUMNS`: "test", "val", and the rescaled ones when the runs have
+  them). Printed as a table.
 
   Args:
     workdir: the group's folder.
@@ -136,7 +139,7 @@ def write_group_summary(workdir: str, summaries: dict[str, dict[str, Any]]) -> d
                    **({"failed_at_step": v["failed_at_step"]}
                       if "failed_at_step" in v else {}),
                    "test": v.get("test")} for k, v in summaries.items()}}
-  for col in ("test", "test_rescaled"):
+  for col in GROUP_COLUMNS:
     rows = [v[col] for v in ok.values() if v.get(col)]
     if not rows:
       continue
@@ -149,7 +152,7 @@ def write_group_summary(workdir: str, summaries: dict[str, dict[str, Any]]) -> d
     write_json(os.path.join(workdir, SUMMARY_FILE), group)
     lines = [f"Seed group: {len(ok)} of {len(summaries)} runs finished "
              "(mean ± sample std over the finished runs):"]
-    for col in ("test", "test_rescaled"):
+    for col in GROUP_COLUMNS:
       for metric, st in group.get(col, {}).items():
         lines.append(f"  {col + '/' + metric:<34}{st['mean']:>10.4f} ± {st['std']:.4f}")
     for k, v in summaries.items():
@@ -166,19 +169,29 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-  """The final table: one column per evaluation (plain, and rescaled when present)."""
-  cols = [("test", summary["test"])]
+  """The final table: one column per evaluation (plain, and rescaled when present),
+  headed by the run's seed and law."""
+  cols = [("test", summary["test"], summary.get("val") or {})]
   if summary.get("test_rescaled"):
-    cols.append((f"rescaled (θ̄={summary['theta_bar']:.4f})", summary["test_rescaled"]))
-  rows = ["accuracy", "nll", "ece", "brier", "temperature", "ece_temp_scaled",
-          "nll_temp_scaled"]
-  lines = [f"Final evaluation after {summary['step']} steps ({summary['epochs']:.1f} "
-           f"epochs, {summary['method']}, {summary['dataset']}, {summary['model']}):",
-           f"  {'metric':<18}" + "".join(f"{name:>26}" for name, _ in cols)]
+    cols.append((f"rescaled (θ̄={summary['theta_bar']:.4f})", summary["test_rescaled"],
+                 summary.get("val_rescaled") or {}))
+  rows = ["accuracy", "nll", "ece", "brier", "classwise_ece", "adaptive_ece",
+          "smooth_ece", "aurc", "ece_temp_scaled", "nll_temp_scaled"]
+  sampler = summary.get("sampler") or {}
+  law = sampler.get("label") if isinstance(sampler, dict) else sampler
+  lines = [f"Final evaluation of seed {summary.get('seed')} after {summary['step']} "
+           f"steps ({summary['epochs']:.1f} epochs, {summary['method']}"
+           + (f" {law}" if law and summary["method"] != "erm" else "")
+           + f", {summary['dataset']}, {summary['model']}):",
+           f"  {'test metric':<18}" + "".join(f"{name:>26}" for name, _, _ in cols)]
   for r in rows:
-    if any(r in c for _, c in cols):
+    if any(r in c for _, c, _ in cols):
       lines.append(f"  {r:<18}" + "".join(
-          f"{c[r]:>26.4f}" if r in c else f"{'-':>26}" for _, c in cols))
+          f"{c[r]:>26.4f}" if r in c else f"{'-':>26}" for _, c, _ in cols))
+  for r in ("accuracy", "temperature"):
+    if any(r in v for _, _, v in cols):
+      lines.append(f"  {'val ' + r:<18}" + "".join(
+          f"{v[r]:>26.4f}" if r in v else f"{'-':>26}" for _, _, v in cols))
   return "\n".join(lines)
 
 
