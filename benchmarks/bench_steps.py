@@ -19,6 +19,10 @@ Variants:
 - erm: mean cross-entropy (`mixjax.losses.erm_loss`);
 - mixup: `mixjax.losses.mixup_loss` with Beta(1, 1), one λ per example, random
   permutation partners;
+- cutmix (image models: cnn, recipe): the same `mixup_loss` with the mask law
+  `samplers.cutmix(1.0)` (one box per example, λ ~ Beta(1, 1), the area kept as label
+  weight; docs/THEORY.md §8) in place of Beta(1, 1): what a mask law costs over a λ-law
+  (printed as cutmix / mixup);
 - approx_stochastic (models without BatchNorm): `mixjax.theory.approx_mixup_risk(...,
   estimator="stochastic")` (Theorem 3 evaluated at one mixup draw per example);
 - approx_exact (MLP only): the exact estimator (full input Jacobians and Hessians);
@@ -33,8 +37,8 @@ variants are run one after the other in a random order (so slow drifts of a shar
 machine, and the spinning worker threads a previous variant leaves behind, hit all of
 them alike), `steps` steps each, ending with `block_until_ready`. The reported time per
 step is the median over repeats (the minimum is printed too). Benchmarks are not tests: the
-targets (mixup/ERM ≤ 1.05, approx_stochastic/ERM ≤ 3, recipe erm/PyTorch erm ≤ 1.3) are
-printed, never asserted.
+targets (mixup/ERM ≤ 1.05, approx_stochastic/ERM ≤ 3, cutmix/mixup ≤ 1.05, recipe
+erm/PyTorch erm ≤ 1.3) are printed, never asserted.
 """
 from __future__ import annotations
 
@@ -67,6 +71,7 @@ MODELS = {
     "recipe": ("cnn", dict(stages=((32,), (64,)), dense_sizes=(256,)), (28, 28, 1)),
 }
 TARGETS = {"mixup": 1.05, "approx_stochastic": 3.0}
+CUTMIX_TARGET = 1.05  # cutmix / mixup (issue 17: a mask law no slower than a λ-law)
 TORCH_TARGETS = {"recipe": 1.3}  # mixjax erm / PyTorch erm
 # Models whose row also times erm on the standard layers (`_standard_layers`).
 STANDARD_LAYERS_ROW = ("lenet", "cnn")
@@ -125,6 +130,9 @@ def _jax_variants(model_key: str, *, seed: int = 0, lr: float = 0.01,
       "erm": lambda f, x, y, k: losses.erm_loss(f, x, y),
       "mixup": lambda f, x, y, k: losses.mixup_loss(k, f, x, y, sampler),
   }
+  if len(input_shape) == 3:  # images (H, W, C): a mask law needs an image
+    box = samplers.cutmix(1.0)
+    loss_fns["cutmix"] = lambda f, x, y, k: losses.mixup_loss(k, f, x, y, box)
   if not collections:  # the approximate risk differentiates f: no BatchNorm models
     # Statistics of a synthetic training set (computed once, outside the step).
     train_x = rng.normal(size=(8 * BATCH, *input_shape)).astype(np.float32)
@@ -271,6 +279,10 @@ def _report(model_key, times, med, steps, repeats) -> None:
       r = med[n] / erm
       print(f"  {n} / erm = {r:.3f} [{best[n] / best['erm']:.3f}]  "
             f"(target <= {target}: {'met' if r <= target else 'MISSED'})")
+  if "cutmix" in med:
+    r = med["cutmix"] / med["mixup"]
+    print(f"  cutmix / mixup = {r:.3f} [{best['cutmix'] / best['mixup']:.3f}]  "
+          f"(target <= {CUTMIX_TARGET}: {'met' if r <= CUTMIX_TARGET else 'MISSED'})")
   if "approx_exact" in med:
     print(f"  approx_exact / erm = {med['approx_exact'] / erm:.3f} "
           f"[{best['approx_exact'] / best['erm']:.3f}]")
