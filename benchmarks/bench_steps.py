@@ -290,7 +290,7 @@ def _report(model_key, times, med, steps, repeats) -> None:
     print(f"  erm_std_layers / erm = {med['erm_std_layers'] / erm:.3f} "
           f"[{best['erm_std_layers'] / best['erm']:.3f}]  (what models.layers saves)")
   for n in ("erm", "mixup", "erm_std_layers"):
-    if f"torch_{n.split('_')[0]}" in med:
+    if n in med and f"torch_{n.split('_')[0]}" in med:
       t = f"torch_{n.split('_')[0]}"
       r = med[n] / med[t]
       target = TORCH_TARGETS.get(model_key) if n == "erm" else None
