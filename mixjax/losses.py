@@ -68,6 +68,20 @@ def get_loss(loss: Union[str, Loss]) -> Loss:
   return LOSSES.get(loss)
 
 
+def smooth_labels(y: jax.Array, epsilon: Any) -> jax.Array:
+  """Label smoothing towards the uniform distribution: (1 − ε) y + ε / c, (B, c).
+
+  As timm applies it with mixup: the labels are smoothed first, then mixed (the mixed
+  label of two smoothed labels is the smoothed mixed label, the map being affine). ε = 0
+  returns `y` itself. Mixup's own label part is label smoothing towards the class prior
+  ȳ with ε = 1 − θ̄ (Theorem 1, docs/THEORY.md §2; the trainer's
+  `label_smoothing_matched` method).
+  """
+  if isinstance(epsilon, (int, float)) and epsilon == 0:
+    return y
+  return (1.0 - epsilon) * y + epsilon / y.shape[-1]
+
+
 def batch_loss(loss: Union[str, Loss], y: jax.Array, u: jax.Array) -> jax.Array:
   """Per-example losses of a batch: ℓ(y_i, u_i) for i = 1..B, via `jax.vmap`.
 

@@ -416,7 +416,8 @@ def test_real_fashion_mnist_prepare_and_train(tmp_path):
   config = sweeps.sweep_config(module.get_config(), {
       "dataset.data_dir": str(out), "num_steps": 300, "eval.every_epochs": 0,
       "model.kwargs": {"stages": ((32,), (64,)), "dense_sizes": (256,)},
-      "log_every_steps": 100, "checkpoint_every_steps": 1000})
+      "log_every_steps": 100, "checkpoint_every_steps": 1000,
+      "eval.shift": tuple(f"fashion_mnist_corrupted/{c}" for c in shifts)})
   from mixjax.train import groups  # pylint: disable=g-import-not-at-top
   summary = groups.train_and_evaluate(config, str(tmp_path / "run"),
                                     devices=jax.devices()[:1])
@@ -424,6 +425,30 @@ def test_real_fashion_mnist_prepare_and_train(tmp_path):
     assert json.load(f)["test"]["accuracy"] == summary["test"]["accuracy"]
   # Chance is 10%; these 300 steps reached 0.801 on the 2-core development CPU (seed 0).
   assert summary["test"]["accuracy"] >= 0.75, summary["test"]
+  # The shifted sets: each corruption's metrics, recomputed from predictions.npz, and
+  # their mean; stripes (inverted image borders) cost accuracy.
+  z = np.load(tmp_path / "run" / "predictions.npz")
+  for col, suffix in (("shift", ""), ("shift_rescaled", "_rescaled")):
+    res = summary[col]
+    assert set(res) == set(shifts) | {"mean"}
+    for c in shifts:
+      logits = z[f"shift_{c}_logits{suffix}"]
+      acc = float(np.mean(np.argmax(logits, 1) == z["test_labels"]))
+      assert res[c]["accuracy"] == pytest.approx(acc, abs=1e-6)
+    assert res["mean"]["accuracy"] == pytest.approx(
+        np.mean([res[c]["accuracy"] for c in shifts]), abs=1e-12)
+  assert summary["shift"]["stripe"]["accuracy"] < summary["test"]["accuracy"] - 0.05
+
+  # CutMix (a mask law, one box per example) through the same recipe.
+  cutmix = sweeps.sweep_config(config, {"sampler.name": "cutmix",
+                                        "sampler.params": {"alpha": 1.0},
+                                        "eval.shift": ()})
+  summary = groups.train_and_evaluate(cutmix, str(tmp_path / "cutmix"),
+                                      devices=jax.devices()[:1])
+  assert summary["sampler"] == {"name": "cutmix", "params": {"alpha": 1.0},
+                                "label": "CutMix(1)"}
+  assert 0.5 < summary["theta_bar"] < 1 and summary["strength"] > 0
+  assert summary["test"]["accuracy"] >= 0.7, summary["test"]
 
 
 # ------------------------------------------------- fashion_mnist_corrupted (Fashion-MNIST-C)

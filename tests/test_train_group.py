@@ -169,11 +169,11 @@ def test_nan_in_every_run_stops_the_group(tmp_path):
 
 
 def test_sequential_group_shares_one_step_and_skips_finished_runs(tmp_path, monkeypatch):
-  """LeNet on CPU: "auto" picks sequential; the step is built once for both runs; each
-  run equals the run alone exactly (same path, same compiled step); a rerun trains
-  nothing again."""
+  """LeNet over images on CPU: "auto" picks sequential; the step is built once for both
+  runs; each run equals the run alone exactly (same path, same compiled step); a rerun
+  trains nothing again."""
   overrides = {"model.name": "lenet", "model.kwargs": {"features": (4,), "dense_sizes": (8,)},
-               "model.input_shape": (40, 1, 1)}
+               "model.input_shape": (8, 5, 1)}
   config = group_config(num_seeds=2, **overrides)
   ds, _ = setup.load_data(config)
   model = setup.make_model(config, ds)
@@ -196,16 +196,19 @@ def test_sequential_group_shares_one_step_and_skips_finished_runs(tmp_path, monk
 
 
 def test_auto_mode_vmaps_dense_models_and_not_convolutions():
-  """`group_mode="auto"` on these CPU devices: vmap for the MLP, sequential for LeNet
-  (a convolution), sequential for host-fed data; "vmap" and "sequential" as asked."""
+  """`group_mode="auto"` on these CPU devices: vmap for the MLP and for LeNet over 1-D
+  signals (40, 1, 1); sequential for LeNet over images (8, 5, 1) and for host-fed data;
+  "vmap" and "sequential" as asked."""
   lenet = {"model.name": "lenet", "model.kwargs": {"features": (4,), "dense_sizes": (8,)},
            "model.input_shape": (40, 1, 1)}
+  lenet_2d = {**lenet, "model.input_shape": (8, 5, 1)}
   mode = lambda c: groups.group_mode(c, setup.make_model(c, ds), ds, jax.devices())
   ds, _ = setup.load_data(group_config())
   assert mode(group_config(num_seeds=2)) == "vmap"
-  assert mode(group_config(num_seeds=2, **lenet)) == "sequential"
+  assert mode(group_config(num_seeds=2, **lenet)) == "vmap"
+  assert mode(group_config(num_seeds=2, **lenet_2d)) == "sequential"
   assert mode(group_config(num_seeds=2, data_on_device=False)) == "sequential"
-  assert mode(group_config(num_seeds=2, group_mode="vmap", **lenet)) == "vmap"
+  assert mode(group_config(num_seeds=2, group_mode="vmap", **lenet_2d)) == "vmap"
   assert mode(group_config(num_seeds=2, group_mode="sequential")) == "sequential"
   assert introspect.has_convolution(setup.make_model(group_config(**lenet), ds), (40,))
 

@@ -22,6 +22,7 @@ import optax
 import pytest
 
 import mixjax
+from mixjax import errors
 from mixjax import data as data_lib
 from mixjax import losses
 from mixjax import models
@@ -32,7 +33,7 @@ from mixjax.train import sweeps
 from mixjax.train import groups
 from mixjax.train import setup
 from mixjax.train import methods
-from conftest import method_context  # pylint: disable=g-bad-import-order
+from conftest import method_context, read_summary  # pylint: disable=g-bad-import-order
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 from mixjax.train import writers
@@ -50,6 +51,12 @@ def library_loss(name, f, x, y, key, sampler, stats, *, estimator="stochastic",
                  num_probes=1, terms=("jacobian", "cross", "label"), num_draws=1):
   """The library objective that method `name` must equal on one (local) batch."""
   moments = mixjax.theta_moments(sampler)
+  if name == "erm":
+    return _ce(y, f(x))
+  if name == "mixup":
+    return mixjax.mixup_loss(key, f, x, y, sampler)
+  if name == "label_smoothing_matched":  # ERM on ȳ + θ̄ (y − ȳ), written out here
+    return _ce(stats.y_mean + moments.mean * (y - stats.y_mean), f(x))
   if name == "approx":
     return mixjax.approx_mixup_risk(key, f, x, y, stats, sampler, loss="cross_entropy",
                                     estimator=estimator, num_probes=num_probes,
@@ -80,9 +87,10 @@ def _jitted_device_losses(name, model, sampler, kw):
 
 
 def replay_step_loss(name, model, params, rng, step, x_all, y_all, *, num_classes,
-                     batch_size, ndev, sampler, stats, **kw):
+                     batch_size, ndev, sampler, stats, label_smoothing=0.0, **kw):
   """The trainer's step-`step` loss, recomputed on one device: the global batch of the
-  data key, device d's rows with the key fold_in(method key, d), averaged over d."""
+  data key, its labels smoothed towards uniform by ε = `label_smoothing`, device d's rows
+  with the key fold_in(method key, d), averaged over d."""
   root = jax.random.wrap_key_data(jnp.asarray(rng))
   idx = np.asarray(data_lib.batch_indices(jax.random.fold_in(root, state_lib.KEY_DATA),
                                           step, num_examples=x_all.shape[0],
@@ -93,6 +101,7 @@ def replay_step_loss(name, model, params, rng, step, x_all, y_all, *, num_classe
   rows = idx.reshape(ndev, b)  # device d: rows [d·b, (d+1)·b) of the global batch
   xs = jnp.asarray(x_all[rows], jnp.float32)
   ys = jax.nn.one_hot(jnp.asarray(y_all[rows]), num_classes, dtype=jnp.float32)
+  ys = (1.0 - label_smoothing) * ys + label_smoothing / num_classes
   chex.assert_shape((xs, ys), [(ndev, b) + x_all.shape[1:], (ndev, b, num_classes)])
   keys = jnp.stack([jax.random.fold_in(method_key, d) for d in range(ndev)])
   fn = _jitted_device_losses(name, model, sampler, kw)
@@ -110,12 +119,15 @@ def _blobs(n, d=5, c=3, seed=0):
 # The trainer's step.
 
 
-@pytest.mark.parametrize("name,estimator", [(m, "stochastic") for m in METHODS]
-                         + [("approx", "exact")])
-def test_step_loss_equals_library_objective_at_each_step(name, estimator):
+@pytest.mark.parametrize("name,estimator,eps", [(m, "stochastic", 0.0) for m in METHODS]
+                         + [("approx", "exact", 0.0), ("erm", "stochastic", 0.1),
+                            ("mixup", "stochastic", 0.2),
+                            ("label_smoothing_matched", "stochastic", 0.0)])
+def test_step_loss_equals_library_objective_at_each_step(name, estimator, eps):
   """4 devices, per-device keys: for steps 0, 1, 2 (step 2 starts epoch 1) the step's
   reported loss is the mean over devices of the library objective on that device's rows
-  with that device's key, at the parameters before the step. The exact estimator of the
+  with that device's key, at the parameters before the step, the labels smoothed by
+  `config.method.label_smoothing` = ε first (then mixed). The exact estimator of the
   approximate risk (full input Jacobians and Hessians) runs under shard_map too."""
   assert jax.device_count() == 4
   x_all, y_all = _blobs(40)
@@ -125,7 +137,7 @@ def test_step_loss_equals_library_objective_at_each_step(name, estimator):
   stats = mixjax.data_stats(x_all, jax.nn.one_hot(y_all, c))
   ctx = method_context(sampler=sampler, moments=samplers.theta_moments(sampler),
                        method__estimator=estimator, method__num_probes=2,
-                       method__num_draws=2)
+                       method__num_draws=2, method__label_smoothing=eps)
   mesh = step_lib.make_mesh()
   tx = optax.adam(3e-2)
   rng = jax.random.key_data(jax.random.key(11))
@@ -142,7 +154,8 @@ def test_step_loss_equals_library_objective_at_each_step(name, estimator):
     state, m = fn(state, xs, ys, stats_dev)
     want = replay_step_loss(name, model, params, rng, s, x_all, y_all, num_classes=c,
                             batch_size=bsz, ndev=4, sampler=sampler, stats=stats,
-                            num_probes=2, num_draws=2, estimator=estimator)
+                            num_probes=2, num_draws=2, estimator=estimator,
+                            label_smoothing=eps)
     np.testing.assert_allclose(float(m["loss"]), want, rtol=2e-5, atol=1e-6)
     seen.append(want)
   assert int(state.step) == 3 and float(m["finite"]) == 1.0
@@ -202,12 +215,13 @@ def _stats_config(**overrides):
   c.dataset.name = "two_moons"
   c.dataset.val_fraction = 0.2
   c.dataset.kwargs = {"num_features": 6, "n_samples": 200}
+  c.batch_size = 16
   return sweeps.sweep_config(c, overrides)
 
 
 def _load(config):
-  return data_lib.load_dataset(config.dataset.name, val_fraction=config.dataset.val_fraction,
-                               seed=config.seed, **dict(config.dataset.kwargs))
+  """The training data as the trainer loads it (the split from dataset.split_seed)."""
+  return setup.load_data(config)[0]
 
 
 def _assert_stats_equal_direct(stats, ds, rank):
@@ -278,7 +292,76 @@ def test_stats_cache_reused_and_invalidated(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(cached.sxy), np.asarray(stats.sxy))
     if cfg.stats.rank:
       np.testing.assert_array_equal(np.asarray(cached.eigvecs), np.asarray(stats.eigvecs))
-  # The seed change kept n but gave other statistics (the test above is not vacuous).
-  ds_seed1 = _load(_stats_config(seed=1))
+  # The split_seed change kept n but gave other statistics (the test above is not
+  # vacuous); the run seed alone changes neither the split nor the statistics.
+  assert _load(_stats_config(seed=1)).train_x.tobytes() == ds.train_x.tobytes()
+  ds_seed1 = _load(_stats_config(**{"dataset.split_seed": 1}))
   assert ds_seed1.train_x.shape == ds.train_x.shape
   assert not np.allclose(ds_seed1.train_x.mean(0), ds.train_x.mean(0))
+
+
+# ----------------------------------------------------------------------------------------
+# Mask laws in the trainer.
+
+
+def _digits_images(**overrides):
+  c = config_lib.base_config()
+  c.dataset.name = "digits"
+  c.dataset.kwargs = {"as_image": True}
+  c.model.name = "mlp"
+  c.model.kwargs = {"hidden_sizes": (16,)}
+  c.sampler.name, c.sampler.params = "cutmix", {"alpha": 1.0}
+  c.optimizer.name, c.optimizer.lr, c.optimizer.schedule = "adam", 3e-3, "constant"
+  c.num_steps, c.batch_size, c.log_every_steps = 6, 32, 3
+  c.eval.every_epochs, c.tensorboard = 0, False
+  return sweeps.sweep_config(c, overrides)
+
+
+@pytest.mark.parametrize("method", ["mixup", "regmixup", "erm_transformed",
+                                    "perturbed_erm", "approx"])
+def test_mask_law_trains_with_every_method(method, tmp_path):
+  """CutMix by name (`--config.sampler.name=cutmix`) with every method of the mixup
+  family, on 8×8 digit images: the run finishes with finite losses; the summary records
+  the law and its mask moments (θ̄, σ²/θ̄², γ²/θ̄² of `samplers.mask_moments`, RegMixup's
+  equivalent law for regmixup), and the rescaled evaluation (N̄ on the inputs) differs
+  from the plain one."""
+  config = _digits_images(**{"method.name": method})
+  summary = groups.train_and_evaluate(config, str(tmp_path))
+  law = samplers.cutmix(1.0)
+  if method == "regmixup":
+    law = samplers.regmixup_equivalent(law, 1.0)
+  m = samplers.mask_moments(law, (8, 8))
+  assert summary["sampler"]["label"] == "CutMix(1)"
+  for key, want in (("theta_bar", m.mean), ("strength", m.strength),
+                    ("global_strength", m.global_strength)):
+    assert summary[key] == pytest.approx(float(want), rel=1e-5 if m.stderr is None
+                                         else 0.05), key
+  losses = [r["train/loss"] for r in writers.read_metrics(str(tmp_path))
+            if "train/loss" in r]
+  assert len(losses) == 2 and np.all(np.isfinite(losses))
+  assert summary["test_rescaled"]["nll"] != summary["test"]["nll"]
+
+
+def test_mask_law_on_data_without_an_image_shape_is_refused(tmp_path):
+  config = _digits_images(**{"dataset.kwargs": {}})
+  with pytest.raises(errors.ConfigError, match="mask law, which needs image inputs"):
+    groups.train_and_evaluate(config, str(tmp_path))
+
+
+def test_mask_laws_of_one_structure_are_one_vmapped_program(tmp_path):
+  """CutMix(α) for two α and label smoothing ε per point (a dense model): one vmapped
+  program, each run equal to the same run trained alone."""
+  points = [(f"p{i}", _digits_images(**{"sampler.params": {"alpha": a},
+                                        "method.label_smoothing": e, "seed": i}))
+            for i, (a, e) in enumerate(((0.5, 0.0), (2.0, 0.1)))]
+  assert sweeps.law_groups(points) == [[0, 1]]
+  sweeps.train_sweep(points, str(tmp_path / "sweep"))
+  for name, c in points:
+    got = writers.read_metrics(str(tmp_path / "sweep" / name))
+    assert read_summary(tmp_path / "sweep" / name)["checkpoint"]["mode"] == "vmapped"
+    alone = str(tmp_path / f"alone_{name}")
+    groups.train_and_evaluate(c, alone)
+    want = writers.read_metrics(alone)
+    np.testing.assert_allclose([r["train/loss"] for r in got if "train/loss" in r],
+                               [r["train/loss"] for r in want if "train/loss" in r],
+                               rtol=2e-5)

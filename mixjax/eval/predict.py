@@ -44,7 +44,8 @@ class Predictor:
     batch_size: examples per call (rounded up to a multiple of the number of devices).
     mesh: a 1-D mesh over this process's devices (its axis shards the batch).
     stats: the `DataStats` of the training split (needed for `rescale=True`).
-    theta_bar: θ̄ of the training law (needed for `rescale=True`).
+    theta_bar: θ̄ of the training law, or a mask law's `samplers.MaskMoments` (N̄ and
+      θ̄; `theory.rescaled`), needed for `rescale=True`.
   """
 
   def __init__(self, model, batch_size: int, mesh: jax.sharding.Mesh, stats=None,
@@ -66,17 +67,28 @@ class Predictor:
 
     self._fn = jax.jit(logits, static_argnums=(4,), out_shardings=self._batch)
 
-  def with_theta_bar(self, theta_bar: float) -> "Predictor":
-    """The same predictor (same compiled program) for a law with another θ̄."""
+  def with_theta_bar(self, theta_bar) -> "Predictor":
+    """The same predictor (same compiled program) for a law with another θ̄ (or mask
+    moments of the same shapes)."""
     other = copy.copy(self)
     other.theta_bar = theta_bar
     return other
+
+  def _rescaling(self):
+    """θ̄ as float32, or the mask moments' leaves as float32 arrays."""
+    if self.theta_bar is None:
+      return None
+    if isinstance(self.theta_bar, (int, float, np.floating)):
+      return np.float32(self.theta_bar)
+    return jax.device_put(jax.tree.map(lambda a: np.asarray(a, np.float32),
+                                       self.theta_bar), self._rep)
 
   def __call__(self, variables, x: np.ndarray, *, rescale: bool = False) -> np.ndarray:
     # Everything is put on this process's devices explicitly (multi-process jit refuses
     # host arrays with non-trivial shardings).
     variables = jax.device_put(_local(variables), self._rep)
     stats = None if self.stats is None else jax.device_put(self.stats, self._rep)
+    theta_bar = self._rescaling() if rescale else None
     n = x.shape[0]
     out = []
     for i in range(0, n, self.batch_size):
@@ -84,8 +96,7 @@ class Predictor:
       pad = self.batch_size - xb.shape[0]
       if pad:
         xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-      logits = self._fn(variables, jax.device_put(xb, self._batch), stats,
-                        None if self.theta_bar is None else np.float32(self.theta_bar),
+      logits = self._fn(variables, jax.device_put(xb, self._batch), stats, theta_bar,
                         rescale)
       out.append(np.asarray(logits)[:xb.shape[0] - pad])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)

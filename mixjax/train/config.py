@@ -23,12 +23,17 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   model.input_shape            reshape each example to this shape inside the model (e.g.
                                (40, 1, 1) to run LeNet on MNIST-1D signals); data, stats and
                                mixing stay in the dataset's shape
-  method.name                  erm | mixup | regmixup | erm_transformed | perturbed_erm | approx
+  method.name                  erm | mixup | regmixup | erm_transformed | perturbed_erm |
+                               approx | label_smoothing_matched (ERM on Theorem 1's labels:
+                               smoothing towards ȳ with ε = 1 − θ̄ of the configured law)
   method.loss                  per-example loss name (`mixjax.losses.LOSSES`)
   method.eta                   RegMixup weight η (regmixup only)
+  method.label_smoothing       ε: labels smoothed towards uniform, (1 − ε) y + ε/c, before
+                               any method (then mixed, as timm does); per run in groups
   method.num_draws             perturbation draws per example (perturbed_erm only)
   method.estimator / num_probes / terms   approx only (`approx_mixup_risk`)
-  sampler.name / params        `mixjax.samplers.make_sampler(name, **params)`
+  sampler.name / params        `mixjax.samplers.make_sampler(name, **params)`: λ-laws (beta,
+                               w_shaped, …) and mask laws (cutmix, gmix, switch; images only)
   mixing.granularity / pairing / fold / global_draw
   optimizer.name               sgd (momentum, nesterov) | adam
   optimizer.lr / weight_decay / schedule (constant | piecewise | cosine)
@@ -39,6 +44,10 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   augment.enabled / crop_padding / flip   images only (random crop + horizontal flip)
   stats.rank                   top-k principal directions kept in DataStats (None: none)
   eval.every_epochs / batch_size / num_bins / rescale
+  eval.shift                   shifted test sets the final model is also evaluated on, e.g.
+                               ("fashion_mnist_corrupted",) (every corruption) or
+                               ("fashion_mnist_corrupted/stripe", ...) (some); prepared with
+                               `python -m mixjax.data.prepare --dataset=<name>`
   log_every_steps / checkpoint_every_steps / max_to_keep
   tensorboard                  TensorBoard files besides metrics.jsonl (False: JSONL only)
   data_on_device               hold the training set on device (replicated) if it fits
@@ -92,10 +101,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.method.name = "mixup"
   c.method.loss = "cross_entropy"
   c.method.eta = 1.0
+  c.method.label_smoothing = 0.0
   c.method.num_draws = 1
   c.method.estimator = "stochastic"
   c.method.num_probes = 1
-  # The paper drops the hessian term (R2) in training: it was numerically unstable.
+  # The paper drops the hessian term (R2) in training: it was numerically unstable
+  # (the library's default, `theory.DEFAULT_TERMS`, is the same).
   c.method.terms = ("jacobian", "cross", "label")
 
   c.sampler = ml_collections.ConfigDict()
@@ -136,6 +147,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 1000
   c.eval.num_bins = 15
   c.eval.rescale = True
+  c.eval.shift = ()
 
   c.log_every_steps = 100
   c.tensorboard = True

@@ -89,10 +89,15 @@ def run_configs(config: ml_collections.ConfigDict) -> list[ml_collections.Config
 
 
 def group_mode(config: ml_collections.ConfigDict, model, ds, devices) -> str:
-  """"vmap" or "sequential" for a group (config.group_mode, or the choice of "auto"):
-  sequential where vmapping is slower or impossible, i.e. convolutional models on CPU
-  (XLA:CPU runs a vmapped convolution slower than the same runs one after another) and
-  training sets fed from the host; vmap otherwise."""
+  """"vmap" or "sequential" for a group (config.group_mode, or the choice of "auto").
+
+  "auto" runs sequentially where vmapping is slower or impossible: training sets fed
+  from the host, and on CPU convolutions over images (both spatial axes > 1), where
+  XLA:CPU runs a vmapped step slower than the same runs one after another
+  (`benchmarks.bench_groups`: the Fashion-MNIST recipe CNN 1.30 / 1.47 / 1.60× for
+  2 / 4 / 8 runs). Convolutions over 1-D signals (MNIST-1D's LeNet on (40, 1, 1):
+  0.48 / 0.49 / 0.54×) and dense models vmap.
+  """
   fits = feeding.fits_on_device(ds, config.data_on_device)
   if config.group_mode == "vmap":
     if not fits:
@@ -104,7 +109,9 @@ def group_mode(config: ml_collections.ConfigDict, model, ds, devices) -> str:
   if config.group_mode == "sequential" or not fits:
     return "sequential"
   on_cpu = any(d.platform == "cpu" for d in devices)
-  conv = introspect.has_convolution(model, ds.input_shape)
+  seen = tuple(config.model.input_shape or ds.input_shape)
+  image = len(seen) >= 2 and seen[0] > 1 and seen[1] > 1
+  conv = image and introspect.has_convolution(model, ds.input_shape)
   return "sequential" if on_cpu and conv else "vmap"
 
 
@@ -205,7 +212,7 @@ def train_program(configs, dirs, workdir, *, devices, ds, model, changes,
   spe = feeding.batching.steps_per_epoch(num_train, base.batch_size)
   total = setup.total_steps(base, num_train)
   stats = setup.training_stats(base, ds, workdir)
-  ctxs = [setup.method_context(c) for c in configs]
+  ctxs = [setup.method_context(c, ds.input_shape) for c in configs]
   same = all(c == ctxs[0] for c in ctxs)
   tx = optim.make_optimizer(base.optimizer, spe, total)
   roots = jnp.stack([jax.random.key_data(jax.random.key(c.seed)) for c in configs])
@@ -229,7 +236,7 @@ def train_program(configs, dirs, workdir, *, devices, ds, model, changes,
                          run_ctx=None if same else setup.stack_contexts(ctxs))
   predict = eval_lib.Predictor(model, base.eval.batch_size,
                                sharding.make_mesh(jax.local_devices()), stats=stats,
-                               theta_bar=ctxs[0].theta_bar)
+                               theta_bar=setup.rescaling(ctxs[0].moments))
   state, train_time = loop.train(
       base, state, step, predict, ds, ckpt, writer, start=start, total=total, spe=spe,
       devices=devices, interrupt_at_step=interrupt_at_step, num_runs=num_runs)
@@ -240,7 +247,8 @@ def train_program(configs, dirs, workdir, *, devices, ds, model, changes,
   summaries = summary_lib.finish_runs(
       configs, dirs, state, predict=predict, ds=ds, writer=writer, total=total, spe=spe,
       num_devices=len(devices), moments=[c.moments for c in ctxs], train_time=train_time,
-      resumed_from_step=start if resumed else None, training=training, changes=changes)
+      resumed_from_step=start if resumed else None, training=training, changes=changes,
+      shift_sets=summary_lib.load_shift_sets(base, ds))
   writer.close()
   ckpt.close()
   return summaries

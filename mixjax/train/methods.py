@@ -21,6 +21,16 @@ method's key for this step. Inside the train step (see `step.py`) the caller tak
   approx           Theorem 3's second-order risk (`theory.approx_mixup_risk`) with the
                    configured estimator and terms. Needs models without BatchNorm
                    (its JVPs cannot carry batch-statistics updates): rejected otherwise.
+  label_smoothing_matched
+                   ERM on the labels of Theorem 1 only, ỹ = ȳ + θ̄ (y − ȳ) with θ̄ of
+                   the configured law: label smoothing towards the class prior ȳ with
+                   ε = 1 − θ̄ (towards uniform for balanced classes), the inputs left
+                   as they are. The baseline that asks whether mixup is more than its
+                   label part.
+
+Every method sees labels already smoothed by `config.method.label_smoothing` = ε
+(`losses.smooth_labels`, towards uniform, in the train step before the method: smooth,
+then mix, as timm does).
 
 Where λ and the partners come from (mixup, regmixup): by default each device draws
 them for its own local batch with its own key (`fold_in(key, device_index)`): no
@@ -53,7 +63,9 @@ METHODS = Registry("method")
 # rescaling (docs/THEORY.md §5) applies to them.
 MIXUP_FAMILY = ("mixup", "regmixup", "erm_transformed", "perturbed_erm", "approx")
 # Methods that need DataStats (x̄, ȳ, Σ) of the training set.
-NEEDS_STATS = ("erm_transformed", "perturbed_erm", "approx")
+NEEDS_STATS = ("erm_transformed", "perturbed_erm", "approx", "label_smoothing_matched")
+# Methods that use the configured law's moments.
+USES_LAW = MIXUP_FAMILY + ("label_smoothing_matched",)
 
 
 def knob(config_key: str | None, *, leaf: bool, convert: Callable[[Any], Any] | None = None):
@@ -90,6 +102,8 @@ class MethodContext:
     loss: per-example loss ℓ(y, u) (method.loss).
     sampler: the mixing law (sampler.name / sampler.params), a pytree.
     eta: RegMixup weight η (method.eta).
+    label_smoothing: ε of the uniform label smoothing applied before every method
+      (method.label_smoothing; `losses.smooth_labels`).
     granularity, pairing, fold: mixing options (`mixjax.mixing.mix`).
     global_draw: draw λ / partners over the global batch (see the module docstring).
     num_draws: perturbed_erm draws. estimator, num_probes, terms: approx options.
@@ -103,6 +117,7 @@ class MethodContext:
   loss: Callable[..., Any] = knob("method.loss", leaf=False, convert=losses_lib.get_loss)
   sampler: Any = knob("sampler", leaf=True, convert=make_law)
   eta: Any = knob("method.eta", leaf=True, convert=float)
+  label_smoothing: Any = knob("method.label_smoothing", leaf=True, convert=float)
   granularity: str = knob("mixing.granularity", leaf=False)
   pairing: str = knob("mixing.pairing", leaf=False)
   fold: bool = knob("mixing.fold", leaf=False, convert=bool)
@@ -200,7 +215,7 @@ def regmixup(ctx, logits_fn, x, y, key):
 def erm_transformed(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   del key
-  x_t, y_t = theory.transform(x, y, ctx.stats, ctx.theta_bar)
+  x_t, y_t = theory.transform(x, y, ctx.stats, ctx.moments)
   return _mean_loss(ctx, y_t, logits_fn(x_t))
 
 
@@ -209,7 +224,7 @@ def perturbed_erm(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   return theory.perturbed_erm_loss(_local_key(ctx, key), logits_fn, x, y, ctx.sampler,
                                    ctx.stats, loss=ctx.loss, num_draws=ctx.num_draws,
-                                   theta_bar=ctx.theta_bar)
+                                   theta_bar=ctx.moments)
 
 
 @METHODS.register("approx")
@@ -220,3 +235,10 @@ def approx(ctx, logits_fn, x, y, key):
       estimator=ctx.estimator, num_probes=ctx.num_probes,
       terms=tuple(t for t in ctx.terms if t != "erm"),
       **({} if ctx.moments is None else {"moments": ctx.moments}))
+
+
+@METHODS.register("label_smoothing_matched")
+def label_smoothing_matched(ctx, logits_fn, x, y, key):
+  from mixjax import theory  # pylint: disable=g-import-not-at-top
+  del key
+  return _mean_loss(ctx, theory.transform_labels(y, ctx.stats, ctx.moments), logits_fn(x))

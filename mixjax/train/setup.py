@@ -58,6 +58,14 @@ def load_data(config: ml_collections.ConfigDict):
     raise ConfigError(
         f"config.augment.enabled=True but {config.dataset.name} is not an image dataset; "
         "set --config.augment.enabled=False.")
+  if (config.method.name in methods_lib.USES_LAW
+      and samplers_lib.is_mask_law(training_sampler(config))
+      and (not ds.is_image or len(ds.input_shape) not in (2, 3))):
+    raise ConfigError(
+        f"config.sampler.name={config.sampler.name!r} is a mask law, which needs image "
+        f"inputs (H, W[, C]), but {config.dataset.name}'s examples have shape "
+        f"{tuple(ds.input_shape)}. Use a λ-law such as --config.sampler.name=beta, or an "
+        "image dataset.")
   return ds, spe
 
 
@@ -136,21 +144,32 @@ def training_stats(config: ml_collections.ConfigDict, ds, workdir: str):
   return stats
 
 
-def training_moments(config: ml_collections.ConfigDict, sampler=None):
-  """θ-moments of the law the model effectively trains on: the sampler's (config's by
-  default), RegMixup's `samplers.regmixup_equivalent`; None outside the mixup family."""
-  if config.method.name not in methods_lib.MIXUP_FAMILY:
+def training_moments(config: ml_collections.ConfigDict, sampler=None, input_shape=None):
+  """Moments of the law the model effectively trains on (`samplers.law_moments`:
+  θ-moments of a λ-law, N̄ and the §8 moments of a mask law on images of
+  `input_shape`): the sampler's (config's by default), RegMixup's
+  `samplers.regmixup_equivalent`; None for methods that use no law."""
+  if config.method.name not in methods_lib.USES_LAW:
     return None
   law = training_sampler(config) if sampler is None else sampler
   if config.method.name == "regmixup":
     law = samplers_lib.regmixup_equivalent(law, float(config.method.eta))
-  return samplers_lib.theta_moments(law)
+  return samplers_lib.law_moments(law, input_shape)
 
 
-def method_context(config: ml_collections.ConfigDict) -> methods_lib.MethodContext:
-  """The run's method context, its θ-moments included (`training_moments`)."""
+def method_context(config: ml_collections.ConfigDict, input_shape=None
+                   ) -> methods_lib.MethodContext:
+  """The run's method context, its law's moments included (`training_moments`)."""
   ctx = methods_lib.MethodContext.from_config(config)
-  return ctx.replace(moments=training_moments(config, ctx.sampler))
+  return ctx.replace(moments=training_moments(config, ctx.sampler, input_shape))
+
+
+def rescaling(moments):
+  """What test-time rescaling needs of the training law: θ̄ (a float) for a λ-law, the
+  mask moments (N̄ and θ̄) for a mask law, None outside the mixup family."""
+  if moments is None:
+    return None
+  return moments if isinstance(moments, samplers_lib.MaskMoments) else float(moments.mean)
 
 
 def stack_contexts(ctxs: list[methods_lib.MethodContext]) -> methods_lib.MethodContext:

@@ -41,6 +41,7 @@ import numpy as np
 import optax
 
 from mixjax import data as data_lib
+from mixjax import losses as losses_lib
 from mixjax import sharding
 from mixjax.train import methods as methods_lib
 from mixjax.train import state as state_lib
@@ -181,7 +182,8 @@ def make_train_step(
       rows = dev * local_b + jnp.arange(local_b)
       keys = jax.vmap(jax.random.fold_in, (None, 0))(aug_key, rows)
       x = jax.vmap(lambda k, im: augment_fn(k, im[None])[0])(keys, x)
-    y1h = jax.nn.one_hot(y, num_classes, dtype=jnp.float32)
+    y1h = losses_lib.smooth_labels(jax.nn.one_hot(y, num_classes, dtype=jnp.float32),
+                                   step_ctx.label_smoothing)
     dropout_key = jax.random.fold_in(dropout_key, dev)
 
     def loss_fn(params):

@@ -26,10 +26,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from mixjax import data as data_lib
 from mixjax import eval as eval_lib
 from mixjax.sharding import to_host
 from mixjax.train import loop
 from mixjax.train import methods as methods_lib
+from mixjax.train import setup
+from mixjax.train import validate
 from mixjax.train import state as state_lib
 from mixjax.train import writers
 
@@ -58,14 +61,17 @@ def run_summary(config: ml_collections.ConfigDict, state, *, total: int, spe: in
 
 
 COLUMNS = ("test", "val", "test_rescaled", "val_rescaled")
+SHIFT_COLUMNS = ("shift", "shift_rescaled")
 # `eval.evaluate`'s keys that describe the validation split, not the test split.
 _VAL_KEYS = {"val_accuracy": "accuracy", "temperature": "temperature"}
 
 
 def final_records(summary: dict[str, Any]) -> dict[str, Any]:
   """The final metrics.jsonl record: `<column>/<metric>` as in summary.json."""
-  return {"final": True} | {f"{col}/{k}": v for col in COLUMNS
-                            for k, v in (summary.get(col) or {}).items()}
+  return ({"final": True}
+          | {f"{col}/{k}": v for col in COLUMNS for k, v in (summary.get(col) or {}).items()}
+          | {f"{col}_mean/{k}": v for col in SHIFT_COLUMNS
+             for k, v in ((summary.get(col) or {}).get("mean") or {}).items()})
 
 
 def _split(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -75,25 +81,48 @@ def _split(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
   return test, val
 
 
-def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds):
+def load_shift_sets(config: ml_collections.ConfigDict, ds) -> dict[str, tuple]:
+  """The shifted test sets of config.eval.shift ({set name: (x, y)}; a corruption of
+  `fashion_mnist_corrupted` is named by its config, e.g. "stripe"), preprocessed like
+  `ds`'s test split (`data.shift_test_sets`); {} when none is configured."""
+  sets = {}
+  for name, configs in validate.shift_sets(config).items():
+    sets.update(data_lib.shift_test_sets(name, data_dir=config.dataset.data_dir, ds=ds,
+                                         configs=configs))
+  return sets
+
+
+def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds,
+                     shift_sets=None):
   """{"test", "val"} and, for the mixup family if config.eval.rescale, {"test_rescaled",
-  "val_rescaled"} (module docstring), and the logits they were computed from (plain,
-  rescaled)."""
+  "val_rescaled"} (module docstring); with `shift_sets` ({name: (x, y)},
+  `load_shift_sets`), "shift" (and "shift_rescaled"): {name: metrics, "mean": their
+  mean over the sets} (`eval.evaluate_shift`, temperature-scaled with the T fitted on
+  the clean validation split). Also the logits they were computed from (plain,
+  rescaled; the shifted sets' as "shift_<name>")."""
   logits, logits_rescaled = {}, {}
   results = {}
-  results["test"], results["val"] = _split(eval_lib.evaluate(
-      predict, state.variables, ds, num_bins=config.eval.num_bins, rescale=False,
-      logits=logits))
+  rescale = [False]
   if config.eval.rescale and config.method.name in methods_lib.MIXUP_FAMILY:
-    results["test_rescaled"], results["val_rescaled"] = _split(eval_lib.evaluate(
-        predict, state.variables, ds, num_bins=config.eval.num_bins, rescale=True,
-        logits=logits_rescaled))
+    rescale.append(True)
+  for r in rescale:
+    suffix, out = ("_rescaled", logits_rescaled) if r else ("", logits)
+    results["test" + suffix], results["val" + suffix] = _split(eval_lib.evaluate(
+        predict, state.variables, ds, num_bins=config.eval.num_bins, rescale=r,
+        logits=out))
+    if shift_sets:
+      shifted = {}
+      results["shift" + suffix] = eval_lib.evaluate_shift(
+          predict, state.variables, shift_sets, num_bins=config.eval.num_bins, rescale=r,
+          temperature=results["val" + suffix].get("temperature"), logits=shifted)
+      out.update({f"shift_{k}": v for k, v in shifted.items()})
   return results, logits, logits_rescaled
 
 
 def finish_runs(configs, dirs, state, *, predict, ds, writer, total: int, spe: int,
                 num_devices: int, moments, train_time: float, resumed_from_step,
-                training: list[dict[str, Any]], changes=None) -> dict[str, dict[str, Any]]:
+                training: list[dict[str, Any]], changes=None, shift_sets=None
+                ) -> dict[str, dict[str, Any]]:
   """Each run's summary.json after training (module docstring); {folder name: summary}.
 
   Args:
@@ -106,6 +135,7 @@ def finish_runs(configs, dirs, state, *, predict, ds, writer, total: int, spe: i
       are ("workdir", and its index "run" among "num_runs" stacked runs).
     changes: each run's config changes accepted on this rerun ({key: (old, new)},
       `workdir.check_workdir_config`), recorded as "config_changes".
+    shift_sets: the shifted test sets (`load_shift_sets`), loaded once for all runs.
   """
   summaries = {}
   grouped = len(configs) > 1
@@ -127,8 +157,9 @@ def finish_runs(configs, dirs, state, *, predict, ds, writer, total: int, spe: i
     else:
       summary["status"] = "ok"
       run_predict = predict if moments[r] is None else predict.with_theta_bar(
-          float(moments[r].mean))
-      results, logits, logits_rescaled = final_evaluation(c, run_predict, run_state, ds)
+          setup.rescaling(moments[r]))
+      results, logits, logits_rescaled = final_evaluation(c, run_predict, run_state, ds,
+                                                          shift_sets)
       summary.update(results)
       writer.write_run(r, total, final_records(summary))
       writers.write_summary(d, summary, ds, logits, logits_rescaled)

@@ -85,6 +85,43 @@ def _check_batch_fits(config) -> None:
           f"Use --config.batch_size=N with N <= {n}.")
 
 
+def shift_sets(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...] | None]:
+  """config.eval.shift as {shifted dataset: its configs (None: all)}: "name" takes every
+  config of the dataset, "name/config" one of them."""
+  out: dict[str, Any] = {}
+  for entry in config.eval.shift:
+    name, _, sub = str(entry).partition("/")
+    if not sub:
+      out[name] = None
+    elif out.get(name, ()) is not None:
+      out[name] = tuple(out.get(name, ())) + (sub,)
+  return out
+
+
+def _check_shift(config, check_data: bool) -> None:
+  """eval.shift names known shifted datasets of config.dataset.name, prepared (when
+  `check_data`: a FileNotFoundError with the prepare command otherwise, exit 4)."""
+  from mixjax.data import shift as shift_lib  # pylint: disable=g-import-not-at-top
+  if isinstance(config.eval.shift, str):
+    _fail(f"config.eval.shift={config.eval.shift!r} must be a tuple of names, e.g. "
+          f"--config.eval.shift='(\"{config.eval.shift}\",)'.")
+  for name, configs in shift_sets(config).items():
+    try:
+      spec = shift_lib.get_shift_dataset(name)
+    except ValueError as e:
+      _fail(f"config.eval.shift: {e}")
+    if spec.clean != config.dataset.name:
+      _fail(f"config.eval.shift: {name} shifts {spec.clean}'s test split, but the model "
+            f"trains on {config.dataset.name}. Drop it or set "
+            f"--config.dataset.name={spec.clean}.")
+    unknown = [c for c in configs or () if c not in spec.configs]
+    if unknown:
+      _fail(f"config.eval.shift: {name} has no {', '.join(map(repr, unknown))}. Known: "
+            f"{', '.join(spec.configs)}.")
+    if check_data:
+      shift_lib.check_shift_prepared(name, config.dataset.data_dir, configs)
+
+
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
                     check_data: bool = True) -> None:
   """Checks a resolved config before anything is compiled or loaded.
@@ -193,6 +230,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   if config.dataset.num_train < 0:
     _fail(f"config.dataset.num_train={config.dataset.num_train} must be >= 0 (0: the whole "
           "training split).")
+  if not 0 <= config.method.label_smoothing < 1:
+    _fail(f"config.method.label_smoothing={config.method.label_smoothing} must be in "
+          "[0, 1) (0: no smoothing).")
   if config.method.eta < 0:
     _fail(f"config.method.eta={config.method.eta} must be >= 0.")
   if config.method.num_draws < 1:
@@ -207,5 +247,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
           "config.eval.batch_size and config.eval.num_bins > 0.")
   if config.augment.crop_padding < 0:
     _fail(f"config.augment.crop_padding={config.augment.crop_padding} must be >= 0.")
+  _check_shift(config, check_data)
   if check_data:
     _check_batch_fits(config)

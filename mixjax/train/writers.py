@@ -188,6 +188,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     if any(r in c for _, c, _ in cols):
       lines.append(f"  {r:<18}" + "".join(
           f"{c[r]:>26.4f}" if r in c else f"{'-':>26}" for _, c, _ in cols))
+  shifts = [summary.get("shift"), summary.get("shift_rescaled")][:len(cols)]
+  if shifts[0]:
+    names = [k for k in shifts[0] if k != "mean"]
+    for r in ("accuracy", "nll", "ece", "smooth_ece"):
+      lines.append(f"  {'shift ' + r:<18}" + "".join(
+          f"{sh['mean'][r]:>26.4f}" if sh else f"{'-':>26}" for sh in shifts))
+    lines.append(f"  (shift: the mean over {len(names)} shifted test sets: "
+                 f"{', '.join(names)}; each in summary.json)")
   for r in ("accuracy", "temperature"):
     if any(r in v for _, _, v in cols):
       lines.append(f"  {'val ' + r:<18}" + "".join(
@@ -199,16 +207,18 @@ def save_predictions(path: str, ds, logits: dict[str, np.ndarray],
                      logits_rescaled: dict[str, np.ndarray]) -> None:
   """Writes the final evaluation's inputs to `path` (.npz, atomically).
 
-  Arrays: `test_logits` (n_test, c) float32, `test_labels` (n_test,) int32, and when
-  computed `val_logits` / `val_labels` (the split temperature scaling is fitted on),
-  `test_logits_rescaled` / `val_logits_rescaled` (test-time rescaling). Every number of
-  summary.json's "test" and "test_rescaled" columns can be recomputed from them.
+  Arrays: `<split>_logits` (n, c) float32 for every split evaluated ("test", "val" —
+  the split temperature scaling is fitted on —, and "shift_<name>" for each shifted test
+  set, whose example j is the shift of test example j), `<split>_logits_rescaled` with
+  test-time rescaling, and the labels `test_labels` (n_test,) int32 (also those of the
+  shifted sets) and `val_labels`. Every number of summary.json's evaluations can be
+  recomputed from them.
   """
-  arrays = {"test_logits": logits["test"], "test_labels": ds.test_y}
+  arrays = {"test_labels": ds.test_y}
   if "val" in logits:
-    arrays.update(val_logits=logits["val"], val_labels=ds.val_y)
-  for split, a in logits_rescaled.items():
-    arrays[f"{split}_logits_rescaled"] = a
+    arrays["val_labels"] = ds.val_y
+  arrays.update({f"{split}_logits": a for split, a in logits.items()})
+  arrays.update({f"{split}_logits_rescaled": a for split, a in logits_rescaled.items()})
   tmp = path + ".tmp.npz"
   np.savez(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
   os.replace(tmp, path)
