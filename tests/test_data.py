@@ -396,3 +396,38 @@ def test_num_train_keeps_the_first_examples_of_the_training_split():
   assert big.num_train == full.num_train
   with pytest.raises(ValueError, match="num_train"):
     data.load_dataset("digits", num_train=-1)
+
+
+def test_label_noise_flips_the_training_labels_only_at_its_rate():
+  """`dataset.label_noise=p` through the trainer's loader: the fraction of flipped
+  training labels is within 4 binomial standard deviations of p, every flipped label is
+  another class, the new labels are uniform over the other classes (chi-square test at
+  level 1e-3), validation and test splits are untouched, and the same split_seed gives
+  the same flips (another gives others)."""
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+  from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mixjax.train import setup  # pylint: disable=g-import-not-at-top
+  clean_cfg = config_lib.base_config()
+  clean, _ = setup.load_data(clean_cfg)
+  for p in (0.2, 0.4):
+    cfg = config_lib.base_config()
+    cfg.dataset.label_noise = p
+    ds, _ = setup.load_data(cfg)
+    n = clean.train_y.shape[0]
+    np.testing.assert_array_equal(ds.extras["clean_train_y"], clean.train_y)
+    flipped = ds.train_y != clean.train_y
+    assert abs(flipped.mean() - p) <= 4 * np.sqrt(p * (1 - p) / n), flipped.mean()
+    c = ds.num_classes
+    offsets = (ds.train_y[flipped] - clean.train_y[flipped]) % c
+    assert offsets.min() >= 1
+    counts = np.bincount(offsets, minlength=c)[1:]
+    assert scipy_stats.chisquare(counts).pvalue > 1e-3
+    for split in ("val", "test"):
+      np.testing.assert_array_equal(getattr(ds, f"{split}_y"), getattr(clean, f"{split}_y"))
+      np.testing.assert_array_equal(getattr(ds, f"{split}_x"), getattr(clean, f"{split}_x"))
+    again, _ = setup.load_data(cfg)
+    np.testing.assert_array_equal(again.train_y, ds.train_y)
+  cfg.dataset.split_seed = 1
+  other, _ = setup.load_data(cfg)
+  assert not np.array_equal(other.train_y != other.extras["clean_train_y"],
+                            ds.train_y != clean.train_y)

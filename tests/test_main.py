@@ -21,6 +21,7 @@ from mixjax.train import validate
 from mixjax.train import groups
 from mixjax.train import loop
 from mixjax.train import setup
+from mixjax.train import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST1D = os.path.join(ROOT, "experiments", "mnist1d.py")
@@ -92,7 +93,8 @@ def bad_configs(tmp_path_factory):
 # (argv after --config, words of the message); every one exits 2 while parsing flags.
 BAD_FLAGS = [
     (["--config=experiments/no_such_file.py"],
-     ["--config=experiments/no_such_file.py", "no such file", "mnist1d.py", "cifar10.py"]),
+     ["--config=experiments/no_such_file.py", "no such file", "mnist1d.py", "cifar10.py",
+      "looked in /", "relative to the current directory"]),
     (["--config=experiments/mnist1d.py", "--config.nosuchkey=1"],
      ["--config.nosuchkey=1", "'nosuchkey'", "batch_size", "optimizer", "seed",
       "mixjax/train/config.py"]),
@@ -224,7 +226,7 @@ def test_main_runs_with_overrides(tmp_path, capsys, monkeypatch):
   run_main([f"--config={MNIST1D}", f"--workdir={tmp_path}", "--config.num_steps=4",
              "--config.batch_size=64", "--config.log_every_steps=2",
              "--config.eval.every_epochs=0", "--config.method.name=regmixup",
-             "--config.sampler.params={\"alpha\": 2.0}",
+             "--config.sampler.params={\"alpha\": 2.0}", "--config.dataset.label_noise=0.3",
              "--config.model.kwargs={\"features\": [4], \"dense_sizes\": [8]}"],
             monkeypatch)
   saved = json.loads((tmp_path / "config.json").read_text())
@@ -238,7 +240,22 @@ def test_main_runs_with_overrides(tmp_path, capsys, monkeypatch):
     assert summary[col]["nll"] > 0 and 0 <= summary[col]["ece"] <= 1
   # RegMixup's effective θ-law: atom at 1 w.p. 1/2, folded Beta(2,2) (θ̄ = 0.6875) w.p. 1/2.
   assert summary["theta_bar"] == pytest.approx(0.5 * 1.0 + 0.5 * 0.6875, abs=1e-6)
-  assert "accuracy" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "Final evaluation of seed 0" in out and "accuracy" in out
+  # The names of the outputs: the summary's columns, the final metrics.jsonl record.
+  assert set(summary) >= {"test", "val", "test_rescaled", "val_rescaled"}
+  assert set(summary["val"]) == {"accuracy", "temperature"}
+  assert "temperature" not in summary["test"] and "val_accuracy" not in summary["test"]
+  assert summary["sampler"] == {"name": "beta", "params": {"alpha": 2.0},
+                                "label": "Beta(2)"}
+  final = [r for r in writers.read_metrics(str(tmp_path)) if r.get("final")]
+  assert len(final) == 1 and final[0]["step"] == 4
+  assert final[0]["test/accuracy"] == summary["test"]["accuracy"]
+  assert final[0]["val_rescaled/temperature"] == summary["val_rescaled"]["temperature"]
+  # Label noise on the training split: 30% of 3600 labels flipped (4 binomial sds).
+  noise = summary["label_noise"]
+  assert noise["rate"] == 0.3 and noise["num_train"] == 3600
+  assert abs(noise["flipped"] / 3600 - 0.3) < 4 * (0.21 / 3600) ** 0.5
 
 
 def test_main_missing_tfds_data_exits_fast_with_instructions(tmp_path, monkeypatch, capsys):

@@ -17,7 +17,8 @@ from mixjax.data.batching import (batch_from_permutations, batch_indices,
                                   epoch_permutation, epoch_permutations, local_indices,
                                   steps_per_epoch, take)
 from mixjax.data.dataset import (DATASETS, Dataset, channel_stats, load_dataset,
-                                 normalize, split_validation, stratified_split)
+                                 normalize, split_validation, stratified_split,
+                                 with_label_noise)
 from mixjax.data.offline import random_features
 from mixjax.data.shift import (SHIFT_DATASETS, check_shift_prepared, get_shift_dataset,
                                shift_test_sets)
@@ -29,5 +30,5 @@ __all__ = [
     "check_shift_prepared", "epoch_permutation", "epoch_permutations",
     "get_shift_dataset", "load_dataset", "local_indices", "normalize",
     "random_features", "read_split", "shift_test_sets", "split_validation",
-    "steps_per_epoch", "stratified_split", "take",
+    "steps_per_epoch", "stratified_split", "take", "with_label_noise",
 ]

@@ -78,6 +78,36 @@ class Dataset:
             f"{self.test_x.shape}, {self.num_classes} classes")
 
 
+def with_label_noise(ds: Dataset, rate: float, seed: int) -> Dataset:
+  """`ds` with symmetric label noise on its training split only.
+
+  Each training example, independently with probability `rate`, gets a label drawn
+  uniformly from the c − 1 *other* classes (so the fraction of wrong labels is `rate`
+  in expectation; with c = 10, rate = 0.4 leaves 60% correct, no class favoured). The
+  validation and test splits are untouched. Deterministic: the draw is
+  `numpy.random.default_rng([seed, 0x4C4E])` over the training split's order, so the
+  flipped examples are reproducible from (seed, rate) — the trainer passes
+  `config.dataset.split_seed`. The clean training labels are kept in
+  `extras["clean_train_y"]` (which examples were flipped: `train_y != clean_train_y`).
+
+  Args:
+    ds: the dataset.
+    rate: p in [0, 1].
+    seed: the noise seed.
+  """
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"label noise rate {rate} must be in [0, 1].")
+  if rate == 0:
+    return ds
+  rng = np.random.default_rng([int(seed), 0x4C4E])
+  n, c = ds.train_y.shape[0], ds.num_classes
+  flip = rng.random(n) < rate
+  offset = rng.integers(1, c, n)
+  noisy = np.where(flip, (ds.train_y + offset) % c, ds.train_y).astype(np.int32)
+  return dataclasses.replace(ds, train_y=noisy,
+                             extras={**ds.extras, "clean_train_y": ds.train_y})
+
+
 def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
                  seed: int = 0, num_train: int = 0, **kwargs: Any) -> Dataset:
   """Loads the dataset registered as `name`.

@@ -19,6 +19,9 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   dataset.split_seed           seed of the validation split (fixed across run seeds, so
                                the runs of a seed group see the same data)
   dataset.num_train            train on the first N examples of the training split (0: all)
+  dataset.label_noise          p: symmetric label noise on the training split only (each
+                               label, w.p. p, replaced by a uniformly random other class;
+                               fixed by dataset.split_seed; `data.with_label_noise`)
   model.name / kwargs          `mixjax.models.get_model(name, num_classes, **kwargs)`
   model.input_shape            reshape each example to this shape inside the model (e.g.
                                (40, 1, 1) to run LeNet on MNIST-1D signals); data, stats and
@@ -90,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.val_fraction = 0.1
   c.dataset.split_seed = 0
   c.dataset.num_train = 0
+  c.dataset.label_noise = 0.0
   c.dataset.kwargs = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()

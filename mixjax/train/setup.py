@@ -48,11 +48,14 @@ def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
 
 
 def load_data(config: ml_collections.ConfigDict):
-  """The dataset (`data.load_dataset`) and the number of steps per epoch."""
+  """The dataset (`data.load_dataset`, with config.dataset.label_noise on its training
+  split: `data.with_label_noise`) and the number of steps per epoch."""
   ds = data_lib.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
                              val_fraction=config.dataset.val_fraction,
                              seed=config.dataset.split_seed, num_train=config.dataset.num_train,
                              **dict(config.dataset.kwargs))
+  ds = data_lib.with_label_noise(ds, float(config.dataset.label_noise),
+                                 int(config.dataset.split_seed))
   spe = data_lib.steps_per_epoch(int(ds.train_x.shape[0]), config.batch_size)  # rejects B > n
   if config.augment.enabled and not ds.is_image:
     raise ConfigError(
@@ -118,6 +121,7 @@ def _stats_fingerprint(config, ds) -> dict[str, Any]:
   return {"dataset": config.dataset.name, "kwargs": json.dumps(dict(config.dataset.kwargs)),
           "val_fraction": float(config.dataset.val_fraction),
           "split_seed": int(config.dataset.split_seed), "n": int(ds.train_x.shape[0]),
+          "label_noise": float(config.dataset.label_noise),
           "rank": -1 if config.stats.rank is None else int(config.stats.rank)}
 
 

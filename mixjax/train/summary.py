@@ -39,8 +39,14 @@ from mixjax.train import writers
 
 def run_summary(config: ml_collections.ConfigDict, state, *, total: int, spe: int,
                 num_devices: int, moments, train_time: float,
-                resumed_from_step: int | None) -> dict[str, Any]:
+                resumed_from_step: int | None, ds=None) -> dict[str, Any]:
   """What the run was (summary.json without the evaluations)."""
+  noise = None
+  if ds is not None and "clean_train_y" in ds.extras:
+    noise = {"rate": float(config.dataset.label_noise),
+             "seed": int(config.dataset.split_seed),
+             "flipped": int(np.sum(ds.train_y != ds.extras["clean_train_y"])),
+             "num_train": int(ds.train_y.shape[0])}
   return {
       "dataset": config.dataset.name, "model": config.model.name,
       "method": config.method.name,
@@ -51,6 +57,7 @@ def run_summary(config: ml_collections.ConfigDict, state, *, total: int, spe: in
       "theta_bar": None if moments is None else float(moments.mean),
       "strength": None if moments is None else float(moments.strength),
       "global_strength": None if moments is None else float(moments.global_strength),
+      "label_noise": noise,
       "train_time_s": train_time,
       "resumed_from_step": resumed_from_step,
       "process_index": jax.process_index(), "process_count": jax.process_count(),
@@ -143,7 +150,7 @@ def finish_runs(configs, dirs, state, *, predict, ds, writer, total: int, spe: i
     run_state = loop.run_slice(state, r) if grouped else state
     summary = run_summary(c, run_state, total=total, spe=spe, num_devices=num_devices,
                           moments=moments[r], train_time=train_time,
-                          resumed_from_step=resumed_from_step)
+                          resumed_from_step=resumed_from_step, ds=ds)
     summary["checkpoint"] = training[r]
     if changes and changes[r]:
       summary["config_changes"] = {k: list(v) for k, v in changes[r].items()}

@@ -230,6 +230,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   if config.dataset.num_train < 0:
     _fail(f"config.dataset.num_train={config.dataset.num_train} must be >= 0 (0: the whole "
           "training split).")
+  if not 0 <= config.dataset.label_noise < 1:
+    _fail(f"config.dataset.label_noise={config.dataset.label_noise} must be in [0, 1) "
+          "(0: clean labels).")
   if not 0 <= config.method.label_smoothing < 1:
     _fail(f"config.method.label_smoothing={config.method.label_smoothing} must be in "
           "[0, 1) (0: no smoothing).")
