@@ -28,6 +28,7 @@ import ml_collections
 
 from mixjax.errors import WorkdirError
 from mixjax.train import config as config_lib
+from mixjax.train import writers
 from mixjax.train.writers import SUMMARY_FILE
 
 CONFIG_FILE = "config.json"
@@ -160,8 +161,5 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *,
       logging.warning("Resuming %s with a changed config (config.json rewritten): %s",
                       workdir, _listed(changes))
   if write:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
+    writers.write_text(path, text)
   return changes

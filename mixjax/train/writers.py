@@ -113,13 +113,18 @@ def _run_value(v: Any, r: int) -> Any:
   return a[r] if isinstance(a, np.ndarray) and a.ndim >= 1 else a
 
 
-def write_json(path: str, value: Any) -> None:
-  """`value` as indented JSON at `path`, atomically (a temporary file, then a rename), so
-  a killed process never leaves a truncated summary (whose presence means "finished")."""
+def write_text(path: str, text: str) -> None:
+  """`text` at `path`, atomically (a temporary file, then a rename), so a killed process
+  never leaves a truncated file (a summary's presence means "finished")."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
-    json.dump(value, f, indent=2)
+    f.write(text)
   os.replace(tmp, path)
+
+
+def write_json(path: str, value: Any) -> None:
+  """`value` as indented JSON at `path`, atomically (`write_text`)."""
+  write_text(path, json.dumps(value, indent=2))
 
 
 def write_group_summary(workdir: str, summaries: dict[str, dict[str, Any]]) -> dict:
