@@ -7,71 +7,15 @@ so tables and figures are remade without retraining.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
-import platform
-import subprocess
-import sys
-from importlib import metadata
 from typing import Any
 
 import numpy as np
 
-_PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "scipy", "scikit-learn",
-             "matplotlib", "mnist1d", "tensorflow-datasets")
+from mixjax.provenance import provenance  # noqa: F401  (re-exported for the studies)
 
-
-def _git(*args: str) -> str | None:
-  try:
-    out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                         cwd=os.path.dirname(os.path.abspath(__file__)))
-  except (OSError, subprocess.SubprocessError):
-    return None
-  return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _cpu() -> dict[str, Any]:
-  """The CPU's model name and its vector-instruction flags (/proc/cpuinfo; empty
-  elsewhere): XLA:CPU compiles for the host's instruction set, and the last bits of some
-  results (e.g. transcendental functions in the λ draws) may depend on it."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      info = dict(l.split(":", 1) for l in f.read().split("\n\n")[0].splitlines() if ":" in l)
-  except OSError:
-    return {}
-  info = {k.strip(): v.strip() for k, v in info.items()}
-  flags = sorted(f for f in info.get("flags", "").split()
-                 if f.startswith(("avx", "fma", "sse4", "amx", "f16c")))
-  return {"cpu_model": info.get("model name"), "cpu_flags": flags}
-
-
-def provenance() -> dict[str, Any]:
-  """Package versions, git revision (and whether the tree was dirty), the machine (CPU
-  model and vector flags, devices), the command."""
-  import jax  # pylint: disable=g-import-not-at-top
-  versions = {}
-  for p in _PACKAGES:
-    try:
-      versions[p] = metadata.version(p)
-    except metadata.PackageNotFoundError:
-      versions[p] = None
-  status = _git("status", "--porcelain", "--", "mixjax", "experiments")
-  return {
-      "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "git_revision": _git("rev-parse", "HEAD"),
-      "git_dirty": bool(status) if status is not None else None,
-      "python": sys.version.split()[0],
-      "packages": versions,
-      "platform": platform.platform(),
-      "processor": platform.processor() or platform.machine(),
-      "cpu_count": os.cpu_count(),
-      **_cpu(),
-      "jax_backend": jax.default_backend(),
-      "devices": [str(d) for d in jax.devices()],
-      "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-  }
 
 
 def _jsonable(x: Any) -> Any:

@@ -22,7 +22,7 @@ import ml_collections
 from mixjax import eval as eval_lib
 from mixjax import sharding
 from mixjax.data import feeding
-from mixjax.errors import ConfigError
+from mixjax.errors import ConfigError, NonFiniteLossError
 from mixjax.models import introspect
 from mixjax.train import checkpoint as checkpoint_lib
 from mixjax.train import config as config_lib
@@ -161,9 +161,17 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
       logging.info("%s finished already; not trained again.", d)
       summaries[name] = done[name]
       continue
-    summaries.update(train_program([c], [d], d, devices=devices, ds=ds, model=model,
-                                   changes=[ch], programs=programs,
-                                   interrupt_at_step=interrupt_at_step))
+    try:
+      summaries.update(train_program([c], [d], d, devices=devices, ds=ds, model=model,
+                                     changes=[ch], programs=programs,
+                                     interrupt_at_step=interrupt_at_step))
+    except NonFiniteLossError as e:  # this run stopped; the others go on, as in vmap
+      summaries[name] = {"status": "failed", "seed": int(c.seed), "error": str(e)}
+  failed = [n for n, v in summaries.items() if v.get("status") == "failed"]
+  if failed and len(failed) == len(summaries):
+    raise NonFiniteLossError(
+        f"Non-finite loss in every run of the group ({', '.join(failed)}): "
+        + summaries[failed[0]]["error"])
   return summaries
 
 

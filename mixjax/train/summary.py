@@ -28,6 +28,7 @@ import numpy as np
 
 from mixjax import data as data_lib
 from mixjax import eval as eval_lib
+from mixjax import provenance
 from mixjax.sharding import to_host
 from mixjax.train import loop
 from mixjax.train import methods as methods_lib
@@ -61,6 +62,7 @@ def run_summary(config: ml_collections.ConfigDict, state, *, total: int, spe: in
       "train_time_s": train_time,
       "resumed_from_step": resumed_from_step,
       "process_index": jax.process_index(), "process_count": jax.process_count(),
+      "code": provenance.code_revision(),
       # Σ |w| over all parameters: a cheap fingerprint to compare runs and processes.
       "param_l1": float(sum(np.abs(to_host(p)).astype(np.float64).sum()
                             for p in jax.tree.leaves(state.params))),
