@@ -74,14 +74,7 @@ def load(path: str) -> tuple[types.ModuleType, str | None]:
   return module, setting or None
 
 
-def config_from_json(value: dict[str, Any]) -> ml_collections.ConfigDict:
-  """A config written as JSON (config.json, a record's "train") as a ConfigDict, its
-  lists back to the configs' tuples."""
-  def tuples(v):
-    if isinstance(v, dict):
-      return {k: tuples(x) for k, x in v.items()}
-    return tuple(tuples(x) for x in v) if isinstance(v, list) else v
-  return ml_collections.ConfigDict(tuples(value))
+config_from_json = workdir_lib.config_from_json
 
 
 def read_config(run_dir: str) -> ml_collections.ConfigDict:

@@ -8,7 +8,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from mixjax import data as data_lib
 from mixjax import sharding
@@ -39,7 +38,7 @@ class TrainedRun:
 
   def __init__(self, run_dir: str, *, ds=None):
     with open(os.path.join(run_dir, "config.json")) as f:
-      self.config = ml_collections.ConfigDict(_tuples(json.load(f)))
+      self.config = workdir_lib.config_from_json(json.load(f))
     summary = workdir_lib.finished_summary(run_dir) or {}
     where = summary.get("checkpoint") or {"workdir": ".", "run": None, "num_runs": None}
     self.ds = ds if ds is not None else setup.load_data(self.config)[0]
@@ -70,12 +69,3 @@ class TrainedRun:
 
   def close(self) -> None:
     self._ckpt.close()
-
-
-def _tuples(value: Any) -> Any:
-  """JSON lists back to the tuples the configs use."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  return value

@@ -59,6 +59,32 @@ def finished_summary(run_dir: str) -> dict[str, Any] | None:
     return json.load(f)
 
 
+def config_from_json(value: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A config written as JSON (config.json, a study record's "train") back as a
+  ConfigDict: its lists as the configs' tuples, on top of `config.base_config()` so that
+  a knob added to mixjax since it was written has its default (the same rule as
+  resuming). Dict-valued knobs (`config.DICT_KNOBS`) are taken whole."""
+  def tuples(v):
+    if isinstance(v, Mapping):
+      return {k: tuples(x) for k, x in v.items()}
+    return tuple(tuples(x) for x in v) if isinstance(v, list) else v
+
+  def merge(node, values, prefix):
+    for k, v in values.items():
+      key = prefix + k
+      if (isinstance(v, dict) and k in node and isinstance(node[k], ml_collections.ConfigDict)
+          and key not in config_lib.DICT_KNOBS):
+        merge(node[k], v, key + ".")
+      elif isinstance(v, dict):
+        node[k] = ml_collections.ConfigDict(v)
+      else:
+        node[k] = v
+
+  config = config_lib.base_config()
+  merge(config, tuples(value), "")
+  return config
+
+
 def config_to_json(config: ml_collections.ConfigDict) -> str:
   """The config as written to WORKDIR/config.json (tuples as lists)."""
   if hasattr(config, "to_json_best_effort"):
