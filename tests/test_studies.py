@@ -137,7 +137,9 @@ def test_every_study_setting_is_a_valid_sweep(file, setting):
   pts = sweeps.load_sweep(f"{path}:{setting}", module)
   assert pts and callable(module.report)
   for p in pts:
-    validate.validate_config(sweeps.sweep_config(base, p), num_devices=1)
+    c = sweeps.sweep_config(base, p)
+    # Shifted test sets (eval.shift) are checked for being prepared only where they are.
+    validate.validate_config(c, num_devices=1, check_data=not c.eval.shift)
   assert len({sweeps.point_name(i, p) for i, p in enumerate(pts)}) == len(pts)
 
 
@@ -588,3 +590,91 @@ def test_regress_laws_without_enough_finite_laws_gives_nan_not_an_error():
   out = analysis.regress_laws(rows, ["x1", "x2"], "m", num_boot=20)
   assert all(math.isnan(out[k]["coef"]) and math.isnan(out[k]["boot_low"])
              for k in ("x1", "x2"))
+
+
+# ----------------------------------------------------------------------------------------
+# The regimes study (experiments/studies/regimes.py): its laws and its statistics.
+
+
+def _regimes():
+  from mixjax.studies import regimes  # pylint: disable=g-import-not-at-top
+  return sweeps.load_config_module(os.path.join(STUDIES, "regimes.py")), regimes
+
+
+def _folded_beta_moments(a: float) -> tuple[float, float]:
+  """E θ and Var θ of θ = max(λ, 1 − λ), λ ~ Beta(a, a), by scipy.stats' expectation."""
+  m1 = sp_stats.beta(a, a).expect(lambda x: np.maximum(x, 1 - x))
+  m2 = sp_stats.beta(a, a).expect(lambda x: np.maximum(x, 1 - x) ** 2)
+  return m1, m2 - m1 ** 2
+
+
+def test_regimes_laws_have_the_stated_theta_moments():
+  """The study's arms, as their points select them, have the θ̄ and σ²/θ̄² the issue
+  states: θ̄ = 3/4 with σ²/θ̄² = 0, 1/27, 1/18, 1/9 (closed forms: a point mass; U(½, 1);
+  ½ + X/2 with X ~ Beta(½, ½), Var X = 1/8; atoms {½, 1}, Var = 1/16); the optimal law
+  (2/3, 1/8); Beta(0.2) and Beta(2) folded (scipy.stats expectations); label smoothing
+  matched to Beta(1) (ε = 1 − θ̄ = 1/4). The analysis keys on these laws' labels."""
+  module, regimes = _regimes()
+  arms = {("LS" if p.get("method.name") == "label_smoothing_matched" else laws.label(p)): p
+          for p in module.LAWS}
+  expected = {"θ=0.75": (0.75, 0.0), "Beta(1)": (0.75, 1 / 48), "W(0.5)": (0.75, 1 / 32),
+              "atoms{0.5,1}": (0.75, 1 / 16), "optimal": (2 / 3, 1 / 18),
+              "Beta(0.2)": _folded_beta_moments(0.2), "Beta(2)": _folded_beta_moments(2.0)}
+  for label, (mean, var) in expected.items():
+    m = L.theta_moments(laws.sampler_of(arms[label]))
+    assert m.mean == pytest.approx(mean, rel=1e-9, abs=1e-12), label
+    assert m.var == pytest.approx(var, rel=1e-7, abs=1e-12), label
+    assert m.strength == pytest.approx(var / mean ** 2, rel=1e-7, abs=1e-12), label
+  fixed = [L.theta_moments(laws.sampler_of(arms[l])).strength for l in regimes.FIXED_THETA]
+  np.testing.assert_allclose(fixed, [0, 1 / 27, 1 / 18, 1 / 9], atol=1e-12)
+  assert L.theta_moments(laws.sampler_of(arms["optimal"])).strength == pytest.approx(1 / 8)
+  assert 1 - L.theta_moments(laws.sampler_of(arms["LS"])).mean == pytest.approx(0.25)
+  assert set(regimes.FIXED_THETA) | set(regimes.RELIABILITY) - {regimes.SMOOTHING} <= set(arms)
+  assert {"ERM", "CutMix(1)"} <= set(arms)
+  cfg = sweeps.sweep_config(module.get_config("overfit"), arms["LS"])
+  assert regimes.columns(cfg)["law"] == regimes.SMOOTHING
+
+
+def test_regimes_seeds_needed_reaches_the_power_by_the_noncentral_t():
+  """At the returned n, a two-sided paired t-test at 5% has power ≥ 0.8 against the
+  difference, and at n − 1 less (power from scipy's noncentral t, not statsmodels)."""
+  _, regimes = _regimes()
+
+  def power(n, effect):
+    crit = sp_stats.t.ppf(0.975, n - 1)
+    nc = effect * math.sqrt(n)
+    return sp_stats.nct.sf(crit, n - 1, nc) + sp_stats.nct.cdf(-crit, n - 1, nc)
+
+  for diff, sd in ((1.0, 1.0), (0.3, 1.0), (-0.02, 0.05), (2.0, 0.5)):
+    n = int(regimes.seeds_needed(diff, sd))
+    assert power(n, abs(diff) / sd) >= 0.8
+    if n > 2:
+      assert power(n - 1, abs(diff) / sd) < 0.8
+  assert regimes.seeds_needed(0.0, 1.0) == math.inf
+
+
+def test_regimes_seed_slopes_and_contrasts_against_scipy():
+  """Per-seed slopes against scipy.stats.linregress within each seed and a one-sample
+  t-interval over them; a planted effect is reported as separated, none as not."""
+  _, regimes = _regimes()
+  rng = np.random.default_rng(0)
+  xs = dict(zip(regimes.FIXED_THETA, (0.0, 1 / 27, 1 / 18, 1 / 9)))
+  rows = [{"law": l, "seed": s, "strength": x,
+           "test_nll": 0.5 - 0.9 * x + 0.01 * rng.normal() + 0.05 * s,
+           "test_accuracy": 0.8 + 0.002 * rng.normal()}
+          for s in range(6) for l, x in xs.items()]
+  rows += [{"law": "ERM", "seed": s, "strength": 0.0, "test_nll": 0.6 + 0.05 * s,
+            "test_accuracy": 0.8 + 0.002 * rng.normal()} for s in range(6)]
+  slopes = [sp_stats.linregress(list(xs.values()),
+                                [r["test_nll"] for r in rows if r["seed"] == s
+                                 and r["law"] in xs]).slope for s in range(6)]
+  ci = sp_stats.ttest_1samp(slopes, 0.0).confidence_interval(0.95)
+  got = regimes.seed_slopes(rows, "test_nll")
+  assert got["slope"] == pytest.approx(np.mean(slopes), rel=1e-10)
+  assert (got["ci_low"], got["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-10)
+  assert got["ci_high"] < 0
+  d = regimes.contrast(rows, "test_nll", "Beta(1)", "ERM")
+  assert d["separated"] and regimes._better(d, "test_nll") == "better"
+  assert d["diff"] == pytest.approx(-0.1 - 0.9 / 27, abs=0.02)
+  d = regimes.contrast(rows, "test_accuracy", "Beta(1)", "ERM")
+  assert not d["separated"] and regimes._better(d, "test_accuracy") == "not separated"
