@@ -259,8 +259,15 @@ def _header(rec: dict, setting: str) -> str:
 def pilot_section(rec: dict, setting: str) -> str:
   """ERM against Beta(1) in each cell of a pilot setting, paired by seed."""
   rows = analysis.frame(rows_of(rec))
-  md = [_header(rec, setting).replace(f"the first {rec['config']['train']['dataset']['num_train']:,}",
-                                      "a subset of the")]
+  cfg, t = rec["config"], rec["config"]["train"]
+  times = [r["train_time_s"] for r in rec["runs"] if r.get("train_time_s")]
+  md = [f"### {setting}\n\nThe recipe CNN without augmentation or weight decay (SGD "
+        f"Nesterov lr {t['optimizer']['lr']} cosine, batch {t['batch_size']}, folded λ), "
+        f"validation / test {cfg['data_sizes']['val_x']:,} / {cfg['data_sizes']['test_x']:,}; "
+        f"{len(cfg['seeds'])} seeds, {len(rec['runs'])} runs one after another: "
+        f"{rec['info'].get('train_seconds', float('nan')):.0f} s in the training loops "
+        f"(median {np.median(times):.0f} s a run) on {rec['provenance']['cpu_count']} CPU "
+        "cores.\n"]
   body = []
   for cell, df in rows.groupby("cell", sort=False):
     line = [cell, str(df["seed"].nunique())]
