@@ -55,7 +55,7 @@ SETTINGS = {
     "overfit": dict(config={"dataset.num_train": 3000, "num_epochs": 40, "eval.shift": SHIFT},
                     grid=[{}], laws=LAWS, seeds=5),
     "noisy": dict(config={"dataset.num_train": 5000, "num_epochs": 20,
-                          "dataset.label_noise": 0.4, "eval.shift": SHIFT},
+                          "dataset.label_noise": 0.2, "eval.shift": SHIFT},
                   grid=[{}], laws=LAWS, seeds=5),
 }
 

@@ -178,7 +178,11 @@ def seeds_needed(diff: float, sd: float, power: float = 0.8) -> float:
     warnings.simplefilter("ignore")
     n = test.solve_power(effect_size=effect, alpha=0.05, power=power,
                          alternative="two-sided")
-  return float(math.ceil(float(np.squeeze(n))))
+  n = float(np.squeeze(n))
+  if not np.isfinite(n):  # the solver fails for tiny effects, where the normal
+    z = sp_stats.norm.ppf(0.975) + sp_stats.norm.ppf(power)  # approximation is exact
+    n = (z / effect) ** 2
+  return float(math.ceil(n))
 
 
 def seed_slopes(rows, metric: str, labels: Sequence[str] = FIXED_THETA,
