@@ -678,3 +678,28 @@ def test_regimes_seed_slopes_and_contrasts_against_scipy():
   assert d["diff"] == pytest.approx(-0.1 - 0.9 / 27, abs=0.02)
   d = regimes.contrast(rows, "test_accuracy", "Beta(1)", "ERM")
   assert not d["separated"] and regimes._better(d, "test_accuracy") == "not separated"
+
+
+def test_row_of_a_mask_law_run_takes_its_moments_on_the_data_image_size(tmp_path,
+                                                                       monkeypatch):
+  """A mask law's θ-moments depend on the image size: a run's row computes them on the
+  data's example shape (here a stand-in dataset of 6×5×1 images), not without one."""
+  import types  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from mixjax.train import setup  # pylint: disable=g-import-not-at-top
+  config = study_runs.study_config(dataset="fashion_mnist", model="cnn", num_epochs=1,
+                                   batch_size=8, lr=1e-3)
+  config.sampler.name = "cutmix"
+  config.sampler.params = ml_collections.ConfigDict({"alpha": 1.0})
+  run = tmp_path / "r"
+  run.mkdir()
+  (run / "summary.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "step": 4,
+                                                "epochs": 1}))
+  (run / "metrics.jsonl").write_text("")
+  monkeypatch.setattr(setup, "load_data", lambda c: (
+      types.SimpleNamespace(input_shape=(6, 5, 1)), None))
+  row = study_runs.row("r", config, str(tmp_path))
+  small, large = (L.law_moments(L.cutmix(1.0), s) for s in ((6, 5, 1), (28, 28, 1)))
+  assert (row["law"], row["theta_bar"], row["strength"]) == (
+      "CutMix(1)", small.mean, small.strength)
+  assert small.mean != large.mean and row["test_accuracy"] == 0.5

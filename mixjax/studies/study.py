@@ -142,7 +142,15 @@ def _record(path: str, setting: str, runs: list[Run], overrides: dict) -> dict[s
   laws = {}
   for r in runs:
     law = setup.training_sampler(r.config)
-    laws.setdefault(law.label, samplers.describe(law))
+    if samplers.is_mask_law(law):  # its moments depend on the image size
+      m = samplers.law_moments(law, tuple(ds.input_shape))
+      laws.setdefault(law.label, {"label": law.label, "name": law.name,
+                                  "image_shape": list(ds.input_shape),
+                                  **{k: float(getattr(m, k)) for k in (
+                                      "mean", "var", "gamma2", "strength",
+                                      "global_strength")}})
+    else:
+      laws.setdefault(law.label, samplers.describe(law))
   return {"setting": setting, "study": os.path.basename(path.partition(":")[0]),
           "dataset": first.dataset.name, "dataset_kwargs": dict(first.dataset.kwargs),
           "train": runs_lib.config_record(module.get_config(setting)),
