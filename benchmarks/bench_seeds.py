@@ -54,7 +54,7 @@ def main(argv=None) -> dict[str, float]:
   with tempfile.TemporaryDirectory() as tmp:
     group, log = run(common + [f"--workdir={tmp}/group",
                                f"--config.num_seeds={args.num_seeds}"])
-    mode = re.search(r"Seed group of \d+ runs .*?, (\w+) mode", log)
+    mode = re.search(r"[Gg]roup of \d+ runs .*?, (\w+) mode", log)
     separate = []
     for s in range(args.num_seeds):
       wall, _ = run(common + [f"--workdir={tmp}/seed_{s}", f"--config.seed={s}"])

@@ -13,7 +13,7 @@ Rerunning on a workdir that holds a run (`check_workdir_config`):
   retraining (any key outside `RESUMABLE_CHANGES`) is refused even with
   `allow_config_change=True`: the weights would stay the old config's while config.json
   and the summary would name the new one. Evaluation-only changes (`eval.*`)
-  re-evaluate it, and the summary records them (`reevaluated_with`).
+  re-evaluate it, and the summary records them (`config_changes`).
 A key the old config.json lacks (a knob added to mixjax since) is no change when it has
 its default value. An accepted change is logged and config.json is rewritten.
 """
