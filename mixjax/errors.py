@@ -25,9 +25,14 @@ class ConfigError(MixjaxError, ValueError):
 
 
 class NonFiniteLossError(MixjaxError, FloatingPointError):
-  """The loss or a gradient became NaN/inf; the message names the step."""
+  """The loss or a gradient became NaN/inf; the message names the step (`step`, the
+  first non-finite one, when known)."""
   exit_code = 3
   prefix = None  # the message names the step itself
+
+  def __init__(self, message: str, step: int | None = None):
+    super().__init__(message)
+    self.step = step
 
 
 class DataError(MixjaxError, FileNotFoundError):

@@ -162,6 +162,36 @@ def test_nan_in_one_run_fails_that_run_only(group, tmp_path, monkeypatch):
                                                                       rel=1e-6)
 
 
+def test_nan_in_one_run_of_a_sequential_group_fails_that_run_only(group, tmp_path,
+                                                                  monkeypatch):
+  """The same in sequential mode: seed 6's own state starts with a NaN weight; it is
+  marked failed at step 1 and the group goes on to train seed 7 (exit 0, 2 finished),
+  whose numbers equal the healthy group's to float rounding."""
+  full, _ = group
+  original = setup.create_or_restore_state
+
+  def poisoned(model, tx, mesh, ckpt, *args, **kwargs):
+    state, resumed = original(model, tx, mesh, ckpt, *args, **kwargs)
+    if "seed_6" not in str(ckpt.directory):
+      return state, resumed
+    assert kwargs.get("num_runs") is None  # one run's state, no run axis
+    leaf, *_ = jax.tree.leaves(state.params)
+    bad = jax.tree.map(lambda a: a.at[0].set(jnp.nan) if a is leaf else a, state.params)
+    return state.replace(params=bad), resumed
+
+  monkeypatch.setattr(setup, "create_or_restore_state", poisoned)
+  wd = str(tmp_path / "nan_seq")
+  out = groups.train_and_evaluate(
+      group_config(seed=5, num_seeds=3, group_mode="sequential"), wd)
+  failed = read_summary(os.path.join(wd, "seed_6"))
+  assert failed["status"] == "failed" and failed["failed_at_step"] == 1
+  assert (out["num_runs"], out["num_finished"]) == (3, 2)
+  for seed in (5, 7):
+    got, want = (read_summary(os.path.join(d, f"seed_{seed}")) for d in (wd, full))
+    assert got["status"] == "ok" and got["checkpoint"]["mode"] == "alone"
+    assert got["param_l1"] == pytest.approx(want["param_l1"], rel=1e-5)
+
+
 def test_nan_in_every_run_stops_the_group(tmp_path):
   config = group_config(num_seeds=2, **{"optimizer.lr": 1e30})
   with pytest.raises(errors.NonFiniteLossError, match="every run of the group"):

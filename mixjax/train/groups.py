@@ -166,7 +166,12 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
                                      changes=[ch], programs=programs,
                                      interrupt_at_step=interrupt_at_step))
     except NonFiniteLossError as e:  # this run stopped; the others go on, as in vmap
-      summaries[name] = {"status": "failed", "seed": int(c.seed), "error": str(e)}
+      summaries[name] = {"status": "failed", "seed": int(c.seed), "failed_at_step": e.step,
+                         "error": str(e), "checkpoint": {"mode": "alone", "group": None,
+                                                         "workdir": ".", "run": None,
+                                                         "num_runs": None}}
+      if jax.process_index() == 0:
+        writers.write_json(os.path.join(d, writers.SUMMARY_FILE), summaries[name])
   failed = [n for n, v in summaries.items() if v.get("status") == "failed"]
   if failed and len(failed) == len(summaries):
     raise NonFiniteLossError(

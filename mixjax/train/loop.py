@@ -67,7 +67,7 @@ def check_finite(state, ckpt, writer, failed: dict[int, int]) -> None:
   logging.error(msg)
   writer.close()
   ckpt.close()
-  raise NonFiniteLossError(msg)
+  raise NonFiniteLossError(msg, step=first)
 
 
 def save(state, ckpt, writer, spe: int, failed: dict[int, int]) -> None:
