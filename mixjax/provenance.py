@@ -43,6 +43,26 @@ def _cpu() -> dict[str, Any]:
   return {"cpu_model": info.get("model name"), "cpu_flags": flags}
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def portable(text: str) -> str:
+  """`text` (a command line, a path) without this machine's paths: paths inside the
+  checkout relative to it, other absolute paths as "…/<last part>" (a workdir or data
+  folder: the documented commands name them W and DIR)."""
+  def one(word: str) -> str:
+    flag, eq, value = word.partition("=") if word.startswith("-") else ("", "", word)
+    if not os.path.isabs(value):
+      return word
+    path = os.path.normpath(value)
+    if path == _REPO or path.startswith(_REPO + os.sep):
+      path = os.path.relpath(path, _REPO)
+    else:
+      path = "…/" + os.path.basename(path)
+    return flag + eq + path
+  return " ".join(one(w) for w in text.split(" "))
+
+
 @functools.cache
 def code_revision() -> dict[str, Any]:
   """{"git_revision": HEAD of the checkout mixjax runs from, "git_dirty": whether mixjax/
@@ -74,5 +94,5 @@ def provenance() -> dict[str, Any]:
       **_cpu(),
       "jax_backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()],
-      "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+      "command": portable(" ".join([os.path.basename(sys.executable)] + sys.argv)),
   }

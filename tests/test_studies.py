@@ -102,6 +102,8 @@ def test_study_file_trains_by_main_sweep_and_is_collected_from_the_summaries(
   assert rec["config"]["command_line_overrides"] == {"log_every_steps": [8, 4]}
   assert rec["config"]["seeds"] == [0, 1] and len(rec["config"]["laws"]) == 5
   assert rec["provenance"]["packages"]["jax"] == jax.__version__
+  with open(json_path) as f:  # no path of this machine: the workdir is tmp_path's
+    assert str(tmp_path) not in f.read()
   named = [(n, study.read_config(os.path.join(workdir, n))) for n in names]
   logits = study_runs.predictions(named, workdir, "test_logits_rescaled")
   chex.assert_shape(logits, (10, 359, 10))

@@ -34,6 +34,7 @@ from typing import Any
 
 import ml_collections
 
+from mixjax import provenance
 from mixjax import samplers
 from mixjax.errors import ConfigError
 from mixjax.studies import records
@@ -109,7 +110,7 @@ def sweep_runs(path: str, workdir: str) -> tuple[list[Run], dict[str, list]]:
     config = read_config(folder)
     expected = sweeps.sweep_config(base, point)
     for k, (a, b) in workdir_lib.config_changes(_as_json(expected), _as_json(config)).items():
-      overrides[k] = [a, b]
+      overrides[k] = [provenance.portable(v) if isinstance(v, str) else v for v in (a, b)]
     members = ([(f"{name}/seed_{c.seed}", c) for c in groups.run_configs(config)]
                if config.num_seeds > 1 else [(name, config)])
     for member, c in members:
@@ -180,7 +181,8 @@ def collect(path: str, workdir: str | None, out: str) -> str:
           for r in runs]
   measured = dict(module.measure(setting, runs)) if hasattr(module, "measure") else {}
   info = {"train_seconds": _train_seconds(runs),
-          "train_command": f"python -m mixjax.main --config={path} --sweep --workdir=W",
+          "train_command": provenance.portable(
+              f"python -m mixjax.main --config={path} --sweep --workdir=W"),
           **measured.pop("info", {})}
   return records.save(out, setting, runs=rows, info=info,
                       config=_record(path, setting, runs, overrides), **measured)
