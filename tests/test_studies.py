@@ -647,11 +647,14 @@ def test_regimes_seeds_needed_reaches_the_power_by_the_noncentral_t():
     nc = effect * math.sqrt(n)
     return sp_stats.nct.sf(crit, n - 1, nc) + sp_stats.nct.cdf(-crit, n - 1, nc)
 
-  for diff, sd in ((1.0, 1.0), (0.3, 1.0), (-0.02, 0.05), (2.0, 0.5)):
+  for diff, sd in ((1.0, 1.0), (0.3, 1.0), (-0.02, 0.05), (2.0, 0.5), (10.0, 1.0),
+                   (0.5, 0.1), (0.01, 1.0)):
     n = int(regimes.seeds_needed(diff, sd))
     assert power(n, abs(diff) / sd) >= 0.8
     if n > 2:
       assert power(n - 1, abs(diff) / sd) < 0.8
+  assert regimes.seeds_needed(10.0, 1.0) == 3  # 2 seeds: power 0.73
+  assert regimes.seeds_needed(50.0, 1.0) == 2  # never fewer than a t-test's two
   assert regimes.seeds_needed(0.0, 1.0) == math.inf
 
 

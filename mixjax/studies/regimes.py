@@ -172,17 +172,25 @@ def seeds_needed(diff: float, sd: float, power: float = 0.8) -> float:
   if diff == 0:
     return math.inf
   effect, test = abs(diff) / sd, TTestPower()
-  if test.power(effect, nobs=2, alpha=0.05) >= power:  # the solver's bracket starts at 2
-    return 2.0
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    n = test.solve_power(effect_size=effect, alpha=0.05, power=power,
-                         alternative="two-sided")
-  n = float(np.squeeze(n))
-  if not np.isfinite(n):  # the solver fails for tiny effects, where the normal
-    z = sp_stats.norm.ppf(0.975) + sp_stats.norm.ppf(power)  # approximation is exact
-    n = (z / effect) ** 2
-  return float(math.ceil(n))
+
+  def enough(n: int) -> bool:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      p = float(test.power(effect, nobs=n, alpha=0.05, alternative="two-sided"))
+    if not np.isfinite(p):  # NaN where the noncentral t's tail underflows (power ≈ 1):
+      p = float(sp_stats.norm.sf(sp_stats.t.ppf(0.975, n - 1) - effect * math.sqrt(n)))
+    return p >= power                                         # its upper tail, normal
+
+  # The smallest n ≥ 2 with enough power, searched upwards from just below the normal
+  # approximation (which the t-test's n always exceeds); statsmodels' solve_power can
+  # return n < 2 or fail where the t distribution has few degrees of freedom.
+  z = sp_stats.norm.ppf(0.975) + sp_stats.norm.ppf(power)
+  n = max(2, int((z / effect) ** 2) - 1)
+  if n > 10**6:
+    return float(n)
+  while not enough(n):
+    n += 1
+  return float(n)
 
 
 def seed_slopes(rows, metric: str, labels: Sequence[str] = FIXED_THETA,
@@ -203,6 +211,10 @@ def seed_slopes(rows, metric: str, labels: Sequence[str] = FIXED_THETA,
     out.update(ci_low=float(ci.low), ci_high=float(ci.high),
                se=float(sp_stats.sem(slopes)))
   return out
+
+
+def _seeds(n: float) -> str:
+  return f"{n:,.0f}" if np.isfinite(n) else ("∞" if n > 0 else "n/a")
 
 
 def _fmt_diff(d: dict, metric: str, *, star: bool = True) -> str:
@@ -233,7 +245,7 @@ def _say(rows, metric: str, a: str, b: str) -> str:
   if verdict == "not separated":
     need = d["seeds_needed"]
     return s + (f" (not separated at {d['n']} seeds; CI width "
-                f"{(d['ci_high'] - d['ci_low']) * scale:.{digits}f}{unit}; ~{need} seeds "
+                f"{(d['ci_high'] - d['ci_low']) * scale:.{digits}f}{unit}; ~{_seeds(need)} seeds "
                 "for 80% power at this difference)" if np.isfinite(need) else
                 f" (not separated at {d['n']} seeds)")
   return s + f" ({verdict})"
@@ -331,7 +343,7 @@ def _slope_table(rows) -> str:
                  f"[{lf['ci_low'] * per9:+.{digits}f}, {lf['ci_high'] * per9:+.{digits}f}]",
                  f"[{lf['boot_low'] * per9:+.{digits}f}, {lf['boot_high'] * per9:+.{digits}f}]",
                  f"{lf['spearman']:+.2f}", _fmt_diff(ends, m),
-                 str(ends["seeds_needed"])])
+                 _seeds(ends["seeds_needed"])])
   return analysis.markdown_table(
       ["metric", "slope × 1/9", "per-seed t 95% CI", "over laws t 95% CI (2 dof)",
        "seed bootstrap 95% CI", "ρ (4 laws)", "atoms{½,1} − θ=¾ [CI]", "seeds for 80%"], body)
