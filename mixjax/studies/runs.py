@@ -9,9 +9,10 @@ trains them (`mixjax.train.train_sweep`) in W/<point folder> (`named_points`):
 
   * points that differ only in the seed, the λ-law's parameters (one sampler structure)
     and the optimizer's lr / weight decay train as one vmapped program on dense models
-    (one per sampler structure: ERM, Beta(α), W-shaped, RegMixup, two-atom and
-    three-atom laws), and one after another, sharing one compiled step, for
-    convolutional models on CPU (`mixjax.train.groups.group_mode`); the groups are a
+    and convolutions over 1-D signals (one per sampler structure: ERM, Beta(α),
+    W-shaped, RegMixup, two-atom and three-atom laws), and one after another, sharing
+    one compiled step, for convolutions over images on CPU
+    (`mixjax.train.groups.group_mode`); the groups are a
     function of the sweep file, so a rerun or a resumed sweep gives the same numbers;
   * the same seed gives the same initialization and data order under every law and
     method, so comparisons between laws are paired (common random numbers).

@@ -122,8 +122,9 @@ def _header(rec: dict, setting: str) -> str:
           f"{train['optimizer']['name']} lr {cfg['lr']} ({train['optimizer']['schedule']}), "
           f"batch {train['batch_size']}, {train['num_epochs']} epochs, "
           f"{len(cfg['seeds'])} seeds × {len(cfg['laws'])} laws = {len(rec['runs'])} runs "
-          "(one vmapped program per law structure for the dense models, one after another "
-          f"for the CNN): {seconds:.0f} s of training on {rec['provenance']['cpu_count']} "
+          "(one vmapped program per law structure where `group_mode` auto vmaps: dense "
+          "models and convolutions over 1-D signals; one after another for convolutions "
+          f"over images on CPU): {seconds:.0f} s of training on {rec['provenance']['cpu_count']} "
           f"CPU cores ({rec['provenance']['jax_backend']}).\n")
 
 
