@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp_stats
 
-from conftest import ROOT, run_main  # pylint: disable=g-bad-import-order
+from conftest import ROOT, parse_main_flags, run_main  # pylint: disable=g-bad-import-order
 from mixjax import mixing
 from mixjax import samplers
 from mixjax import samplers as L
@@ -143,6 +143,23 @@ def test_every_study_setting_is_a_valid_sweep(file, setting):
     # Shifted test sets (eval.shift) are checked for being prepared only where they are.
     validate.validate_config(c, num_devices=1, check_data=not c.eval.shift)
   assert len({sweeps.point_name(i, p) for i, p in enumerate(pts)}) == len(pts)
+
+
+@pytest.mark.parametrize("file,setting", _study_settings())
+def test_every_study_setting_takes_a_data_dir_from_the_command_line(file, setting,
+                                                                     monkeypatch):
+  """The documented `--config.dataset.data_dir=DIR` parses for every setting (a config
+  built by `sweeps.sweep_config` keeps the recipe's placeholder), and the value reaches
+  each point's config."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from mixjax import main as main_lib  # pylint: disable=g-import-not-at-top,unused-import
+  path = os.path.join(STUDIES, file)
+  parse_main_flags([f"--config={path}:{setting}", "--workdir=/unused",
+                    "--config.dataset.data_dir=/some/dir"], monkeypatch)
+  config = flags.FLAGS.config
+  assert config.dataset.data_dir == "/some/dir"
+  point = sweeps.load_sweep(f"{path}:{setting}")[0]
+  assert sweeps.sweep_config(config, point).dataset.data_dir == "/some/dir"
 
 
 def test_study_config_sets_the_shared_training_explicitly():

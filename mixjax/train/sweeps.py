@@ -7,6 +7,8 @@ Config files (`experiments/*.py`) are loaded by path (`load_config_module`); a f
 """
 from __future__ import annotations
 
+import copy
+
 import importlib.util
 import json
 import os
@@ -42,8 +44,10 @@ def load_config_module(path: str) -> types.ModuleType:
 
 def sweep_config(config: ml_collections.ConfigDict, overrides: dict[str, Any]
                  ) -> ml_collections.ConfigDict:
-  """A copy of `config` with `overrides` ({"a.b": value}) applied; unknown keys raise."""
-  config = ml_collections.ConfigDict(config.to_dict())
+  """A copy of `config` with `overrides` ({"a.b": value}) applied; unknown keys raise.
+  The copy keeps the config's placeholders (e.g. `dataset.data_dir`, None until set),
+  so a config built from another with this stays overridable from the command line."""
+  config = copy.deepcopy(config)
   for path, value in overrides.items():
     node = config
     *parents, leaf = path.split(".")
