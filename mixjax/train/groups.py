@@ -167,9 +167,7 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
                                      interrupt_at_step=interrupt_at_step))
     except NonFiniteLossError as e:  # this run stopped; the others go on, as in vmap
       summaries[name] = {"status": "failed", "seed": int(c.seed), "failed_at_step": e.step,
-                         "error": str(e), "checkpoint": {"mode": "alone", "group": None,
-                                                         "workdir": ".", "run": None,
-                                                         "num_runs": None}}
+                         "error": str(e), "checkpoint": _how_trained([d], d, 0, None)}
       if jax.process_index() == 0:
         writers.write_json(os.path.join(d, writers.SUMMARY_FILE), summaries[name])
   failed = [n for n, v in summaries.items() if v.get("status") == "failed"]
@@ -178,6 +176,16 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
         f"Non-finite loss in every run of the group ({', '.join(failed)}): "
         + summaries[failed[0]]["error"])
   return summaries
+
+
+def _how_trained(dirs, workdir: str, r: int, num_runs: int | None) -> dict[str, Any]:
+  """Run r's summary "checkpoint" entry: alone, or vmapped with the folders of its
+  group (relative to its own), and where its states are."""
+  d = dirs[r]
+  return {"mode": "vmapped" if num_runs else "alone",
+          "group": [os.path.relpath(g, d) for g in dirs] if num_runs else None,
+          "workdir": os.path.relpath(workdir, d), "run": r if num_runs else None,
+          "num_runs": num_runs}
 
 
 def _holds_run(folder: str) -> bool:
@@ -253,10 +261,7 @@ def train_program(configs, dirs, workdir, *, devices, ds, model, changes,
   state, train_time = loop.train(
       base, state, step, predict, ds, ckpt, writer, start=start, total=total, spe=spe,
       devices=devices, interrupt_at_step=interrupt_at_step, num_runs=num_runs)
-  training = [{"mode": "vmapped" if num_runs else "alone",
-               "group": [os.path.relpath(g, d) for g in dirs] if num_runs else None,
-               "workdir": os.path.relpath(workdir, d), "run": r if num_runs else None,
-               "num_runs": num_runs} for r, d in enumerate(dirs)]
+  training = [_how_trained(dirs, workdir, r, num_runs) for r in range(len(dirs))]
   summaries = summary_lib.finish_runs(
       configs, dirs, state, predict=predict, ds=ds, writer=writer, total=total, spe=spe,
       num_devices=len(devices), moments=[c.moments for c in ctxs], train_time=train_time,

@@ -8,7 +8,6 @@ Config files (`experiments/*.py`) are loaded by path (`load_config_module`); a f
 from __future__ import annotations
 
 import copy
-
 import importlib.util
 import json
 import os
