@@ -29,18 +29,93 @@ def x64():
 
 @pytest.fixture
 def run_main_cli():
-  """`run_main_cli(*args)` runs `python -m mixjax.main *args` in a subprocess from the
-  repository root, as a user would (real app.run wiring, exit codes, stderr); returns the
-  `subprocess.CompletedProcess` with text stdout / stderr."""
+  """`run_main_cli(*args, cwd=ROOT)` runs `python -m mixjax.main *args` in a subprocess
+  from the repository root (or `cwd`), as a user would (real app.run wiring, exit codes,
+  stderr); returns the `subprocess.CompletedProcess` with text stdout / stderr."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-  def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mixjax.main", *args], cwd=root,
+  def run(*args: str, timeout: float = 120, cwd=root) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixjax.main", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
   return run
+
+
+# A user's own law file (docs/add_a_law.md's recipe), with a good factory and one of each
+# bad kind: raises, returns no law, draws outside [0, 1], draws the wrong shape, gives
+# wrong moments.
+USER_LAW = '''
+"""θ ~ Normal(mu, sigma²) truncated to [½, 1]; λ = θ or 1 − θ with probability ½."""
+import math
+
+import jax
+import jax.numpy as jnp
+from mixjax import samplers
+
+
+def _draw(key, shape, mu, sigma):
+  k_theta, k_flip = jax.random.split(key)
+  lo, hi = (0.5 - mu) / sigma, (1.0 - mu) / sigma
+  theta = mu + sigma * jax.random.truncated_normal(k_theta, lo, hi, shape)
+  theta = jnp.clip(theta, 0.5, 1.0)  # float32 rounding at the ends
+  return jnp.where(jax.random.bernoulli(k_flip, 0.5, shape), theta, 1.0 - theta)
+
+
+def _moments(mu, sigma):
+  pdf = lambda x: math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+  cdf = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))
+  a, b = (0.5 - mu) / sigma, (1.0 - mu) / sigma
+  z = cdf(b) - cdf(a)
+  d = (pdf(a) - pdf(b)) / z
+  return mu + sigma * d, sigma**2 * (1 + (a * pdf(a) - b * pdf(b)) / z - d * d)
+
+
+def trunc_normal(mu=0.75, sigma=0.1):
+  mean, var = _moments(mu, sigma)
+  return samplers.from_fn(_draw, "trunc_normal", params={"mu": mu, "sigma": sigma},
+                          theta_mean=mean, theta_var=var)
+
+
+def trunc_normal_mc(mu=0.75, sigma=0.1):
+  return samplers.from_fn(_draw, "trunc_normal", params={"mu": mu, "sigma": sigma})
+
+
+def raises(mu=0.75):
+  raise RuntimeError("no law today")
+
+
+def not_a_law():
+  return 0.5
+
+
+def out_of_range():
+  return samplers.from_fn(lambda key, shape: 2.0 * jax.random.uniform(key, shape))
+
+
+def wrong_shape():
+  return samplers.from_fn(lambda key, shape: jax.random.uniform(key, (3,)))
+
+
+def wrong_moments(mu=0.75, sigma=0.1):
+  return samplers.from_fn(_draw, params={"mu": mu, "sigma": sigma},
+                          theta_mean=mu, theta_var=sigma**2)
+
+
+NOT_CALLABLE = 3
+'''
+
+
+@pytest.fixture
+def user_law_dir(tmp_path):
+  """A folder outside the repository holding `mylaw.py` (`USER_LAW`): its factories
+  `trunc_normal`, `trunc_normal_mc` and the bad ones, as `--config.sampler.name=
+  <dir>/mylaw.py:<factory>` names them."""
+  folder = tmp_path / "laws"
+  folder.mkdir()
+  (folder / "mylaw.py").write_text(USER_LAW)
+  return folder
 
 
 def method_context(*, sampler=None, moments=None, axis_name="data", **overrides):

@@ -425,6 +425,112 @@ def test_from_fn_quadrature():
   assert abs(weights @ nodes - 0.75) < 5 * math.sqrt(1 / 48 / num_draws)
 
 
+def _truncnorm(mu, sigma):
+  """θ ~ Normal(mu, sigma²) truncated to [½, 1], by scipy.stats (the reference of the
+  user law `trunc_normal` of the `user_law_dir` fixture, whose moments are hand-written)."""
+  return stats.truncnorm((0.5 - mu) / sigma, (1.0 - mu) / sigma, loc=mu, scale=sigma)
+
+
+@pytest.mark.parametrize("mu,sigma", [(0.75, 0.1), (0.9, 0.3), (0.55, 0.05)])
+def test_user_law_with_given_moments_is_exact_and_matches_scipy(user_law_dir, mu, sigma):
+  """A law from a .py file outside the repository (`make_sampler("DIR/mylaw.py:
+  trunc_normal", ...)`) reports the moments its factory computed (exact, no standard
+  error), equal to scipy.stats.truncnorm's; its θ draws follow that law (KS)."""
+  law = S.make_sampler(f"{user_law_dir}/mylaw.py:trunc_normal", mu=mu, sigma=sigma)
+  m = S.theta_moments(law)
+  ref = _truncnorm(mu, sigma)
+  mean, var = float(ref.mean()), float(ref.var())
+  gamma2 = var + (1.0 - mean) ** 2
+  assert m.exact and m.stderr is None and "exact" in repr(m)
+  np.testing.assert_allclose(
+      [m.mean, m.var, m.gamma2, m.strength, m.global_strength],
+      [mean, var, gamma2, var / mean**2, gamma2 / mean**2], rtol=1e-9)
+  lam = np.asarray(law(jax.random.key(1), (4096,)))
+  assert stats.kstest(np.maximum(lam, 1.0 - lam), ref.cdf).pvalue > KS_PVALUE
+  assert S.validate(law) is law  # the given moments agree with 2^16 draws
+  assert law.label == f"trunc_normal({mu:g},{sigma:g})"
+  # In a mixture the exact moments combine by the law of total variance.
+  mix = S.theta_moments(S.mixture([law, S.constant(1.0)], [0.25, 0.75]))
+  assert mix.exact
+  np.testing.assert_allclose(mix.mean, 0.25 * mean + 0.75, rtol=1e-12)
+  np.testing.assert_allclose(
+      mix.var, 0.25 * (var + mean**2) + 0.75 - (0.25 * mean + 0.75) ** 2, rtol=1e-9)
+
+
+def test_user_law_without_moments_is_monte_carlo_with_standard_errors(user_law_dir):
+  """The same law without given moments: a Monte-Carlo estimate (`exact` False) within
+  5 standard errors of scipy's values, its standard errors shown in its repr."""
+  law = S.make_sampler(f"{user_law_dir}/mylaw.py:trunc_normal_mc", mu=0.8, sigma=0.1)
+  m = S.theta_moments(law, num_draws=2**17)
+  ref = _truncnorm(0.8, 0.1)
+  assert not m.exact and m.stderr.num_draws == 2**17
+  assert f"mean={m.mean:.6g}±{m.stderr.mean:.2g}" in repr(m)
+  assert abs(m.mean - ref.mean()) < 5 * m.stderr.mean
+  assert abs(m.var - ref.var()) < 5 * m.stderr.var
+  # √(σ²/n): the mean's standard error.
+  np.testing.assert_allclose(m.stderr.mean, math.sqrt(ref.var() / 2**17), rtol=0.05)
+
+
+def test_from_fn_with_the_folded_beta_moments_by_quadrature():
+  """A Beta(2, 3) law written by hand with its θ-moments from SciPy quadrature of the
+  folded density: `theta_moments` returns them exactly, equal to the built-in Beta's."""
+  m1, m2 = folded_beta_moment(2.0, 3.0, 1), folded_beta_moment(2.0, 3.0, 2)
+  law = S.from_fn(lambda key, shape: jax.random.beta(key, 2.0, 3.0, shape), "beta23",
+                  theta_mean=m1, theta_var=m2 - m1 * m1)
+  got, builtin = S.theta_moments(law), S.theta_moments(S.beta(2.0, 3.0))
+  assert got.exact
+  np.testing.assert_allclose([got.mean, got.var], [builtin.mean, builtin.var], rtol=1e-10)
+  assert S.validate(law) is law
+
+
+def test_given_moments_are_checked(user_law_dir):
+  """Impossible moments fail at construction (θ̄ outside [½, 1], σ² beyond the
+  Bhatia–Davis bound, one without the other); possible but wrong ones (λ's moments given
+  for θ's) fail `validate` against the draws."""
+  draw = lambda key, shape: jax.random.uniform(key, shape)
+  with pytest.raises(ValueError, match=r"must lie in \[0.5, 1\].*not the mean of λ"):
+    S.from_fn(draw, theta_mean=0.5 - 1e-3, theta_var=0.0)
+  with pytest.raises(ValueError, match="Bhatia–Davis|θ̄ − ½"):
+    S.from_fn(draw, theta_mean=0.75, theta_var=0.0626)  # bound: ¼·¼ = 0.0625
+  with pytest.raises(ValueError, match="give both"):
+    S.from_fn(draw, theta_mean=0.75)
+  with pytest.raises(ValueError, match="must be a finite number"):
+    S.from_fn(draw, params={"n": "three"})
+  good = S.from_fn(draw, theta_mean=0.75, theta_var=1.0 / 48.0)  # U[0, 1]: θ ~ U[½, 1]
+  assert S.validate(good) is good and S.theta_moments(good).exact
+  wrong = S.make_sampler(f"{user_law_dir}/mylaw.py:wrong_moments", mu=0.8, sigma=0.1)
+  with pytest.raises(ValueError, match="do not match its draws"):
+    S.validate(wrong)
+
+
+def test_user_laws_of_one_factory_stack_and_vmap_like_builtin_laws(user_law_dir):
+  """Laws of one factory differ only in their leaves: one structure, `stack`ed into one
+  sampler whose vmapped draws are each law's own; the file is loaded once, so building
+  a law twice gives equal laws (the trainer rebuilds it from the config). Given moments
+  change the structure (they are leaves), as a mixture's components do."""
+  name = f"{user_law_dir}/mylaw.py:trunc_normal"
+  laws = [S.make_sampler(name, mu=mu, sigma=sd) for mu, sd in ((0.7, 0.1), (0.9, 0.2))]
+  assert laws[0] == S.make_sampler(name, mu=0.7, sigma=0.1) and laws[0] != laws[1]
+  assert S.structure(laws[0]) == S.structure(laws[1])
+  mc = S.make_sampler(f"{user_law_dir}/mylaw.py:trunc_normal_mc", mu=0.7, sigma=0.1)
+  assert S.structure(mc) != S.structure(laws[0])
+  stacked = S.stack(laws)
+  keys = jax.random.split(jax.random.key(3), 2)
+  draws = jax.jit(jax.vmap(lambda law, k: law(k, (256,))))(stacked, keys)
+  assert draws.shape == (2, 256) and draws.dtype == jnp.float32
+  for i, law in enumerate(laws):
+    np.testing.assert_allclose(draws[i], law(keys[i], (256,)), atol=2e-6)  # float32 erfinv
+  moments = S.stack_moments(laws)
+  np.testing.assert_allclose(moments.mean, [_truncnorm(0.7, 0.1).mean(),
+                                            _truncnorm(0.9, 0.2).mean()], rtol=1e-6)
+
+
+def test_validate_checks_mask_laws():
+  """`validate` draws a mask law's masks: the built-in ones pass."""
+  for law in (S.cutmix(1.0), S.gmix(0.5), S.switch(S.beta(1.0), S.cutmix(1.0), 0.5)):
+    assert S.validate(law, shape=(32,)) is law
+
+
 # ---------------------------------------------------------------------------
 # Registry and validation.
 # ---------------------------------------------------------------------------
