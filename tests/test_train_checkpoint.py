@@ -104,31 +104,39 @@ def test_damaged_checkpoints_are_one_short_line(what, tmp_path, absl_records,
   assert not [u for u in unraisable if "Event loop is closed" in str(u.exc_value)]
 
 
-def test_a_state_of_other_shapes_is_named_as_such(tmp_path):
+def test_a_state_of_other_shapes_is_named_as_such(tmp_path, monkeypatch):
+  unraisable = []
+  monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
   _saved(tmp_path, steps=(3,))
   with checkpoint_lib.Checkpointer(str(tmp_path)) as ckpt:
     with pytest.raises(errors.WorkdirError) as e:
       ckpt.restore_latest(_state(n=5))
+  import gc  # pylint: disable=g-import-not-at-top
+  gc.collect()
+  assert not unraisable, [str(u.exc_value) for u in unraisable]
   msg = str(e.value)
   assert "step 3" in msg and "other shapes" in msg and "(5, 8)" in msg, msg
   assert "(4, 8)" in msg and "fresh --workdir" in msg and "damaged" not in msg, msg
 
 
-def test_the_hook_drops_only_callbacks_into_a_closed_event_loop(monkeypatch):
+def test_the_hook_drops_only_reads_a_failed_restore_abandoned(monkeypatch):
   """The wrapped `sys.unraisablehook` drops a RuntimeError 'Event loop is closed' raised
-  in asyncio's `call_soon_threadsafe` (what a TensorStore read finishing after Orbax's
-  failed restore raises) and passes everything else on, once installed however often."""
+  in asyncio's `call_soon_threadsafe` (a TensorStore read finishing after Orbax's failed
+  restore) and an Exception caused by GeneratorExit in an Orbax read coroutine (closed
+  by the garbage collector); it passes everything else on (the same words raised
+  elsewhere, the same exception from another coroutine), installed once however often."""
+  from orbax.checkpoint._src.serialization import serialization  # pylint: disable=g-import-not-at-top
   seen = []
   monkeypatch.setattr(sys, "unraisablehook", seen.append)
-  checkpoint_lib._drop_closed_loop_callbacks()  # pylint: disable=protected-access
-  checkpoint_lib._drop_closed_loop_callbacks()  # pylint: disable=protected-access
+  checkpoint_lib._drop_abandoned_reads()  # pylint: disable=protected-access
+  checkpoint_lib._drop_abandoned_reads()  # pylint: disable=protected-access
   hook = sys.unraisablehook
-  assert hook is not seen.append and hook.drops_closed_loop_callbacks
+  assert hook is not seen.append and hook.drops_abandoned_reads
 
-  def args(exc):
+  def args(exc, obj=None):
     return types.SimpleNamespace(exc_type=type(exc), exc_value=exc,
                                  exc_traceback=exc.__traceback__, err_msg=None,
-                                 object=None)
+                                 object=obj)
 
   loop = asyncio.new_event_loop()
   loop.close()
@@ -140,11 +148,24 @@ def test_the_hook_drops_only_callbacks_into_a_closed_event_loop(monkeypatch):
     raise RuntimeError("Event loop is closed")  # the same words, raised elsewhere
   except RuntimeError as e:
     elsewhere = e
+  wrapped = Exception("Encountered error while reading array index")
+  wrapped.__cause__ = GeneratorExit()
+
+  async def not_orbax():
+    pass
+
+  read = serialization._read_array_index_and_device_put  # pylint: disable=protected-access
+  assert asyncio.iscoroutinefunction(read)
+  orbax_coro = types.SimpleNamespace(cr_code=read.__code__)  # what its coroutine carries
+  other_coro = not_orbax()
   hook(args(closed))
   hook(args(elsewhere))
+  hook(args(wrapped, orbax_coro))
+  hook(args(wrapped, other_coro))
   hook(args(ValueError("other")))
-  assert [str(a.exc_value) for a in seen] == ["Event loop is closed", "other"]
-  assert seen[0].exc_value is elsewhere
+  other_coro.close()
+  assert [a.exc_value for a in seen] == [elsewhere, wrapped, seen[2].exc_value]
+  assert seen[1].object is other_coro and str(seen[2].exc_value) == "other"
 
 
 def _cli(args, cwd, timeout=300):

@@ -19,15 +19,15 @@ to the message. A folder Orbax did not finish writing (killed mid-save) is not a
 checkpoint: Orbax renames it into place only once everything is written.
 
 Quiet failures: Orbax restores in a fresh asyncio event loop and closes it as soon as the
-restore raises; the TensorStore reads still in flight then finish on TensorStore's
-threads and call back into the closed loop, and each prints a "RuntimeError: Event loop
-is closed" traceback (an unraisable exception: tens of them for one damaged checkpoint,
-on stderr and in pytest's warnings summary). They carry nothing: the restore already
-failed and is reported. `restore` therefore installs, once, a `sys.unraisablehook` that
-drops exactly those (a RuntimeError 'Event loop is closed' raised in asyncio's
-`call_soon_threadsafe`) and passes every other unraisable exception to the hook it
-replaced. Orbax's own warnings and errors while it reads checkpoints (opening the
-manager, `restore`) are logged at INFO.
+restore raises, abandoning the reads still in flight. Each then prints a traceback as an
+unraisable exception (tens of them for one damaged checkpoint, on stderr and in pytest's
+warnings summary): a TensorStore read that finishes calls back into the closed loop
+("RuntimeError: Event loop is closed"), and an Orbax read coroutine closed by the
+garbage collector turns its GeneratorExit into an Exception. They carry nothing: the
+restore already failed and is reported. `restore` therefore installs, once, a
+`sys.unraisablehook` that drops exactly those two (`_is_abandoned_read`) and passes
+every other unraisable exception to the hook it replaced. Orbax's own warnings and
+errors while it reads checkpoints (opening the manager, `restore`) are logged at INFO.
 
 Never call `save` with a non-finite state: the loop checks `first_nonfinite` first, so
 the newest checkpoint is always the last good one.
@@ -69,30 +69,36 @@ class _QuietOrbax(py_logging.Filter):
 py_logging.getLogger("absl").addFilter(_QuietOrbax())
 
 
-def _is_closed_loop_callback(unraisable) -> bool:
-  """A TensorStore read that finished after Orbax closed its event loop: RuntimeError
-  'Event loop is closed' raised in asyncio's `call_soon_threadsafe`."""
+def _is_abandoned_read(unraisable) -> bool:
+  """An unraisable exception of a read that a failed restore abandoned: a TensorStore
+  read finishing after Orbax closed its event loop (RuntimeError 'Event loop is closed'
+  raised in asyncio's `call_soon_threadsafe`), or an Orbax read coroutine closed when
+  it is garbage-collected (its `except BaseException` turns the GeneratorExit into an
+  Exception)."""
   exc = unraisable.exc_value
-  if not isinstance(exc, RuntimeError) or str(exc) != "Event loop is closed":
-    return False
-  return any(f.name == "call_soon_threadsafe"
-             and f.filename.endswith(os.path.join("asyncio", "base_events.py"))
-             for f in traceback.extract_tb(unraisable.exc_traceback))
+  if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+    return any(f.name == "call_soon_threadsafe"
+               and f.filename.endswith(os.path.join("asyncio", "base_events.py"))
+               for f in traceback.extract_tb(unraisable.exc_traceback))
+  code = getattr(unraisable.object, "cr_code", None)
+  return (isinstance(exc, Exception) and isinstance(exc.__cause__, GeneratorExit)
+          and code is not None
+          and f"{os.sep}orbax{os.sep}checkpoint{os.sep}" in code.co_filename)
 
 
-def _drop_closed_loop_callbacks() -> None:
+def _drop_abandoned_reads() -> None:
   """Wraps the current `sys.unraisablehook` (once) so that it drops the tracebacks of
-  TensorStore reads finishing after a failed restore (see the module docstring); every
-  other unraisable exception goes to the wrapped hook."""
+  reads that a failed restore abandoned (`_is_abandoned_read`; see the module
+  docstring); every other unraisable exception goes to the wrapped hook."""
   previous = sys.unraisablehook
-  if getattr(previous, "drops_closed_loop_callbacks", False):
+  if getattr(previous, "drops_abandoned_reads", False):
     return
 
   def hook(unraisable):
-    if not _is_closed_loop_callback(unraisable):
+    if not _is_abandoned_read(unraisable):
       previous(unraisable)
 
-  hook.drops_closed_loop_callbacks = True
+  hook.drops_abandoned_reads = True
   sys.unraisablehook = hook
 
 
@@ -143,7 +149,7 @@ class Checkpointer:
     (a TrainState); without a template, as the saved tree of arrays (inspection)."""
     abstract = None if template is None else jax.tree.map(
         ocp.utils.to_shape_dtype_struct, template)
-    _drop_closed_loop_callbacks()
+    _drop_abandoned_reads()
     _reading[0] += 1
     try:
       out = self._manager.restore(int(step), args=ocp.args.Composite(
