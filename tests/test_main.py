@@ -11,7 +11,7 @@ from absl import flags
 import pytest
 
 from mixjax import main as main_lib
-from conftest import one_line_error, run_main  # pylint: disable=g-bad-import-order
+from helpers import one_line_error, run_main  # pylint: disable=g-bad-import-order
 from mixjax import train
 from mixjax.train import config as config_lib
 from mixjax import errors
@@ -78,7 +78,16 @@ def test_validate_config_names_the_problem_and_the_choices(overrides, words):
 
 
 def test_good_config_validates():
-  validate.validate_config(config_lib.base_config(), num_devices=4)
+  """The base config and the main job's pass, unchanged (validation reads, never
+  writes); the main job with one impossible value does not (the check is live)."""
+  main_job = sweeps.load_config_module(MNIST1D).get_config()
+  for config in (config_lib.base_config(), main_job):
+    before = config.to_json()
+    assert validate.validate_config(config, num_devices=4) is None
+    assert config.to_json() == before
+  with pytest.raises(errors.ConfigError, match="optimizer.lr"):
+    validate.validate_config(sweeps.sweep_config(main_job, {"optimizer.lr": -1.0}),
+                             num_devices=4)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from mixjax.train import groups
 from mixjax.train import loop
 from mixjax.train import setup
 from mixjax.train import writers
-from conftest import comparable, get_config, read_summary  # pylint: disable=g-bad-import-order
+from helpers import comparable, get_config, read_summary  # pylint: disable=g-bad-import-order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
