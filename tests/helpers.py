@@ -47,6 +47,7 @@ def parse_main_flags(argv, monkeypatch):
   """Parses `python -m mixjax.main argv...`'s flags in this process."""
   import sys  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from mixjax import main  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (defines the flags)
   argv = ["mixjax.main"] + list(argv)
   monkeypatch.setattr(sys, "argv", argv)  # config_flags reads `--config.*` from sys.argv
   flags.FLAGS.unparse_flags()
