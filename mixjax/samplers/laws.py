@@ -626,10 +626,11 @@ def from_fn(fn: Callable[..., Any], name: str | None = None, *,
           f"from_fn: theta_mean={theta_mean!r} must lie in [0.5, 1]: it is E max(λ, 1 − λ), "
           "not the mean of λ.")
     bound = (theta_mean - 0.5) * (1.0 - theta_mean)
-    if not 0.0 <= theta_var <= bound + 1e-12:
+    if not -1e-12 <= theta_var <= bound + 1e-12:  # (rounding of a closed form allowed)
       raise ValueError(
           f"from_fn: theta_var={theta_var!r} must lie in [0, (θ̄ − ½)(1 − θ̄)] = [0, "
           f"{bound:.6g}] for theta_mean={theta_mean!r}: it is Var max(λ, 1 − λ).")
+    theta_var = min(max(theta_var, 0.0), bound)
   law = FromFn(fn, tuple(values), tuple(params), theta_mean, theta_var)
   if name is not None:
     kv = "".join(f", {k}={_fmt(v)}" for k, v in zip(law.keys, law.values))
