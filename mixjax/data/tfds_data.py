@@ -38,6 +38,27 @@ class _NoOpenCVAdvice(py_logging.Filter):
 if not any(isinstance(f, _NoOpenCVAdvice) for f in py_logging.getLogger("absl").filters):
   py_logging.getLogger("absl").addFilter(_NoOpenCVAdvice())
 
+
+class _NoMissingInfoWarning(py_logging.Filter):
+  """Drops tfds' "Variant folder ... has no dataset_info.json" warning."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not ("tensorflow_datasets" in record.pathname
+                and str(record.msg).startswith("Variant folder"))
+
+
+def _is_prepared(builder) -> bool:
+  """`builder.is_prepared()` without tfds' warning for a folder that is missing or holds
+  no dataset_info.json: a dataset that is not prepared gets `preparation_message`
+  instead, which says how to prepare it."""
+  quiet = _NoMissingInfoWarning()
+  absl_logger = py_logging.getLogger("absl")
+  absl_logger.addFilter(quiet)
+  try:
+    return builder.is_prepared()
+  finally:
+    absl_logger.removeFilter(quiet)
+
 # name -> (num_classes, image shape)
 TFDS_DATASETS = {
     "cifar10": (10, (32, 32, 3)),
@@ -87,8 +108,7 @@ def check_prepared(name: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
   looked_in = str(builder.data_dir)
-  # A folder that does not exist is not asked: tfds would warn "has no dataset_info.json".
-  if not os.path.isdir(looked_in) or not builder.is_prepared():
+  if not _is_prepared(builder):
     raise FileNotFoundError(preparation_message(name, looked_in, data_dir))
   file_format = builder.info.file_format
   if file_format is not None and "array_record" not in str(file_format).lower():
