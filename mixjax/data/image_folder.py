@@ -383,6 +383,8 @@ def command(*, source_dir: str | None, name: str | None, data_dir: str) -> int:
   """`python -m mixjax.data.prepare --dataset=image_folder ...`: prepares, prints one
   line (stdout when done, stderr for bad input), returns the exit code."""
   import sys  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.disable_progress_bar()  # the command prints one line
   try:
     if not source_dir or not name:
       raise DataError(f"--dataset={DATASET} needs --source_dir=DIR (the image folder) and "
