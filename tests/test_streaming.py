@@ -346,3 +346,41 @@ def test_two_processes_over_loopback_read_disjoint_halves(prepared, tmp_path):
     for p in range(2):
       assert res[p]["labels"][k] == [source[int(i)]["label"]
                                      for i in one.records(s)[6 * p:6 * (p + 1)]]
+
+
+# ---------------------------------------------------------------- the trainer's view
+
+
+def test_load_streamed_holds_out_validation_as_the_in_memory_path(prepared):
+  data_dir, name = prepared
+  ds = streaming.load_streamed(name, data_dir=data_dir, image_size=24, val_fraction=0.25,
+                               seed=3)
+  keep, _, held, _ = ds_lib.split_validation(np.arange(NUM_TRAIN), np.arange(NUM_TRAIN),
+                                             0.25, 3)
+  np.testing.assert_array_equal(ds.train.indices, keep)
+  np.testing.assert_array_equal(ds.val.indices, held)
+  assert (ds.val.num_examples, ds.num_train) == (9, 27)
+  assert (ds.test.split, ds.test.num_examples) == ("test", NUM_TEST)
+  assert (ds.input_shape, ds.num_classes, ds.is_image) == ((24, 24, 3), 4, True)
+  assert streaming.is_variable_size(name, data_dir)
+  none = streaming.load_streamed(name, data_dir=data_dir, image_size=24, val_fraction=0,
+                                 num_train=10)
+  assert none.val is None and list(none.train.indices) == list(range(10))
+
+
+def test_num_classes_must_agree_with_the_folders(prepared):
+  data_dir, name = prepared
+  with pytest.raises(ValueError, match="num_classes=10 but dataset 'shapes' has 4 "
+                                       "classes"):
+    streaming.load_streamed(name, data_dir=data_dir, image_size=24, num_classes=10)
+
+
+def test_a_val_folder_is_the_validation_split(tmp_path):
+  src = image_folder.write_synthetic(str(tmp_path / "src"), size_range=(16, 24),
+                                     per_class={"train": 4, "val": 2, "test": 1},
+                                     num_classes=2)
+  image_folder.prepare(src, name="with_val", data_dir=str(tmp_path / "out"))
+  ds = streaming.load_streamed("with_val", data_dir=str(tmp_path / "out"), image_size=8)
+  assert (ds.train.num_examples, ds.val.split, ds.val.num_examples, ds.test.split,
+          ds.test.num_examples) == (8, "val", 4, "test", 2)
+  assert ds.train.indices is None  # nothing held out of train

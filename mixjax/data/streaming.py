@@ -178,6 +178,109 @@ def open_split(name: str, *, data_dir: str | None, split: str, builder=None,
                       norm_std=tuple(std), label_key=label_key)
 
 
+@dataclasses.dataclass(frozen=True)
+class StreamedDataset:
+  """A dataset read by streaming (the in-memory `Dataset`'s counterpart): its splits as
+  `EncodedSplit`s and what the model needs to know.
+
+  Attributes:
+    name: the tfds name.
+    train, val, test: the splits (`val` None when there is none to fit temperature on).
+    image_size: S; examples are (S, S, 3).
+    num_classes, class_names: from the `label` feature.
+    norm_mean, norm_std: per-channel normalization (`normalization`).
+  """
+  name: str
+  train: EncodedSplit
+  val: EncodedSplit | None
+  test: EncodedSplit
+  image_size: int
+  num_classes: int
+  class_names: tuple[str, ...]
+  norm_mean: tuple[float, ...]
+  norm_std: tuple[float, ...]
+
+  @property
+  def input_shape(self) -> tuple[int, int, int]:
+    return (self.image_size, self.image_size, 3)
+
+  @property
+  def is_image(self) -> bool:
+    return True
+
+  @property
+  def num_train(self) -> int:
+    return self.train.num_examples
+
+  def summary(self) -> str:
+    val = self.val.num_examples if self.val is not None else 0
+    return (f"{self.name} (streamed, {self.image_size}x{self.image_size}): train "
+            f"{self.num_train}, val {val}, test {self.test.num_examples}, "
+            f"{self.num_classes} classes")
+
+
+TEST_SPLITS = ("test", "validation", "val")  # the first present is the test split
+VAL_SPLITS = ("val", "validation")
+
+
+def load_streamed(name: str, *, data_dir: str | None, image_size: int,
+                  val_fraction: float = 0.1, seed: int = 0, num_train: int = 0,
+                  num_classes: int | None = None) -> StreamedDataset:
+  """The splits of a prepared tfds image dataset, for streaming.
+
+  test: the first of `TEST_SPLITS` the dataset has (ImageNet: `validation`, whose
+  labels are public, as in the published results). val: a split of `VAL_SPLITS` other
+  than the test split when there is one; otherwise `round(val_fraction·n)` training
+  examples held out exactly as `dataset.split_validation` holds them out of an
+  in-memory training split (the first ones of `default_rng(seed).permutation(n)`),
+  None when val_fraction = 0. num_train > 0 keeps the first num_train training examples.
+
+  Raises:
+    FileNotFoundError (from `tfds_data.check_prepared`) when it is not prepared;
+    ValueError without a train split or test split, or when `num_classes` is given and
+    differs from the dataset's.
+  """
+  from mixjax.data import dataset as ds_lib  # pylint: disable=g-import-not-at-top
+  from mixjax.data import tfds_data  # pylint: disable=g-import-not-at-top
+  builder = tfds_data.check_prepared(name, data_dir)
+  have = set(builder.info.splits)
+  test_name = next((s for s in TEST_SPLITS if s in have), None)
+  if "train" not in have or test_name is None:
+    raise ValueError(f"Dataset {name!r} has splits {', '.join(sorted(have))}; streaming "
+                     f"needs train and one of {', '.join(TEST_SPLITS)}.")
+  open_ = lambda s: open_split(name, data_dir=data_dir, split=s, builder=builder)
+  train, test = open_("train"), open_(test_name)
+  if num_classes is not None and int(num_classes) != train.num_classes:
+    raise ValueError(f"num_classes={num_classes} but dataset {name!r} has "
+                     f"{train.num_classes} classes ({', '.join(train.class_names[:5])}"
+                     f"{', ...' if train.num_classes > 5 else ''}); drop the setting or "
+                     "make it agree with the class folders.")
+  val_name = next((s for s in VAL_SPLITS if s in have and s != test_name), None)
+  if val_name is not None:
+    val = open_(val_name)
+  elif val_fraction > 0:
+    n = train.num_examples
+    keep, _, held, _ = ds_lib.split_validation(np.arange(n), np.arange(n),
+                                               val_fraction, seed)
+    train, val = train.subset(keep), train.subset(held)
+  else:
+    val = None
+  if num_train and num_train < train.num_examples:
+    train = train.subset(np.arange(num_train))
+  return StreamedDataset(name=name, train=train, val=val, test=test,
+                         image_size=int(image_size), num_classes=train.num_classes,
+                         class_names=train.class_names, norm_mean=train.norm_mean,
+                         norm_std=train.norm_std)
+
+
+def is_variable_size(name: str, data_dir: str | None) -> bool:
+  """Whether the prepared tfds dataset's images have no fixed size (image folders,
+  ImageNet): such datasets cannot be held as one array and are streamed."""
+  from mixjax.data import tfds_data  # pylint: disable=g-import-not-at-top
+  feature = tfds_data.check_prepared(name, data_dir).info.features["image"]
+  return any(d is None for d in feature.shape[:2])
+
+
 # ------------------------------------------------------------------ the transforms
 
 
@@ -390,11 +493,14 @@ class _EvalExample:
 
 def _pipeline(fn, start: int, stop: int, local_batch: int, *, num_workers: int,
               num_threads: int, worker_buffer: int):
-  """Grain: elements [start, stop) of `fn`, batched by `local_batch`, in workers."""
+  """Grain: elements [start, stop) of `fn`, batched by `local_batch`, in workers (each
+  of its `num_threads` threads a batch ahead)."""
   import grain  # pylint: disable=g-import-not-at-top
   ds = grain.MapDataset.range(start, stop).map(fn).batch(local_batch, drop_remainder=True)
+  if num_workers > 0:  # workers stack each batch straight into shared memory (one copy)
+    ds.enable_shared_memory_output()
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                            prefetch_buffer_size=2 * local_batch))
+                                            prefetch_buffer_size=num_threads))
   if num_workers > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags (defaults)
