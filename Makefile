@@ -28,9 +28,10 @@ test: $(STAMP)
 	$(VPY) -m pytest -q -n 2 tests
 
 ## The documentation site (docs/, the docstrings; pages keep their repository paths) in
-## site/; --strict: a broken link, anchor or API reference fails.
+## site/; --strict: a broken link, anchor or API reference fails (not with --quiet, which
+## hides the warnings that --strict counts).
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(VPY) -m mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VPY) -m mkdocs build --strict
 
 ## Speed: mixup / ERM / approximate-risk steps side by side (and PyTorch if installed),
 ## then images/s of the CIFAR-10 recipe step (PreAct-ResNet-18), ERM vs mixup.
