@@ -61,10 +61,12 @@ one-hot encodes them).
 Evaluation (`EvalStream`) reads a split once in record order, in global batches of B
 padded at the end (`mask` = 0 on padding), sharded over processes like training.
 
-Workers: Grain's `mp_prefetch` runs the pipeline in `num_workers` spawned processes,
-each producing whole batches (worker w the batches w, w + W, ...), read back in order;
-`num_workers=0` runs it in this process. Decoding releases the GIL, so `num_threads`
-threads per process also help.
+Workers: one Grain element is one batch (`grain.MapDataset.range(steps).map(...)`):
+Grain's `mp_prefetch` runs the pipeline in `num_workers` spawned processes (worker w
+the batches w, w + W, ...), read back in order; each worker writes the images straight
+into a batch array in shared memory, which the main process maps. `num_workers=0` runs
+it in this process. Decoding releases the GIL, so `num_threads` threads per process
+also help.
 """
 from __future__ import annotations
 
@@ -432,73 +434,96 @@ def _local_batch(batch_size: int, process_count: int) -> int:
 
 
 # ------------------------------------------------------------ Grain map functions
-# (module-level classes: they are pickled to the worker processes)
+# (module-level classes: they are pickled to the worker processes). One Grain element is
+# one batch: the images are written straight into the batch array, which a worker
+# allocates in shared memory (the main process maps it: no copy on the way).
 
 
-class _TrainExample:
-  """Local element i (local row j of local step t) -> (image, label) of its global slot."""
-
-  def __init__(self, split: EncodedSplit, *, batch_size: int, local_batch: int,
-               process_index: int, seed: int, image_size: int, dtype: str,
-               reduce_jpeg: bool):
-    self.split, self.B, self.b, self.p = split, batch_size, local_batch, process_index
-    self.seed, self.size, self.dtype, self.reduce = seed, image_size, dtype, reduce_jpeg
-    self.n = split.num_examples
-    self.spe = self.n // batch_size
-
-  def slot(self, i: int) -> tuple[int, int]:
-    """(step s, row r of the global batch) of local element i."""
-    t, j = divmod(int(i), self.b)
-    return t, self.p * self.b + j
-
-  def record(self, s: int, r: int) -> int:
-    e, k = divmod(s, self.spe)
-    return self.split.record(epoch_permutation(self.seed, e, self.n)[k * self.B + r])
-
-  def __call__(self, i: int):
-    s, r = self.slot(i)
-    example = self.split.source()[self.record(s, r)]
-    image = train_transform(example[self.split.image_key],
-                            example_rng(self.seed, s * self.B + r), self.size,
-                            reduce_jpeg=self.reduce)
-    if self.dtype == "float32":
-      image = normalize(image, self.split.norm_mean, self.split.norm_std)
-    return image, np.int32(example[self.split.label_key])
+def _empty(shape, dtype, shared: bool) -> np.ndarray:
+  if shared:
+    from grain import multiprocessing as grain_mp  # pylint: disable=g-import-not-at-top
+    return grain_mp.SharedMemoryArray(shape, dtype)
+  return np.empty(shape, dtype)
 
 
-class _EvalExample:
-  """Local element i -> (image, label, mask) of global row t·B + p·b + j (zeros and mask
-  0 past the end of the split)."""
+class _Batches:
+  """Common parts: the split, the batch geometry, the output buffers."""
 
   def __init__(self, split: EncodedSplit, *, batch_size: int, local_batch: int,
                process_index: int, image_size: int, dtype: str, reduce_jpeg: bool):
     self.split, self.B, self.b, self.p = split, batch_size, local_batch, process_index
     self.size, self.dtype, self.reduce = image_size, dtype, reduce_jpeg
+    self.shared = False  # set by `_pipeline` for worker processes
+    self.n = split.num_examples
 
-  def __call__(self, i: int):
-    t, j = divmod(int(i), self.b)
-    g = t * self.B + self.p * self.b + j
-    if g >= self.split.num_examples:
-      image = np.zeros((self.size, self.size, 3), np.uint8)
-      label, mask = 0, False
-    else:
-      example = self.split.source()[self.split.record(g)]
-      image = eval_transform(example[self.split.image_key], self.size,
-                             reduce_jpeg=self.reduce)
-      label, mask = int(example[self.split.label_key]), True
+  def _buffers(self):
+    x = _empty((self.b, self.size, self.size, 3), np.dtype(self.dtype), self.shared)
+    return x, np.empty((self.b,), np.int32)
+
+  def _put(self, x: np.ndarray, j: int, image: np.ndarray) -> None:
     if self.dtype == "float32":
-      image = normalize(image, self.split.norm_mean, self.split.norm_std)
-    return image, np.int32(label), np.bool_(mask)
+      x[j] = normalize(image, self.split.norm_mean, self.split.norm_std)
+    else:
+      x[j] = image
 
 
-def _pipeline(fn, start: int, stop: int, local_batch: int, *, num_workers: int,
+class _TrainBatch(_Batches):
+  """Local step s -> this process's rows (x, y) of global batch s."""
+
+  def __init__(self, split: EncodedSplit, *, seed: int, **kw):
+    super().__init__(split, **kw)
+    self.seed = seed
+    self.spe = self.n // self.B
+
+  def record(self, s: int, r: int) -> int:
+    """The record of row r of global batch s."""
+    e, k = divmod(int(s), self.spe)
+    return self.split.record(epoch_permutation(self.seed, e, self.n)[k * self.B + r])
+
+  def __call__(self, s: int):
+    s = int(s)
+    source = self.split.source()
+    x, y = self._buffers()
+    for j in range(self.b):
+      r = self.p * self.b + j
+      example = source[self.record(s, r)]
+      image = train_transform(example[self.split.image_key],
+                              example_rng(self.seed, s * self.B + r), self.size,
+                              reduce_jpeg=self.reduce)
+      self._put(x, j, image)
+      y[j] = example[self.split.label_key]
+    return x, y
+
+
+class _EvalBatch(_Batches):
+  """Batch t -> this process's rows (x, y, mask) of global rows [t·B, (t+1)·B) (zeros
+  and mask False past the end of the split)."""
+
+  def __call__(self, t: int):
+    source = self.split.source()
+    x, y = self._buffers()
+    mask = np.zeros((self.b,), bool)
+    for j in range(self.b):
+      g = int(t) * self.B + self.p * self.b + j
+      if g >= self.n:
+        x[j], y[j] = 0, 0
+        continue
+      example = source[self.split.record(g)]
+      self._put(x, j, eval_transform(example[self.split.image_key], self.size,
+                                     reduce_jpeg=self.reduce))
+      y[j], mask[j] = example[self.split.label_key], True
+    return x, y, mask
+
+
+def _pipeline(fn: _Batches, start: int, stop: int, *, num_workers: int,
               num_threads: int, worker_buffer: int):
-  """Grain: elements [start, stop) of `fn`, batched by `local_batch`, in workers (each
-  of its `num_threads` threads a batch ahead)."""
+  """Grain: the batches fn(start), ..., fn(stop − 1), in `num_workers` processes (each of
+  its `num_threads` threads a batch ahead)."""
+  import copy  # pylint: disable=g-import-not-at-top
   import grain  # pylint: disable=g-import-not-at-top
-  ds = grain.MapDataset.range(start, stop).map(fn).batch(local_batch, drop_remainder=True)
-  if num_workers > 0:  # workers stack each batch straight into shared memory (one copy)
-    ds.enable_shared_memory_output()
+  fn = copy.copy(fn)
+  fn.shared = num_workers > 0
+  ds = grain.MapDataset.range(start, stop).map(fn)
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=num_threads))
   if num_workers > 0:
@@ -547,11 +572,10 @@ class TrainStream:
     self.steps_per_epoch = batching.steps_per_epoch(split.num_examples, self.batch_size)
     self.num_workers, self.num_threads = int(num_workers), int(num_threads)
     self.worker_buffer = int(worker_buffer)
-    self._fn = _TrainExample(split, batch_size=self.batch_size,
-                             local_batch=self.local_batch,
-                             process_index=self.process_index, seed=self.seed,
-                             image_size=self.image_size, dtype=dtype,
-                             reduce_jpeg=reduce_jpeg)
+    self._fn = _TrainBatch(split, seed=self.seed, batch_size=self.batch_size,
+                           local_batch=self.local_batch, process_index=self.process_index,
+                           image_size=self.image_size, dtype=dtype,
+                           reduce_jpeg=reduce_jpeg)
 
   def records(self, step: int) -> np.ndarray:
     """The record indices (B,) int64 of global batch `step` (all processes' rows)."""
@@ -566,16 +590,13 @@ class TrainStream:
 
   def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
     """This process's rows of batch `step`, decoded here (no workers): (x, y)."""
-    b = self.local_batch
-    items = [self._fn(step * b + j) for j in range(b)]
-    return np.stack([x for x, _ in items]), np.asarray([y for _, y in items], np.int32)
+    return self._fn(step)
 
   def dataset(self, start_step: int = 0, num_steps: int | None = None):
     """The batches of steps start_step, start_step + 1, ... (`num_steps` of them, or
-    until 2⁴⁰ examples) as a Grain `IterDataset` of (x (b, S, S, 3), y (b,) int32)."""
-    b = self.local_batch
-    stop = start_step + num_steps if num_steps is not None else (1 << 40) // b
-    return _pipeline(self._fn, start_step * b, stop * b, b, num_workers=self.num_workers,
+    until step 2⁴⁰) as a Grain `IterDataset` of (x (b, S, S, 3), y (b,) int32)."""
+    stop = start_step + num_steps if num_steps is not None else 1 << 40
+    return _pipeline(self._fn, start_step, stop, num_workers=self.num_workers,
                      num_threads=self.num_threads, worker_buffer=self.worker_buffer)
 
   def iterator(self, start_step: int = 0, num_steps: int | None = None):
@@ -614,15 +635,13 @@ class EvalStream:
     self.num_batches = -(-split.num_examples // self.batch_size)
     self.num_workers, self.num_threads = int(num_workers), int(num_threads)
     self.worker_buffer = int(worker_buffer)
-    self._fn = _EvalExample(split, batch_size=self.batch_size,
-                            local_batch=self.local_batch,
-                            process_index=self.process_index, image_size=self.image_size,
-                            dtype=dtype, reduce_jpeg=reduce_jpeg)
+    self._fn = _EvalBatch(split, batch_size=self.batch_size, local_batch=self.local_batch,
+                          process_index=self.process_index, image_size=self.image_size,
+                          dtype=dtype, reduce_jpeg=reduce_jpeg)
 
   def dataset(self):
     """The batches as a Grain `IterDataset` of (x, y, mask)."""
-    b = self.local_batch
-    return _pipeline(self._fn, 0, self.num_batches * b, b, num_workers=self.num_workers,
+    return _pipeline(self._fn, 0, self.num_batches, num_workers=self.num_workers,
                      num_threads=self.num_threads, worker_buffer=self.worker_buffer)
 
   def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
