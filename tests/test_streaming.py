@@ -384,3 +384,25 @@ def test_a_val_folder_is_the_validation_split(tmp_path):
   assert (ds.train.num_examples, ds.val.split, ds.val.num_examples, ds.test.split,
           ds.test.num_examples) == (8, "val", 4, "test", 2)
   assert ds.train.indices is None  # nothing held out of train
+
+
+def test_input_sums_are_the_sums_of_the_transformed_rows(prepared):
+  """Over one epoch (each kept record once): Σ x against the rows rebuilt one by one from
+  the public pieces (record, generator, transform, normalization), Σ onehot(y) against
+  the records' labels."""
+  stream = _stream(prepared, batch_size=6)
+  split = _split(prepared)
+  spe = stream.steps_per_epoch
+  sx, sy, rows = streaming.input_sums(stream, spe, start_step=spe)
+  assert rows == 36
+  source = split.source()
+  ref_x, ref_y = np.zeros((16, 16, 3)), np.zeros(4)
+  for s in range(spe, 2 * spe):
+    for r, rec in enumerate(stream.records(s)):
+      img = streaming.train_transform(source[int(rec)]["image"],
+                                      streaming.example_rng(5, s * 6 + r), 16)
+      ref_x += streaming.normalize(img, split.norm_mean, split.norm_std)
+      ref_y[source[int(rec)]["label"]] += 1
+  np.testing.assert_allclose(sx, ref_x, rtol=1e-6, atol=1e-4)
+  np.testing.assert_array_equal(sy, ref_y)
+  assert list(sy) == [9, 9, 9, 9]  # every example once: 9 per class

@@ -649,6 +649,32 @@ class EvalStream:
     return iter(self.dataset())
 
 
+def input_sums(stream: TrainStream, num_steps: int, *, start_step: int = 0
+               ) -> tuple[np.ndarray, np.ndarray, int]:
+  """Sums over this process's rows of the training batches of steps start_step …
+  start_step + num_steps − 1: (Σ x float64 (S, S, 3), Σ onehot(y) float64 (c,), rows).
+
+  Added over processes and divided by the rows, they are x̄ and ȳ of the inputs as the
+  model trains on them (cropped, flipped, normalized like the stream's output): what
+  test-time rescaling needs (`mixjax.theory.rescaled`: x̄ + θ̄(x − x̄) in,
+  ȳ + (f − ȳ)/θ̄ out) for a dataset that is never held whole. Over one epoch
+  (num_steps = steps_per_epoch) every kept example counts once, with one draw of its
+  crop: an estimate of the mean over the augmentation, exact over the examples.
+  """
+  c = stream.split.num_classes
+  sx = np.zeros((stream.image_size, stream.image_size, 3), np.float64)
+  sy = np.zeros((c,), np.float64)
+  rows = 0
+  it = stream.iterator(start_step, num_steps)
+  for x, y in it:
+    sx += x.sum(axis=0, dtype=np.float64)
+    sy += np.bincount(y, minlength=c)
+    rows += x.shape[0]
+  if hasattr(it, "close"):
+    it.close()
+  return sx, sy, rows
+
+
 # ---------------------------------------------------------------- onto the devices
 
 
