@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 from unittest import mock
 
 import jax
@@ -23,7 +24,7 @@ from mixjax.train import groups
 from mixjax.train import loop
 from mixjax.train import setup
 from mixjax.train import writers
-from conftest import comparable, get_config, read_summary  # pylint: disable=g-bad-import-order
+from helpers import comparable, get_config, read_summary  # pylint: disable=g-bad-import-order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -245,7 +246,7 @@ def test_changed_config_is_refused_unless_allowed(reference, interrupted, tmp_pa
   a changed config only with allow_config_change=True. A change in the allow-list (here
   log_every_steps) resumes and rewrites config.json."""
   wd = _copy(reference[0], tmp_path / "w")
-  before = {f: open(os.path.join(wd, f)).read() for f in ("config.json", "summary.json")}
+  before = {f: pathlib.Path(wd, f).read_text() for f in ("config.json", "summary.json")}
   with mock.patch.object(setup.data_lib, "load_dataset",
                          side_effect=AssertionError("data loaded")):
     for allow in (False, True):
@@ -265,7 +266,7 @@ def test_changed_config_is_refused_unless_allowed(reference, interrupted, tmp_pa
       groups.train_and_evaluate(resume_config(**{"sampler.params": {"alpha": 0.2}}),
                                 unfinished)
     assert "allow_config_change=True" in str(e.value) and "fresh --workdir" in str(e.value)
-  assert before == {f: open(os.path.join(wd, f)).read() for f in before}
+  assert before == {f: pathlib.Path(wd, f).read_text() for f in before}
   got = groups.train_and_evaluate(resume_config(log_every_steps=3), wd)
   assert got["resumed_from_step"] == 9 and got["test"] == reference[1]["test"]
   with open(os.path.join(wd, "config.json")) as f:

@@ -30,7 +30,7 @@ from mixjax.train import trained
 from mixjax.train import step as step_lib
 from mixjax.train import writers
 
-from conftest import comparable, get_config, one_line_error, read_summary, run_main  # pylint: disable=g-bad-import-order
+from helpers import comparable, get_config, one_line_error, read_summary, run_main  # pylint: disable=g-bad-import-order
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 

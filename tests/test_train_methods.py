@@ -33,7 +33,7 @@ from mixjax.train import sweeps
 from mixjax.train import groups
 from mixjax.train import setup
 from mixjax.train import methods
-from conftest import method_context, read_summary  # pylint: disable=g-bad-import-order
+from helpers import method_context, read_summary  # pylint: disable=g-bad-import-order
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 from mixjax.train import writers

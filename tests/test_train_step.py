@@ -20,7 +20,7 @@ from mixjax import models
 from mixjax import samplers
 from mixjax.models import base as model_base
 from mixjax.train import methods
-from conftest import method_context  # pylint: disable=g-bad-import-order
+from helpers import method_context  # pylint: disable=g-bad-import-order
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 

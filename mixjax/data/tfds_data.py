@@ -14,6 +14,7 @@ statistics.
 from __future__ import annotations
 
 import concurrent.futures
+import logging as py_logging
 import os
 from typing import Any, Sequence
 
@@ -21,6 +22,42 @@ from absl import logging
 import numpy as np
 
 from mixjax.data import dataset as ds_lib
+
+
+class _NoOpenCVAdvice(py_logging.Filter):
+  """Drops tfds' "OpenCV is not installed. We recommend using OpenCV because it is
+  faster ..." warning, logged on the first image it decodes. mixjax decodes with PIL on
+  purpose (its images are small PNGs, read once per run; OpenCV is no dependency of
+  mixjax), so the advice is noise on every run; every other record passes."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not ("tensorflow_datasets" in record.pathname
+                and str(record.msg).startswith("OpenCV is not installed"))
+
+
+if not any(isinstance(f, _NoOpenCVAdvice) for f in py_logging.getLogger("absl").filters):
+  py_logging.getLogger("absl").addFilter(_NoOpenCVAdvice())
+
+
+class _NoMissingInfoWarning(py_logging.Filter):
+  """Drops tfds' "Variant folder ... has no dataset_info.json" warning."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not ("tensorflow_datasets" in record.pathname
+                and str(record.msg).startswith("Variant folder"))
+
+
+def _is_prepared(builder) -> bool:
+  """`builder.is_prepared()` without tfds' warning for a folder that is missing or holds
+  no dataset_info.json: a dataset that is not prepared gets `preparation_message`
+  instead, which says how to prepare it."""
+  quiet = _NoMissingInfoWarning()
+  absl_logger = py_logging.getLogger("absl")
+  absl_logger.addFilter(quiet)
+  try:
+    return builder.is_prepared()
+  finally:
+    absl_logger.removeFilter(quiet)
 
 # name -> (num_classes, image shape)
 TFDS_DATASETS = {
@@ -71,7 +108,7 @@ def check_prepared(name: str, data_dir: str | None):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
   looked_in = str(builder.data_dir)
-  if not builder.is_prepared():
+  if not _is_prepared(builder):
     raise FileNotFoundError(preparation_message(name, looked_in, data_dir))
   file_format = builder.info.file_format
   if file_format is not None and "array_record" not in str(file_format).lower():

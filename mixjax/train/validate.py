@@ -67,6 +67,59 @@ def _check_model_kwargs(config) -> None:
           + " Set them with --config.model.kwargs='{\"<argument>\": <value>}'.")
 
 
+def sampler_params_hint(name: str) -> str:
+  """How to set the parameters of sampler `name`, from its factory's signature: "beta
+  takes alpha, beta=None: set them with --config.sampler.params='{"alpha": <value>}'"
+  ("" when `name` does not load)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from mixjax.samplers import laws as laws_lib  # pylint: disable=g-import-not-at-top
+  takes = laws_lib.parameters_hint(name)
+  if not takes:
+    return ""
+  params = inspect.signature(laws_lib.sampler_factory(name)).parameters.values()
+  params = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+  if not params:
+    return f"{takes}: set --config.sampler.params='{{}}'"
+  shown = [p.name for p in params if p.default is inspect.Parameter.empty] or [
+      p.name for p in params]
+  example = ", ".join(f'"{n}": <value>' for n in shown)
+  return f"{takes}: set them with --config.sampler.params='{{{example}}}'"
+
+
+def _check_sampler(config) -> None:
+  """config.sampler: a registered name or a MODULE:FACTORY that loads, parameters its
+  factory takes, and a law it builds; a user's law is drawn once (`samplers.validate`:
+  float32 in [0, 1], given moments that match its draws)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from mixjax import samplers as samplers_lib  # pylint: disable=g-import-not-at-top
+  from mixjax.samplers import laws as laws_lib  # pylint: disable=g-import-not-at-top
+  name, params = config.sampler.name, dict(config.sampler.params)
+  user = laws_lib.is_entry_point(name)
+  try:
+    factory = laws_lib.sampler_factory(name)
+  except ValueError as e:
+    _fail(f"config.sampler.name: {e}"
+          + ("" if user else " Set it with --config.sampler.name=<name>."))
+  hint = sampler_params_hint(name)
+  try:
+    inspect.signature(factory).bind(**params)
+  except TypeError as e:
+    _fail(f"config.sampler.params={params} do not fit sampler {name!r} ({e}): {hint}.")
+  except ValueError:  # no signature to check: the call below tells
+    pass
+  try:  # builds the law: α <= 0 and other impossible parameters raise here
+    law = samplers_lib.make_sampler(name, **params)
+  except (TypeError, ValueError) as e:
+    if user:  # the factory raised, or returned no law
+      _fail(f"config.sampler.name={name!r}: {e}")
+    _fail(f"config.sampler.params={params} do not fit sampler {name!r}: {e}")
+  if user:
+    try:
+      samplers_lib.validate(law)
+    except ValueError as e:
+      _fail(f"config.sampler.name={name!r}: {e}")
+
+
 def _check_batch_fits(config) -> None:
   """batch_size <= the number of training examples (from metadata; no data is read)."""
   from mixjax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
@@ -130,7 +183,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   through the registries: `MODELS`, `DATASETS`, `SAMPLERS`, `LOSSES`, `METHODS`), for:
   unknown dataset / model / method / sampler / loss / optimizer / schedule / granularity /
   pairing / estimator / approx term; sampler parameters the sampler rejects (α ≤ 0, …:
-  the sampler is built here); batch size not divisible by the device count; lr ≤ 0;
+  the sampler is built here; `sampler_params_hint`); a user law MODULE:FACTORY that
+  does not load, raises, or returns no valid law (`check_sampler`); batch size not divisible by the device count; lr ≤ 0;
   no epochs or steps; val_fraction outside [0, 1); negative weight decay, momentum
   outside [0, 1), η < 0; nonpositive intervals; model arguments (`model.kwargs`) the
   model does not take; a batch larger than the training split (its size from metadata:
@@ -151,7 +205,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   from mixjax import losses as losses_lib  # pylint: disable=g-import-not-at-top
   from mixjax import mixing as mixing_lib  # pylint: disable=g-import-not-at-top
   from mixjax import models as models_lib  # pylint: disable=g-import-not-at-top
-  from mixjax import samplers as samplers_lib  # pylint: disable=g-import-not-at-top
   from mixjax.train import methods as methods_lib  # pylint: disable=g-import-not-at-top
 
   def choice(value, valid, key):
@@ -162,20 +215,14 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   for key, lookup in (("dataset.name", data_lib.DATASETS.get),
                       ("model.name", models_lib.MODELS.get),
                       ("method.name", methods_lib.METHODS.get),
-                      ("method.loss", losses_lib.get_loss),
-                      ("sampler.name", samplers_lib.SAMPLERS.get)):
+                      ("method.loss", losses_lib.get_loss)):
     section, leaf = key.split(".")
     try:
       lookup(config[section][leaf])
     except ValueError as e:
       _fail(f"config.{key}: {e} Set it with --config.{key}=<name>.")
+  _check_sampler(config)
   _check_model_kwargs(config)
-  try:  # builds the sampler: α <= 0 and other impossible parameters raise here
-    samplers_lib.make_sampler(config.sampler.name, **dict(config.sampler.params))
-  except (TypeError, ValueError) as e:
-    _fail(f"config.sampler.params={dict(config.sampler.params)} do not fit sampler "
-          f"{config.sampler.name!r}: {e} Set them with "
-          f"--config.sampler.params='{{\"<name>\": <value>}}'.")
   choice(config.mixing.granularity, mixing_lib.GRANULARITIES, "mixing.granularity")
   choice(config.mixing.pairing, mixing_lib.PAIRINGS, "mixing.pairing")
   choice(config.optimizer.name, OPTIMIZERS, "optimizer.name")

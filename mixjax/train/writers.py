@@ -178,7 +178,10 @@ def format_summary(summary: dict[str, Any]) -> str:
   headed by the run's seed and law."""
   cols = [("test", summary["test"], summary.get("val") or {})]
   if summary.get("test_rescaled"):
-    cols.append((f"rescaled (θ̄={summary['theta_bar']:.4f})", summary["test_rescaled"],
+    # A Monte-Carlo θ̄ (a user law without exact moments) shows its standard error.
+    se = summary.get("theta_bar_stderr")
+    theta = f"{summary['theta_bar']:.4f}" + (f"±{se:.1g}" if se else "")
+    cols.append((f"rescaled (θ̄={theta})", summary["test_rescaled"],
                  summary.get("val_rescaled") or {}))
   rows = ["accuracy", "nll", "ece", "brier", "classwise_ece", "adaptive_ece",
           "smooth_ece", "aurc", "ece_temp_scaled", "nll_temp_scaled"]
