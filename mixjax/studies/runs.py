@@ -151,8 +151,7 @@ def row(name: str, config: ml_collections.ConfigDict, runs_dir: str,
            if samplers.is_mask_law(sampler) else None)    # on the image size
   m = setup.training_moments(config, sampler, shape)  # the law trained on; None outside mixup
   if m is not None:
-    law_ = (samplers.regmixup_equivalent(sampler, float(config.method.eta))
-            if config.method.name == "regmixup" else sampler)
+    law_ = setup.trained_law(config, sampler)  # RegMixup's: its equivalent law
     out.update(law=law_.label, theta_bar=m.mean, sigma2=m.var, gamma2=m.gamma2,
                strength=m.strength, global_strength=m.global_strength)
   else:

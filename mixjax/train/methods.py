@@ -59,13 +59,58 @@ from mixjax.train import config as config_lib
 
 METHODS = Registry("method")
 
-# Methods whose model is trained on Theorem 1's transformed data, so that test-time
-# rescaling (docs/THEORY.md §5) applies to them.
-MIXUP_FAMILY = ("mixup", "regmixup", "erm_transformed", "perturbed_erm", "approx")
-# Methods that need DataStats (x̄, ȳ, Σ) of the training set.
-NEEDS_STATS = ("erm_transformed", "perturbed_erm", "approx", "label_smoothing_matched")
-# Methods that use the configured law's moments.
-USES_LAW = MIXUP_FAMILY + ("label_smoothing_matched",)
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A registered method: its loss and what it needs (`register`).
+
+  `method(ctx, logits_fn, x, y, key)` is its local mean loss (module docstring). The
+  trainer, validation, summaries and studies ask these fields, never the name.
+
+  Attributes:
+    name: its name in `METHODS` (config.method.name).
+    loss: the loss function.
+    uses_law: it reads the configured law (config.sampler): its draws or its moments.
+    needs_stats: it needs the DataStats (x̄, ȳ, Σ) of the training set.
+    rescalable: its model trains on Theorem 1's transformed inputs, so test-time
+      rescaling (docs/THEORY.md §5) applies (the mixup family).
+    allows_batchnorm: it can train a model with BatchNorm (approx cannot: its JVPs along
+      input directions cannot carry batch-statistics updates).
+    options: the method-specific config keys it reads (validated only where read).
+    equivalent_law: `equivalent_law(law, config)`, the law the model effectively
+      trains on given the configured one (RegMixup: `samplers.regmixup_equivalent`
+      with η = config.method.eta); None: the configured law itself.
+  """
+  name: str
+  loss: Callable[..., Any]
+  uses_law: bool = False
+  needs_stats: bool = False
+  rescalable: bool = False
+  allows_batchnorm: bool = True
+  options: tuple[str, ...] = ()
+  equivalent_law: Callable[[Any, Any], Any] | None = None
+
+  def __call__(self, ctx, logits_fn, x, y, key):
+    return self.loss(ctx, logits_fn, x, y, key)
+
+  @property
+  def labels_only(self) -> bool:
+    """It uses the law for its labels only (θ̄), leaving the inputs as they are: it
+    reads the law but its inputs are not transformed, so nothing is rescaled."""
+    return self.uses_law and not self.rescalable
+
+
+def register(name: str, **needs):
+  """Registers the decorated loss in `METHODS` as `Method(name, loss, **needs)`."""
+  def add(loss):
+    METHODS.register(name, Method(name, loss, **needs))
+    return loss
+  return add
+
+
+def get(config) -> Method:
+  """The `Method` entry of config.method.name."""
+  return METHODS.get(config.method.name)
 
 
 def knob(config_key: str | None, *, leaf: bool, convert: Callable[[Any], Any] | None = None):
@@ -83,10 +128,15 @@ def knob(config_key: str | None, *, leaf: bool, convert: Callable[[Any], Any] | 
                                      "convert": convert})
 
 
-def make_law(section) -> Any:
-  """The mixing law of a config's `sampler` section (name and params)."""
+def _samplers():
   from mixjax import samplers  # pylint: disable=g-import-not-at-top
-  return samplers.make_sampler(section.name, **dict(section.params))
+  return samplers
+
+
+def make_law(section) -> Any:
+  """The mixing law of a config's `sampler` section (name and params): the one place a
+  law is built from a config."""
+  return _samplers().make_sampler(section.name, **dict(section.params))
 
 
 @flax.struct.dataclass
@@ -190,19 +240,21 @@ def _local_key(ctx: MethodContext, key: jax.Array) -> jax.Array:
   return jax.random.fold_in(key, lax.axis_index(ctx.axis_name))
 
 
-@METHODS.register("erm")
+@register("erm")
 def erm(ctx, logits_fn, x, y, key):
   del key
   return _mean_loss(ctx, y, logits_fn(x))
 
 
-@METHODS.register("mixup")
+@register("mixup", uses_law=True, rescalable=True)
 def mixup(ctx, logits_fn, x, y, key):
   x_mix, y_mix = draw_mix(ctx, key, x, y)[:2]
   return _mean_loss(ctx, y_mix, logits_fn(x_mix))
 
 
-@METHODS.register("regmixup")
+@register("regmixup", uses_law=True, rescalable=True, options=("method.eta",),
+          equivalent_law=lambda law, config: _samplers().regmixup_equivalent(
+              law, float(config.method.eta)))
 def regmixup(ctx, logits_fn, x, y, key):
   x_mix, y_mix = draw_mix(ctx, key, x, y)[:2]
   b = x.shape[0]
@@ -211,7 +263,7 @@ def regmixup(ctx, logits_fn, x, y, key):
   return jnp.mean(per_example[:b]) + ctx.eta * jnp.mean(per_example[b:])
 
 
-@METHODS.register("erm_transformed")
+@register("erm_transformed", uses_law=True, needs_stats=True, rescalable=True)
 def erm_transformed(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   del key
@@ -219,7 +271,8 @@ def erm_transformed(ctx, logits_fn, x, y, key):
   return _mean_loss(ctx, y_t, logits_fn(x_t))
 
 
-@METHODS.register("perturbed_erm")
+@register("perturbed_erm", uses_law=True, needs_stats=True, rescalable=True,
+          options=("method.num_draws",))
 def perturbed_erm(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   return theory.perturbed_erm_loss(_local_key(ctx, key), logits_fn, x, y, ctx.sampler,
@@ -227,7 +280,9 @@ def perturbed_erm(ctx, logits_fn, x, y, key):
                                    theta_bar=ctx.moments)
 
 
-@METHODS.register("approx")
+@register("approx", uses_law=True, needs_stats=True, rescalable=True,
+          allows_batchnorm=False,
+          options=("method.estimator", "method.num_probes", "method.terms"))
 def approx(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   return theory.approx_mixup_risk(
@@ -237,7 +292,7 @@ def approx(ctx, logits_fn, x, y, key):
       **({} if ctx.moments is None else {"moments": ctx.moments}))
 
 
-@METHODS.register("label_smoothing_matched")
+@register("label_smoothing_matched", uses_law=True, needs_stats=True)
 def label_smoothing_matched(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   del key

@@ -61,7 +61,7 @@ def load_data(config: ml_collections.ConfigDict):
     raise ConfigError(
         f"config.augment.enabled=True but {config.dataset.name} is not an image dataset; "
         "set --config.augment.enabled=False.")
-  if (config.method.name in methods_lib.USES_LAW
+  if (methods_lib.get(config).uses_law
       and samplers_lib.is_mask_law(training_sampler(config))
       and (not ds.is_image or len(ds.input_shape) not in (2, 3))):
     raise ConfigError(
@@ -103,18 +103,19 @@ def make_model(config: ml_collections.ConfigDict, ds):
     raise ConfigError(
         f"config.model ({config.model.name!r}, kwargs={dict(config.model.kwargs)}, "
         f"input_shape={config.model.input_shape}): {e}") from e
-  if config.method.name == "approx" and introspect.has_batch_stats(model, input_shape):
+  method = methods_lib.get(config)
+  if not method.allows_batchnorm and introspect.has_batch_stats(model, input_shape):
     raise ConfigError(
-        f"method 'approx' differentiates the model along input directions (JVPs), which "
-        f"cannot carry BatchNorm batch statistics; model {config.model.name!r} has "
+        f"method {method.name!r} differentiates the model along input directions (JVPs), "
+        f"which cannot carry BatchNorm batch statistics; model {config.model.name!r} has "
         "BatchNorm. Use a model without BatchNorm (mlp, lenet) or another method.")
   return model
 
 
 def needs_stats(config: ml_collections.ConfigDict) -> bool:
-  name = config.method.name
-  return name in methods_lib.NEEDS_STATS or (
-      name in methods_lib.MIXUP_FAMILY and config.eval.rescale)
+  """The method uses the DataStats, or its model is rescaled at test time."""
+  method = methods_lib.get(config)
+  return method.needs_stats or (method.rescalable and config.eval.rescale)
 
 
 def _stats_fingerprint(config, ds) -> dict[str, Any]:
@@ -148,17 +149,23 @@ def training_stats(config: ml_collections.ConfigDict, ds, workdir: str):
   return stats
 
 
-def training_moments(config: ml_collections.ConfigDict, sampler=None, input_shape=None):
-  """Moments of the law the model effectively trains on (`samplers.law_moments`:
-  θ-moments of a λ-law, N̄ and the §8 moments of a mask law on images of
-  `input_shape`): the sampler's (config's by default), RegMixup's
-  `samplers.regmixup_equivalent`; None for methods that use no law."""
-  if config.method.name not in methods_lib.USES_LAW:
+def trained_law(config: ml_collections.ConfigDict, sampler=None):
+  """The law the model effectively trains on: the sampler (config's by default), or
+  what the method makes of it (`Method.equivalent_law`: RegMixup's
+  `samplers.regmixup_equivalent`); None for methods that use no law."""
+  method = methods_lib.get(config)
+  if not method.uses_law:
     return None
   law = training_sampler(config) if sampler is None else sampler
-  if config.method.name == "regmixup":
-    law = samplers_lib.regmixup_equivalent(law, float(config.method.eta))
-  return samplers_lib.law_moments(law, input_shape)
+  return law if method.equivalent_law is None else method.equivalent_law(law, config)
+
+
+def training_moments(config: ml_collections.ConfigDict, sampler=None, input_shape=None):
+  """Moments of the law the model effectively trains on (`trained_law`;
+  `samplers.law_moments`: θ-moments of a λ-law, N̄ and the §8 moments of a mask law on
+  images of `input_shape`); None for methods that use no law."""
+  law = trained_law(config, sampler)
+  return None if law is None else samplers_lib.law_moments(law, input_shape)
 
 
 def method_context(config: ml_collections.ConfigDict, input_shape=None
@@ -304,7 +311,7 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, ctx, stats
 
   def build(n: int) -> Callable:
     return step_lib.make_train_step(
-        model=model, tx=tx, method=methods_lib.METHODS.get(config.method.name),
+        model=model, tx=tx, method=methods_lib.get(config),
         ctx=ctx, mesh=mesh, num_classes=ds.num_classes, batch_size=config.batch_size,
         num_train=num_train if on_device else None, augment_fn=augment_fn,
         learning_rate=lambda opt_state, s: optim.learning_rate(
@@ -316,7 +323,7 @@ def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, ctx, stats
   feed = feeding.Feeder(ds, config.batch_size, mesh, data_keys,
                         steps_per_call=config.steps_per_call, on_device=on_device)
   stats_dev = None  # only the methods that use them get the statistics in the step
-  if stats is not None and config.method.name in methods_lib.NEEDS_STATS:
+  if stats is not None and methods_lib.get(config).needs_stats:
     stats_dev = jax.tree.map(lambda a: sharding.put_replicated(mesh, np.asarray(a)), stats)
   run_ctx_dev = (None if run_ctx is None
                  else jax.device_put(run_ctx, sharding.replicated(mesh)))

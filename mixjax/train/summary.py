@@ -103,8 +103,8 @@ def load_shift_sets(config: ml_collections.ConfigDict, ds) -> dict[str, tuple]:
 
 def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds,
                      shift_sets=None):
-  """{"test", "val"} and, for the mixup family if config.eval.rescale, {"test_rescaled",
-  "val_rescaled"} (module docstring); with `shift_sets` ({name: (x, y)},
+  """{"test", "val"} and, where the method is rescalable (`Method.rescalable`, the mixup
+  family) and config.eval.rescale, {"test_rescaled", "val_rescaled"} (module docstring); with `shift_sets` ({name: (x, y)},
   `load_shift_sets`), "shift" (and "shift_rescaled"): {name: metrics, "mean": their
   mean over the sets} (`eval.evaluate_shift`, temperature-scaled with the T fitted on
   the clean validation split). Also the logits they were computed from (plain,
@@ -112,7 +112,7 @@ def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds,
   logits, logits_rescaled = {}, {}
   results = {}
   rescale = [False]
-  if config.eval.rescale and config.method.name in methods_lib.MIXUP_FAMILY:
+  if config.eval.rescale and methods_lib.get(config).rescalable:
     rescale.append(True)
   for r in rescale:
     suffix, out = ("_rescaled", logits_rescaled) if r else ("", logits)
