@@ -221,7 +221,7 @@ def _stats_config(**overrides):
 
 def _load(config):
   """The training data as the trainer loads it (the split from dataset.split_seed)."""
-  return setup.load_data(config)[0]
+  return setup.load_data(config)
 
 
 def _assert_stats_equal_direct(stats, ds, rank):
@@ -365,3 +365,40 @@ def test_mask_laws_of_one_structure_are_one_vmapped_program(tmp_path):
     np.testing.assert_allclose([r["train/loss"] for r in got if "train/loss" in r],
                                [r["train/loss"] for r in want if "train/loss" in r],
                                rtol=2e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# What each METHODS entry declares.
+
+
+@pytest.mark.parametrize("name", methods.METHODS.names())
+def test_method_entry_declares_what_its_loss_uses(name):
+  """Each entry's declarations hold for its loss on one batch: a method that does not
+  `need_stats` runs without statistics (one that does fails without them), and a
+  method that does not `use_law` gives the same loss under two different laws (one
+  that does gives different losses); `labels_only` is label_smoothing_matched alone,
+  `allows_batchnorm` is False for approx alone (its JVPs, docs/THEORY.md §3)."""
+  x, y_int = _blobs(16)
+  y = jax.nn.one_hot(y_int, 3, dtype=jnp.float32)
+  stats = stats_lib.data_stats(x, y)
+  w = jax.random.normal(jax.random.key(1), (5, 3))
+  f = lambda z: z.reshape(z.shape[0], -1) @ w
+  key = jax.random.key(2)
+  entry = methods.METHODS.get(name)
+  config = sweeps.sweep_config(config_lib.base_config(), {"method.name": name})
+
+  def loss(law, with_stats=True):
+    ctx = methods.MethodContext.from_config(
+        config, sampler=law, moments=mixjax.theta_moments(law),
+        stats=stats if with_stats else None, axis_name=None)
+    return float(entry(ctx, f, jnp.asarray(x), y, key))
+
+  beta1, beta02 = samplers.beta(1.0), samplers.beta(0.2)
+  assert (loss(beta1) != loss(beta02)) == entry.uses_law, name
+  if entry.needs_stats:
+    with pytest.raises(Exception):  # pylint: disable=broad-exception-caught
+      loss(beta1, with_stats=False)
+  else:
+    assert loss(beta1, with_stats=False) == loss(beta1)
+  assert entry.labels_only == (name == "label_smoothing_matched")
+  assert entry.allows_batchnorm == (name != "approx")

@@ -129,7 +129,7 @@ def measure(trained: Sequence) -> dict[str, Any]:
     kept = [r for r in trained if _arm(r.config) in RELIABILITY and r.summary]
     logits = runs_lib.predictions([(r.name, r.config) for r in kept], trained[0].root,
                                   "test_logits")
-    ds, _ = setup.load_data(trained[0].config)
+    ds = setup.load_data(trained[0].config)
     out["arrays"] = {"test_labels": np.asarray(ds.test_y, np.int32),
                      **{f"logits/{r.name}": a.astype(np.float16)
                         for r, a in zip(kept, logits)}}
