@@ -38,6 +38,9 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   sampler.name / params        `mixjax.samplers.make_sampler(name, **params)`: λ-laws (beta,
                                w_shaped, …) and mask laws (cutmix, gmix, switch; images only)
   mixing.granularity / pairing / fold / global_draw
+  mixing.prob                  the share of the batch that is mixed (timm's / mmpretrain's
+                               `prob`): each example is mixed with probability prob, else
+                               kept as it is (λ = 1); 1: every example (`methods.draw_mix`)
   optimizer.name               sgd (momentum, nesterov) | adam
   optimizer.lr / weight_decay / schedule (constant | piecewise | cosine)
   optimizer.boundaries / decay_factor     piecewise: multiply lr by decay_factor at these epochs
@@ -186,6 +189,7 @@ def _knobs() -> ml_collections.ConfigDict:
   c.mixing.pairing = "permutation"
   c.mixing.fold = False
   c.mixing.global_draw = False
+  c.mixing.prob = Range(1.0, "[0, 1]", "1: every example mixed")
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"

@@ -11,7 +11,8 @@ method's key for this step. Inside the train step (see `step.py`) the caller tak
 
   erm              (1/b) Σ ℓ(y_i, f(x_i)).
   mixup            (1/b) Σ ℓ(y_mix_i, f(x_mix_i)) with (x_mix, y_mix) from
-                   `mixjax.mixing.mix` (one-draw unbiased estimate of E^mix).
+                   `mixjax.mixing.mix` (one-draw unbiased estimate of E^mix), a share
+                   mixing.prob of the examples mixed (`draw_mix`).
   regmixup         (1/b) Σ ℓ(y_i, f(x_i)) + η (1/b) Σ ℓ(y_mix_i, f(x_mix_i)) (Pinto et al.),
                    clean and mixed batch through the model as one concatenated batch.
   erm_transformed  ERM on Theorem 1's transformed data (x̃, ỹ) (`theory.transform`):
@@ -156,6 +157,8 @@ class MethodContext:
       (method.label_smoothing; `losses.smooth_labels`).
     granularity, pairing, fold: mixing options (`mixjax.mixing.mix`).
     global_draw: draw λ / partners over the global batch (see the module docstring).
+    prob: the share of the batch that is mixed (mixing.prob; `mix_share`). Static: 1
+      compiles exactly the program that mixes every example.
     num_draws: perturbed_erm draws. estimator, num_probes, terms: approx options.
     moments: θ-moments of the law the model trains on (`setup.training_moments`;
       None outside the mixup family): θ̄ for erm_transformed and the approximate risk.
@@ -172,6 +175,7 @@ class MethodContext:
   pairing: str = knob("mixing.pairing", leaf=False)
   fold: bool = knob("mixing.fold", leaf=False, convert=bool)
   global_draw: bool = knob("mixing.global_draw", leaf=False, convert=bool)
+  prob: float = knob("mixing.prob", leaf=False, convert=float)
   num_draws: int = knob("method.num_draws", leaf=False, convert=int)
   estimator: str = knob("method.estimator", leaf=False)
   num_probes: int = knob("method.num_probes", leaf=False, convert=int)
@@ -213,25 +217,57 @@ def _mean_loss(ctx: MethodContext, y, u):
   return jnp.mean(losses_lib.batch_loss(ctx.loss, y, u))
 
 
-def draw_mix(ctx: MethodContext, key: jax.Array, x: jax.Array, y: jax.Array):
-  """This device's mixed rows and their draw (`mixing.mix`'s result) under the
-  configured draw.
+# The stream of the mixing key that draws which examples `prob` mixes (`mixing.mix`
+# draws λ from stream 0 and the partners from stream 1 of the same key).
+_PROB_STREAM = 2
 
-  Per-device (default): `mix(fold_in(key, device), x, y)` on the local batch; `partner`
-  indexes the local batch. Global: `mix(key, all_gather(x), all_gather(y))` with the key
-  shared by all devices, then this device's rows; `partner` indexes the global batch.
+
+def mix_share(key: jax.Array, x: jax.Array, y: jax.Array, sampler, prob, **kw
+              ) -> mixing.Mixed:
+  """`mixing.mix(key, x, y, sampler, **kw)` applied to a share `prob` of the batch.
+
+  Example i is mixed iff u_i < prob, with u = uniform(fold_in(key, 2), (B,)) ∈ [0, 1)^B
+  drawn apart from λ and the partners (streams 0 and 1 of `key`); the others are kept:
+  x_i, y_i, λ_i = 1, mask 1, partner i. So each example is mixed with probability prob,
+  independently (timm's and mmpretrain's `prob`, per example). `prob` is a Python float
+  (the program's structure, not a traced value): prob = 1 returns `mix`'s result and
+  compiles exactly its program (a traced select, even one that keeps every mixed row,
+  changes how XLA:CPU fuses the step and the last bits of its results).
+  """
+  m = mixing.mix(key, x, y, sampler, **kw)
+  if prob >= 1.0:
+    return m
+  b = m.x.shape[0]
+  mixed = jax.random.uniform(jax.random.fold_in(key, _PROB_STREAM), (b,)) < prob
+  keep = lambda new, old: jnp.where(mixed.reshape((b,) + (1,) * (new.ndim - 1)), new,
+                                    old.astype(new.dtype))
+  return mixing.Mixed(x=keep(m.x, jnp.asarray(x)), y=keep(m.y, jnp.asarray(y)),
+                      lam=jnp.where(mixed, m.lam, 1.0),
+                      partner=jnp.where(mixed, m.partner, jnp.arange(b, dtype=jnp.int32)),
+                      mask=keep(m.mask, jnp.ones_like(m.mask)))
+
+
+def draw_mix(ctx: MethodContext, key: jax.Array, x: jax.Array, y: jax.Array):
+  """This device's mixed rows and their draw (`mixing.Mixed`) under the configured
+  draw, a share ctx.prob of the examples mixed (`mix_share`).
+
+  Per-device (default): `mix_share(fold_in(key, device), x, y)` on the local batch;
+  `partner` indexes the local batch. Global: `mix_share(key, all_gather(x),
+  all_gather(y))` with the key shared by all devices, then this device's rows; `partner`
+  indexes the global batch (and which examples are mixed does not depend on the device
+  count).
   """
   kw = dict(granularity=ctx.granularity, pairing=ctx.pairing, fold=ctx.fold)
   if ctx.axis_name is None:
-    return mixing.mix(key, x, y, ctx.sampler, **kw)
+    return mix_share(key, x, y, ctx.sampler, ctx.prob, **kw)
   dev = lax.axis_index(ctx.axis_name)
   if not ctx.global_draw:
-    return mixing.mix(jax.random.fold_in(key, dev), x, y, ctx.sampler, **kw)
+    return mix_share(jax.random.fold_in(key, dev), x, y, ctx.sampler, ctx.prob, **kw)
   b = x.shape[0]
   xg = lax.all_gather(x, ctx.axis_name, tiled=True)
   yg = lax.all_gather(y, ctx.axis_name, tiled=True)
   rows = lambda a: lax.dynamic_slice_in_dim(a, dev * b, b, axis=0)
-  return jax.tree.map(rows, mixing.mix(key, xg, yg, ctx.sampler, **kw))
+  return jax.tree.map(rows, mix_share(key, xg, yg, ctx.sampler, ctx.prob, **kw))
 
 
 def _local_key(ctx: MethodContext, key: jax.Array) -> jax.Array:
@@ -246,15 +282,25 @@ def erm(ctx, logits_fn, x, y, key):
   return _mean_loss(ctx, y, logits_fn(x))
 
 
-@register("mixup", uses_law=True, rescalable=True)
+def _with_prob(law, config):
+  """The law mixup with a share p = config.mixing.prob of the examples mixed trains on:
+  λ = 1 (the example kept) with probability 1 − p, else λ ~ law (`samplers.switch`, a
+  mixture for a λ-law); `law` itself for p = 1."""
+  p = float(config.mixing.prob)
+  return law if p == 1.0 else _samplers().switch(_samplers().constant(1.0), law, p)
+
+
+@register("mixup", uses_law=True, rescalable=True, options=("mixing.prob",),
+          equivalent_law=_with_prob)
 def mixup(ctx, logits_fn, x, y, key):
   x_mix, y_mix = draw_mix(ctx, key, x, y)[:2]
   return _mean_loss(ctx, y_mix, logits_fn(x_mix))
 
 
-@register("regmixup", uses_law=True, rescalable=True, options=("method.eta",),
+@register("regmixup", uses_law=True, rescalable=True,
+          options=("method.eta", "mixing.prob"),
           equivalent_law=lambda law, config: _samplers().regmixup_equivalent(
-              law, float(config.method.eta)))
+              _with_prob(law, config), float(config.method.eta)))
 def regmixup(ctx, logits_fn, x, y, key):
   x_mix, y_mix = draw_mix(ctx, key, x, y)[:2]
   b = x.shape[0]
