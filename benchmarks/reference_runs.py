@@ -13,10 +13,10 @@ augmentation on images, host-fed batches, several steps per call, a run whose lo
 NaN (alone, and one run of a vmapped group), and runs killed after a checkpoint
 (`interrupt_at_step`) and resumed.
 
-`--out` trains each run into OUT/<name>/ (replaced if present; the workdir the trainer writes) and writes
-OUT/<name>/digests.json: for every run folder in it, a SHA-256 of the model variables of
-each of its checkpoints, read back through `TrainedRun`. Runs that end with an error write
-OUT/<name>/error.txt (the exception's type and message).
+`--out` trains each run into OUT/<name>/ (the workdir the trainer writes; replaced if
+present) and writes OUT/<name>/digests.json: for every run folder in it, a SHA-256 of
+the model variables of each of its checkpoints, read back through `TrainedRun`. Runs
+that end with an error write OUT/<name>/error.txt (the exception's type and message).
 
 `--compare A B` prints, for every file the comparison covers, `identical` or
 `different` (or which side lacks it), and exits 1 if any differs:

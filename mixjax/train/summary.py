@@ -109,9 +109,9 @@ def load_shift_sets(config: ml_collections.ConfigDict, ds) -> dict[str, tuple]:
 def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds,
                      shift_sets=None):
   """{"test", "val"} and, where the method is rescalable (`Method.rescalable`, the mixup
-  family) and config.eval.rescale, {"test_rescaled", "val_rescaled"} (module docstring); with `shift_sets` ({name: (x, y)},
-  `load_shift_sets`), "shift" (and "shift_rescaled"): {name: metrics, "mean": their
-  mean over the sets} (`eval.evaluate_shift`, temperature-scaled with the T fitted on
+  family) and config.eval.rescale, {"test_rescaled", "val_rescaled"} (module
+  docstring); with `shift_sets` ({name: (x, y)}, `load_shift_sets`), "shift" (and
+  "shift_rescaled"): {name: metrics, "mean": their mean over the sets} (`eval.evaluate_shift`, temperature-scaled with the T fitted on
   the clean validation split). Also the logits they were computed from (plain,
   rescaled; the shifted sets' as "shift_<name>")."""
   logits, logits_rescaled = {}, {}
