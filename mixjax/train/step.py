@@ -242,6 +242,9 @@ def make_train_step(
   compiled = jax.jit(sharded, donate_argnums=(0,))
 
   def train_step(state, x_src, y_src, stats, ctx=None, order=None):  # pylint: disable=redefined-outer-name
+    if order is not None and spe is None:
+      raise ValueError("The epoch permutations `order` need make_train_step(..., "
+                       "steps_per_epoch=⌊n / B⌋) (the program's Schedule).")
     return compiled(state, x_src, y_src, stats, ctx, order)
 
   return train_step
