@@ -621,8 +621,8 @@ def test_row_of_a_mask_law_run_takes_its_moments_on_the_data_image_size(tmp_path
   (run / "summary.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "step": 4,
                                                 "epochs": 1}))
   (run / "metrics.jsonl").write_text("")
-  monkeypatch.setattr(setup, "load_data", lambda c: (
-      types.SimpleNamespace(input_shape=(6, 5, 1)), None))
+  monkeypatch.setattr(setup, "load_data",
+                      lambda c: types.SimpleNamespace(input_shape=(6, 5, 1)))
   row = study_runs.row("r", config, str(tmp_path))
   small, large = (L.law_moments(L.cutmix(1.0), s) for s in ((6, 5, 1), (28, 28, 1)))
   assert (row["law"], row["theta_bar"], row["strength"]) == (
