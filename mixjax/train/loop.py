@@ -117,6 +117,10 @@ def train(config: ml_collections.ConfigDict, state, step, predict, ds, ckpt,
     # k steps per call up to the next boundary; single steps for a remainder.
     n = k if s + k <= next_boundary(s) else 1
     state, m = step(state, s, n)
+    if s == start:  # compilation (unless cached) and the first step
+      jax.block_until_ready(m["loss"])
+      logging.info("First training step took %.2f s (its compilation included).",
+                   time.time() - t_start)
     s += n
     # Bound the steps in flight: with several CPU devices, queued steps can starve the
     # collectives of the forced host devices of threads (an XLA rendezvous timeout), so
