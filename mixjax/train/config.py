@@ -19,6 +19,9 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   dataset.split_seed           seed of the validation split (fixed across run seeds, so
                                the runs of a seed group see the same data)
   dataset.num_train            train on the first N examples of the training split (0: all)
+  dataset.cache_dir            where decoded tfds splits are kept as arrays (`data.cache`:
+                               decoded once, hash-checked, rebuilt when stale or damaged);
+                               "" decodes on every run
   dataset.label_noise          p: symmetric label noise on the training split only (each
                                label, w.p. p, replaced by a uniformly random other class;
                                fixed by dataset.split_seed; `data.with_label_noise`)
@@ -77,7 +80,8 @@ DICT_KNOBS = ("dataset.kwargs", "model.kwargs", "sampler.params")
 # finished run the evaluation keys re-evaluate it; nothing else can change there.
 RESUMABLE_CHANGES = ("num_epochs", "num_steps", "log_every_steps", "eval",
                      "checkpoint_every_steps", "max_to_keep", "dataset.data_dir",
-                     "allow_config_change", "steps_per_call", "tensorboard")
+                     "allow_config_change", "steps_per_call", "tensorboard",
+                     "dataset.cache_dir")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -94,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset.split_seed = 0
   c.dataset.num_train = 0
   c.dataset.label_noise = 0.0
+  c.dataset.cache_dir = "~/.cache/mixjax/arrays"
   c.dataset.kwargs = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()
