@@ -50,6 +50,9 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   augment.enabled / crop_padding / flip   images only (random crop + horizontal flip)
   stats.rank                   top-k principal directions kept in DataStats (None: none)
   eval.every_epochs / batch_size / num_bins / rescale
+  eval.pooled_every_epoch      also compute the pooled metrics (adaptive ECE, SmoothECE,
+                               AURC: they need every prediction at once) at the quick
+                               evaluations during training; the final one always has them
   eval.shift                   shifted test sets the final model is also evaluated on, e.g.
                                ("fashion_mnist_corrupted",) (every corruption) or
                                ("fashion_mnist_corrupted/stripe", ...) (some); prepared with
@@ -156,6 +159,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 1000
   c.eval.num_bins = 15
   c.eval.rescale = True
+  c.eval.pooled_every_epoch = False
   c.eval.shift = ()
 
   c.log_every_steps = 100

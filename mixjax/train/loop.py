@@ -8,7 +8,9 @@ evaluation falls inside a block, so these happen at the same steps for every k:
 - a checkpoint every `checkpoint_every_steps` (never of a non-finite state: a run whose
   loss or gradient turns NaN/inf stops updating at that step; the loop stops when every
   run has, naming the step and the last good checkpoint);
-- a quick test evaluation every `eval.every_epochs`.
+- a quick test evaluation every `eval.every_epochs` (the final evaluation's compiled
+  program; the summable metrics, and the pooled ones only with
+  `eval.pooled_every_epoch`).
 """
 from __future__ import annotations
 
@@ -159,7 +161,8 @@ def train(config: ml_collections.ConfigDict, state, step, predict, ds, ckpt,
           continue
         variables = (state if num_runs is None else run_slice(state, r)).variables
         res = eval_lib.evaluate(predict, variables, ds, num_bins=config.eval.num_bins,
-                                rescale=False, calibrate=False)
+                                rescale=False, calibrate=False,
+                                pooled=config.eval.pooled_every_epoch)
         logging.info("step %d%s: test accuracy %.4f nll %.4f ece %.4f", done,
                      f" (run {r})" if num_runs else "", res["accuracy"], res["nll"],
                      res["ece"])
