@@ -31,6 +31,11 @@ Each cell is the median over repeats; the ratios are mixjax / PyTorch of the med
 load average is printed before every run: on a shared machine only the ratios of runs
 taken side by side mean something. Printed, never asserted.
 
+Both children run with Python's default bytecode caching (`PYTHONDONTWRITEBYTECODE`
+removed from their environment when set, as sandboxes do): a user's imports read `.pyc`
+files, and without them both sides spend seconds compiling their libraries' sources at
+every start.
+
 `--prime` (default on) first runs mixjax once for a single step, untimed, so that the
 timed runs find the caches a second run of the same command finds (the decoded dataset,
 the compiled programs); `--no-prime` measures a cold first run.
@@ -89,6 +94,12 @@ def _summarize(t_launch, t_exit, t_train, t_first, points, evals, accuracy) -> d
           "tail": t_exit - last_t, "accuracy": accuracy, "steps": last_s}
 
 
+def _env() -> dict[str, str]:
+  env = dict(os.environ)
+  env.pop("PYTHONDONTWRITEBYTECODE", None)
+  return env
+
+
 def run_mixjax(epochs: int, data_dir: str, workdir: str, num_steps: int = 0) -> dict:
   """One mixjax run (the documented command) in a fresh `workdir`; its measurements."""
   cmd = [sys.executable, "-m", "mixjax.main", "--config=experiments/fashion_mnist.py",
@@ -97,7 +108,8 @@ def run_mixjax(epochs: int, data_dir: str, workdir: str, num_steps: int = 0) -> 
   if num_steps:
     cmd.append(f"--config.num_steps={num_steps}")
   t_launch = time.time()
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
+                        env=_env())
   t_exit = time.time()
   if proc.returncode:
     raise RuntimeError(f"mixjax exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -128,7 +140,8 @@ def run_torch(epochs: int, idx_dir: str) -> dict:
   cmd = [sys.executable, "-m", "benchmarks.torch_recipe", f"--epochs={epochs}",
          f"--idx_dir={idx_dir}"]
   t_launch = time.time()
-  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
+                        env=_env())
   t_exit = time.time()
   if proc.returncode:
     raise RuntimeError(f"PyTorch exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
