@@ -63,6 +63,12 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _SWEEP = flags.DEFINE_bool(
     "sweep", False, "Run every point of the config file's get_sweep() in this process, "
     "each in WORKDIR/<NN>_<point>/ (see mixjax.train.sweeps.train_sweep).")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", "~/.cache/mixjax/jax",
+    "JAX's persistent compilation cache: compiled programs are kept here and a rerun of "
+    "the same program loads them instead of compiling (docs/speed.md says when to clear "
+    "it). '' turns it off; a cache dir already set for JAX (JAX_COMPILATION_CACHE_DIR) "
+    "is kept.")
 _NUM_CPU_DEVICES = flags.DEFINE_integer(
     "num_cpu_devices", None, "Force this many CPU devices per process (testing).")
 
@@ -121,9 +127,29 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
   jax.distributed.initialize(**kwargs)
 
 
+# Programs that compile faster than this are not worth a cache entry (JAX's default: 1 s).
+_CACHE_MIN_COMPILE_SECS = 0.5
+
+
+def use_compilation_cache(path: str) -> str | None:
+  """Points JAX's persistent compilation cache at `path` (before anything compiles),
+  unless JAX already has a cache dir (the environment's JAX_COMPILATION_CACHE_DIR, or a
+  caller's setting, is kept). Returns the cache dir in use, or None."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
+  if not path:
+    return None
+  path = os.path.expanduser(path)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_SECS)
+  return path
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cache_dir = use_compilation_cache(_COMPILATION_CACHE.value)
   if _DISTRIBUTED.value:
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            _NUM_CPU_DEVICES.value)
@@ -147,6 +173,7 @@ def main(argv) -> None:
                  jax.__version__, jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count(), jax.devices())
     logging.info("Config:\n%s", config)
+    logging.info("Compilation cache: %s.", cache_dir or "off")
     if points is not None:
       train.train_sweep(points, workdir)
     else:

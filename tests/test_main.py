@@ -415,3 +415,41 @@ def test_cli_trains_a_law_from_a_file_outside_the_repository(run_main_cli, user_
   assert resumed["resumed_from_step"] == 2
   for key in ("test", "test_rescaled", "param_l1", "theta_bar", "sampler"):
     assert resumed[key] == summary[key], key
+
+
+def test_compilation_cache_flag_keeps_programs_and_changes_no_number(tmp_path,
+                                                                     run_main_cli):
+  """--compilation_cache_dir: the first run writes compiled programs there, a rerun of
+  the same command (fresh workdir) loads them and reports the same numbers."""
+  cache = tmp_path / "cache"
+  args = [f"--config={MNIST1D}", "--config.num_steps=4", "--config.batch_size=64",
+          "--config.eval.every_epochs=0", f"--compilation_cache_dir={cache}",
+          "--config.model.kwargs={\"features\": [4], \"dense_sizes\": [8]}"]
+  first = run_main_cli(*args, f"--workdir={tmp_path / 'a'}", timeout=300)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert f"Compilation cache: {cache}." in first.stderr
+  entries = set(os.listdir(cache))
+  assert entries  # the train step, init and evaluation programs
+  second = run_main_cli(*args, f"--workdir={tmp_path / 'b'}", timeout=300)
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert set(os.listdir(cache)) >= entries
+  a, b = (json.loads((tmp_path / w / "summary.json").read_text()) for w in "ab")
+  for col in ("test", "val", "test_rescaled"):
+    assert a[col] == b[col]
+  assert a["param_l1"] == b["param_l1"]
+
+
+def test_compilation_cache_respects_a_dir_already_set(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  old = {n: getattr(jax.config, n) for n in names}
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert main_lib.use_compilation_cache("") is None
+    assert not jax.config.jax_compilation_cache_dir
+    assert main_lib.use_compilation_cache(str(tmp_path / "a")) == str(tmp_path / "a")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "a")
+    assert main_lib.use_compilation_cache(str(tmp_path / "b")) == str(tmp_path / "a")
+  finally:
+    for n, v in old.items():
+      jax.config.update(n, v)

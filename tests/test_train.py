@@ -436,3 +436,23 @@ def test_sigkill_during_a_checkpoint_write_then_same_command_resumes_exactly(ref
   assert _train_steps(str(wd)) == list(range(1, 10))
   for key in ("test", "test_rescaled", "param_l1"):
     assert got[key] == ref[key], key
+
+
+def test_pooled_metrics_at_the_final_evaluation_unless_asked(tmp_path):
+  """eval.pooled_every_epoch: the quick evaluations during training carry the pooled
+  metrics only when asked; the final records and the summary are the same either way."""
+  finals, summaries = [], []
+  for pooled in (False, True):
+    wd = str(tmp_path / f"pooled{pooled}")
+    config = get_config("digits", num_epochs=2, batch_size=256,
+                        **{"model.kwargs": {"hidden_sizes": (16,)}, **TINY,
+                           "eval.pooled_every_epoch": pooled})
+    summaries.append(groups.train_and_evaluate(config, wd))
+    records = writers.read_metrics(wd)
+    quick = [r for r in records if "test/accuracy" in r and not r.get("final")]
+    assert quick and all(("test/aurc" in r) == pooled and ("test/smooth_ece" in r) == pooled
+                         for r in quick)
+    finals.append([r for r in records if r.get("final")])
+  assert finals[0] == finals[1] and "test/aurc" in finals[0][0]
+  for col in ("test", "val", "test_rescaled"):
+    assert summaries[0][col] == summaries[1][col]

@@ -19,6 +19,9 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   dataset.split_seed           seed of the validation split (fixed across run seeds, so
                                the runs of a seed group see the same data)
   dataset.num_train            train on the first N examples of the training split (0: all)
+  dataset.cache_dir            where decoded tfds splits are kept as arrays (`data.cache`:
+                               decoded once, hash-checked, rebuilt when stale or damaged);
+                               "" decodes on every run
   dataset.label_noise          p: symmetric label noise on the training split only (each
                                label, w.p. p, replaced by a uniformly random other class;
                                fixed by dataset.split_seed; `data.with_label_noise`)
@@ -50,6 +53,9 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   augment.enabled / crop_padding / flip   images only (random crop + horizontal flip)
   stats.rank                   top-k principal directions kept in DataStats (None: none)
   eval.every_epochs / batch_size / num_bins / rescale
+  eval.pooled_every_epoch      also compute the pooled metrics (adaptive ECE, SmoothECE,
+                               AURC: they need every prediction at once) at the quick
+                               evaluations during training; the final one always has them
   eval.shift                   shifted test sets the final model is also evaluated on, e.g.
                                ("fashion_mnist_corrupted",) (every corruption) or
                                ("fashion_mnist_corrupted/stripe", ...) (some); prepared with
@@ -90,7 +96,8 @@ DICT_KNOBS = ("dataset.kwargs", "model.kwargs", "sampler.params")
 # finished run the evaluation keys re-evaluate it; nothing else can change there.
 RESUMABLE_CHANGES = ("num_epochs", "num_steps", "log_every_steps", "eval",
                      "checkpoint_every_steps", "max_to_keep", "dataset.data_dir",
-                     "allow_config_change", "steps_per_call", "tensorboard")
+                     "allow_config_change", "steps_per_call", "tensorboard",
+                     "dataset.cache_dir")
 
 
 class Range(NamedTuple):
@@ -161,6 +168,7 @@ def _knobs() -> ml_collections.ConfigDict:
   c.dataset.split_seed = 0
   c.dataset.num_train = Range(0, "[0, inf)", "0: the whole training split")
   c.dataset.label_noise = Range(0.0, "[0, 1)", "0: clean labels")
+  c.dataset.cache_dir = "~/.cache/mixjax/arrays"
   c.dataset.kwargs = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()
@@ -219,6 +227,7 @@ def _knobs() -> ml_collections.ConfigDict:
   c.eval.batch_size = Range(1000, "(0, inf)")
   c.eval.num_bins = Range(15, "(0, inf)")
   c.eval.rescale = True
+  c.eval.pooled_every_epoch = False
   c.eval.shift = ()
 
   c.log_every_steps = Range(100, "(0, inf)")

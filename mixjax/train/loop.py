@@ -9,7 +9,9 @@ every k:
 - a checkpoint every `checkpoint_every_steps` (never of a non-finite state: a run whose
   loss or gradient turns NaN/inf stops updating at that step; the loop stops when every
   run has, naming the step and the last good checkpoint);
-- a quick test evaluation every `eval.every_epochs`.
+- a quick test evaluation every `eval.every_epochs` (the final evaluation's compiled
+  program; the summable metrics, and the pooled ones only with
+  `eval.pooled_every_epoch`).
 """
 from __future__ import annotations
 
@@ -124,6 +126,10 @@ def train(program, state, ckpt, writer: writers.RunWriters, *, start: int,
     # k steps per call up to the next boundary; single steps for a remainder.
     n = k if s + k <= next_boundary(s) else 1
     state, m = step(state, s, n)
+    if s == start:  # compilation (unless cached) and the first step
+      jax.block_until_ready(m["loss"])
+      logging.info("First training step took %.2f s (its compilation included).",
+                   time.time() - t_start)
     s += n
     # Bound the steps in flight: with several CPU devices, queued steps can starve the
     # collectives of the forced host devices of threads (an XLA rendezvous timeout), so
@@ -162,7 +168,8 @@ def train(program, state, ckpt, writer: writers.RunWriters, *, start: int,
           continue
         variables = (state if num_runs is None else run_slice(state, r)).variables
         res = eval_lib.evaluate(predict, variables, ds, num_bins=config.eval.num_bins,
-                                rescale=False, calibrate=False)
+                                rescale=False, calibrate=False,
+                                pooled=config.eval.pooled_every_epoch)
         logging.info("step %d%s: test accuracy %.4f nll %.4f ece %.4f", done,
                      f" (run {r})" if num_runs else "", res["accuracy"], res["nll"],
                      res["ece"])

@@ -43,6 +43,7 @@ def load_data(config: ml_collections.ConfigDict):
   ds = data_lib.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
                              val_fraction=config.dataset.val_fraction,
                              seed=config.dataset.split_seed, num_train=config.dataset.num_train,
+                             cache_dir=config.dataset.cache_dir or None,
                              **dict(config.dataset.kwargs))
   ds = data_lib.with_label_noise(ds, float(config.dataset.label_noise),
                                  int(config.dataset.split_seed))

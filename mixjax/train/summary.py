@@ -101,8 +101,9 @@ def load_shift_sets(config: ml_collections.ConfigDict, ds) -> dict[str, tuple]:
   `ds`'s test split (`data.shift_test_sets`); {} when none is configured."""
   sets = {}
   for name, configs in validate.shift_sets(config).items():
-    sets.update(data_lib.shift_test_sets(name, data_dir=config.dataset.data_dir, ds=ds,
-                                         configs=configs))
+    sets.update(data_lib.shift_test_sets(
+        name, data_dir=config.dataset.data_dir, ds=ds, configs=configs,
+        cache_dir=os.path.expanduser(config.dataset.cache_dir) or None))
   return sets
 
 
