@@ -119,9 +119,13 @@ def test_study_file_trains_by_main_sweep_and_is_collected_from_the_summaries(
 
 
 def _study_settings():
+  """(study file relative to experiments/studies/, setting) of every study: a file
+  <study>.py, or <study>/config.py in a study's own folder."""
   out = []
-  for file in sorted(os.listdir(STUDIES)):
-    if file.endswith(".py"):
+  for name in sorted(os.listdir(STUDIES)):
+    file = os.path.join(name, "config.py") if os.path.isdir(os.path.join(STUDIES, name)) \
+        else name
+    if file.endswith(".py") and os.path.exists(os.path.join(STUDIES, file)):
       module = sweeps.load_config_module(os.path.join(STUDIES, file))
       if hasattr(module, "get_sweep"):
         out += [(file, s) for s in module.SETTINGS]
