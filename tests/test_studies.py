@@ -553,6 +553,91 @@ def test_paired_difference_is_scipy_paired_t():
   assert d["n"] == 8 and d["diff"] == pytest.approx(np.mean(np.subtract(a, b)), rel=1e-12)
   assert (d["ci_low"], d["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
   assert d["diff"] / d["se"] == pytest.approx(res.statistic, rel=1e-9)
+  # p-value and sd against statsmodels: OLS of the differences on a constant.
+  import statsmodels.api as sm  # pylint: disable=g-import-not-at-top
+  fit = sm.OLS(np.subtract(a, b), np.ones(len(a))).fit()
+  assert d["p"] == pytest.approx(float(fit.pvalues[0]), rel=1e-9)
+  assert d["sd"] == pytest.approx(float(np.std(np.subtract(a, b), ddof=1)), rel=1e-12)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 11, 30])
+def test_holm_is_statsmodels_multipletests(m):
+  """Holm-adjusted p-values equal statsmodels' `multipletests(method="holm")` on random
+  families (with ties and p-values near 1); NaNs are left out of the family."""
+  from statsmodels.stats.multitest import multipletests  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(m)
+  for _ in range(20):
+    p = rng.uniform(size=m) ** rng.uniform(0.2, 3)
+    if m > 2:
+      p[1] = p[0]  # a tie
+    np.testing.assert_allclose(analysis.holm(p), multipletests(p, method="holm")[1],
+                               rtol=1e-12, atol=0)
+    with_nan = np.insert(p, 0, np.nan)
+    got = analysis.holm(with_nan)
+    assert np.isnan(got[0])
+    np.testing.assert_allclose(got[1:], multipletests(p, method="holm")[1], rtol=1e-12)
+  reject = analysis.holm([0.01, 0.02, 0.04]) < 0.05  # 0.03, 0.04, 0.04: all rejected
+  assert reject.all() and not (analysis.holm([0.01, 0.03, 0.04]) < 0.05)[1:].any()
+
+
+def test_seed_slopes_are_statsmodels_ols_per_seed():
+  """Each seed's slope is statsmodels' OLS slope over its laws; the mean's 95% interval
+  and p-value are those of OLS on a constant over the seeds' slopes; a seed missing a
+  law is dropped."""
+  import statsmodels.api as sm  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  xs = {"a": 0.0, "b": 0.02, "c": 0.05, "d": 0.11}
+  rows = [{"law": l, "seed": s, "strength": x,
+           "m": 0.3 + 0.4 * x + 0.01 * s + 0.02 * rng.normal()}
+          for s in range(7) for l, x in xs.items()]
+  rows[5]["m"] = None  # seed 1, law b
+  rows.append({"law": "other", "seed": 0, "strength": 0.5, "m": 9.0})
+  got = analysis.seed_slopes(rows, "m", list(xs))
+  want = {}
+  for s in range(7):
+    if s == 1:
+      continue
+    y = [r["m"] for r in rows if r["seed"] == s and r["law"] in xs]
+    want[s] = float(sm.OLS(y, sm.add_constant(list(xs.values()))).fit().params[1])
+  assert list(got["slopes"]) == list(want) and got["n"] == 6
+  np.testing.assert_allclose(list(got["slopes"].values()), list(want.values()), rtol=1e-10)
+  fit = sm.OLS(list(want.values()), np.ones(6)).fit()
+  assert got["slope"] == pytest.approx(float(fit.params[0]), rel=1e-12)
+  assert (got["ci_low"], got["ci_high"]) == pytest.approx(tuple(fit.conf_int(0.05)[0]),
+                                                          rel=1e-9)
+  assert got["p"] == pytest.approx(float(fit.pvalues[0]), rel=1e-9)
+  assert got["se"] == pytest.approx(float(fit.bse[0]), rel=1e-9)
+
+
+def test_seeds_needed_reaches_the_power_by_the_noncentral_t():
+  """At the returned n, a two-sided paired t-test at level α has power ≥ 0.8 against
+  the difference, and at n − 1 less, at α = 0.05 and at a Bonferroni level 0.05/11.
+  The reference power is not statsmodels': the noncentral t written as an integral over
+  the χ² of the variance, P(|Z + nc| > c √(V/df)) = E_V[Φ(nc − c√(V/df)) +
+  Φ(−nc − c√(V/df))], V ~ χ²_df (scipy.integrate.quad)."""
+  from scipy import integrate  # pylint: disable=g-import-not-at-top
+
+  def power(n, effect, alpha):
+    df = n - 1
+    crit = sp_stats.t.ppf(1 - alpha / 2, df)
+    nc = effect * math.sqrt(n)
+    f = lambda v: sp_stats.chi2.pdf(v, df) * (
+        sp_stats.norm.cdf(nc - crit * math.sqrt(v / df))
+        + sp_stats.norm.cdf(-nc - crit * math.sqrt(v / df)))
+    half = 40 * math.sqrt(2 * df)  # χ²_df: mean df, sd √(2 df)
+    return integrate.quad(f, max(0.0, df - half), df + half, limit=200, epsabs=1e-12)[0]
+
+  for alpha in (0.05, 0.05 / 11):
+    for diff, sd in ((1.0, 1.0), (0.3, 1.0), (-0.02, 0.05), (2.0, 0.5), (10.0, 1.0),
+                     (0.5, 0.1), (0.01, 1.0)):
+      n = int(analysis.seeds_needed(diff, sd, alpha=alpha))
+      assert power(n, abs(diff) / sd, alpha) >= 0.8
+      if n > 2:
+        assert power(n - 1, abs(diff) / sd, alpha) < 0.8
+  assert analysis.seeds_needed(10.0, 1.0) == 3  # 2 seeds: power 0.73
+  assert analysis.seeds_needed(50.0, 1.0) == 2  # never fewer than a t-test's two
+  assert analysis.seeds_needed(0.0, 1.0) == math.inf
+  assert math.isnan(analysis.seeds_needed(1.0, math.nan))
 
 
 def _anova_rm(rows, laws):
