@@ -92,6 +92,8 @@ def test_study_file_trains_by_main_sweep_and_is_collected_from_the_summaries(
     with open(os.path.join(workdir, name, "summary.json")) as f:
       summary = json.load(f)
     assert r["status"] == "ok" and r["test_accuracy"] == summary["test"]["accuracy"]
+    assert r["code"] == summary["code"]["git_revision"] and r["code"] is not None
+    assert r["code_dirty"] == summary["code"]["git_dirty"]
     assert r["test_rs_nll"] == summary["test_rescaled"]["nll"]
     assert r["temperature"] == summary["val"]["temperature"] > 0
     m = L.theta_moments(laws.sampler_of(p))
@@ -101,6 +103,14 @@ def test_study_file_trains_by_main_sweep_and_is_collected_from_the_summaries(
   assert rows[6]["theta_bar"] == pytest.approx(2 / 3)
   assert rec["config"]["command_line_overrides"] == {"log_every_steps": [8, 4]}
   assert rec["config"]["seeds"] == [0, 1] and len(rec["config"]["laws"]) == 5
+  # The base config shows what the points train, not its own (unused) law and seed.
+  train = rec["config"]["train"]
+  assert train["sampler"] == {"name": study_runs.SWEPT, "params": study_runs.SWEPT}
+  assert train["seed"] == study_runs.SWEPT and train["num_epochs"] == 1
+  assert [a.get("label") for a in rec["config"]["arms"]] == [
+      "ERM", "Beta(0.2)", "Beta(1)", "optimal", "2 atoms"]
+  assert rec["config"]["arms"][1]["overrides"] == {"sampler.name": "beta",
+                                                   "sampler.params": {"alpha": 0.2}}
   assert rec["provenance"]["packages"]["jax"] == jax.__version__
   with open(json_path) as f:  # no path of this machine: the workdir is tmp_path's
     assert str(tmp_path) not in f.read()
@@ -178,11 +188,13 @@ def test_study_config_sets_the_shared_training_explicitly():
                             lr=1e-3, method__term=("jacobian",))
 
 
-def test_compare_rows_is_bit_for_bit_but_for_wall_clock_times():
-  rows = [{"point": "00_a", "test_nll": 0.25, "test_ts_nll": None, "train_time_s": 3.0},
+def test_compare_rows_is_bit_for_bit_but_for_wall_clock_times_and_revisions():
+  rows = [{"point": "00_a", "test_nll": 0.25, "test_ts_nll": None, "train_time_s": 3.0,
+           "code": "abc", "code_dirty": False},
           {"point": "01_b", "test_nll": float("nan"), "test_ts_nll": 1.0}]
   same = [dict(r) for r in rows]
   same[0]["train_time_s"], same[0]["test_ts_nll"] = 9.0, float("nan")
+  same[0]["code"], same[0]["code_dirty"] = "def", True
   assert records.compare_rows(same, rows) == []
   moved = [dict(r) for r in rows]
   moved[1]["test_ts_nll"] = float(np.nextafter(1.0, 2.0))  # one ulp

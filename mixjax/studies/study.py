@@ -135,9 +135,11 @@ def _train_seconds(runs: list[Run]) -> float:
 
 
 def _record(path: str, setting: str, runs: list[Run], overrides: dict) -> dict[str, Any]:
-  """The setting's config record: the study's config of the setting (`get_config`; the
-  command line's overrides listed apart), seeds, laws and data sizes."""
+  """The setting's config record: the study's config of the setting (`get_config`, the
+  keys the sweep sets shown as swept; the command line's overrides listed apart), the
+  sweep's arms (`runs.arms`), seeds, laws and data sizes."""
   module, _ = load(path)
+  pts = sweeps.load_sweep(path, module)
   first = runs[0].config
   ds, _ = setup.load_data(first)
   laws = {}
@@ -152,9 +154,13 @@ def _record(path: str, setting: str, runs: list[Run], overrides: dict) -> dict[s
                                       "global_strength")}})
     else:
       laws.setdefault(law.label, samplers.describe(law))
-  return {"setting": setting, "study": os.path.basename(path.partition(":")[0]),
+  file = path.partition(":")[0]
+  folder, name = os.path.split(os.path.abspath(file))
+  return {"setting": setting,
+          "study": os.path.basename(folder) if name == "config.py" else name,
           "dataset": first.dataset.name, "dataset_kwargs": dict(first.dataset.kwargs),
-          "train": runs_lib.config_record(module.get_config(setting)),
+          "train": runs_lib.config_record(module.get_config(setting), pts),
+          "arms": runs_lib.arms(pts),
           "lr": float(first.optimizer.lr),
           "seeds": sorted({int(r.config.seed) for r in runs}), "laws": list(laws.values()),
           "data_sizes": {k: int(getattr(ds, k).shape[0])
