@@ -13,6 +13,8 @@ from scipy import stats as sp_stats
 
 from mixjax import samplers
 from mixjax.studies import laws
+from mixjax.studies import records
+from mixjax.studies import study
 from mixjax.train import sweeps
 
 STUDY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -99,3 +101,66 @@ def test_sweep_is_the_arms_times_seeds_5_to_14(support):
       "shot_noise", "glass_blur", "rotate", "fog", "canny_edges"]
   with pytest.raises(ValueError, match="known: overfit"):
     support.get_config("noisy")
+
+
+def _synthetic_record(support, rng):
+  """Rows of the 8 arms × seeds 5–14 as collected, with planted effects: accuracy
+  rises with σ²/θ̄² over the two-atom family (+2 points per 1/9, seed noise 0.1 point),
+  three atoms beat W(0.5) on fog by 5 points; nothing else."""
+  report = study.sibling(STUDY, "report")
+  rows, extra = [], {}
+  for i, arm in enumerate(support.ARMS):
+    m = samplers.theta_moments(laws.sampler_of(arm))
+    label = laws.label(arm)
+    for seed in support.SEEDS:
+      name = f"{i * 10 + seed - 5:02d}_{label}_{seed}"
+      base = 0.01 * (seed - 10)  # a seed effect shared by all arms (pairing)
+      row = {"point": name, "law": label, "seed": seed, "theta_bar": m.mean,
+             "strength": m.strength, "train_time_s": 60.0, "code": "abc",
+             "code_dirty": False, "train_objective": 0.5, "temperature": 1.2,
+             "test_accuracy": 0.86 + base + (0.18 * m.strength if label != "ERM" else 0)
+                              + 0.001 * rng.normal()}
+      for k in ("test_nll", "test_ts_nll", "test_ece", "test_ts_ece", "test_rs_accuracy",
+                "test_rs_nll", "test_rs_ece"):
+        row[k] = 0.4 + base + 0.01 * rng.normal()
+      rows.append(row)
+      extra[name] = {f"shift_{c}_accuracy": 0.5 + base + 0.01 * rng.normal()
+                     + (0.05 if c == "fog" and label == "atoms{0.5,0.75,1}" else 0)
+                     for c in report.CORRUPTIONS}
+      extra[name].update(shift_accuracy=np.mean(list(extra[name].values())),
+                         shift_nll=1.0, shift_ece=0.1, shift_rs_accuracy=0.5)
+  config = {"train": {"dataset": {"num_train": 3000}, "num_epochs": 40, "batch_size": 128},
+            "data_sizes": {"val_x": 6000, "test_x": 10000}, "seeds": list(support.SEEDS),
+            "lr": 0.025}
+  return rows, extra, config
+
+
+def test_report_computes_the_preregistered_families(support, tmp_path):
+  """The report's three families on synthetic rows: each family's Holm p-values are
+  statsmodels' `multipletests(method="holm")` of its 11 nominal p-values; the planted
+  effects (the accuracy slope; three atoms − W(0.5) on fog) are separated and the
+  null contrasts are not; report.md and both figures are written and name the
+  pre-registration commit."""
+  from statsmodels.stats.multitest import multipletests  # pylint: disable=g-import-not-at-top
+  report = study.sibling(STUDY, "report")
+  rows, extra, config = _synthetic_record(support, np.random.default_rng(0))
+  records.save(str(tmp_path), "overfit", runs=rows, config=config,
+               info={"train_seconds": 4800.0}, extra={"metrics": extra})
+  fam = report.families(report.rows_of(records.load(str(tmp_path), "overfit")))
+  assert set(fam) == {"F1", "F2", "F3"}
+  for tests in fam.values():
+    assert [t["metric"] for t in tests] == list(report.METRICS) and len(tests) == 11
+    np.testing.assert_allclose([t["p_holm"] for t in tests],
+                               multipletests([t["p"] for t in tests], method="holm")[1],
+                               rtol=1e-12)
+  separated = {k: [t["metric"] for t in v if t["separated"]] for k, v in fam.items()}
+  assert "test_accuracy" in separated["F1"] and "test_nll" not in separated["F1"]
+  assert separated["F2"] == ["shift_accuracy", "shift_fog_accuracy"]  # the mean: +1 point
+  assert "test_accuracy" in separated["F3"]  # 0.18 · (1/9 − 0.0711) = 0.72 points
+  slope = fam["F1"][0]
+  assert slope["diff"] == pytest.approx(0.18, abs=0.01) and slope["n"] == 10
+  report.write(str(tmp_path))
+  md = (tmp_path / "report.md").read_text()
+  assert report.PREREGISTRATION in md and "Holm" in md and "exploratory" in md.lower()
+  assert (tmp_path / "overfit_seeds.png").stat().st_size > 10_000
+  assert (tmp_path / "overfit_support.png").stat().st_size > 10_000

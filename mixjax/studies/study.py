@@ -27,8 +27,10 @@ runs it, then the study's `report`.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
+import sys
 import types
 from typing import Any
 
@@ -73,6 +75,24 @@ def load(path: str) -> tuple[types.ModuleType, str | None]:
     raise ConfigError(f"--config={path}: unknown setting {setting!r}; known: "
                       f"{', '.join(known)}.")
   return module, setting or None
+
+
+def sibling(file: str, name: str) -> types.ModuleType:
+  """The module `<name>.py` in the folder of `file` (a study's config.py loading its
+  report or measurements: study folders are not packages), loaded by path once per
+  process and registered as "mixjax_study_<folder>_<name>"."""
+  folder = os.path.dirname(os.path.abspath(file))
+  key = f"mixjax_study_{os.path.basename(folder)}_{name}"
+  if key not in sys.modules:
+    spec = importlib.util.spec_from_file_location(key, os.path.join(folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+      spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[key]
+      raise
+  return sys.modules[key]
 
 
 config_from_json = workdir_lib.config_from_json

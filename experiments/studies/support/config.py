@@ -75,6 +75,7 @@ import os
 
 from mixjax.studies import laws
 from mixjax.studies import runs
+from mixjax.studies import study
 from mixjax.train import sweeps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -122,6 +123,12 @@ def get_sweep(setting: str = "overfit") -> list[dict]:
   return runs.points(ARMS, SEEDS)
 
 
+def measure(setting: str, trained) -> dict:
+  """Fashion-MNIST-C per corruption (`report.measure`)."""
+  del setting
+  return study.sibling(__file__, "report").measure(trained)
+
+
 def report(out: str) -> None:
-  """results/support/report.md from the saved JSON (`report.py` of this folder)."""
-  sweeps.load_config_module(os.path.join(HERE, "report.py")).write(out)
+  """results/support/report.md from the saved JSON (`report.write`)."""
+  study.sibling(__file__, "report").write(out)
