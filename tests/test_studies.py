@@ -176,6 +176,18 @@ def test_every_study_setting_takes_a_data_dir_from_the_command_line(file, settin
   assert sweeps.sweep_config(config, point).dataset.data_dir == "/some/dir"
 
 
+def test_reliability_trains_the_mixing_laws_config_without_reading_its_results():
+  """The reliability study's config is the mixing-law study's config of the setting,
+  evaluated at the end only, written out (not read from a saved result)."""
+  rel = sweeps.load_config_module(os.path.join(STUDIES, "reliability", "config.py"))
+  mix = sweeps.load_config_module(os.path.join(STUDIES, "mixing_law", "config.py"))
+  for setting in rel.SETTINGS:
+    want = sweeps.sweep_config(mix.get_config(setting), {"eval.every_epochs": 0})
+    assert rel.get_config(setting).to_dict() == want.to_dict()
+  text = open(os.path.join(STUDIES, "reliability", "config.py")).read()
+  assert "records.load" not in text and "import records" not in text
+
+
 def test_study_config_sets_the_shared_training_explicitly():
   cfg = study_runs.study_config(dataset="digits", model="mlp", num_epochs=8, batch_size=32,
                                 lr=1e-3, num_evals=4, method__terms=("jacobian",))
@@ -206,13 +218,13 @@ def test_compare_rows_is_bit_for_bit_but_for_wall_clock_times_and_revisions():
 def test_studies_entry_refuses_an_unknown_setting_in_one_line():
   res = subprocess.run(
       [sys.executable, "-m", "mixjax.studies",
-       "--config=experiments/studies/mixing_law.py:mnist1d", "--out=/tmp/unused"],
+       "--config=experiments/studies/mixing_law/config.py:mnist1d", "--out=/tmp/unused"],
       cwd=ROOT, capture_output=True, text=True, timeout=120,
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
   lines = [l for l in res.stderr.splitlines() if l.strip() and "libtpu" not in l
            and "xla_bridge" not in l]
   assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-  assert lines == ["Invalid config: --config=experiments/studies/mixing_law.py:mnist1d: "
+  assert lines == ["Invalid config: --config=experiments/studies/mixing_law/config.py:mnist1d: "
                    "unknown setting 'mnist1d'; known: mnist1d_mlp, mnist1d_cnn, digits_mlp, "
                    "two_moons_rf, two_moons_noisy_rf."], res.stderr
 
@@ -343,7 +355,7 @@ def test_report_step_on_tiny_saved_result(tmp_path):
   law's mean ± se, the best law's paired difference to ERM and its paired-t 95% CI
   (`scipy.stats.ttest_rel`), and the OLS slope of the per-law mean NLL against σ²/θ̄²
   with its t-interval (`scipy.stats.linregress`)."""
-  module = sweeps.load_config_module(os.path.join(STUDIES, "mixing_law.py"))
+  module = sweeps.load_config_module(os.path.join(STUDIES, "mixing_law", "config.py"))
   law_list = [laws.law("erm"), laws.law("beta", alpha=0.2), laws.law("beta", alpha=2.0)] + [
       l for g in laws.EQUAL_MOMENT_GROUPS.values() for l in g]
   rng = np.random.default_rng(0)
@@ -392,40 +404,6 @@ def test_report_step_on_tiny_saved_result(tmp_path):
   assert cells[1] == "σ²/θ̄²" and cells[2:4] == [f"{fit.slope:.3g}",
                         f"[{fit.slope - half:.3g}, {fit.slope + half:.3g}]"], cells
   assert "3 atoms ≡ W(0.5)" in text and "p |" in text
-
-
-# ----------------------------------------------------------------------------------------
-# Per-example terms and the notes' bounds.
-
-
-def test_per_example_terms_match_library_and_provable_bounds_hold():
-  from mixjax import theory  # pylint: disable=g-import-not-at-top
-  from mixjax.studies import diagnostics  # pylint: disable=g-import-not-at-top
-  n, d, c = 12, 4, 3
-  x = jax.random.normal(jax.random.key(0), (n, d))
-  y = jax.nn.one_hot(jax.numpy.arange(n) % c, c)
-  w1 = jax.random.normal(jax.random.key(1), (d, 6))
-  w2 = jax.random.normal(jax.random.key(2), (6, c))
-  f = lambda z: jax.numpy.tanh(z @ w1) @ w2
-  stats = theory.data_stats(x, y)
-  law = L.beta(1.0)
-  moments = samplers.theta_moments(law)
-  per = {k: np.asarray(v, np.float64)
-         for k, v in diagnostics.per_example_terms(f, x, y, stats, moments).items()}
-  ref = theory.approx_mixup_terms(None, f, x, y, stats, law, terms=theory.TERMS,
-                                  diagnostics=True)
-  # Means agree with the library's R1, R2 (= hessian), R3 (independent implementation).
-  for ours, theirs in (("R1", "R1"), ("R2", "hessian"), ("R3", "R3")):
-    assert per[ours].mean() == pytest.approx(float(ref[theirs]), rel=1e-3, abs=1e-5), ours
-  # Chains of trace inequalities with PSD factors (hold for every example):
-  # R1_i ≤ ½ trΣ·tr H·‖J − J*‖² ≤ ½ trΣ·Ent·‖J − J*‖², |R3_i| ≤ ½‖Σ_xy‖²·trΣ⁺·tr H⁺.
-  tol = 1e-5 * (1 + np.abs(per["B1"]))
-  assert np.all(per["R1"] >= -1e-6)
-  assert np.all(per["R1"] <= per["B1_mid"] + tol)
-  assert np.all(per["B1_mid"] <= per["B1"] + tol)
-  assert np.all(np.abs(per["R3"]) <= per["B3_corrected"] * (1 + 1e-5) + 1e-6)
-  # tr H = 1 − ‖s‖² ≤ entropy (nats), used by the notes.
-  assert np.all(per["trace_h"] <= per["entropy"] + 1e-6)
 
 
 # ----------------------------------------------------------------------------------------
@@ -713,12 +691,12 @@ def test_regress_laws_without_enough_finite_laws_gives_nan_not_an_error():
 
 
 # ----------------------------------------------------------------------------------------
-# The regimes study (experiments/studies/regimes.py): its laws and its statistics.
+# The regimes study (experiments/studies/regimes/): its laws and its statistics.
 
 
 def _regimes():
-  from mixjax.studies import regimes  # pylint: disable=g-import-not-at-top
-  return sweeps.load_config_module(os.path.join(STUDIES, "regimes.py")), regimes
+  path = os.path.join(STUDIES, "regimes", "config.py")
+  return sweeps.load_config_module(path), study.sibling(path, "report")
 
 
 def _folded_beta_moments(a: float) -> tuple[float, float]:
@@ -755,27 +733,6 @@ def test_regimes_laws_have_the_stated_theta_moments():
   assert regimes.columns(cfg)["law"] == regimes.SMOOTHING
 
 
-def test_regimes_seeds_needed_reaches_the_power_by_the_noncentral_t():
-  """At the returned n, a two-sided paired t-test at 5% has power ≥ 0.8 against the
-  difference, and at n − 1 less (power from scipy's noncentral t, not statsmodels)."""
-  _, regimes = _regimes()
-
-  def power(n, effect):
-    crit = sp_stats.t.ppf(0.975, n - 1)
-    nc = effect * math.sqrt(n)
-    return sp_stats.nct.sf(crit, n - 1, nc) + sp_stats.nct.cdf(-crit, n - 1, nc)
-
-  for diff, sd in ((1.0, 1.0), (0.3, 1.0), (-0.02, 0.05), (2.0, 0.5), (10.0, 1.0),
-                   (0.5, 0.1), (0.01, 1.0)):
-    n = int(regimes.seeds_needed(diff, sd))
-    assert power(n, abs(diff) / sd) >= 0.8
-    if n > 2:
-      assert power(n - 1, abs(diff) / sd) < 0.8
-  assert regimes.seeds_needed(10.0, 1.0) == 3  # 2 seeds: power 0.73
-  assert regimes.seeds_needed(50.0, 1.0) == 2  # never fewer than a t-test's two
-  assert regimes.seeds_needed(0.0, 1.0) == math.inf
-
-
 def test_regimes_seed_slopes_and_contrasts_against_scipy():
   """Per-seed slopes against scipy.stats.linregress within each seed and a one-sample
   t-interval over them; a planted effect is reported as separated, none as not."""
@@ -801,6 +758,43 @@ def test_regimes_seed_slopes_and_contrasts_against_scipy():
   assert d["diff"] == pytest.approx(-0.1 - 0.9 / 27, abs=0.02)
   d = regimes.contrast(rows, "test_accuracy", "Beta(1)", "ERM")
   assert not d["separated"] and regimes._better(d, "test_accuracy") == "not separated"
+
+
+def test_regimes_verdict_is_recomputed_from_the_saved_rows():
+  """The corrected verdict's numbers on the committed records, recomputed here from the
+  rows with scipy and statsmodels: the per-seed slopes by `scipy.stats.linregress`
+  within each seed (with and without the constant arm; t-interval over seeds), and
+  Holm over the 12 slope tests by statsmodels' `multipletests`."""
+  from statsmodels.stats.multitest import multipletests  # pylint: disable=g-import-not-at-top
+  _, regimes = _regimes()
+  out = os.path.join(ROOT, "results", "regimes")
+  recs = {s: records.load(out, s) for s in ("overfit", "noisy")}
+
+  def slope(rows, metric, labels):
+    by = {(r["law"], r["seed"]): r for r in rows}
+    xs = [next(r["strength"] for r in rows if r["law"] == l) for l in labels]
+    b = [sp_stats.linregress(xs, [by[(l, s)][metric] for l in labels]).slope
+         for s in sorted({r["seed"] for r in rows})]
+    res = sp_stats.ttest_1samp(b, 0.0)
+    ci = res.confidence_interval(0.95)
+    return np.mean(b) / 9, ci.low / 9, ci.high / 9, res.pvalue
+
+  rows = {k: regimes.rows_of(r) for k, r in recs.items()}
+  ps = [slope(rows[k], m, regimes.FIXED_THETA)[3] for k in recs
+        for m in regimes.SLOPE_METRICS]
+  want = multipletests(ps, method="holm")[1]
+  got = regimes.slope_family(recs)
+  np.testing.assert_allclose([got[k][m] for k in recs for m in regimes.SLOPE_METRICS],
+                             want, rtol=1e-9)
+  text = regimes.verdict_section(recs, {}, got, (0, 0))
+  for metric, labels, scale, digits, setting in (
+      ("test_accuracy", regimes.FIXED_THETA[1:], 100, 2, "overfit"),
+      ("shift_accuracy", regimes.FIXED_THETA[:3], 100, 1, "overfit"),
+      ("test_ts_nll", regimes.FIXED_THETA, 1, 3, "noisy"),
+      ("test_ts_ece", regimes.FIXED_THETA, 1, 3, "noisy")):
+    m, lo, hi, _ = (v * scale for v in slope(rows[setting], metric, labels))
+    assert f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]" in text, metric
+  assert f"Holm over the 12 slope tests: p = {want[0]:.2g}" in text
 
 
 def test_row_of_a_mask_law_run_takes_its_moments_on_the_data_image_size(tmp_path,

@@ -1,7 +1,11 @@
-"""A study file, and what happens after its training: rows, measurements, report.
+"""A study's config, and what happens after its training: rows, measurements, report.
 
-A study is a file `experiments/studies/<study>.py`, loaded by path as `--config` loads a
-config file (`sweeps.load_config_module`; studies do not import each other). It holds
+A study is a folder `experiments/studies/<study>/`: its `config.py`, its report code and
+study-specific measurements (other modules of the folder, loaded by `sibling`: the
+folders are not packages), and a README.md linking its results in results/<study>/.
+`config.py` is loaded by path as `--config` loads a config file
+(`sweeps.load_config_module`; studies do not import each other; a study's config reads
+no saved result). It holds
   * its question (the module docstring) and `SETTINGS`, the names of its settings;
   * `get_config(setting)`, `get_sweep(setting)`: the trainer config and the sweep points
     of a setting, trained by

@@ -10,9 +10,9 @@ NLL and ECE, plain, test-time rescaled (§5) and temperature-scaled, against σ�
 γ²/θ̄² (`mixjax.studies.strength`). On CPU the convolutional runs go one after another.
 
   python -m mixjax.data.prepare --dataset=fashion_mnist --data_dir=DIR
-  python -m mixjax.main --config=experiments/studies/fashion_mnist.py:fashion_mnist_cnn \
+  python -m mixjax.main --config=experiments/studies/fashion_mnist/config.py:fashion_mnist_cnn \
       --sweep --workdir=runs/fashion_mnist --config.dataset.data_dir=DIR
-  python -m mixjax.studies --config=experiments/studies/fashion_mnist.py:fashion_mnist_cnn \
+  python -m mixjax.studies --config=experiments/studies/fashion_mnist/config.py:fashion_mnist_cnn \
       --workdir=runs/fashion_mnist --out=results/fashion_mnist
 """
 import os
@@ -27,7 +27,8 @@ SETTINGS = ("fashion_mnist_cnn",)
 LAWS = laws.by_label(["ERM", "Beta(0.2)", "Beta(1)", "Beta(2)", "W(0.5)",
                       "RegMixup(10,η=1)", "optimal", "2 atoms ≡ Beta(1)"])
 SEEDS = 5
-RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fashion_mnist.py")
+RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                      "fashion_mnist.py")
 
 
 def get_config(setting: str = "fashion_mnist_cnn"):
@@ -49,9 +50,9 @@ def report(out: str) -> None:
               "What it can say: each run trains the recipe's network on few images for a few "
               "epochs, a data-poor, short schedule in which mixup has not yet paid for the "
               "slower fit it causes. Validation, temperature scaling and test use the full "
-              "splits (6,000 and 10,000 images). The runs go one after another: on XLA:CPU "
-              "a small CNN's step ran 1.3× slower with 4 runs vmapped than as 4 separate "
-              "calls.\n"]
+              "splits (6,000 and 10,000 images). The runs go one after another (on XLA:CPU "
+              "a small CNN's vmapped step is slower than separate calls: "
+              "`benchmarks/bench_groups.py`).\n"]
   for setting in study.saved_settings(SETTINGS, out):
     sections.append(strength.report_setting(out, setting, {
         "θ̄=3/4, σ²=1/48": ["Beta(1)", "2 atoms ≡ Beta(1)"]},
