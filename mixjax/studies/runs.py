@@ -185,10 +185,11 @@ SWEPT = "per point (see arms, seeds)"  # a base config value the sweep's points 
 def config_record(config: ml_collections.ConfigDict, pts: Sequence[dict] = ()
                   ) -> dict[str, Any]:
   """The base config as JSON (what the study records as its training setup), each key
-  that the sweep's points `pts` set shown as `SWEPT` instead of its base value (e.g. the
-  recipe's default law, which no point trains: `arms` lists what they train)."""
+  that every point of the sweep `pts` sets shown as `SWEPT` instead of its base value
+  (e.g. the recipe's default law, which no point trains: `arms` lists what they train);
+  a key that only some points set keeps the base value the others train with."""
   record = json.loads(workdir_lib.config_to_json(config))
-  for key in dict.fromkeys(k for p in pts for k in p):
+  for key in dict.fromkeys(k for p in pts for k in p if all(k in q for q in pts)):
     node, (*parents, leaf) = record, key.split(".")
     for q in parents:
       node = node[q]
@@ -198,8 +199,8 @@ def config_record(config: ml_collections.ConfigDict, pts: Sequence[dict] = ()
 
 def arms(pts: Sequence[dict]) -> list[dict[str, Any]]:
   """The distinct arms of a sweep: each point's overrides but its seed, in first-point
-  order, with the law's label where the arm names a sampler (JSON-able: tuples as
-  lists)."""
+  order, with the law's label where the arm names a sampler (and its method where it
+  names one: "Beta(1), method label_smoothing_matched"); JSON-able (tuples as lists)."""
   out = {}
   for p in pts:
     arm = json.loads(json.dumps({k: v for k, v in p.items() if k != "seed"}, default=list))
@@ -208,7 +209,8 @@ def arms(pts: Sequence[dict]) -> list[dict[str, Any]]:
       label = {}
       if "sampler.name" in p:
         label = {"label": samplers.make_sampler(
-            p["sampler.name"], **dict(p.get("sampler.params", {}))).label}
+            p["sampler.name"], **dict(p.get("sampler.params", {}))).label
+                 + (f", method {p['method.name']}" if "method.name" in p else "")}
       out[key] = {**label, "overrides": arm}
   return list(out.values())
 
