@@ -212,13 +212,12 @@ def _answers(fam: dict[str, list[dict]], explore: dict[str, list[dict]]) -> list
       + listing(f1, PER, True) + ". F3, δ = 0.25 − δ = 0.20, separated on "
       f"{len(f3)} of {len(fam['F3'])}: " + listing(f3) + ". Exploratory (uncorrected): "
       "the slope without the constant arm (δ = 0.10 … 0.25) and the step δ = 0.10 − "
-      "constant, on the metrics where F1 is separated: "
-      + ("; ".join(f"{ALL[t['metric']][0]}: slope {_ci(s, t['metric'], PER)}, step "
-                   f"{_ci(st, t['metric'])}" for t in f1
-                   for s in [explore['slope_without_constant'][t['metric']]]
-                   for st in [explore['step'][t['metric']]]) or "none (F1 separated "
-         "nowhere)") + ". A trend shows as a slope that stays without the constant arm; "
-      "a step as a slope carried by δ = 0.10 − constant alone.")
+      "constant, on accuracy, mean C accuracy and the metrics where F1 is separated: "
+      + "; ".join(f"{ALL[m][0]}: slope {_ci(explore['slope_without_constant'][m], m, PER)}"
+                  f", step {_ci(explore['step'][m], m)}" for m in dict.fromkeys(
+                      ["test_accuracy", "shift_accuracy"] + [t["metric"] for t in f1]))
+      + ". A trend shows as a slope that stays without the constant arm; a step as a "
+      "slope carried by δ = 0.10 − constant alone.")
   f2 = sep["F2"]
   out.append(
       "**(2) Does the support matter at equal moments?** F2, three atoms {½, ¾, 1} − "
