@@ -153,7 +153,8 @@ def evaluate_shift(predict: Predictor, variables,
   """The model's metrics on each shifted test set, and their mean over the sets.
 
   Args:
-    predict, variables: as for `evaluate`.
+    predict: as for `evaluate`.
+    variables: as for `evaluate`.
     test_sets: name -> (x, y), inputs preprocessed like the clean test split (e.g.
       `mixjax.data.shift_test_sets`: one entry per corruption).
     num_bins: ECE bins (`config.eval.num_bins`).

@@ -590,7 +590,7 @@ def verdict_section(recs: dict[str, dict], pilots: dict[str, dict], holm_p: dict
         "optimal − θ=¾: " + "; ".join(x.replace("_", " ") for x in opt)
         + ". The gain may come from the law's support (exact half-mixes and unmixed "
         "examples) rather than from σ²/θ̄²: the support study "
-        "([`results/support/`](../support/)) separates the two. The constant θ = 3/4 is "
+        "([`results/support/report.md`](../support/report.md)) separates the two. The constant θ = 3/4 is "
         f"worse than ERM on C accuracy: {_pct(theta_erm)} points.\n")
     md.append(
         "Exploratory, clean labels: after temperature scaling the NLL slope is "
