@@ -2,6 +2,7 @@
 against closed forms, and its sweep."""
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -159,8 +160,13 @@ def test_report_computes_the_preregistered_families(support, tmp_path):
   assert "test_accuracy" in separated["F3"]  # 0.18 · (1/9 − 0.0711) = 0.72 points
   slope = fam["F1"][0]
   assert slope["diff"] == pytest.approx(0.18, abs=0.01) and slope["n"] == 10
+  (tmp_path / "reproduction.json").write_text(json.dumps({"how": "Retrained.", "checks": [
+      {"point": "60_x", "command": "python -m mixjax.main ...", "revision": "abc",
+       "study_revision": "def", "differences": [], "summary_keys": 24,
+       "metrics_records": 93, "ignored": ["train_time_s"]}]}))
   report.write(str(tmp_path))
   md = (tmp_path / "report.md").read_text()
+  assert "#### Reproduction" in md and "point `60_x`" in md and "bit-identical" in md
   assert report.PREREGISTRATION in md and "Holm" in md and "exploratory" in md.lower()
   assert (tmp_path / "overfit_seeds.png").stat().st_size > 10_000
   assert (tmp_path / "overfit_support.png").stat().st_size > 10_000

@@ -365,6 +365,27 @@ def section(rec: dict, out: str) -> str:
   return "\n".join(md)
 
 
+def reproduction_section(out: str) -> str | None:
+  """OUT/reproduction.json, if saved: points retrained in a fresh workdir at a later code
+  revision and compared with the study's runs (summary.json and metrics.jsonl value by
+  value, bit for bit, but for the fields it names as ignored)."""
+  path = os.path.join(out, "reproduction.json")
+  if not os.path.exists(path):
+    return None
+  import json  # pylint: disable=g-import-not-at-top
+  with open(path) as f:
+    rep = json.load(f)
+  lines = ["#### Reproduction\n", rep["how"] + "\n"]
+  for c in rep["checks"]:
+    lines.append(f"- point `{c['point']}`, retrained by `{c['command']}` at revision "
+                 f"{c['revision']} (the study's run: {c['study_revision']}): "
+                 + ("summary.json and metrics.jsonl bit-identical" if not c["differences"]
+                    else "differs: " + "; ".join(c["differences"]))
+                 + f" ({c['summary_keys']} summary entries and {c['metrics_records']} "
+                 f"metrics records compared; ignored: {', '.join(c['ignored'])}).")
+  return "\n".join(lines) + "\n"
+
+
 def write(out: str, intro: Sequence[str] = ()) -> str:
   """OUT/report.md: the pre-registration, then the saved setting's analysis (or the
   commands that would train and collect it)."""
@@ -378,6 +399,7 @@ def write(out: str, intro: Sequence[str] = ()) -> str:
         f"{TRAIN}\n{COLLECT}\n```\n", *intro]
   if os.path.exists(os.path.join(out, f"{SETTING}.json")):
     md.append(section(records.load(out, SETTING), out))
+    md.append(reproduction_section(out) or "")
   else:
     md.append(f"### Not yet trained\n\n`{TRAIN}`, then `{COLLECT}`.\n")
   return study.write_report(out, md)
