@@ -170,3 +170,49 @@ def test_report_computes_the_preregistered_families(support, tmp_path):
   assert report.PREREGISTRATION in md and "Holm" in md and "exploratory" in md.lower()
   assert (tmp_path / "overfit_seeds.png").stat().st_size > 10_000
   assert (tmp_path / "overfit_support.png").stat().st_size > 10_000
+
+
+def _run_folder(path, summary, metrics):
+  path.mkdir(parents=True)
+  (path / "summary.json").write_text(json.dumps(summary))
+  (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+  return path
+
+
+def test_reproduce_script_compares_bit_for_bit_but_for_wall_clock(tmp_path):
+  """experiments/studies/support/reproduce.py, run as a user runs it: two run folders
+  equal but for their times, revisions and checkpoint places are identical; a metric
+  one ulp apart is a difference (exit 1), and reproduction.json keeps one check per
+  point."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  script = os.path.join(os.path.dirname(STUDY), "reproduce.py")
+  acc = 0.8687
+  base = {"test": {"accuracy": acc, "nll": 0.41}, "seed": 10, "train_time_s": 77.0,
+          "code": {"git_revision": "aaa", "git_dirty": False},
+          "checkpoint": {"workdir": "."}}
+  metrics = [{"step": 10, "train/loss": 1.38, "steps_per_sec": 8.0}]
+  study_run = _run_folder(tmp_path / "runs" / "55_x", base, metrics)
+  same = _run_folder(tmp_path / "same", base | {
+      "train_time_s": 91.0, "code": {"git_revision": "bbb", "git_dirty": False},
+      "checkpoint": {"workdir": "elsewhere"}}, [metrics[0] | {"steps_per_sec": 3.0}])
+  off = _run_folder(tmp_path / "off", base | {"test": {
+      "accuracy": float(np.nextafter(acc, 1.0)), "nll": 0.41}}, metrics)
+  out = tmp_path / "results"
+  out.mkdir()
+
+  def run(rerun):
+    return subprocess.run([sys.executable, script, f"--study_run={study_run}",
+                           f"--rerun={rerun}", "--command=python -m mixjax.main ...",
+                           f"--out={out}"], capture_output=True, text=True, check=False)
+
+  proc = run(same)
+  assert proc.returncode == 0 and proc.stdout.strip() == "identical", proc.stderr
+  rep = json.loads((out / "reproduction.json").read_text())
+  (check,) = rep["checks"]
+  assert check["point"] == "55_x" and check["differences"] == []
+  assert check["revision"] == "bbb" and check["study_revision"] == "aaa"
+  proc = run(off)
+  assert proc.returncode == 1 and "test.accuracy" in proc.stdout, proc.stdout
+  (check,) = json.loads((out / "reproduction.json").read_text())["checks"]
+  assert check["differences"] == [f"test.accuracy: {acc!r} vs {float(np.nextafter(acc, 1.0))!r}"]

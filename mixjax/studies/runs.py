@@ -148,7 +148,7 @@ def row(name: str, config: ml_collections.ConfigDict, runs_dir: str,
                          "method": config.method.name, "lr": float(config.optimizer.lr),
                          "weight_decay": float(config.optimizer.weight_decay)}
   sampler = setup.training_sampler(config)
-  shape = (tuple(setup.load_data(config).input_shape)  # a mask law's moments depend
+  shape = (tuple(setup.load_data_once(config).input_shape)  # a mask law's moments depend
            if samplers.is_mask_law(sampler) else None)    # on the image size
   m = setup.training_moments(config, sampler, shape)  # the law trained on; None outside mixup
   if m is not None:

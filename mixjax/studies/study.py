@@ -165,7 +165,7 @@ def _record(path: str, setting: str, runs: list[Run], overrides: dict) -> dict[s
   module, _ = load(path)
   pts = sweeps.load_sweep(path, module)
   first = runs[0].config
-  ds = setup.load_data(first)
+  ds = setup.load_data_once(first)
   laws = {}
   for r in runs:
     law = setup.training_sampler(r.config)

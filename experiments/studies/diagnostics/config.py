@@ -18,6 +18,7 @@ from mixjax import data
 from mixjax.studies import laws
 from mixjax.studies import runs
 from mixjax.studies import study
+from mixjax.train import program
 from mixjax.train import sweeps
 
 trajectories = study.sibling(__file__, "trajectories")  # measurement and report
@@ -39,7 +40,7 @@ def get_config(setting: str = "mnist1d_tanh"):
                           num_epochs=NUM_EPOCHS, batch_size=128, lr=3e-3)
   n_train = data.dataset.train_size(cfg.dataset.name, val_fraction=cfg.dataset.val_fraction,
                                     **dict(cfg.dataset.kwargs))  # without loading it
-  spe = data.steps_per_epoch(int(n_train), cfg.batch_size)
+  spe = program.Schedule.of(cfg, n_train).steps_per_epoch
   return sweeps.sweep_config(cfg, {"num_seeds": SEEDS,
                                    "checkpoint_every_steps": EVERY_EPOCHS * spe,
                                    "max_to_keep": NUM_EPOCHS // EVERY_EPOCHS + 1})
