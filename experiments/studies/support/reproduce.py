@@ -81,6 +81,7 @@ def main() -> int:
     with open(path) as f:
       rep = json.load(f)
   rep["checks"] = [c for c in rep["checks"] if c["point"] != check["point"]] + [check]
+  os.makedirs(a.out, exist_ok=True)
   with open(path, "w") as f:
     json.dump(rep, f, indent=1, ensure_ascii=False)
   print("identical" if not check["differences"] else
