@@ -368,6 +368,29 @@ def _value_problem(path: str, value: str, current) -> str | None:
   return f"--config.{path}={value} does not parse. --config.{path} takes {expected}."
 
 
+def _sampler_param_problem(path: str, value: str, key: str, argv, config) -> str | None:
+  """The message for --config.sampler.params.<key>=<value> where the law takes no
+  `key`: the law's own parameters and how to set them (`sampler_params_hint`), not the
+  typo back; None when the law does not load (the generic message then)."""
+  name = config["sampler"]["name"]
+  for p, v in _overrides(argv):
+    if p == "sampler.name":
+      name = v
+  try:
+    hint = sampler_params_hint(name)
+  except Exception:  # pylint: disable=broad-except  (validate_config names the problem)
+    return None
+  if not hint:
+    return None
+  from mixjax.samplers import laws as laws_lib  # pylint: disable=g-import-not-at-top
+  import inspect  # pylint: disable=g-import-not-at-top
+  names = [p.name for p in inspect.signature(laws_lib.sampler_factory(name)).parameters
+           .values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+  close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+  return (f"--config.{path}={value}: sampler {name!r} has no parameter {key!r}"
+          + (f" (did you mean {close[0]!r}?)" if close else "") + f". {hint}.")
+
+
 def check_config_flags(argv) -> None:
   """What mixjax can check before absl parses the flags: the --config file exists,
   imports and returns a ConfigDict; every --config.<key> override names a key, and its
@@ -386,6 +409,10 @@ def check_config_flags(argv) -> None:
       node = config
       for p in parent.split(".")[1:]:
         node = node[p]
+      if parent == "config.sampler.params":
+        problem = _sampler_param_problem(path, val, key, argv, config)
+        if problem is not None:
+          raise ConfigError(problem)
       whole = ""
       if parent[len("config."):] in config_lib.DICT_KNOBS:
         whole = (f" --{parent} is a dict: set it whole, e.g. "
