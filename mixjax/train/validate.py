@@ -234,9 +234,9 @@ def _check_data_present(config) -> None:
   if name in prepare.SOURCES:  # prepared offline from its original files
     fix = _prepare_command(name, root)
   else:
-    fix = (f"where there is internet run tfds build {name} --file_format=array_record "
-           f"--data_dir=DIR, then copy DIR to {root} or pass --config.dataset.data_dir=DIR.")
-  raise DataError(f"{name} is not prepared (array_record) in {root} ({_NEVER}): {fix}")
+    fix = (f"where there is internet, run tfds build {name} --file_format=array_record "
+           "--data_dir=DIR; then pass --config.dataset.data_dir=DIR.")
+  raise DataError(f"{name} is not prepared as array_record in {root} ({_NEVER}): {fix}")
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging as py_logging
 import os
 from typing import Any, Mapping
 
@@ -78,6 +79,13 @@ def logging_to_workdir(*, verbose: bool = False):
   if fl["logtostderr"].value:  # the user asked for everything on stderr
     yield
     return
+  root, absl_logger = py_logging.getLogger(), py_logging.getLogger("absl")
+  levels = (root.level, absl_logger.level)
+  attach = logging.get_absl_handler() not in root.handlers  # main() called directly
+  verbosity, default = fl["verbosity"].value, fl["verbosity"].using_default_value
+  if attach:  # as app.run does: --verbosity's level, INFO when not given
+    root.addHandler(logging.get_absl_handler())
+    logging.set_verbosity(0 if fl["verbosity"].using_default_value else verbosity)
   _LOG["buffer"], _LOG["file"] = io.StringIO(), None
   handler.stream = _LOG["buffer"]
   if not fl["stderrthreshold"].present:
@@ -90,6 +98,11 @@ def logging_to_workdir(*, verbose: bool = False):
     handler.flush()
     handler.stream = saved[0]
     fl.stderrthreshold, fl.alsologtostderr = saved[1], saved[2]
+    if attach:
+      root.removeHandler(logging.get_absl_handler())
+      fl["verbosity"].value, fl["verbosity"].using_default_value = verbosity, default
+      root.setLevel(levels[0])
+      absl_logger.setLevel(levels[1])
     if _LOG["file"] is not None:
       _LOG["file"].close()
     _LOG["buffer"], _LOG["file"] = None, None
@@ -242,12 +255,12 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *,
     if refused and finished:
       raise WorkdirError(
           f"--workdir={workdir} holds a finished run of another config "
-          f"({_listed(refused, limit=3)}). Nothing would be retrained, only relabelled: "
-          "train this config in a fresh --workdir (docs/training.md).")
+          f"({_listed(refused, limit=2)}). Nothing would be retrained, only relabelled: "
+          "use a fresh --workdir.")
     if refused and not config.allow_config_change:
       raise WorkdirError(
           f"--workdir={workdir} holds a run started with another config "
-          f"({_listed(refused, limit=3)}). Use a fresh --workdir, or pass "
+          f"({_listed(refused, limit=2)}). Use a fresh --workdir, or pass "
           "--config.allow_config_change=True to continue it with this config.")
     if changes:
       logging.warning("Resuming %s with a changed config (config.json rewritten): %s",
