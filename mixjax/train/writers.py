@@ -221,10 +221,10 @@ def format_summary(summary: dict[str, Any]) -> str:
   if shifts[0]:  # each shifted test set's accuracy, NLL, ECE, then their mean
     names = [k for k in shifts[0] if k != "mean"] + ["mean"]
     lines.append(f"  {'shifted test set':<18}" + "".join(
-        f"{'accuracy':>10}{'nll':>9}{'ece':>7}" for _ in shifts))
+        f"{'accuracy':>10}{'nll':>8}{'ece':>8}" for _ in shifts))
     for n in names:
       lines.append(f"  {n:<18}" + "".join(
-          f"{sh[n]['accuracy']:>10.4f}{sh[n]['nll']:>9.4f}{sh[n]['ece']:>7.4f}"
+          f"{sh[n]['accuracy']:>10.4f}{sh[n]['nll']:>8.4f}{sh[n]['ece']:>8.4f}"
           if sh else f"{'-':>26}" for sh in shifts))
   for r in ("accuracy", "temperature"):
     if any(r in v for _, _, v in cols):
