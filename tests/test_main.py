@@ -400,6 +400,7 @@ def test_cli_trains_a_law_from_a_file_outside_the_repository(run_main_cli, user_
   summary = json.loads((cwd / "run" / "summary.json").read_text())
   mean, var = _truncnorm_moments(0.8, 0.1)
   assert summary["theta_bar"] == pytest.approx(mean, rel=1e-12)
+  assert "theta_bar_stderr" not in summary  # exact: no Monte-Carlo standard error
   assert summary["strength"] == pytest.approx(var / mean**2, rel=1e-9)
   assert summary["sampler"] == {"name": "laws/mylaw.py:trunc_normal",
                                 "params": {"mu": 0.8, "sigma": 0.1},
