@@ -633,7 +633,7 @@ def test_missing_shifted_set_is_one_line_before_anything(tiny_fashion_mnist, tmp
              monkeypatch)
   assert e.value.code == 4
   line = one_line_error(capsys)
-  assert "fashion_mnist_corrupted/{fog} not prepared" in line, line
+  assert "config.eval.shift: fashion_mnist_corrupted/fog is not prepared in" in line, line
   assert (f"python -m mixjax.data.prepare --dataset=fashion_mnist_corrupted --configs=fog "
           f"--data_dir={tiny_fashion_mnist}") in line
   assert not capsys.readouterr().out and not (tmp_path / "w").exists()

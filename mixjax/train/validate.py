@@ -202,8 +202,10 @@ def _check_shift_prepared(name: str, data_dir: str | None, configs) -> None:
     except FileNotFoundError:
       bad.append(c)
   root = os.path.expanduser(data_dir) if data_dir else tfds_data.default_data_dir()
-  raise DataError(f"config.eval.shift: {name}/{{{','.join(bad)}}} not prepared in {root} "
-                  f"({_NEVER}): " + _prepare_command(name, root, f" --configs={','.join(bad)}"))
+  sets = ", ".join(f"{name}/{c}" for c in bad)
+  raise DataError(f"config.eval.shift: {sets} {'is' if len(bad) == 1 else 'are'} not "
+                  f"prepared in {root} ({_NEVER}): "
+                  + _prepare_command(name, root, f" --configs={','.join(bad)}"))
 
 
 def _prepare_command(name: str, root: str, extra: str = "") -> str:
