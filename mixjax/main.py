@@ -13,12 +13,15 @@ environment (Slurm, Cloud TPU, ...) or from `--coordinator_address`, `--num_proc
 `--process_id`; on CPU the collectives go through gloo. See `launch/`.
 
 Order: parse flags (`parse_flags`: a bad --config file or override stops here) ->
-(distributed init) -> `validate_config` (nothing loaded or compiled yet) -> create the
-workdir -> log devices and the resolved config ->
+(distributed init) -> `validate_config` (names, laws, values, the data and the shifted
+test sets prepared; nothing loaded or compiled yet) -> create the workdir -> open its log
+(`workdir.logging_to_workdir`: absl's records go to WORKDIR/log.txt, stderr shows
+warnings and errors, `--verbose` everything) -> log devices and the resolved config ->
 `mixjax.train.train_and_evaluate(config, workdir)`, which checks the config against
 WORKDIR/config.json (a changed config is refused, `mixjax.train.config.RESUMABLE_CHANGES`
 excepted; see `mixjax.train.workdir`), writes it, and resumes from the newest restorable
-checkpoint.
+checkpoint (a finished run prints "already finished at step N" and its table). stdout
+has the line where training starts and the final table.
 
 Every expected failure prints one line to stderr (what is wrong: the flag or key, the
 value, the valid choices, and what to do) and exits with its code, without a Python

@@ -125,7 +125,8 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
   The runs must share everything but `setup.per_run_keys` (a seed group; the points of
   a sweep group). The configs are checked first, before any data is loaded
   (`check_configs`). A finished run rerun with the same config trains and evaluates
-  nothing (its summary is returned); with a changed length of training
+  nothing (its summary is returned; process 0 prints "already finished at step N" and
+  its table); with a changed length of training
   or evaluation (`config.RESUMABLE_CHANGES`) it continues or is re-evaluated, and its
   summary records the changes; with any other change it is refused (`workdir`). A
   vmapped group trains unless every run is done, so its runs are always those of one
