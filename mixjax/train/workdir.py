@@ -85,7 +85,7 @@ def logging_to_workdir(*, verbose: bool = False):
   verbosity, default = fl["verbosity"].value, fl["verbosity"].using_default_value
   if attach:  # as app.run does: --verbosity's level, INFO when not given
     root.addHandler(logging.get_absl_handler())
-    logging.set_verbosity(0 if fl["verbosity"].using_default_value else verbosity)
+    logging.set_verbosity(0 if default else verbosity)
   _LOG["buffer"], _LOG["file"] = io.StringIO(), None
   handler.stream = _LOG["buffer"]
   if not fl["stderrthreshold"].present:
