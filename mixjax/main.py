@@ -13,12 +13,15 @@ environment (Slurm, Cloud TPU, ...) or from `--coordinator_address`, `--num_proc
 `--process_id`; on CPU the collectives go through gloo. See `launch/`.
 
 Order: parse flags (`parse_flags`: a bad --config file or override stops here) ->
-(distributed init) -> `validate_config` (nothing loaded or compiled yet) -> create the
-workdir -> log devices and the resolved config ->
+(distributed init) -> `validate_config` (names, laws, values, the data and the shifted
+test sets prepared; nothing loaded or compiled yet) -> create the workdir -> open its log
+(`workdir.logging_to_workdir`: absl's records go to WORKDIR/log.txt, stderr shows
+warnings and errors, `--verbose` everything) -> log devices and the resolved config ->
 `mixjax.train.train_and_evaluate(config, workdir)`, which checks the config against
 WORKDIR/config.json (a changed config is refused, `mixjax.train.config.RESUMABLE_CHANGES`
 excepted; see `mixjax.train.workdir`), writes it, and resumes from the newest restorable
-checkpoint.
+checkpoint (a finished run prints "already finished at step N" and its table). stdout
+has the line where training starts and the final table.
 
 Every expected failure prints one line to stderr (what is wrong: the flag or key, the
 value, the valid choices, and what to do) and exits with its code, without a Python
@@ -149,6 +152,13 @@ def use_compilation_cache(path: str) -> str | None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from mixjax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  with workdir_lib.logging_to_workdir(verbose=_DEBUG.value):
+    _run()
+
+
+def _run() -> None:
+  """`main` within `workdir.logging_to_workdir`: every check, then the training."""
   cache_dir = use_compilation_cache(_COMPILATION_CACHE.value)
   if _DISTRIBUTED.value:
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
@@ -163,12 +173,16 @@ def main(argv) -> None:
   from mixjax.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   try:
+    # Every input check first (names, laws, ranges, the data, the shifted sets); the
+    # trainer then checks the workdir against the config before it loads anything.
     validate.validate_config(config)
     points = None
     if _SWEEP.value:
       points = sweeps.sweep_point_configs(
           config, config_flags.get_config_filename(flags.FLAGS["config"]))
     workdir = workdir_lib.make_workdir(_WORKDIR.value)
+    workdir_lib.open_log(workdir, workdir_lib.LOG_FILE if jax.process_index() == 0
+                         else f"log.process_{jax.process_index()}.txt")
     logging.info("JAX %s, process %d/%d, %d local / %d global devices: %s",
                  jax.__version__, jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count(), jax.devices())
@@ -179,9 +193,18 @@ def main(argv) -> None:
     else:
       train.train_and_evaluate(config, workdir)
   except errors.MixjaxError as e:
+    _log_error(e)
     _stop(e, f"{e.prefix}: {e}" if e.prefix else str(e), _DEBUG.value)
-  except FileNotFoundError as e:  # a dataset that is not prepared: the loader says how
-    _stop(e, f"Missing data: {e}", _DEBUG.value)
+  except FileNotFoundError as e:  # data that went missing after the checks: its first
+    _log_error(e)                 # line here, the whole message in the log
+    _stop(e, f"Missing data: {(str(e).splitlines() or [type(e).__name__])[0]}",
+          _DEBUG.value)
+
+
+def _log_error(error: BaseException) -> None:
+  """The error's whole text and traceback, to the log (stderr has them with --verbose)."""
+  if not _DEBUG.value:
+    logging.info("Stopped by %s: %s", type(error).__name__, error, exc_info=error)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """Shared helpers of the test modules (plain functions; the fixtures are in conftest.py,
 which no test module imports): configs of experiments/, run summaries, the method context
 of the base config, and `python -m mixjax.main` run in this process."""
+import gzip
 import os
+import struct
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,3 +74,41 @@ def one_line_error(capsys) -> str:
   lines = [l for l in err.splitlines() if l.strip()]
   assert len(lines) == 1 and "Traceback" not in err, err
   return lines[0]
+
+
+# ------------------------------------------------- Fashion-MNIST in its original files
+FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def idx_bytes(array: np.ndarray, *, type_code: int = 0x08, ndim: int | None = None) -> bytes:
+  """IDX encoding: 0x00 0x00 type ndim, big-endian uint32 dims, row-major payload."""
+  ndim = array.ndim if ndim is None else ndim
+  header = struct.pack(">BBBB", 0, 0, type_code, ndim)
+  header += b"".join(struct.pack(">I", d) for d in array.shape)
+  return header + np.ascontiguousarray(array, np.uint8).tobytes()
+
+
+def make_arrays(seed: int = 0, n_train: int = 30, n_test: int = 12):
+  """split -> (images uint8 (n, 28, 28), labels uint8 (n,)), every class present."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for split, n in (("train", n_train), ("test", n_test)):
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    rng.shuffle(labels)
+    out[split] = (images, labels)
+  return out
+
+
+def write_source(folder, arrays) -> None:
+  """The IDX files (FILES) of `arrays` in `folder`, gzip'd, as Fashion-MNIST ships them."""
+  os.makedirs(folder, exist_ok=True)
+  for split, (images_name, labels_name) in FILES.items():
+    images, labels = arrays[split]
+    with open(os.path.join(folder, images_name), "wb") as f:
+      f.write(gzip.compress(idx_bytes(images)))
+    with open(os.path.join(folder, labels_name), "wb") as f:
+      f.write(gzip.compress(idx_bytes(labels)))
+
+

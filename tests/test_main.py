@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import sys
 
 from absl import flags
 import pytest
 
 from mixjax import main as main_lib
-from helpers import one_line_error, run_main  # pylint: disable=g-bad-import-order
+from helpers import make_arrays, one_line_error, run_main, write_source  # pylint: disable=g-bad-import-order
 from mixjax import train
 from mixjax.train import config as config_lib
 from mixjax import errors
@@ -110,8 +112,9 @@ BAD_FLAGS = [
     (["--config=experiments/mnist1d.py", "--config.optimizer.lrr=0.1"],
      ["config.optimizer has no key 'lrr'", "Did you mean 'lr'?", "momentum"]),
     (["--config=experiments/mnist1d.py", "--config.sampler.params.alpah=0.2"],
-     ["'alpah'", "Did you mean 'alpha'?",
-      "--config.sampler.params='{\"alpah\": 0.2}'"]),
+     ["sampler 'beta' has no parameter 'alpah'", "(did you mean 'alpha'?)",
+      "beta takes alpha, beta=None",
+      "--config.sampler.params='{\"alpha\": <value>}'"]),
     (["--config=experiments/mnist1d.py", "--config.batch_size=abc"],
      ["--config.batch_size=abc", "int", "128"]),
     (["--config=experiments/mnist1d.py", "--config.model.kwargs=[4]"],
@@ -280,7 +283,7 @@ def test_main_missing_tfds_data_exits_fast_with_instructions(tmp_path, monkeypat
                f"--config.dataset.data_dir={empty}"], monkeypatch)
   assert time.monotonic() - start < 30
   assert e.value.code == 4
-  err = capsys.readouterr().err
+  err = one_line_error(capsys)
   assert "tfds build cifar10" in err and "--config.dataset.data_dir=" in err
 
 
@@ -341,8 +344,6 @@ def test_law_parameter_hints_name_the_laws_own_parameters():
   assert validate.sampler_params_hint("optimal").startswith("optimal takes no parameters")
 
 
-@pytest.mark.xfail(strict=True, reason="phase 2: main.check_config_flags's dict-knob hint "
-                   "must call validate.sampler_params_hint for sampler.params")
 def test_cli_misspelled_law_parameter_names_the_laws_parameters(run_main_cli, tmp_path):
   proc = run_main_cli(f"--config={MNIST1D}", f"--workdir={tmp_path / 'w'}",
                       "--config.sampler.params.alpah=1")
@@ -399,6 +400,7 @@ def test_cli_trains_a_law_from_a_file_outside_the_repository(run_main_cli, user_
   summary = json.loads((cwd / "run" / "summary.json").read_text())
   mean, var = _truncnorm_moments(0.8, 0.1)
   assert summary["theta_bar"] == pytest.approx(mean, rel=1e-12)
+  assert "theta_bar_stderr" not in summary  # exact: no Monte-Carlo standard error
   assert summary["strength"] == pytest.approx(var / mean**2, rel=1e-9)
   assert summary["sampler"] == {"name": "laws/mylaw.py:trunc_normal",
                                 "params": {"mu": 0.8, "sigma": 0.1},
@@ -427,7 +429,9 @@ def test_compilation_cache_flag_keeps_programs_and_changes_no_number(tmp_path,
           "--config.model.kwargs={\"features\": [4], \"dense_sizes\": [8]}"]
   first = run_main_cli(*args, f"--workdir={tmp_path / 'a'}", timeout=300)
   assert first.returncode == 0, first.stderr[-2000:]
-  assert f"Compilation cache: {cache}." in first.stderr
+  # The log (WORKDIR/log.txt; not stderr at the default verbosity) names the cache.
+  assert f"Compilation cache: {cache}." in (tmp_path / "a" / "log.txt").read_text()
+  assert "Compilation cache" not in first.stderr
   entries = set(os.listdir(cache))
   assert entries  # the train step, init and evaluation programs
   second = run_main_cli(*args, f"--workdir={tmp_path / 'b'}", timeout=300)
@@ -453,3 +457,214 @@ def test_compilation_cache_respects_a_dir_already_set(tmp_path):
   finally:
     for n, v in old.items():
       jax.config.update(n, v)
+
+
+# ---------------------------------------------------------------------------
+# Errors before output; quiet success; a finished run, rerun; the shifted sets' table.
+# ---------------------------------------------------------------------------
+TINY = ["--config.num_steps=4", "--config.batch_size=64", "--config.eval.every_epochs=0",
+        '--config.model.kwargs={"features": [4], "dense_sizes": [8]}']
+INFO_RECORD = re.compile(r"^I\d{4} ")  # an absl INFO record ("I1206 19:15:40.2 ...")
+
+
+def _lines(text: str) -> list[str]:
+  return [l for l in text.splitlines() if l.strip()]
+
+
+def test_cli_missing_dataset_is_one_line_before_any_output(run_main_cli, tmp_path):
+  """CIFAR-10 (a tfds dataset mixjax cannot prepare itself) with an empty data_dir:
+  exit 4, one stderr line (about 200 characters besides the paths) with the command
+  that prepares it, nothing on stdout, no workdir created."""
+  empty = tmp_path / "tfds"
+  empty.mkdir()
+  proc = run_main_cli(f"--config={os.path.join(ROOT, 'experiments', 'cifar10.py')}",
+                      f"--workdir={tmp_path / 'w'}", f"--config.dataset.data_dir={empty}")
+  assert proc.returncode == 4, proc.stderr[-3000:]
+  lines = _lines(proc.stderr)
+  assert len(lines) == 1 and not proc.stdout.strip(), proc.stderr + proc.stdout
+  line = lines[0]
+  assert line.startswith("Missing data: cifar10 is not prepared") and str(empty) in line
+  assert "tfds build cifar10 --file_format=array_record --data_dir=DIR" in line
+  assert "--config.dataset.data_dir=DIR" in line
+  assert len(line.replace(str(empty), "")) <= 220, len(line)
+  assert not (tmp_path / "w").exists()
+
+
+def test_cli_workdir_of_another_config_is_one_line(run_main_cli, tmp_path):
+  """A workdir holding a finished run of another config: exit 5, one short line naming
+  the key old -> new and the fix, nothing on stdout; the whole comparison in the log."""
+  module = sweeps.load_config_module(MNIST1D)
+  (tmp_path / "config.json").write_text(workdir_lib.config_to_json(module.get_config()))
+  (tmp_path / "summary.json").write_text("{}")
+  proc = run_main_cli(f"--config={MNIST1D}", f"--workdir={tmp_path}",
+                      '--config.sampler.params={"alpha": 0.2}', "--config.seed=3",
+                      "--config.optimizer.lr=0.5", "--config.mixing.pairing=reverse")
+  assert proc.returncode == 5, proc.stderr[-3000:]
+  lines = _lines(proc.stderr)
+  assert len(lines) == 1 and not proc.stdout.strip(), proc.stderr + proc.stdout
+  line = lines[0]
+  assert 'mixing.pairing: "permutation" -> "reverse"' in line, line  # sorted, first 2
+  assert "fresh --workdir" in line and "Nothing would be retrained" in line, line
+  assert "2 more in the log" in line and len(line.replace(str(tmp_path), "")) <= 240, line
+  log = (tmp_path / "log.txt").read_text()
+  for key in ("mixing.pairing", "optimizer.lr", "sampler.params.alpha: 1.0 -> 0.2",
+              "seed: 0 -> 3"):
+    assert key in log, (key, log[-2000:])
+
+
+def test_cli_nonfinite_loss_stops_without_a_traceback(run_main_cli, tmp_path):
+  """A learning rate that diverges: exit 3, the step named, no traceback (the
+  checkpoint manager is closed on the way out)."""
+  proc = run_main_cli(f"--config={MNIST1D}", f"--workdir={tmp_path / 'w'}", *TINY,
+                      "--config.optimizer.lr=1e30", timeout=300)
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
+  lines = _lines(proc.stderr)
+  assert len(lines) <= 2 and "Non-finite loss or gradient at step" in lines[-1], lines
+  assert not (tmp_path / "w" / "summary.json").exists()
+
+
+def test_cli_quiet_run_then_a_rerun_prints_already_finished_and_the_table(run_main_cli,
+                                                                           tmp_path):
+  """A short run: no INFO records and no traceback on stderr, the config only in
+  config.json and WORKDIR/log.txt (with the progress), stdout the line pointing to the
+  log and the final table. The same command again: one line "already finished at step
+  4" naming summary.json, the same table, exit 0, nothing written, nothing on stderr."""
+  wd = tmp_path / "w"
+  args = [f"--config={MNIST1D}", f"--workdir={wd}", *TINY]
+  first = run_main_cli(*args, timeout=300)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "Traceback" not in first.stderr, first.stderr[-5000:]
+  assert not [l for l in first.stderr.splitlines() if INFO_RECORD.match(l)], first.stderr
+  assert "allow_config_change" not in first.stdout + first.stderr  # no config dump
+  log = (wd / "log.txt").read_text()
+  assert "Config:\nallow_config_change: false" in log and "step 4/4" in log, log[-3000:]
+  assert json.loads((wd / "config.json").read_text())["num_steps"] == 4
+  out = first.stdout.splitlines()
+  assert out[0].startswith("Training w from step 0 to 4; progress in "
+                           f"{wd / 'log.txt'}"), out[0]
+  table = first.stdout[first.stdout.index("Final evaluation of seed 0"):]
+  files = ("summary.json", "metrics.jsonl", "predictions.npz", "config.json")
+  before = {f: (wd / f).read_bytes() for f in files}
+  steps = sorted(os.listdir(wd / "checkpoints"))
+
+  second = run_main_cli(*args, timeout=300)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert not second.stderr.strip(), second.stderr
+  head, rest = second.stdout.split("\n", 1)
+  assert head == (f"{wd} already finished at step 4; nothing retrained. "
+                  f"Summary: {wd / 'summary.json'}"), head
+  assert rest == table
+  assert {f: (wd / f).read_bytes() for f in files} == before
+  assert sorted(os.listdir(wd / "checkpoints")) == steps
+
+
+@pytest.mark.slow
+def test_checkpoint_tests_warnings_summary_holds_no_traceback(tmp_path):
+  """pytest's own warnings summary of tests/test_train_checkpoint.py (damaged and
+  mismatched checkpoints restored in-process): no Orbax / asyncio shutdown traceback."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider",
+       "-m", "not slow", "-W", "default", os.path.join(ROOT, "tests",
+                                                        "test_train_checkpoint.py")],
+      cwd=str(tmp_path), capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stdout[-3000:]
+  assert " passed" in proc.stdout, proc.stdout[-3000:]
+  for words in ("Traceback", "Event loop is closed", "PytestUnraisableExceptionWarning"):
+    assert words not in proc.stdout + proc.stderr, (words, proc.stdout[-5000:])
+
+
+@pytest.fixture(scope="module")
+def tiny_fashion_mnist(tmp_path_factory):
+  """A tfds data_dir with Fashion-MNIST (30 training, 40 test images of noise) and two
+  of its Fashion-MNIST-C corruptions, prepared offline from IDX files written here."""
+  from mixjax.data import prepare  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("tiny_fashion_mnist")
+  write_source(root / "src", make_arrays(seed=5, n_train=30, n_test=40))
+  out = root / "tfds"
+  prepare.prepare("fashion_mnist", data_dir=str(out), source_dir=str(root / "src"))
+  prepare.prepare("fashion_mnist_corrupted", data_dir=str(out),
+                  source_dir=str(root / "src"), configs=("shot_noise", "rotate"))
+  return out
+
+
+FASHION_MNIST = os.path.join(ROOT, "experiments", "fashion_mnist.py")
+
+
+def _fashion_flags(data_dir, workdir, shift):
+  return [f"--config={FASHION_MNIST}", f"--workdir={workdir}",
+          f"--config.dataset.data_dir={data_dir}", "--config.dataset.cache_dir=",
+          "--config.model.name=mlp", '--config.model.kwargs={"hidden_sizes": [8]}',
+          "--config.batch_size=8", "--config.num_steps=2", "--config.eval.every_epochs=0",
+          "--config.eval.shift=(" + "".join(f'"fashion_mnist_corrupted/{c}",'
+                                            for c in shift) + ")"]
+
+
+def test_final_table_lists_every_shifted_set(tiny_fashion_mnist, tmp_path, monkeypatch,
+                                             capsys):
+  """With eval.shift: a row per corruption and their mean, each with the accuracy, NLL
+  and ECE of summary.json's "shift" (plain) and "shift_rescaled" columns; the dataset
+  info of each prepared dataset is read once in the run (the log)."""
+  wd = tmp_path / "w"
+  run_main(_fashion_flags(tiny_fashion_mnist, wd, ("shot_noise", "rotate")), monkeypatch)
+  summary = json.loads((wd / "summary.json").read_text())
+  out = capsys.readouterr().out
+  rows = {l.split()[0]: [float(v) for v in l.split()[1:]] for l in out.splitlines()
+          if l.startswith("  ") and l.split()[0] in ("shot_noise", "rotate", "mean")}
+  assert set(rows) == {"shot_noise", "rotate", "mean"}, out
+  for name, values in rows.items():
+    want = [summary[col][name][m] for col in ("shift", "shift_rescaled")
+            for m in ("accuracy", "nll", "ece")]
+    assert values == pytest.approx(want, abs=5e-5), (name, values, want)
+  for m in ("accuracy", "nll", "ece"):  # the mean row is the mean of the sets
+    assert summary["shift"]["mean"][m] == pytest.approx(
+        (summary["shift"]["shot_noise"][m] + summary["shift"]["rotate"][m]) / 2, rel=1e-6)
+  loads = re.findall(r"Load dataset info from (\S+)", (wd / "log.txt").read_text())
+  assert loads and len(loads) == len(set(loads)), loads
+
+
+def test_missing_shifted_set_is_one_line_before_anything(tiny_fashion_mnist, tmp_path,
+                                                         monkeypatch, capsys):
+  """A corruption that is not prepared: exit 4, one line naming it and the command that
+  prepares just it, before the workdir is made."""
+  with pytest.raises(SystemExit) as e:
+    run_main(_fashion_flags(tiny_fashion_mnist, tmp_path / "w", ("rotate", "fog")),
+             monkeypatch)
+  assert e.value.code == 4
+  line = one_line_error(capsys)
+  assert "config.eval.shift: fashion_mnist_corrupted/fog is not prepared in" in line, line
+  assert (f"python -m mixjax.data.prepare --dataset=fashion_mnist_corrupted --configs=fog "
+          f"--data_dir={tiny_fashion_mnist}") in line
+  assert not capsys.readouterr().out and not (tmp_path / "w").exists()
+
+
+def test_monte_carlo_theta_bar_has_its_standard_error_in_the_summary(user_law_dir,
+                                                                     tmp_path, capsys):
+  """A `from_fn` law without moments (trunc_normal_mc): θ̄ is estimated from N = 2^20
+  draws; summary.json has `theta_bar_stderr` ≈ sd(θ)/√N (scipy's truncated normal;
+  the estimate of a standard deviation from N draws is off by ~√((κ−1)/(4N)), κ the
+  kurtosis: 6 of those allowed), and θ̄ within 5 of its standard errors of scipy's
+  mean; the table shows θ̄±se. A law with given moments has no `theta_bar_stderr`."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  from mixjax.samplers import moments as moments_lib  # pylint: disable=g-import-not-at-top
+  mu, sigma = 0.8, 0.1
+  config = _config(**{"sampler.name": f"{user_law_dir}/mylaw.py:trunc_normal_mc",
+                      "sampler.params": {"mu": mu, "sigma": sigma}, "num_steps": 2,
+                      "batch_size": 64, "eval.every_epochs": 0, "model.name": "mlp",
+                      "model.kwargs": {"hidden_sizes": (8,)}})
+  summary = groups.train_and_evaluate(config, str(tmp_path / "mc"))
+  law = stats.truncnorm((0.5 - mu) / sigma, (1.0 - mu) / sigma, loc=mu, scale=sigma)
+  n = moments_lib.DEFAULT_NUM_DRAWS
+  mean, var, kurt = (float(v) for v in law.stats(moments="mvk"))
+  se = (var / n) ** 0.5
+  assert summary["theta_bar_stderr"] == pytest.approx(
+      se, rel=6 * ((kurt + 3 - 1) / (4 * n)) ** 0.5)
+  assert abs(summary["theta_bar"] - mean) < 5 * se
+  assert f"θ̄={summary['theta_bar']:.4f}±{summary['theta_bar_stderr']:.1g})" in (
+      capsys.readouterr().out)
+  exact = groups.train_and_evaluate(
+      sweeps.sweep_config(config, {"sampler.name": f"{user_law_dir}/mylaw.py:trunc_normal"}),
+      str(tmp_path / "exact"))
+  assert "theta_bar_stderr" not in exact and exact["theta_bar"] == pytest.approx(
+      mean, rel=1e-12)

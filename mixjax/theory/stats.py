@@ -38,6 +38,10 @@ import scipy.linalg
 class DataStats:
   """Means and (1/n) covariances of a dataset (docs/THEORY.md, Setup); a JAX pytree.
 
+  The dataset is the whole training set (`data_stats(x_train, y_train)`, or every batch
+  of it streamed through `StatsAccumulator`), never the current batch: the same
+  `DataStats` goes to every step (`approx_mixup_risk`, `transform`, `rescaled`).
+
   Attributes:
     x_mean: x̄, (d,).
     y_mean: ȳ, (c,).

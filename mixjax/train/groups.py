@@ -16,6 +16,7 @@ statistics, compiled step), its state (initial or restored), the writers, the lo
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
@@ -124,7 +125,8 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
   The runs must share everything but `setup.per_run_keys` (a seed group; the points of
   a sweep group). The configs are checked first, before any data is loaded
   (`check_configs`). A finished run rerun with the same config trains and evaluates
-  nothing (its summary is returned); with a changed length of training
+  nothing (its summary is returned; process 0 prints "already finished at step N" and
+  its table); with a changed length of training
   or evaluation (`config.RESUMABLE_CHANGES`) it continues or is re-evaluated, and its
   summary records the changes; with any other change it is refused (`workdir`). A
   vmapped group trains unless every run is done, so its runs are always those of one
@@ -144,6 +146,8 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
   done = {os.path.basename(d): workdir_lib.finished_summary(d)
           for d, f, ch in zip(dirs, finished, changes) if f and not ch}
   if len(done) == len(dirs):
+    for d in dirs:
+      _report_finished(d, done[os.path.basename(d)])
     return done
   if ds is None:
     ds = setup.load_data_once(configs[0])
@@ -159,7 +163,7 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
   for c, d, ch in zip(configs, dirs, changes):
     name = os.path.basename(d)
     if name in done:
-      logging.info("%s finished already; not trained again.", d)
+      _report_finished(d, done[name])
       summaries[name] = done[name]
       continue
     try:
@@ -229,21 +233,51 @@ def train_program(configs, dirs, workdir, *, devices, ds, model, changes,
   # The program: model, mesh, schedule, optimizer, method, contexts, statistics, step.
   program = program_lib.assemble(configs, ds, devices=devices, workdir=workdir,
                                  model=model, programs=programs)
-  # The state: initial, or the latest checkpoint's.
-  ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=program.config.max_to_keep)
-  state, start, resumed = program_lib.init_or_restore(program, ckpt)
-  # The metric writers, one per run.
-  writer = writers.RunWriters([
-      setup.open_writer(d, start, resumed, tensorboard=program.config.tensorboard)
-      for d in dirs])
-  # The loop: steps, logs, checkpoints, quick evaluations.
-  state, train_time = loop.train(program, state, ckpt, writer, start=start,
-                                 interrupt_at_step=interrupt_at_step)
-  # The final evaluation and each run's summary.json.
-  summaries = summary_lib.finish_runs(
-      program, dirs, state, writer=writer, train_time=train_time,
-      resumed_from_step=start if resumed else None, changes=changes,
-      training=[_how_trained(dirs, workdir, r, program.num_runs) for r in range(len(dirs))])
-  writer.close()
-  ckpt.close()
-  return summaries
+  # The checkpoint manager and the writers are closed on every way out (an error
+  # included): an Orbax manager left open prints asyncio tracebacks at exit.
+  with contextlib.ExitStack() as stack:
+    # The state: initial, or the latest checkpoint's.
+    ckpt = stack.enter_context(
+        checkpoint_lib.Checkpointer(workdir, max_to_keep=program.config.max_to_keep))
+    state, start, resumed = program_lib.init_or_restore(program, ckpt)
+    _announce(dirs, start, program.schedule.total_steps)
+    # The metric writers, one per run.
+    writer = writers.RunWriters([
+        setup.open_writer(d, start, resumed, tensorboard=program.config.tensorboard)
+        for d in dirs])
+    stack.callback(writer.close)
+    # The loop: steps, logs, checkpoints, quick evaluations.
+    state, train_time = loop.train(program, state, ckpt, writer, start=start,
+                                   interrupt_at_step=interrupt_at_step)
+    # The final evaluation and each run's summary.json.
+    return summary_lib.finish_runs(
+        program, dirs, state, writer=writer, train_time=train_time,
+        resumed_from_step=start if resumed else None, changes=changes,
+        training=[_how_trained(dirs, workdir, r, program.num_runs)
+                  for r in range(len(dirs))])
+
+
+def _announce(dirs, start: int, total: int) -> None:
+  """One stdout line where a run starts (or resumes) training, when the log goes to a
+  file (`workdir.logging_to_workdir`: the command line): where its progress is."""
+  log = workdir_lib.log_file()
+  if log is None or jax.process_index() != 0:
+    return
+  what = os.path.basename(dirs[0]) if len(dirs) == 1 else f"{len(dirs)} runs"
+  print(f"Training {what} from step {start} to {total}; progress in {log} "
+        "(--verbose shows it here).", flush=True)
+
+
+def _report_finished(run_dir: str, summary: dict[str, Any]) -> None:
+  """A finished run, rerun: one line saying so (the step, where its summary is), then
+  its final table (process 0)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(run_dir, writers.SUMMARY_FILE)
+  if summary.get("status", "ok") != "ok":
+    print(f"{run_dir} stopped at step {summary.get('failed_at_step')} (non-finite loss); "
+          f"nothing to train. Summary: {path}", flush=True)
+    return
+  print(f"{run_dir} already finished at step {summary.get('step')}; nothing retrained. "
+        f"Summary: {path}", flush=True)
+  print(writers.format_summary(summary), flush=True)

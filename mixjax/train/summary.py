@@ -13,7 +13,8 @@ step, keys `<column>/<metric>`) and the printed table:
                  `theory.rescaled` with θ̄ of the law the run trained on,
                  `samplers.regmixup_equivalent` for RegMixup).
 The summary also says what the run was (dataset, model, method, the sampler's name,
-parameters and label, θ̄ and the strengths, the seed) and how it was trained
+parameters and label, θ̄ and the strengths, θ̄'s Monte-Carlo standard error
+`theta_bar_stderr` where θ̄ is estimated, the seed) and how it was trained
 ("checkpoint": alone, or vmapped in a group, and where its states are). The logits go to
 `predictions.npz` (`writers.write_summary`). A run of a group whose loss turned
 non-finite gets a summary marked failed, with the step.
@@ -51,7 +52,7 @@ def run_summary(program, r: int, state, *, train_time: float,
              "seed": int(config.dataset.split_seed),
              "flipped": int(np.sum(ds.train_y != ds.extras["clean_train_y"])),
              "num_train": int(ds.train_y.shape[0])}
-  return {
+  summary = {
       "dataset": config.dataset.name, "model": config.model.name,
       "method": config.method.name,
       "sampler": {"name": config.sampler.name, "params": dict(config.sampler.params),
@@ -72,6 +73,12 @@ def run_summary(program, r: int, state, *, train_time: float,
       "param_l1": float(sum(np.abs(to_host(p)).astype(np.float64).sum()
                             for p in jax.tree.leaves(state.params))),
   }
+  stderr = getattr(moments, "stderr", None)
+  if stderr is not None:
+    # θ̄ estimated by Monte Carlo (a `from_fn` law without given moments, a mask law
+    # without closed forms): its standard error; absent where θ̄ is exact.
+    summary["theta_bar_stderr"] = float(stderr.mean)
+  return summary
 
 
 COLUMNS = ("test", "val", "test_rescaled", "val_rescaled")

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import ml_collections
 
-from mixjax.errors import ConfigError, one_line
+from mixjax.errors import ConfigError, DataError, one_line
 from mixjax.train import config as config_lib
 
 GROUP_MODES = ("auto", "vmap", "sequential")
@@ -158,7 +158,7 @@ def shift_sets(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...] |
 
 def _check_shift(config, check_data: bool) -> None:
   """eval.shift names known shifted datasets of config.dataset.name, prepared (when
-  `check_data`: a FileNotFoundError with the prepare command otherwise, exit 4)."""
+  `check_data`: a `DataError` with the prepare command otherwise, exit 4)."""
   from mixjax.data import shift as shift_lib  # pylint: disable=g-import-not-at-top
   if isinstance(config.eval.shift, str):
     _fail(f"config.eval.shift={config.eval.shift!r} must be a tuple of names, e.g. "
@@ -177,7 +177,68 @@ def _check_shift(config, check_data: bool) -> None:
       _fail(f"config.eval.shift: {name} has no {', '.join(map(repr, unknown))}. Known: "
             f"{', '.join(spec.configs)}.")
     if check_data:
-      shift_lib.check_shift_prepared(name, config.dataset.data_dir, configs)
+      _check_shift_prepared(name, config.dataset.data_dir, configs or spec.configs)
+
+
+_NEVER = "mixjax never downloads data"
+
+
+def _check_shift_prepared(name: str, data_dir: str | None, configs) -> None:
+  """Every config of shifted dataset `name` is prepared under `data_dir`; DataError
+  (exit 4) in one line naming the missing ones and the command that prepares them (the
+  full instructions: `shift.check_shift_prepared`'s message, in the log)."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from mixjax.data import shift as shift_lib  # pylint: disable=g-import-not-at-top
+  from mixjax.data import tfds_data  # pylint: disable=g-import-not-at-top
+  try:
+    shift_lib.check_shift_prepared(name, data_dir, configs)
+    return
+  except FileNotFoundError as e:
+    logging.info("%s", e)
+  bad = []
+  for c in configs:
+    try:
+      shift_lib.check_shift_prepared(name, data_dir, (c,))
+    except FileNotFoundError:
+      bad.append(c)
+  root = os.path.expanduser(data_dir) if data_dir else tfds_data.default_data_dir()
+  sets = ", ".join(f"{name}/{c}" for c in bad)
+  raise DataError(f"config.eval.shift: {sets} {'is' if len(bad) == 1 else 'are'} not "
+                  f"prepared in {root} ({_NEVER}): "
+                  + _prepare_command(name, root, f" --configs={','.join(bad)}"))
+
+
+def _prepare_command(name: str, root: str, extra: str = "") -> str:
+  """How to prepare `name` (a key of `data.prepare.SOURCES`) into `root`, in a sentence."""
+  from mixjax.data import prepare  # pylint: disable=g-import-not-at-top
+  return (f"run python -m mixjax.data.prepare --dataset={name}{extra} --data_dir={root} "
+          f"after apt-get install {prepare.SOURCES[name].debian_package}, or add "
+          "--source_dir=SRC (its IDX files).")
+
+
+def _check_data_present(config) -> None:
+  """A tfds dataset is prepared (array_record) under config.dataset.data_dir: only
+  local metadata is read. DataError (exit 4) in one line with the command that
+  prepares it otherwise (the full instructions, `tfds_data.check_prepared`'s message,
+  go to the log)."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from mixjax.data import prepare  # pylint: disable=g-import-not-at-top
+  from mixjax.data import tfds_data  # pylint: disable=g-import-not-at-top
+  name, data_dir = config.dataset.name, config.dataset.data_dir
+  if name not in tfds_data.TFDS_DATASETS:
+    return
+  try:
+    tfds_data.check_prepared(name, data_dir)
+    return
+  except FileNotFoundError as e:
+    logging.info("%s", e)
+  root = os.path.expanduser(data_dir) if data_dir else tfds_data.default_data_dir()
+  if name in prepare.SOURCES:  # prepared offline from its original files
+    fix = _prepare_command(name, root)
+  else:
+    fix = (f"where there is internet, run tfds build {name} --file_format=array_record "
+           "--data_dir=DIR; then pass --config.dataset.data_dir=DIR.")
+  raise DataError(f"{name} is not prepared as array_record in {root} ({_NEVER}): {fix}")
 
 
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | None = None,
@@ -195,16 +256,20 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   approx's estimator and terms); batch size not divisible by the device count; no epochs
   or steps; model arguments (`model.kwargs`) the model does not take; a batch larger
   than the training split (its size from metadata:
-  `mixjax.data.train_size`, no data is read; skipped when unknown, e.g. a tfds dataset
-  not prepared yet). Cheap: nothing is traced.
+  `mixjax.data.train_size`, no data is read). With `check_data`, also that the data is
+  there: a tfds dataset and the shifted test sets of config.eval.shift prepared under
+  config.dataset.data_dir (local metadata only). Cheap: nothing is traced.
 
   Args:
     config: the resolved config.
     num_devices: devices the batch is split over (default: `jax.device_count()`).
-    check_data: also check the batch size against the training split's size.
+    check_data: also check that the data is prepared, and the batch size against the
+      training split's size.
 
   Raises:
-    ConfigError (a ValueError) naming the key, the value, the choices and the fix.
+    ConfigError (a ValueError) naming the key, the value, the choices and the fix;
+    DataError (exit 4): a dataset or shifted test set not prepared, in one line with
+    the command that prepares it.
   """
   # Imported here so that reading a config never imports the heavy modules.
   import jax  # pylint: disable=g-import-not-at-top
@@ -266,6 +331,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
       _fail(f"config.optimizer.boundaries={tuple(b)} must be increasing positive epochs.")
   if not (config.num_steps and config.num_steps > 0) and config.num_epochs <= 0:
     _fail(f"config.num_epochs={config.num_epochs} must be > 0 (or set config.num_steps > 0).")
+  if check_data:
+    _check_data_present(config)
   _check_shift(config, check_data)
   if check_data:
     _check_batch_fits(config)
@@ -368,6 +435,29 @@ def _value_problem(path: str, value: str, current) -> str | None:
   return f"--config.{path}={value} does not parse. --config.{path} takes {expected}."
 
 
+def _sampler_param_problem(path: str, value: str, key: str, argv, config) -> str | None:
+  """The message for --config.sampler.params.<key>=<value> where the law takes no
+  `key`: the law's own parameters and how to set them (`sampler_params_hint`), not the
+  typo back; None when the law does not load (the generic message then)."""
+  name = config["sampler"]["name"]
+  for p, v in _overrides(argv):
+    if p == "sampler.name":
+      name = v
+  try:
+    hint = sampler_params_hint(name)
+  except Exception:  # pylint: disable=broad-except  (validate_config names the problem)
+    return None
+  if not hint:
+    return None
+  from mixjax.samplers import laws as laws_lib  # pylint: disable=g-import-not-at-top
+  import inspect  # pylint: disable=g-import-not-at-top
+  names = [p.name for p in inspect.signature(laws_lib.sampler_factory(name)).parameters
+           .values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+  close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+  return (f"--config.{path}={value}: sampler {name!r} has no parameter {key!r}"
+          + (f" (did you mean {close[0]!r}?)" if close else "") + f". {hint}.")
+
+
 def check_config_flags(argv) -> None:
   """What mixjax can check before absl parses the flags: the --config file exists,
   imports and returns a ConfigDict; every --config.<key> override names a key, and its
@@ -386,6 +476,10 @@ def check_config_flags(argv) -> None:
       node = config
       for p in parent.split(".")[1:]:
         node = node[p]
+      if parent == "config.sampler.params":
+        problem = _sampler_param_problem(path, val, key, argv, config)
+        if problem is not None:
+          raise ConfigError(problem)
       whole = ""
       if parent[len("config."):] in config_lib.DICT_KNOBS:
         whole = (f" --{parent} is a dict: set it whole, e.g. "

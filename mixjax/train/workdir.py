@@ -16,13 +16,24 @@ Rerunning on a workdir that holds a run (`check_workdir_config`):
   re-evaluate it, and the summary records them (`config_changes`).
 A key the old config.json lacks (a knob added to mixjax since) is no change when it has
 its default value. An accepted change is logged and config.json is rewritten.
+
+The log (`logging_to_workdir`, the command line's): absl's records, INFO and up, go to
+WORKDIR/log.txt (held in memory until the workdir exists, then written there first);
+stderr shows the warnings and errors only, unless `verbose` (`--verbose`), which shows
+every record there too. The resolved config, the devices, progress, and the detail of
+an error (a library's own text, the traceback) are in the log; the terminal gets the
+one-line messages, warnings and the final table.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging as py_logging
 import os
 from typing import Any, Mapping
 
+from absl import flags
 from absl import logging
 import ml_collections
 
@@ -48,6 +59,72 @@ def make_workdir(workdir: str) -> str:
     raise WorkdirError(f"--workdir={workdir}: not writable. Pass a folder you can "
                        "write to.")
   return path
+
+
+LOG_FILE = "log.txt"
+# The log of this process while `logging_to_workdir` is active: its buffer (records
+# before the workdir exists) or the open file.
+_LOG: dict[str, Any] = {"buffer": None, "file": None}
+
+
+@contextlib.contextmanager
+def logging_to_workdir(*, verbose: bool = False):
+  """absl logging for a command-line run (the module docstring): records are held in
+  memory until `open_log(workdir)`, then written to its log file; stderr gets WARNING
+  and up (every record when `verbose`, or with absl's --logtostderr /
+  --alsologtostderr). absl's handler and flags are restored on exit."""
+  handler = logging.get_absl_handler().python_handler
+  fl = flags.FLAGS
+  saved = (handler.stream, fl["stderrthreshold"].value, fl["alsologtostderr"].value)
+  if fl["logtostderr"].value:  # the user asked for everything on stderr
+    yield
+    return
+  root, absl_logger = py_logging.getLogger(), py_logging.getLogger("absl")
+  levels = (root.level, absl_logger.level)
+  attach = logging.get_absl_handler() not in root.handlers  # main() called directly
+  verbosity, default = fl["verbosity"].value, fl["verbosity"].using_default_value
+  if attach:  # as app.run does: --verbosity's level, INFO when not given
+    root.addHandler(logging.get_absl_handler())
+    logging.set_verbosity(0 if default else verbosity)
+  _LOG["buffer"], _LOG["file"] = io.StringIO(), None
+  handler.stream = _LOG["buffer"]
+  if not fl["stderrthreshold"].present:
+    fl.stderrthreshold = "warning"
+  if verbose:
+    fl.alsologtostderr = True
+  try:
+    yield
+  finally:
+    handler.flush()
+    handler.stream = saved[0]
+    fl.stderrthreshold, fl.alsologtostderr = saved[1], saved[2]
+    if attach:
+      root.removeHandler(logging.get_absl_handler())
+      fl["verbosity"].value, fl["verbosity"].using_default_value = verbosity, default
+      root.setLevel(levels[0])
+      absl_logger.setLevel(levels[1])
+    if _LOG["file"] is not None:
+      _LOG["file"].close()
+    _LOG["buffer"], _LOG["file"] = None, None
+
+
+def open_log(workdir: str, name: str = LOG_FILE) -> str | None:
+  """Within `logging_to_workdir`: appends the log to WORKDIR/`name` from now on (the
+  records so far first). Returns its path (None outside `logging_to_workdir`)."""
+  if _LOG["buffer"] is None:
+    return None
+  path = os.path.join(workdir, name)
+  handler = logging.get_absl_handler().python_handler
+  f = open(path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+  f.write(_LOG["buffer"].getvalue())
+  f.flush()
+  handler.stream, _LOG["file"] = f, f
+  return path
+
+
+def log_file() -> str | None:
+  """The path of the log file `open_log` opened, or None (logging to stderr)."""
+  return None if _LOG["file"] is None else _LOG["file"].name
 
 
 def finished_summary(run_dir: str) -> dict[str, Any] | None:
@@ -118,9 +195,13 @@ def is_resumable_change(key: str) -> bool:
              for a in config_lib.RESUMABLE_CHANGES)
 
 
-def _listed(changes: Mapping[str, tuple[Any, Any]]) -> str:
-  return "; ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}"
-                   for k, (a, b) in changes.items())
+def _listed(changes: Mapping[str, tuple[Any, Any]], limit: int | None = None) -> str:
+  """"key: old -> new; ..." (the first `limit` changes, then how many more)."""
+  items = list(changes.items())
+  shown = items if limit is None else items[:limit]
+  more = len(items) - len(shown)
+  return "; ".join(f"{k}: {json.dumps(a)} -> {json.dumps(b)}" for k, (a, b) in shown) + (
+      f"; {more} more in the log" if more else "")
 
 
 def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *,
@@ -168,21 +249,19 @@ def check_workdir_config(config: ml_collections.ConfigDict, workdir: str, *,
       changes = {k: (a, b) for k, (a, b) in changes.items()
                  if not (a == _ABSENT and k in defaults and defaults[k] == b)}
     refused = {k: v for k, v in changes.items() if not is_resumable_change(k)}
+    if refused and (finished or not config.allow_config_change):
+      logging.info("%s: the config differs from %s in %s. A rerun may change only %s.",
+                   workdir, path, _listed(refused), ", ".join(config_lib.RESUMABLE_CHANGES))
     if refused and finished:
       raise WorkdirError(
-          f"--workdir={workdir} holds a finished run of a different config "
-          f"({_listed(refused)}). Nothing would be retrained: its results would only be "
-          "relabelled with this config. Train this config in a fresh --workdir. "
-          "(On a finished run only these may change: "
-          f"{', '.join(config_lib.RESUMABLE_CHANGES)}; eval.* re-evaluates it.)")
+          f"--workdir={workdir} holds a finished run of another config "
+          f"({_listed(refused, limit=2)}). Nothing would be retrained, only relabelled: "
+          "use a fresh --workdir.")
     if refused and not config.allow_config_change:
       raise WorkdirError(
-          f"--workdir={workdir} holds a run started with a different config "
-          f"({_listed(refused)}); resuming it would report the old run's results as "
-          "this config's. Use a fresh --workdir, or, to continue this unfinished run "
-          "from its last checkpoint with the new config, pass "
-          "--config.allow_config_change=True. Changes allowed without it: "
-          f"{', '.join(config_lib.RESUMABLE_CHANGES)}.")
+          f"--workdir={workdir} holds a run started with another config "
+          f"({_listed(refused, limit=2)}). Use a fresh --workdir, or pass "
+          "--config.allow_config_change=True to continue it with this config.")
     if changes:
       logging.warning("Resuming %s with a changed config (config.json rewritten): %s",
                       workdir, _listed(changes))
