@@ -66,7 +66,7 @@ def check_finite(state, ckpt, writer, failed: dict[int, int]) -> None:
          + "Lower the learning rate (config.optimizer.lr) or check the data, and "
          "rerun with a fresh --workdir (or add --config.allow_config_change=True to "
          "continue from the last good checkpoint).")
-  logging.error(msg)
+  logging.info(msg)  # the log file; the user sees it once, as main's error line
   writer.close()
   ckpt.close()
   raise NonFiniteLossError(msg, step=first)
