@@ -143,6 +143,34 @@ def _check_batch_fits(config) -> None:
           f"Use --config.batch_size=N with N <= {n}.")
 
 
+def _check_streaming(config, check_data: bool) -> bool:
+  """config.dataset.streaming is "auto", True or False; True needs
+  config.dataset.image_size. Returns whether the dataset name is one to stream without
+  an in-memory loader (streaming not False and the name not in `data.DATASETS`): with
+  `check_data`, it must be a prepared tfds dataset (`tfds_data.check_prepared`), or
+  the registry's error is raised with the command that prepares an image folder."""
+  from mixjax import data as data_lib  # pylint: disable=g-import-not-at-top
+  mode, name = config.dataset.streaming, config.dataset.name
+  if not (isinstance(mode, bool) or mode == "auto"):
+    _fail(f"config.dataset.streaming={mode!r} must be 'auto', True or False.")
+  if mode is True and not config.dataset.image_size:
+    _fail("config.dataset.streaming=True needs the side of the streamed images: set "
+          "--config.dataset.image_size=S (e.g. 64).")
+  if mode is False or name in data_lib.DATASETS:
+    return False
+  if check_data:
+    try:
+      data_lib.check_prepared(name, config.dataset.data_dir)
+    except Exception:  # pylint: disable=broad-except  (not prepared, or no tfds name)
+      try:
+        data_lib.DATASETS.get(name)
+      except ValueError as e:
+        _fail(f"config.dataset.name: {e} Or prepare your own images as {name!r} with "
+              f"python -m mixjax.data.prepare --dataset=image_folder --source_dir=DIR "
+              f"--name={name} --data_dir=OUT and pass --config.dataset.data_dir=OUT.")
+  return True
+
+
 def shift_sets(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...] | None]:
   """config.eval.shift as {shifted dataset: its configs (None: all)}: "name" takes every
   config of the dataset, "name/config" one of them."""
@@ -219,7 +247,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
       _fail(f"config.{key}={value!r} is not valid. Valid choices: "
             f"{', '.join(repr(v) for v in valid)}.")
 
-  for key, lookup in (("dataset.name", data_lib.DATASETS.get),
+  streamed = _check_streaming(config, check_data)
+  for key, lookup in (("dataset.name", (lambda n: n) if streamed else data_lib.DATASETS.get),
                       ("model.name", models_lib.MODELS.get),
                       ("method.name", methods_lib.METHODS.get),
                       ("method.loss", losses_lib.get_loss)):
@@ -267,7 +296,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   if not (config.num_steps and config.num_steps > 0) and config.num_epochs <= 0:
     _fail(f"config.num_epochs={config.num_epochs} must be > 0 (or set config.num_steps > 0).")
   _check_shift(config, check_data)
-  if check_data:
+  if check_data and not streamed:
     _check_batch_fits(config)
 
 
