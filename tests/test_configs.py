@@ -34,6 +34,36 @@ def test_config_and_sweep_points_validate(name):
     validate.validate_config(sweeps.sweep_config(config, point), num_devices=4)
 
 
+def test_image_folder_config_validates():
+  """experiments/image_folder.py (its dataset named on the command line, so not checked
+  against prepared data here; tests/test_train_streaming.py trains it): valid, streamed,
+  the base config's knobs."""
+  config = load("image_folder").get_config()
+  for ndev in (1, 4):
+    validate.validate_config(config, num_devices=ndev, check_data=False)
+  assert set(config.to_dict()) == set(config_lib.base_config().to_dict())
+  assert config.dataset.streaming is True and config.dataset.image_size == 64
+  assert not config.augment.enabled
+
+
+def test_streaming_knobs_are_checked():
+  config = config_lib.base_config()
+  config.dataset.streaming = "yes"
+  with pytest.raises(errors.ConfigError, match="dataset.streaming='yes' must be"):
+    validate.validate_config(config, num_devices=1)
+  config.dataset.streaming = True
+  with pytest.raises(errors.ConfigError, match="needs the side of the streamed images"):
+    validate.validate_config(config, num_devices=1)
+  config.dataset.image_size = 0
+  with pytest.raises(errors.ConfigError, match="dataset.image_size=0 must be >= 1"):
+    validate.validate_config(config, num_devices=1)
+  config = config_lib.base_config()
+  config.dataset.name = "no_such_dataset"
+  with pytest.raises(errors.ConfigError, match="Or prepare your own images as "
+                     "'no_such_dataset' with python -m mixjax.data.prepare"):
+    validate.validate_config(config, num_devices=1)
+
+
 def test_cifar_recipe_is_the_published_one():
   for name in ("cifar10", "cifar100"):
     c = load(name).get_config()

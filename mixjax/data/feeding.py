@@ -105,6 +105,9 @@ class Feeder:
                                  axis=axis), None)
 
 
+_stack = jax.jit(lambda *a: jax.numpy.stack(a))  # n batches (B, ...) -> (n, B, ...)
+
+
 class StreamFeeder:
   """The data arguments of the train step from a `streaming.TrainStream`: `(x, y, None)`
   for steps s … s+n−1, x (B, S, S, 3) float32 and y (B,) int32 sharded over the mesh's
@@ -138,8 +141,7 @@ class StreamFeeder:
     if n == 1:
       (x, y), = batches
       return x, y, None
-    stack = jax.jit(lambda *a: jax.numpy.stack(a))
-    return (stack(*[b[0] for b in batches]), stack(*[b[1] for b in batches]), None)
+    return (_stack(*[b[0] for b in batches]), _stack(*[b[1] for b in batches]), None)
 
   def state(self, step: int) -> dict[str, Any]:
     """The loader's position after `step` steps (`TrainStream.state`)."""

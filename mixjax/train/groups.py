@@ -237,8 +237,12 @@ def train_program(configs, dirs, workdir, *, devices, ds, model, changes,
       setup.open_writer(d, start, resumed, tensorboard=program.config.tensorboard)
       for d in dirs])
   # The loop: steps, logs, checkpoints, quick evaluations.
-  state, train_time = loop.train(program, state, ckpt, writer, start=start,
-                                 interrupt_at_step=interrupt_at_step)
+  try:
+    state, train_time = loop.train(program, state, ckpt, writer, start=start,
+                                   interrupt_at_step=interrupt_at_step)
+  finally:  # a streamed split's workers and prefetch threads
+    if hasattr(program.step.feed, "close"):
+      program.step.feed.close()
   # The final evaluation and each run's summary.json.
   summaries = summary_lib.finish_runs(
       program, dirs, state, writer=writer, train_time=train_time,

@@ -181,8 +181,6 @@ def train(program, state, ckpt, writer: writers.RunWriters, *, start: int,
 
   if start < total or ckpt.latest_step() != total:
     save(state, ckpt, writer, spe, failed, feed)
-  if hasattr(feed, "close"):
-    feed.close()
   return state, time.time() - t_start
 
 

@@ -153,7 +153,7 @@ def _check_streaming(config, check_data: bool) -> bool:
   mode, name = config.dataset.streaming, config.dataset.name
   if not (isinstance(mode, bool) or mode == "auto"):
     _fail(f"config.dataset.streaming={mode!r} must be 'auto', True or False.")
-  if mode is True and not config.dataset.image_size:
+  if mode is True and config.dataset.image_size is None:
     _fail("config.dataset.streaming=True needs the side of the streamed images: set "
           "--config.dataset.image_size=S (e.g. 64).")
   if mode is False or name in data_lib.DATASETS:
