@@ -32,8 +32,7 @@ images after the validation split, 8 steps of 64 per epoch):
 
 The synthetic classes are separable by colour, so the accuracy says only that the
 pipeline learns; the NLL and ECE are mixup's under-confidence on an easy task. Each
-evaluation starts its own two decoding workers (about 10 s of the 12–18 s per epoch
-here): for small folders `--config.dataset.num_workers=0` is faster.
+evaluation (every epoch here) starts its own decoding workers.
 
 For a GPU, use a ResNet (`--config.model.name=preact_resnet18` or the ImageNet recipe's
 `experiments/imagenet.py`) at `--config.dataset.image_size=224` with more workers.
