@@ -143,7 +143,8 @@ def test_kill_mid_epoch_and_resume_is_bit_identical(prepared, uninterrupted, tmp
   assert meta["input"]["num_examples"] == STEPS_PER_EPOCH * BATCH
 
   out = _finish(_main(args))
-  assert "Streaming the training split from step" in out
+  assert f"Streaming the training split from step {killed_at} " in out
+  assert "Loaded data statistics from" in out  # x̄, ȳ not recomputed
   got, want = read_summary(workdir), read_summary(uninterrupted)
   assert got["resumed_from_step"] == killed_at
   drop = ("train_time_s", "resumed_from_step")
