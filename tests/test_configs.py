@@ -60,7 +60,19 @@ def test_streaming_knobs_are_checked():
   config = config_lib.base_config()
   config.dataset.name = "no_such_dataset"
   with pytest.raises(errors.ConfigError, match="Or prepare your own images as "
-                     "'no_such_dataset' with python -m mixjax.data.prepare"):
+                     "'no_such_dataset' with python -m mixjax.data.prepare "
+                     "--dataset=image_folder"):
+    validate.validate_config(config, num_devices=1)
+
+
+def test_a_tfds_dataset_to_stream_that_is_not_prepared_says_how(tmp_path):
+  """A tfds name without an in-memory loader, not prepared under data_dir: the
+  loader's FileNotFoundError with the preparation command (main: "Missing data", one
+  line), not the registry's list."""
+  config = config_lib.base_config()
+  config.dataset.name = "imagenet2012"
+  config.dataset.data_dir = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match="'imagenet2012' is not prepared"):
     validate.validate_config(config, num_devices=1)
 
 

@@ -147,7 +147,8 @@ def _check_streaming(config, check_data: bool) -> bool:
   """config.dataset.streaming is "auto", True or False; True needs
   config.dataset.image_size. Returns whether the dataset name is one to stream without
   an in-memory loader (streaming not False and the name not in `data.DATASETS`): with
-  `check_data`, it must be a prepared tfds dataset (`tfds_data.check_prepared`), or
+  `check_data`, it must be a prepared tfds dataset (`tfds_data.check_prepared`: a
+  known tfds dataset not prepared raises its FileNotFoundError, which says how), or
   the registry's error is raised with the command that prepares an image folder."""
   from mixjax import data as data_lib  # pylint: disable=g-import-not-at-top
   mode, name = config.dataset.streaming, config.dataset.name
@@ -161,13 +162,16 @@ def _check_streaming(config, check_data: bool) -> bool:
   if check_data:
     try:
       data_lib.check_prepared(name, config.dataset.data_dir)
-    except Exception:  # pylint: disable=broad-except  (not prepared, or no tfds name)
+    except FileNotFoundError:  # a tfds dataset not prepared: its preparation command
+      raise
+    except Exception:  # pylint: disable=broad-except  (no tfds dataset of that name)
       try:
         data_lib.DATASETS.get(name)
       except ValueError as e:
-        _fail(f"config.dataset.name: {e} Or prepare your own images as {name!r} with "
-              f"python -m mixjax.data.prepare --dataset=image_folder --source_dir=DIR "
-              f"--name={name} --data_dir=OUT and pass --config.dataset.data_dir=OUT.")
+        _fail(f"config.dataset.name: {e} Set it with --config.dataset.name=<name>. Or "
+              f"prepare your own images as {name!r} with python -m mixjax.data.prepare "
+              f"--dataset=image_folder --source_dir=DIR --name={name} --data_dir=OUT "
+              "and pass --config.dataset.data_dir=OUT.")
   return True
 
 
