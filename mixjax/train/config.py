@@ -64,7 +64,9 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   optimizer.warmup_epochs      linear warm-up from 0 (any schedule)
   batch_size                   global batch (all devices together)
   num_epochs / num_steps       num_steps > 0 overrides num_epochs
-  augment.enabled / crop_padding / flip   images only (random crop + horizontal flip)
+  augment.enabled / crop_padding / flip   in-memory images only (random crop + horizontal
+                               flip on device; a streamed dataset crops and flips on the
+                               host, and augment.enabled=True is refused there)
   stats.rank                   top-k principal directions kept in DataStats (None: none)
   eval.every_epochs / batch_size / num_bins / rescale
   eval.pooled_every_epoch      also compute the pooled metrics (adaptive ECE, SmoothECE,

@@ -228,7 +228,10 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   or steps; model arguments (`model.kwargs`) the model does not take; a batch larger
   than the training split (its size from metadata:
   `mixjax.data.train_size`, no data is read; skipped when unknown, e.g. a tfds dataset
-  not prepared yet). Cheap: nothing is traced.
+  not prepared yet); dataset.streaming not "auto", True or False, streaming=True without
+  dataset.image_size, a dataset to stream that is not a prepared tfds dataset
+  (`_check_streaming`; what needs the data, e.g. dataset.num_classes against the
+  folders, is checked when it is loaded: `setup.load_data`). Cheap: nothing is traced.
 
   Args:
     config: the resolved config.
