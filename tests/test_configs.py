@@ -36,6 +36,48 @@ def test_config_and_sweep_points_validate(name):
     validate.validate_config(sweeps.sweep_config(config, point), num_devices=4, check_data=False)
 
 
+def test_image_folder_config_validates():
+  """experiments/image_folder.py (its dataset named on the command line, so not checked
+  against prepared data here; tests/test_train_streaming.py trains it): valid, streamed,
+  the base config's knobs."""
+  config = load("image_folder").get_config()
+  for ndev in (1, 4):
+    validate.validate_config(config, num_devices=ndev, check_data=False)
+  assert set(config.to_dict()) == set(config_lib.base_config().to_dict())
+  assert config.dataset.streaming is True and config.dataset.image_size == 64
+  assert not config.augment.enabled
+
+
+def test_streaming_knobs_are_checked():
+  config = config_lib.base_config()
+  config.dataset.streaming = "yes"
+  with pytest.raises(errors.ConfigError, match="dataset.streaming='yes' must be"):
+    validate.validate_config(config, num_devices=1)
+  config.dataset.streaming = True
+  with pytest.raises(errors.ConfigError, match="needs the side of the streamed images"):
+    validate.validate_config(config, num_devices=1)
+  config.dataset.image_size = 0
+  with pytest.raises(errors.ConfigError, match="dataset.image_size=0 must be >= 1"):
+    validate.validate_config(config, num_devices=1)
+  config = config_lib.base_config()
+  config.dataset.name = "no_such_dataset"
+  with pytest.raises(errors.ConfigError, match="Or prepare your own images as "
+                     "'no_such_dataset' with python -m mixjax.data.prepare "
+                     "--dataset=image_folder"):
+    validate.validate_config(config, num_devices=1)
+
+
+def test_a_tfds_dataset_to_stream_that_is_not_prepared_says_how(tmp_path):
+  """A tfds name without an in-memory loader, not prepared under data_dir: the
+  loader's FileNotFoundError with the preparation command (main: "Missing data", one
+  line), not the registry's list."""
+  config = config_lib.base_config()
+  config.dataset.name = "imagenet2012"
+  config.dataset.data_dir = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match="'imagenet2012' is not prepared"):
+    validate.validate_config(config, num_devices=1)
+
+
 def test_cifar_recipe_is_the_published_one():
   for name in ("cifar10", "cifar100"):
     c = load(name).get_config()

@@ -16,6 +16,11 @@ of the program that takes steps s … s+n−1 (`train.step.make_train_step`):
   mesh axis; `order` is None.
 
 Each run's data key is the caller's (the trainer folds it from the run's root key).
+
+A streamed training split (`mixjax.data.streaming`) is fed by `StreamFeeder`: the same
+call, `(x, y, None)` with the batches of steps s … s+n−1 of a `streaming.TrainStream`
+(decoded and augmented on the host, put on the mesh a few batches ahead:
+`streaming.to_device`); the loader's position is the step (`state` / `check_state`).
 """
 from __future__ import annotations
 
@@ -33,7 +38,10 @@ MAX_ON_DEVICE_BYTES = 4 << 30
 
 
 def fits_on_device(ds, data_on_device: bool = True) -> bool:
-  """Whether the training split is held on device (`data_on_device` and ≤ 4 GiB)."""
+  """Whether the training split is held on device (`data_on_device` and ≤ 4 GiB); never
+  for a streamed dataset (no `train_x`)."""
+  if not hasattr(ds, "train_x"):
+    return False
   return data_on_device and ds.train_x.nbytes + ds.train_y.nbytes <= MAX_ON_DEVICE_BYTES
 
 
@@ -95,3 +103,56 @@ class Feeder:
     return (sharding.put_sharded(self.mesh, self.ds.train_x[idx], axis=axis),
             sharding.put_sharded(self.mesh, self.ds.train_y[idx].astype(np.int32),
                                  axis=axis), None)
+
+
+_stack = jax.jit(lambda *a: jax.numpy.stack(a))  # n batches (B, ...) -> (n, B, ...)
+
+
+class StreamFeeder:
+  """The data arguments of the train step from a `streaming.TrainStream`: `(x, y, None)`
+  for steps s … s+n−1, x (B, S, S, 3) float32 and y (B,) int32 sharded over the mesh's
+  axis (stacked (n, B, ...) when n > 1), this process's rows decoded here
+  (`stream.process_index`), `buffer` batches ahead on device.
+
+  The stream is opened at the first step asked for (a resumed run's) and read in order
+  up to `total_steps`; asking for another step reopens it there (the batches are a pure
+  function of (seed, step), so nothing changes).
+  """
+
+  def __init__(self, stream, mesh, *, total_steps: int, buffer: int = 2):
+    self.stream, self.mesh, self.total, self.buffer = stream, mesh, int(total_steps), buffer
+    self._sharding = jax.sharding.NamedSharding(mesh, sharding.P(sharding.AXIS))
+    self._it, self._next = None, None
+
+  def _open(self, s: int) -> None:
+    from mixjax.data import streaming  # pylint: disable=g-import-not-at-top
+    self.close()
+    logging.info("Streaming the training split from step %d (%d workers).", s,
+                 self.stream.num_workers)
+    self._it = streaming.to_device(self.stream.dataset(s, self.total - s), self._sharding,
+                                   self.stream.batch_size, buffer=self.buffer)
+    self._next = s
+
+  def __call__(self, s: int, n: int = 1) -> tuple:
+    if self._next != s:
+      self._open(s)
+    batches = [next(self._it) for _ in range(n)]
+    self._next = s + n
+    if n == 1:
+      (x, y), = batches
+      return x, y, None
+    return (_stack(*[b[0] for b in batches]), _stack(*[b[1] for b in batches]), None)
+
+  def state(self, step: int) -> dict[str, Any]:
+    """The loader's position after `step` steps (`TrainStream.state`)."""
+    return self.stream.state(step)
+
+  def check_state(self, state: dict[str, Any]) -> int:
+    """The step a checkpointed position resumes from (`TrainStream.check_state`)."""
+    return self.stream.check_state(state)
+
+  def close(self) -> None:
+    """Stops the stream's workers and prefetch threads."""
+    it, self._it, self._next = self._it, None, None
+    if it is not None and hasattr(it, "close"):
+      it.close()

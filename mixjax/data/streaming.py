@@ -192,6 +192,11 @@ class StreamedDataset:
     image_size: S; examples are (S, S, 3).
     num_classes, class_names: from the `label` feature.
     norm_mean, norm_std: per-channel normalization (`normalization`).
+    num_workers: Grain worker processes of its evaluation streams (`eval_batches`).
+
+  What the evaluation reads of a dataset (`mixjax.eval.evaluate`): `has_val`,
+  `eval_batches(split, batch_size)` (the split streamed once in padded batches) and the
+  labels `test_y` / `val_y` (read from the records, images not decoded).
   """
   name: str
   train: EncodedSplit
@@ -202,6 +207,33 @@ class StreamedDataset:
   class_names: tuple[str, ...]
   norm_mean: tuple[float, ...]
   norm_std: tuple[float, ...]
+  num_workers: int = 0
+
+  @property
+  def extras(self) -> dict[str, Any]:
+    return {}
+
+  @property
+  def has_val(self) -> bool:
+    return self.val is not None and self.val.num_examples > 0
+
+  def eval_batches(self, split: str, batch_size: int) -> "EvalStream":
+    """The split ("test" or "val") read once in record order, in (x, y, mask) batches of
+    `batch_size` rows, the last one padded; every process reads all of it (the
+    evaluation is computed by every process, `mixjax.eval.Predictor`)."""
+    return EvalStream(getattr(self, split), batch_size=batch_size,
+                      image_size=self.image_size, num_workers=self.num_workers,
+                      process_index=0, process_count=1)
+
+  @functools.cached_property
+  def test_y(self) -> np.ndarray:
+    """The test split's labels (n_test,) int32, in record order."""
+    return labels(self.test)
+
+  @functools.cached_property
+  def val_y(self) -> np.ndarray:
+    """The validation split's labels (n_val,) int32 (empty without one)."""
+    return labels(self.val) if self.val is not None else np.zeros((0,), np.int32)
 
   @property
   def input_shape(self) -> tuple[int, int, int]:
@@ -220,6 +252,13 @@ class StreamedDataset:
     return (f"{self.name} (streamed, {self.image_size}x{self.image_size}): train "
             f"{self.num_train}, val {val}, test {self.test.num_examples}, "
             f"{self.num_classes} classes")
+
+
+def labels(split: EncodedSplit) -> np.ndarray:
+  """The labels (n,) int32 of a split's examples in order (the images are not decoded)."""
+  source = split.source()
+  return np.asarray([source[split.record(i)][split.label_key]
+                     for i in range(split.num_examples)], np.int32)
 
 
 TEST_SPLITS = ("test", "validation", "val")  # the first present is the test split

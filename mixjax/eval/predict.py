@@ -136,26 +136,53 @@ def metrics_of(logits: np.ndarray, labels: np.ndarray, num_bins: int, *,
   return out
 
 
+def split_logits(predict: Predictor, variables, ds, split: str, *, rescale: bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """(logits (n, c), labels (n,)) of `ds`'s split "test" or "val": from host arrays
+  (`<split>_x`, `<split>_y`), or streamed when `ds` has `eval_batches(split, batch_size)`
+  (an iterable of (x, y, mask) batches, e.g. `mixjax.data.streaming.StreamedDataset`'s:
+  the split is never held whole)."""
+  if not hasattr(ds, "eval_batches"):
+    return (predict(variables, getattr(ds, f"{split}_x"), rescale=rescale),
+            getattr(ds, f"{split}_y"))
+  labels = []
+
+  def kept():
+    for x, y, mask in ds.eval_batches(split, predict.batch_size):
+      mask = np.asarray(mask, bool)
+      labels.append(np.asarray(y, np.int32)[mask])
+      yield x, mask
+
+  out = predict.batches(variables, kept(), rescale=rescale)
+  return out, np.concatenate(labels) if labels else np.zeros((0,), np.int32)
+
+
+def has_val(ds) -> bool:
+  """Whether `ds` has a non-empty validation split."""
+  return ds.has_val if hasattr(ds, "has_val") else ds.val_x.shape[0] > 0
+
+
 def evaluate(predict: Predictor, variables, ds, *, num_bins: int, rescale: bool,
              calibrate: bool = True, pooled: bool = True,
              logits: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
   """Test metrics (the pooled ones if `pooled`, see `metrics_of`); + temperature-scaled
   metrics (T fitted on the validation split) if `calibrate`.
 
-  `ds` has host arrays `test_x`, `test_y`, `val_x`, `val_y` (labels int). If `logits` is
-  a dict, the test (and validation) logits are stored in it under "test" (and "val")."""
-  test_logits = predict(variables, ds.test_x, rescale=rescale)
+  `ds` has host arrays `test_x`, `test_y`, `val_x`, `val_y` (labels int), or streams its
+  splits (`split_logits`). If `logits` is a dict, the test (and validation) logits are
+  stored in it under "test" (and "val")."""
+  test_logits, test_y = split_logits(predict, variables, ds, "test", rescale=rescale)
   if logits is not None:
     logits["test"] = test_logits
-  out = metrics_of(test_logits, ds.test_y, num_bins, pooled=pooled)
-  if calibrate and ds.val_x.shape[0] > 0:
-    val_logits = predict(variables, ds.val_x, rescale=rescale)
+  out = metrics_of(test_logits, test_y, num_bins, pooled=pooled)
+  if calibrate and has_val(ds):
+    val_logits, val_y = split_logits(predict, variables, ds, "val", rescale=rescale)
     if logits is not None:
       logits["val"] = val_logits
-    out["val_accuracy"] = metrics_of(val_logits, ds.val_y, num_bins)["accuracy"]
+    out["val_accuracy"] = metrics_of(val_logits, val_y, num_bins)["accuracy"]
     if np.all(np.isfinite(val_logits)) and np.all(np.isfinite(test_logits)):
-      t = calibration.fit_temperature(val_logits, ds.val_y)
-      cal = metrics_of(test_logits / np.float32(t), ds.test_y, num_bins)
+      t = calibration.fit_temperature(val_logits, val_y)
+      cal = metrics_of(test_logits / np.float32(t), test_y, num_bins)
       out.update(temperature=t, ece_temp_scaled=cal["ece"], nll_temp_scaled=cal["nll"],
                  brier_temp_scaled=cal["brier"])
   return out

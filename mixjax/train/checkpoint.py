@@ -158,6 +158,17 @@ class Checkpointer:
       _reading[0] -= 1
     return out["state"], dict(out["metadata"])
 
+  def metadata(self, step: int) -> dict[str, Any]:
+    """Checkpoint `step`'s JSON metadata alone (the data position; a streamed run's
+    loader position under "input")."""
+    _reading[0] += 1
+    try:
+      out = self._manager.restore(int(step), args=ocp.args.Composite(
+          metadata=ocp.args.JsonRestore()))
+    finally:
+      _reading[0] -= 1
+    return dict(out["metadata"])
+
   def restore_latest(self, template: Any) -> tuple[Any, dict[str, Any]] | None:
     """The newest checkpoint that restores into `template`, or None if there is none.
 

@@ -22,6 +22,20 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   dataset.cache_dir            where decoded tfds splits are kept as arrays (`data.cache`:
                                decoded once, hash-checked, rebuilt when stale or damaged);
                                "" decodes on every run
+  dataset.streaming            auto | True | False: read the training and evaluation splits
+                               by streaming (`mixjax.data.streaming`: encoded images decoded
+                               on the host by Grain workers, random-resized crop + flip for
+                               training, resize + centre crop for evaluation, batches put
+                               on device) instead of holding them in memory; auto streams
+                               the tfds datasets whose images have no fixed size (image
+                               folders, ImageNet: `streaming.is_variable_size`) and holds
+                               every other dataset in memory
+  dataset.image_size           S: streamed images are S × S × 3 (unset: a streamed dataset
+                               needs it; ignored in memory)
+  dataset.num_workers          Grain worker processes decoding a streamed split (0: decode
+                               in the trainer's process; the batches are the same)
+  dataset.num_classes          the number of classes the run expects (unset: the dataset's);
+                               set, it must equal the dataset's (a ConfigError otherwise)
   dataset.label_noise          p: symmetric label noise on the training split only (each
                                label, w.p. p, replaced by a uniformly random other class;
                                fixed by dataset.split_seed; `data.with_label_noise`)
@@ -50,7 +64,9 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   optimizer.warmup_epochs      linear warm-up from 0 (any schedule)
   batch_size                   global batch (all devices together)
   num_epochs / num_steps       num_steps > 0 overrides num_epochs
-  augment.enabled / crop_padding / flip   images only (random crop + horizontal flip)
+  augment.enabled / crop_padding / flip   in-memory images only (random crop + horizontal
+                               flip on device; a streamed dataset crops and flips on the
+                               host, and augment.enabled=True is refused there)
   stats.rank                   top-k principal directions kept in DataStats (None: none)
   eval.every_epochs / batch_size / num_bins / rescale
   eval.pooled_every_epoch      also compute the pooled metrics (adaptive ECE, SmoothECE,
@@ -97,7 +113,7 @@ DICT_KNOBS = ("dataset.kwargs", "model.kwargs", "sampler.params")
 RESUMABLE_CHANGES = ("num_epochs", "num_steps", "log_every_steps", "eval",
                      "checkpoint_every_steps", "max_to_keep", "dataset.data_dir",
                      "allow_config_change", "steps_per_call", "tensorboard",
-                     "dataset.cache_dir")
+                     "dataset.cache_dir", "dataset.num_workers")
 
 
 class Range(NamedTuple):
@@ -169,6 +185,12 @@ def _knobs() -> ml_collections.ConfigDict:
   c.dataset.num_train = Range(0, "[0, inf)", "0: the whole training split")
   c.dataset.label_noise = Range(0.0, "[0, 1)", "0: clean labels")
   c.dataset.cache_dir = "~/.cache/mixjax/arrays"
+  # "auto", True or False: typed `object` so that a config file or a flag may set a bool.
+  c.dataset.streaming = config_dict.FieldReference("auto", field_type=object)
+  c.dataset.image_size = Range(config_dict.placeholder(int), "[1, inf)", "or unset")
+  c.dataset.num_workers = Range(2, "[0, inf)", "0: decode in this process")
+  c.dataset.num_classes = Range(config_dict.placeholder(int), "[2, inf)",
+                                "or unset: the dataset's")
   c.dataset.kwargs = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()

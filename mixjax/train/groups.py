@@ -246,6 +246,8 @@ def train_program(configs, dirs, workdir, *, devices, ds, model, changes,
         setup.open_writer(d, start, resumed, tensorboard=program.config.tensorboard)
         for d in dirs])
     stack.callback(writer.close)
+    if hasattr(program.step.feed, "close"):  # a streamed split's workers and threads
+      stack.callback(program.step.feed.close)
     # The loop: steps, logs, checkpoints, quick evaluations.
     state, train_time = loop.train(program, state, ckpt, writer, start=start,
                                    interrupt_at_step=interrupt_at_step)

@@ -72,13 +72,16 @@ def check_finite(state, ckpt, writer, failed: dict[int, int]) -> None:
   raise NonFiniteLossError(msg, step=first)
 
 
-def save(state, ckpt, writer, spe: int, failed: dict[int, int]) -> None:
+def save(state, ckpt, writer, spe: int, failed: dict[int, int], feed=None) -> None:
   """A checkpoint of `state` (finite, or with its failed runs frozen at their last good
-  step), with its position in the data."""
+  step), with its position in the data; for a streamed split also the loader's
+  position, metadata "input" (`feed.state(step)`: `feeding.StreamFeeder`)."""
   check_finite(state, ckpt, writer, failed)
   s = int(np.atleast_1d(to_host(state.step))[0])
-  ckpt.save(s, state, {"step": s, "epoch": s // spe, "batch_in_epoch": s % spe,
-                       "steps_per_epoch": spe})
+  meta = {"step": s, "epoch": s // spe, "batch_in_epoch": s % spe, "steps_per_epoch": spe}
+  if hasattr(feed, "state"):
+    meta["input"] = feed.state(s)
+  ckpt.save(s, state, meta)
 
 
 def train(program, state, ckpt, writer: writers.RunWriters, *, start: int,
@@ -99,6 +102,7 @@ def train(program, state, ckpt, writer: writers.RunWriters, *, start: int,
   saved, as a killed process would stop.
   """
   config, step, predict, ds = program.config, program.step, program.predict, program.ds
+  feed = getattr(step, "feed", None)
   total, spe = program.schedule.total_steps, program.schedule.steps_per_epoch
   devices, num_runs = program.devices, program.num_runs
   logging.info("Training %s on %s with %s: %d steps (%d per epoch, %.1f epochs) on %d "
@@ -160,7 +164,7 @@ def train(program, state, ckpt, writer: writers.RunWriters, *, start: int,
       writer.write(done, {"train/" + k: v for k, v in m.items() if k != "finite"}
                    | {"epoch": done / spe, "steps_per_sec": rate}, skip=failed or ())
     if done % config.checkpoint_every_steps == 0 and done != total:
-      save(state, ckpt, writer, spe, failed)
+      save(state, ckpt, writer, spe, failed, feed)
     if eval_every and done % eval_every == 0 and done != total:
       check_finite(state, ckpt, writer, failed)
       for r in range(num_runs or 1):
@@ -176,7 +180,7 @@ def train(program, state, ckpt, writer: writers.RunWriters, *, start: int,
         writer.write_run(r, done, {"test/" + k: v for k, v in res.items()})
 
   if start < total or ckpt.latest_step() != total:
-    save(state, ckpt, writer, spe, failed)
+    save(state, ckpt, writer, spe, failed, feed)
   return state, time.time() - t_start
 
 

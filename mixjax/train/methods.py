@@ -73,6 +73,8 @@ class Method:
     loss: the loss function.
     uses_law: it reads the configured law (config.sampler): its draws or its moments.
     needs_stats: it needs the DataStats (x̄, ȳ, Σ) of the training set.
+    needs_covariance: of those, it needs the covariances Σ too, not only the means x̄
+      and ȳ (a streamed dataset has its means only).
     rescalable: its model trains on Theorem 1's transformed inputs, so test-time
       rescaling (docs/THEORY.md §5) applies (the mixup family).
     allows_batchnorm: it can train a model with BatchNorm (approx cannot: its JVPs along
@@ -86,6 +88,7 @@ class Method:
   loss: Callable[..., Any]
   uses_law: bool = False
   needs_stats: bool = False
+  needs_covariance: bool = False
   rescalable: bool = False
   allows_batchnorm: bool = True
   options: tuple[str, ...] = ()
@@ -317,7 +320,8 @@ def erm_transformed(ctx, logits_fn, x, y, key):
   return _mean_loss(ctx, y_t, logits_fn(x_t))
 
 
-@register("perturbed_erm", uses_law=True, needs_stats=True, rescalable=True,
+@register("perturbed_erm", uses_law=True, needs_stats=True, needs_covariance=True,
+          rescalable=True,
           options=("method.num_draws",))
 def perturbed_erm(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
@@ -326,7 +330,8 @@ def perturbed_erm(ctx, logits_fn, x, y, key):
                                    theta_bar=ctx.moments)
 
 
-@register("approx", uses_law=True, needs_stats=True, rescalable=True,
+@register("approx", uses_law=True, needs_stats=True, needs_covariance=True,
+          rescalable=True,
           allows_batchnorm=False,
           options=("method.estimator", "method.num_probes", "method.terms"))
 def approx(ctx, logits_fn, x, y, key):

@@ -34,7 +34,9 @@ import optax
 from mixjax import data as data_lib
 from mixjax import eval as eval_lib
 from mixjax import sharding
+from mixjax.errors import WorkdirError
 from mixjax.data import feeding
+from mixjax.data import streaming
 from mixjax.train import config as config_lib
 from mixjax.train import methods as methods_lib
 from mixjax.train import optim
@@ -149,7 +151,7 @@ def assemble(configs, ds, *, devices, workdir: str | None = None, model=None,
   """
   configs = tuple(configs)
   config = configs[0]
-  schedule = Schedule.of(config, int(ds.train_x.shape[0]))
+  schedule = Schedule.of(config, int(ds.num_train))
   model = setup.make_model(config, ds) if model is None else model
   laws = [setup.training_sampler(c) for c in configs]
   setup.check_law_fits_data(config, laws[0], ds)
@@ -176,7 +178,9 @@ def assemble(configs, ds, *, devices, workdir: str | None = None, model=None,
 
 def make_step(program: Program, programs: list | None = None) -> TrainStep:
   """The program's `TrainStep`: the training set held on device when it fits
-  (`data.feeding`), the statistics for the methods that use them, the first run's
+  (`data.feeding`), or streamed (`feeding.StreamFeeder` of a `streaming.TrainStream`
+  whose seed is the run's data key, `setup.stream_seed`: its order, crops and flips;
+  no on-device augment), the statistics for the methods that use them, the first run's
   context baked into the compiled program, or the runs' contexts stacked
   (`setup.stack_contexts`) and passed to it when they differ.
 
@@ -194,10 +198,11 @@ def make_step(program: Program, programs: list | None = None) -> TrainStep:
     if shared is None:
       shared = {}
       programs.append((ctx, shared))
-  num_train = int(ds.train_x.shape[0])
+  num_train = int(ds.num_train)
+  streamed = isinstance(ds, streaming.StreamedDataset)
   on_device = feeding.fits_on_device(ds, config.data_on_device)
   augment_fn = None
-  if config.augment.enabled:
+  if config.augment.enabled and not streamed:  # a stream augments on the host
     augment_fn = lambda k, im: data_lib.augment(
         k, im, crop_padding=config.augment.crop_padding, flip=config.augment.flip)
 
@@ -214,8 +219,14 @@ def make_step(program: Program, programs: list | None = None) -> TrainStep:
   fold = lambda r: jax.random.fold_in(jax.random.wrap_key_data(r), state_lib.KEY_DATA)
   roots = program.roots
   data_keys = jax.vmap(fold)(roots) if num_runs is not None else fold(roots)
-  feed = feeding.Feeder(ds, config.batch_size, mesh, data_keys, steps_per_epoch=spe,
-                        steps_per_call=config.steps_per_call, on_device=on_device)
+  if streamed:  # one run (a streamed group trains sequentially: `groups.group_mode`)
+    stream = streaming.TrainStream(
+        ds.train, batch_size=config.batch_size, image_size=ds.image_size,
+        seed=setup.stream_seed(data_keys), num_workers=ds.num_workers)
+    feed = feeding.StreamFeeder(stream, mesh, total_steps=total)
+  else:
+    feed = feeding.Feeder(ds, config.batch_size, mesh, data_keys, steps_per_epoch=spe,
+                          steps_per_call=config.steps_per_call, on_device=on_device)
   stats_dev = None  # only the methods that use them get the statistics in the step
   if program.stats is not None and program.method.needs_stats:
     stats_dev = jax.tree.map(lambda a: sharding.put_replicated(mesh, np.asarray(a)),
@@ -238,11 +249,29 @@ def make_predictor(program: Program) -> eval_lib.Predictor:
 def init_or_restore(program: Program, ckpt) -> tuple[Any, int, bool]:
   """The program's state: its initial state replicated on the mesh, or the latest
   restorable checkpoint of `ckpt` (`setup.create_or_restore_state`). Returns (state,
-  its step, whether it was restored)."""
+  its step, whether it was restored).
+
+  A streamed run's checkpoint holds the loader's position (metadata "input",
+  `loop.save`); it is checked against the stream (`TrainStream.check_state`: the same
+  dataset, split size, seed, batch and image size, at the state's step), a mismatch
+  being a WorkdirError."""
+  feed = program.step.feed if program.step is not None else None
   state, resumed = setup.create_or_restore_state(
       program.model, program.tx, program.mesh, ckpt, program.roots, program.ds,
       hyperparams=program.hyperparams, num_runs=program.num_runs)
   start = int(sharding.to_host(state.step).reshape(-1)[0])
+  if resumed and hasattr(feed, "check_state"):
+    meta = ckpt.metadata(start)
+    try:
+      if "input" not in meta:
+        raise ValueError("it holds no input position (written by a run that did not "
+                         "stream)")
+      at = feed.check_state(meta["input"])
+      if at != start:
+        raise ValueError(f"its input position is step {at}, its state step {start}")
+    except ValueError as e:
+      raise WorkdirError(f"The checkpoint at step {start} in {ckpt.directory} does not "
+                         f"fit this run's input stream: {e} Use a fresh --workdir.") from e
   return state, start, resumed
 
 

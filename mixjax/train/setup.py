@@ -9,6 +9,7 @@ statistics, BatchNorm) is asked of its `methods.Method` entry, never of its name
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from mixjax import models as models_lib
 from mixjax import samplers as samplers_lib
 from mixjax import sharding
 from mixjax import theory
+from mixjax.data import streaming
 from mixjax.errors import ConfigError
 from mixjax.models import introspect
 from mixjax.theory import stats as stats_lib
@@ -59,9 +61,84 @@ def load_data_once(config: ml_collections.ConfigDict):
   return _LOADED[key]
 
 
+def use_streaming(config: ml_collections.ConfigDict) -> bool:
+  """Whether config.dataset is streamed (config.dataset.streaming: True / False, or
+  "auto": the names without an in-memory loader (`data.DATASETS`: an image folder,
+  ImageNet) and the tfds datasets whose images have no fixed size
+  (`streaming.is_variable_size`); every registered dataset is held in memory)."""
+  mode = config.dataset.streaming
+  if isinstance(mode, bool):
+    return mode
+  name = config.dataset.name
+  if name not in data_lib.DATASETS:
+    return True
+  if name not in data_lib.TFDS_DATASETS:
+    return False
+  try:
+    return streaming.is_variable_size(name, config.dataset.data_dir)
+  except FileNotFoundError:  # not prepared: the loader says how
+    return False
+
+
+def check_num_classes(config: ml_collections.ConfigDict, num_classes: int,
+                      class_names=()) -> None:
+  """config.dataset.num_classes, when set, equals the dataset's (ConfigError)."""
+  want = config.dataset.num_classes
+  if want is not None and int(want) != int(num_classes):
+    names = list(class_names)
+    shown = (f" ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})"
+             if names else "")
+    raise ConfigError(
+        f"config.dataset.num_classes={want} but dataset {config.dataset.name!r} has "
+        f"{num_classes} classes{shown}; drop --config.dataset.num_classes or make it "
+        f"{num_classes}.")
+
+
+def load_streamed(config: ml_collections.ConfigDict) -> streaming.StreamedDataset:
+  """The streamed dataset (`streaming.load_streamed`); what streaming cannot do is a
+  ConfigError: no config.dataset.image_size, a label-noise rate, the on-device augment
+  (the stream crops and flips), a method that needs the training set's covariances
+  (`Method.needs_covariance`: only x̄ and ȳ are computed, `streamed_stats`), a batch
+  larger than the training split."""
+  name = config.dataset.name
+  if not config.dataset.image_size:
+    raise ConfigError(f"Dataset {name!r} is streamed and needs the side of its images: "
+                      "set --config.dataset.image_size=S (e.g. 64, or 224 for ImageNet).")
+  if float(config.dataset.label_noise) > 0:
+    raise ConfigError("config.dataset.label_noise > 0 applies to in-memory datasets "
+                      f"only; {name!r} is streamed. Drop it.")
+  if config.augment.enabled:
+    raise ConfigError(
+        f"config.augment.enabled=True but {name!r} is streamed, and the stream augments "
+        "(random-resized crop and flip); set --config.augment.enabled=False.")
+  method = methods_lib.get(config)
+  if method.needs_covariance:
+    raise ConfigError(
+        f"method {method.name!r} needs the training set's covariances, which a streamed "
+        "dataset does not compute (only its means); use mixup, regmixup, erm, "
+        "erm_transformed or label_smoothing_matched.")
+  try:
+    ds = streaming.load_streamed(
+        name, data_dir=config.dataset.data_dir, image_size=int(config.dataset.image_size),
+        val_fraction=float(config.dataset.val_fraction),
+        seed=int(config.dataset.split_seed), num_train=int(config.dataset.num_train))
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  check_num_classes(config, ds.num_classes, ds.class_names)
+  if config.batch_size > ds.num_train:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} is larger than the training split of "
+        f"{name!r} ({ds.num_train} examples): every step takes a full batch. Use "
+        f"--config.batch_size=N with N <= {ds.num_train}.")
+  return dataclasses.replace(ds, num_workers=int(config.dataset.num_workers))
+
+
 def load_data(config: ml_collections.ConfigDict):
-  """The dataset (`data.load_dataset`, with config.dataset.label_noise on its training
-  split: `data.with_label_noise`)."""
+  """The dataset: streamed (`use_streaming`, `load_streamed`), or in memory
+  (`data.load_dataset`, with config.dataset.label_noise on its training split:
+  `data.with_label_noise`)."""
+  if use_streaming(config):
+    return load_streamed(config)
   ds = data_lib.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
                              val_fraction=config.dataset.val_fraction,
                              seed=config.dataset.split_seed, num_train=config.dataset.num_train,
@@ -73,6 +150,7 @@ def load_data(config: ml_collections.ConfigDict):
     raise ConfigError(
         f"config.augment.enabled=True but {config.dataset.name} is not an image dataset; "
         "set --config.augment.enabled=False.")
+  check_num_classes(config, ds.num_classes)
   return ds
 
 
@@ -154,12 +232,64 @@ def load_or_compute_stats(config, ds, workdir: str) -> theory.DataStats:
       write=jax.process_index() == 0)
 
 
+def stream_seed(key) -> int:
+  """A stream's seed in [0, 2⁶⁴) from a JAX key: its two uint32 words."""
+  hi, lo = (int(w) for w in np.asarray(jax.random.key_data(key)).reshape(-1)[:2])
+  return (hi << 32) | lo
+
+
+def streamed_stats(config: ml_collections.ConfigDict, ds, workdir: str
+                   ) -> theory.DataStats:
+  """x̄ and ȳ of a streamed training split, cached in WORKDIR/data_stats.npz.
+
+  One epoch of the training stream (`streaming.input_sums`: every kept example once, with
+  one draw of its crop and flip, as the model trains on them) of seed
+  config.dataset.split_seed (so the runs of a seed group share them), read whole by every
+  process; Σ_xx, Σ_xy, Σ_yy are not computed (None: a method that needs them is refused
+  in `load_streamed`). Reused when the fingerprint (dataset, split, image size, batch,
+  seed) is the same; written by process 0 (atomically).
+  """
+  stream = streaming.TrainStream(ds.train, batch_size=int(config.batch_size),
+                                 image_size=ds.image_size,
+                                 seed=int(config.dataset.split_seed) % (1 << 64),
+                                 num_workers=ds.num_workers, process_index=0,
+                                 process_count=1)
+  fingerprint = {"streamed": stream.state(0), "val_fraction": float(
+      config.dataset.val_fraction), "split_seed": int(config.dataset.split_seed)}
+  path = os.path.join(workdir, STATS_FILE)
+  if os.path.exists(path):
+    with np.load(path, allow_pickle=False) as z:
+      if json.loads(str(z["fingerprint"])) == json.loads(json.dumps(fingerprint)):
+        logging.info("Loaded data statistics from %s.", path)
+        return theory.DataStats(
+            x_mean=jnp.asarray(z["x_mean"]), y_mean=jnp.asarray(z["y_mean"]), sxx=None,
+            sxy=None, syy=None, eigvecs=None, eigvals=None, n=int(z["n"]),
+            input_shape=tuple(int(s) for s in z["input_shape"]))
+  sx, sy, rows = streaming.input_sums(stream, stream.steps_per_epoch)
+  x_mean, y_mean = (sx / rows).reshape(-1), sy / rows
+  logging.info("Computed the streamed training split's means over one epoch (%d rows).",
+               rows)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, fingerprint=json.dumps(fingerprint), n=rows,
+             input_shape=np.asarray(ds.input_shape, np.int64), x_mean=x_mean,
+             y_mean=y_mean)
+    os.replace(tmp, path)
+  return theory.DataStats(x_mean=jnp.asarray(x_mean), y_mean=jnp.asarray(y_mean),
+                          sxx=None, sxy=None, syy=None, eigvecs=None, eigvals=None,
+                          n=rows, input_shape=tuple(ds.input_shape))
+
+
 def training_stats(config: ml_collections.ConfigDict, ds, workdir: str):
   """The DataStats if the method or the rescaling needs them (float32 unless x64 is
-  enabled), else None."""
+  enabled), else None; a streamed dataset's means only (`streamed_stats`)."""
   if not needs_stats(config):
     return None
-  stats = load_or_compute_stats(config, ds, workdir)
+  if isinstance(ds, streaming.StreamedDataset):
+    stats = streamed_stats(config, ds, workdir)
+  else:
+    stats = load_or_compute_stats(config, ds, workdir)
   if not jax.config.jax_enable_x64:
     stats = jax.tree.map(lambda a: np.asarray(a, np.float32), stats)
   return stats

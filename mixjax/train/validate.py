@@ -143,6 +143,38 @@ def _check_batch_fits(config) -> None:
           f"Use --config.batch_size=N with N <= {n}.")
 
 
+def _check_streaming(config, check_data: bool) -> bool:
+  """config.dataset.streaming is "auto", True or False; True needs
+  config.dataset.image_size. Returns whether the dataset name is one to stream without
+  an in-memory loader (streaming not False and the name not in `data.DATASETS`): with
+  `check_data`, it must be a prepared tfds dataset (`tfds_data.check_prepared`: a
+  known tfds dataset not prepared raises its FileNotFoundError, which says how), or
+  the registry's error is raised with the command that prepares an image folder."""
+  from mixjax import data as data_lib  # pylint: disable=g-import-not-at-top
+  mode, name = config.dataset.streaming, config.dataset.name
+  if not (isinstance(mode, bool) or mode == "auto"):
+    _fail(f"config.dataset.streaming={mode!r} must be 'auto', True or False.")
+  if mode is True and config.dataset.image_size is None:
+    _fail("config.dataset.streaming=True needs the side of the streamed images: set "
+          "--config.dataset.image_size=S (e.g. 64).")
+  if mode is False or name in data_lib.DATASETS:
+    return False
+  if check_data:
+    try:
+      data_lib.check_prepared(name, config.dataset.data_dir)
+    except FileNotFoundError:  # a tfds dataset not prepared: its preparation command
+      raise
+    except Exception:  # pylint: disable=broad-except  (no tfds dataset of that name)
+      try:
+        data_lib.DATASETS.get(name)
+      except ValueError as e:
+        _fail(f"config.dataset.name: {e} Set it with --config.dataset.name=<name>. Or "
+              f"prepare your own images as {name!r} with python -m mixjax.data.prepare "
+              f"--dataset=image_folder --source_dir=DIR --name={name} --data_dir=OUT "
+              "and pass --config.dataset.data_dir=OUT.")
+  return True
+
+
 def shift_sets(config: ml_collections.ConfigDict) -> dict[str, tuple[str, ...] | None]:
   """config.eval.shift as {shifted dataset: its configs (None: all)}: "name" takes every
   config of the dataset, "name/config" one of them."""
@@ -256,9 +288,13 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   approx's estimator and terms); batch size not divisible by the device count; no epochs
   or steps; model arguments (`model.kwargs`) the model does not take; a batch larger
   than the training split (its size from metadata:
-  `mixjax.data.train_size`, no data is read). With `check_data`, also that the data is
-  there: a tfds dataset and the shifted test sets of config.eval.shift prepared under
-  config.dataset.data_dir (local metadata only). Cheap: nothing is traced.
+  `mixjax.data.train_size`, no data is read; skipped when unknown, e.g. a tfds dataset
+  not prepared yet); dataset.streaming not "auto", True or False, streaming=True without
+  dataset.image_size, a dataset to stream that is not a prepared tfds dataset
+  (`_check_streaming`; what needs the data, e.g. dataset.num_classes against the
+  folders, is checked when it is loaded: `setup.load_data`). With `check_data`, also
+  that the data is there: a tfds dataset and the shifted test sets of config.eval.shift
+  prepared under config.dataset.data_dir (local metadata only). Cheap: nothing is traced.
 
   Args:
     config: the resolved config.
@@ -284,7 +320,8 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
       _fail(f"config.{key}={value!r} is not valid. Valid choices: "
             f"{', '.join(repr(v) for v in valid)}.")
 
-  for key, lookup in (("dataset.name", data_lib.DATASETS.get),
+  streamed = _check_streaming(config, check_data)
+  for key, lookup in (("dataset.name", (lambda n: n) if streamed else data_lib.DATASETS.get),
                       ("model.name", models_lib.MODELS.get),
                       ("method.name", methods_lib.METHODS.get),
                       ("method.loss", losses_lib.get_loss)):
@@ -334,7 +371,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   if check_data:
     _check_data_present(config)
   _check_shift(config, check_data)
-  if check_data:
+  if check_data and not streamed:
     _check_batch_fits(config)
 
 
