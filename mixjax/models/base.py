@@ -53,15 +53,19 @@ BN_EPSILON = 1e-5
 Dtype = Any
 
 
-def batch_norm(train: bool, axis_name: str | None, dtype: Dtype, name: str | None = None
-               ) -> nn.Module:
+def batch_norm(train: bool, axis_name: str | None, dtype: Dtype, name: str | None = None,
+               scale_init: Callable[..., jax.Array] = nn.initializers.ones) -> nn.Module:
   """BatchNorm with momentum 0.9; batch statistics averaged over `axis_name` if given.
 
   `layers.BatchNorm` on CPU (the same variables and values, faster statistics), flax's
-  `nn.BatchNorm` elsewhere (`layers.cpu_forms`)."""
+  `nn.BatchNorm` elsewhere (`layers.cpu_forms`). Both keep float32 parameters and
+  running statistics and compute the statistics in float32 for any `dtype` (flax's
+  `force_float32_reductions`); `dtype` is the output's. `scale_init` initializes γ
+  (zeros for a residual branch's last BN, Goyal et al. 2017)."""
   cls = layers.BatchNorm if layers.cpu_forms() else nn.BatchNorm
   return cls(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-             axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32, name=name)
+             axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32,
+             scale_init=scale_init, name=name)
 
 
 def check_common(module: nn.Module) -> None:
