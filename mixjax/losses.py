@@ -147,7 +147,9 @@ def mixup_loss(key: jax.Array, logits_fn: LogitsFn, x: Any, y: Any, sampler, *,
     y: labels (B, c), one-hot or soft float.
     sampler: λ-law, `sampler(key, shape) -> λ` (`mixjax.samplers`).
     loss: per-example loss or its name.
-    granularity, pairing, fold: as in `mixjax.mixing.mix`.
+    granularity: as in `mixjax.mixing.mix`.
+    pairing: as in `mixjax.mixing.mix`.
+    fold: as in `mixjax.mixing.mix`.
 
   Returns:
     scalar.
@@ -180,7 +182,10 @@ def regmixup_loss(key: jax.Array, logits_fn: LogitsFn, x: Any, y: Any, sampler, 
     y: labels (B, c), one-hot or soft float.
     sampler: λ-law of the mixup part (Pinto et al. use Beta(α, α) with large α, e.g. 10).
     eta: weight η ≥ 0 of the mixup part.
-    loss, granularity, pairing, fold: as in `mixup_loss`.
+    loss: as in `mixup_loss`.
+    granularity: as in `mixup_loss`.
+    pairing: as in `mixup_loss`.
+    fold: as in `mixup_loss`.
 
   Returns:
     scalar.

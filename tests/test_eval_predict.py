@@ -65,3 +65,23 @@ def test_evaluate_shift_without_temperature_and_bad_sets(setup):
   with pytest.raises(ValueError, match='"mean"'):
     mj_eval.evaluate_shift(predict, variables, {"mean": sets["noise"]}, num_bins=10,
                            rescale=False)
+
+
+def test_streamed_batches_give_the_logits_of_the_kept_rows(setup):
+  """`Predictor.batches` over padded batches with masks (a streamed split) against the
+  model applied directly to the kept rows."""
+  model, variables, predict, sets = setup
+  x, _ = sets["bright"]  # 37 rows: batches of 16, 16, 5 padded to 16
+  batches = []
+  for i in range(0, 48, 16):
+    xb = np.zeros((16, 3, 3, 1), np.float32)
+    rows = x[i:i + 16]
+    xb[:len(rows)] = rows
+    batches.append((xb, np.arange(16) < len(rows)))
+  got = predict.batches(variables, batches)
+  ref = np.asarray(model.apply(variables, x))
+  assert got.shape == (37, 4)
+  np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(got, predict(variables, x))
+  with pytest.raises(ValueError, match="larger than the predictor's batch size"):
+    predict.batches(variables, [(np.zeros((17, 3, 3, 1), np.float32), None)])

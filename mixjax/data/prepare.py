@@ -3,6 +3,8 @@ r"""Prepares a tfds dataset from local files, offline, with tfds' own builder.
   python -m mixjax.data.prepare --dataset=fashion_mnist [--source_dir=DIR] --data_dir=OUT
   python -m mixjax.data.prepare --dataset=fashion_mnist_corrupted [--source_dir=DIR] \
       --data_dir=OUT [--configs=shot_noise,stripe]
+  python -m mixjax.data.prepare --dataset=image_folder --source_dir=DIR --name=NAME \
+      --data_dir=OUT     (your own images: `mixjax.data.image_folder`)
 
 writes `OUT/fashion_mnist/3.0.1/` exactly as `tfds build fashion_mnist
 --file_format=array_record` would (same name, version, splits `train`/`test`, features
@@ -57,6 +59,7 @@ from absl import logging
 import numpy as np
 
 from mixjax.data import corruptions as corruptions_lib
+from mixjax.data import image_folder
 
 IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes
 
@@ -385,6 +388,9 @@ def main(argv) -> None:
   f = flags.FLAGS
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.disable_progress_bar()
+  if f.dataset == image_folder.DATASET:  # your own images: mixjax.data.image_folder
+    sys.exit(image_folder.command(source_dir=f.source_dir, name=f.name,
+                                  data_dir=f.data_dir))
   try:
     path, built = prepare(f.dataset, data_dir=f.data_dir, source_dir=f.source_dir,
                           configs=tuple(f.configs) if f.configs else None)
@@ -402,7 +408,11 @@ def _define_flags() -> None:
   """Flags of the command only (importing this module defines none)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("dataset", "fashion_mnist",
-                      f"Dataset to prepare: one of {', '.join(sorted(SOURCES))}.")
+                      f"Dataset to prepare: one of {', '.join(sorted(SOURCES))}, or "
+                      f"{image_folder.DATASET} (a folder of your own images: "
+                      "--source_dir=DIR --name=NAME).")
+  flags.DEFINE_string("name", None, f"--dataset={image_folder.DATASET} only: the name "
+                      "of the dataset made from --source_dir.")
   flags.DEFINE_string("source_dir", None,
                       "Folder of the original files (default: the Debian package's, "
                       "e.g. /usr/share/datasets/fashion-mnist).")

@@ -84,21 +84,32 @@ class Predictor:
                                        self.theta_bar), self._rep)
 
   def __call__(self, variables, x: np.ndarray, *, rescale: bool = False) -> np.ndarray:
+    n = x.shape[0]
+    chunks = ((x[i:i + self.batch_size], None) for i in range(0, n, self.batch_size))
+    return self.batches(variables, chunks, rescale=rescale)
+
+  def batches(self, variables, batches, *, rescale: bool = False) -> np.ndarray:
+    """Logits (n, c) of the kept rows of `batches`, an iterable of (x (b, ...), keep
+    (b,) bool or None for all) with b ≤ batch_size: e.g. a split streamed in padded
+    batches (`mixjax.data.streaming.EvalStream`'s (x, y, mask)). The same numbers as
+    `__call__` on the kept rows stacked."""
     # Everything is put on this process's devices explicitly (multi-process jit refuses
     # host arrays with non-trivial shardings).
     variables = jax.device_put(_local(variables), self._rep)
     stats = None if self.stats is None else jax.device_put(self.stats, self._rep)
     theta_bar = self._rescaling() if rescale else None
-    n = x.shape[0]
     out = []
-    for i in range(0, n, self.batch_size):
-      xb = np.asarray(x[i:i + self.batch_size], np.float32)
-      pad = self.batch_size - xb.shape[0]
-      if pad:
-        xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-      logits = self._fn(variables, jax.device_put(xb, self._batch), stats, theta_bar,
-                        rescale)
-      out.append(np.asarray(logits)[:xb.shape[0] - pad])
+    for xb, keep in batches:
+      xb = np.asarray(xb, np.float32)
+      b = xb.shape[0]
+      if b > self.batch_size:
+        raise ValueError(f"A batch of {b} rows is larger than the predictor's batch size "
+                         f"{self.batch_size}.")
+      if b < self.batch_size:
+        xb = np.concatenate([xb, np.zeros((self.batch_size - b,) + xb.shape[1:], xb.dtype)])
+      logits = np.asarray(self._fn(variables, jax.device_put(xb, self._batch), stats,
+                                   theta_bar, rescale))[:b]
+      out.append(logits if keep is None else logits[np.asarray(keep, bool)])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
@@ -153,7 +164,8 @@ def evaluate_shift(predict: Predictor, variables,
   """The model's metrics on each shifted test set, and their mean over the sets.
 
   Args:
-    predict, variables: as for `evaluate`.
+    predict: as for `evaluate`.
+    variables: as for `evaluate`.
     test_sets: name -> (x, y), inputs preprocessed like the clean test split (e.g.
       `mixjax.data.shift_test_sets`: one entry per corruption).
     num_bins: ECE bins (`config.eval.num_bins`).

@@ -44,7 +44,7 @@ ReLU-pool-dense256-head, batch 128, 28×28×1; `python -m benchmarks.bench_steps
 
 What remains of the gap to PyTorch is in the convolution kernels themselves (Eigen's
 backward convolutions: 3.4 ms input gradient + 5.8 ms weight gradient with its layout
-transposes, against ~3 ms for oneDNN's), see the profile table in the README.
+transposes, against ~3 ms for oneDNN's), see the profile table in docs/benchmarks.md.
 """
 from __future__ import annotations
 

@@ -1,18 +1,6 @@
 """Mixing laws, one family: λ-laws and mask laws, their sampling, moments and quadrature
-(docs/THEORY.md §1, §6 and §8).
-
-  laws.py          the λ-laws (Beta, Constant, WShaped, Mixture, FromFn), their structured
-                   θ-laws, labels, the `SAMPLERS` registry, `make_sampler`; samplers are
-                   pytrees (numeric leaves), `stack` vmaps same-structure laws
-  masks.py         mask laws (CutMix, GMix, Switch): `law.masks(key, B, (H, W))`; every
-                   λ-law is a constant mask (`Sampler.masks`)
-  moments.py       `theta_moments` (exact, or Monte-Carlo for `from_fn`), `MomentArrays`;
-                   `mask_moments` (N̄, θ̄, σ², γ², C_N, S_N, c_N, s_N; exact for CutMix),
-                   `law_moments` (either kind)
-  quadrature.py    `theta_quadrature` (Gauss rules over the θ-law), `mask_support`
-
-Everything is re-exported here: `from mixjax import samplers; samplers.beta(0.2)`.
-"""
+(docs/THEORY.md §1, §6 and §8), all re-exported here: `from mixjax import samplers;
+samplers.beta(0.2)`. The modules are listed in docs/ARCHITECTURE.md."""
 from mixjax.samplers.laws import Atom
 from mixjax.samplers.laws import Beta
 from mixjax.samplers.laws import Constant

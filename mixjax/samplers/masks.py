@@ -112,7 +112,8 @@ def cutmix_boxes(lam: jax.Array, cy: jax.Array, cx: jax.Array, hw: Sequence[int]
 
   Args:
     lam: λ (B,), the area the example keeps before clipping is ≈ λ.
-    cy, cx: box centres (B,) int, in [0, H) and [0, W).
+    cy: box centres' rows (B,) int, in [0, H).
+    cx: box centres' columns (B,) int, in [0, W).
     hw: (H, W).
 
   Returns:
@@ -300,7 +301,8 @@ def switch(law_a: Any = ("beta", {"alpha": 0.8}), law_b: Any = ("cutmix", {"alph
   0.5). Two λ-laws make a `mixture` (no masks needed).
 
   Args:
-    law_a, law_b: Samplers or specs (a name, a (name, params) pair or a dict).
+    law_a: a Sampler or spec (a name, a (name, params) pair or a dict).
+    law_b: a Sampler or spec, as `law_a`.
     p: probability of law_b, in [0, 1].
   """
   a, b = laws._as_sampler(law_a), laws._as_sampler(law_b)  # pylint: disable=protected-access
