@@ -52,7 +52,8 @@ def step_rate(step, x, steps: int, repeats: int) -> float:
 
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--smoke", action="store_true", help="tiny sizes (a CPU check)")
+  parser.add_argument("--smoke", action="store_true",
+                      help="tiny sizes and a narrow, shallow ResNet (a CPU check)")
   parser.add_argument("--batch", type=int, default=256, help="per-device batch")
   parser.add_argument("--image_size", type=int, default=224)
   parser.add_argument("--steps", type=int, default=20)
@@ -60,9 +61,11 @@ def main(argv=None) -> dict:
   parser.add_argument("--images", type=int, default=2048, help="synthetic JPEGs")
   parser.add_argument("--workers", type=int, default=None, help="default: CPU cores")
   args = parser.parse_args(argv)
-  if args.smoke:
+  model_kwargs = {}
+  if args.smoke:  # a narrow, shallow ResNet-50 (fast to compile) on tiny images
     args.batch, args.image_size, args.steps, args.repeats = 4, 32, 2, 1
     args.images, args.workers = 32, args.workers or 1
+    model_kwargs = dict(width=8, stage_sizes=(1, 1, 1, 1))
   cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
   workers = args.workers or cores
   device = jax.devices()[0]
@@ -74,7 +77,8 @@ def main(argv=None) -> dict:
   from benchmarks import bench_resnet  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   # One compiled step for both measurements: fed a fixed device batch, or the pipeline's.
-  step = bench_resnet.jax_step("bfloat16", args.batch, args.image_size, fed=True)
+  step = bench_resnet.jax_step("bfloat16", args.batch, args.image_size, fed=True,
+                               model_kwargs=model_kwargs)
   x = jax.device_put(np.random.default_rng(0).normal(
       size=(args.batch, args.image_size, args.image_size, 3)).astype(np.float32))
   rates = {"step": step_rate(step, x, args.steps, args.repeats)}

@@ -59,13 +59,14 @@ def _batch(batch_size: int, size: int, seed: int = 0):
   return x, y
 
 
-def jax_step(dtype: str, batch_size: int, size: int, *, fed: bool = False
-             ) -> Callable[..., None]:
+def jax_step(dtype: str, batch_size: int, size: int, *, fed: bool = False,
+             model_kwargs: dict | None = None) -> Callable[..., None]:
   """mixjax's ResNet-50 step in `dtype`: `run(num_steps)` on a fixed synthetic batch
   (a device array, an argument of the compiled step); with `fed=True`, `step(x)` takes
   one step on the batch x (B, size, size, 3) float32 (labels: the fixed synthetic ones)
-  without waiting for it, and `step.wait()` blocks until the steps dispatched are done."""
-  model = models.build_model("resnet50", NUM_CLASSES, {}, dtype=dtype)
+  without waiting for it, and `step.wait()` blocks until the steps dispatched are done.
+  `model_kwargs` (e.g. a small width for smoke runs) go to the model."""
+  model = models.build_model("resnet50", NUM_CLASSES, model_kwargs or {}, dtype=dtype)
   x_np, y_np = _batch(batch_size, size)
   x, y = jax.device_put(x_np), jax.nn.one_hot(y_np, NUM_CLASSES)
   variables = jax.jit(model.init)(jax.random.key(0), x[:1])
