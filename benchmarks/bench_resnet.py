@@ -152,8 +152,9 @@ def torch_step(dtype: str, batch_size: int, size: int, threads: int
       opt.zero_grad(set_to_none=True)
       loss.backward()
       opt.step()
-    if loss is not None and not np.isfinite(float(loss)):
-      raise FloatingPointError(f"non-finite loss {float(loss)} in the torch {dtype} step")
+    if loss is not None and not np.isfinite(loss.detach().item()):
+      raise FloatingPointError(f"non-finite loss {loss.detach().item()} in the torch "
+                               f"{dtype} step")
   return run
 
 

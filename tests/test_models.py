@@ -418,12 +418,15 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state(name):
   assert logits.dtype == jnp.float32
   chex.assert_shape(logits, (shape[0], 3))
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves((grads, updates)))
-  # The default (float32) program: no bfloat16 anywhere.
+  # The default (float32) program: no bfloat16 anywhere; and naming float32 (what a
+  # config's default dtype passes) traces exactly the same program as not naming it.
   default = models.build_model(name, 3, kwargs)
   jaxpr = jax.make_jaxpr(_train_grad(default, x))(variables).jaxpr
   for e in _equations(jaxpr):
     assert all(getattr(v.aval, "dtype", None) != jnp.bfloat16
                for v in (*e.invars, *e.outvars)), (name, e)
+  named = models.build_model(name, 3, kwargs, dtype="float32")
+  assert str(jax.make_jaxpr(_train_grad(named, x))(variables).jaxpr) == str(jaxpr)
 
 
 def test_build_model_dtype_names():
