@@ -4,7 +4,7 @@
     python -m benchmarks.bench_engine                    # MNIST-1D LeNet and MLP, k = 1, 32
     python -m benchmarks.bench_engine --k=16 --short=64 --long=448
 
-What runs is what `python -m mixjax.main` runs (`setup.make_step`: the jitted, sharded
+What runs is what `python -m mixjax.main` runs (`program.assemble`: the jitted, sharded
 step on all local devices, data held on device, the config's optimizer and schedule),
 for `experiments/mnist1d.py` (the main job's LeNet) and `experiments/mnist1d.py:mlp`.
 Every (model, method, k) is compiled and warmed up first; then each is timed over
@@ -22,10 +22,9 @@ import time
 
 import jax
 
-from mixjax.train import sweeps
+from mixjax.train import program as program_lib
 from mixjax.train import setup
-from mixjax.train import optim
-from mixjax.train import step as step_lib
+from mixjax.train import sweeps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {"lenet": "experiments/mnist1d.py", "mlp": "experiments/mnist1d.py:mlp"}
@@ -38,18 +37,10 @@ def build(variant: str, method: str, k: int):
   config = sweeps.load_config_module(path).get_config(arg)
   config.method.name = method
   config.steps_per_call = k
-  devices = jax.local_devices()
-  ds, spe = setup.load_data(config)
-  model = setup.make_model(config, ds)
-  total = setup.total_steps(config, int(ds.train_x.shape[0]))
-  stats = setup.training_stats(config, ds, "/tmp")
-  ctx = setup.method_context(config)
-  tx = optim.make_optimizer(config.optimizer, spe, total)
-  mesh = step_lib.make_mesh(devices)
-  root = jax.random.key_data(jax.random.key(0))
-  step = setup.make_step(config, ds, mesh, model, tx, ctx, stats, root)
-  holder = {"state": setup.create_or_restore_state(model, tx, mesh, _NoCheckpoints(),
-                                                  root, ds)[0]}
+  program = program_lib.assemble([config], setup.load_data(config),
+                                 devices=jax.local_devices(), workdir="/tmp")
+  step = program.step
+  holder = {"state": program_lib.init_or_restore(program, _NoCheckpoints())[0]}
 
   def run(n: int) -> float:
     assert n % k == 0

@@ -4,7 +4,7 @@ vmapped step of R runs over R steps of one run, side by side (R = 2, 4, 8).
     python -m benchmarks.bench_groups --data_dir=/data/tfds    # recipe CNN, MNIST-1D LeNet
     python -m benchmarks.bench_groups --models=lenet --runs=2,4
 
-What runs is the trainer's compiled step (`setup.make_step`, the training set on device,
+What runs is the trainer's compiled step (`program.assemble`, the training set on device,
 the config's method, augmentation and optimizer) for `experiments/fashion_mnist.py`
 (the recipe CNN: conv-BatchNorm-ReLU-pool, 28×28×1) and `experiments/mnist1d.py` (the
 main job's LeNet), built once for one run (`num_runs=None`, what a sequential group
@@ -25,8 +25,7 @@ import time
 import jax
 import numpy as np
 
-from mixjax import sharding
-from mixjax.train import optim
+from mixjax.train import program as program_lib
 from mixjax.train import setup
 from mixjax.train import sweeps
 
@@ -45,20 +44,11 @@ def build(model_key: str, num_runs: int | None, data_dir: str | None):
   config = sweeps.load_config_module(os.path.join(ROOT, CONFIGS[model_key])).get_config()
   if data_dir:
     config.dataset.data_dir = data_dir
-  devices = jax.local_devices()
-  ds, spe = setup.load_data(config)
-  model = setup.make_model(config, ds)
-  total = setup.total_steps(config, int(ds.train_x.shape[0]))
-  stats = setup.training_stats(config, ds, "/tmp")
-  ctx = setup.method_context(config)
-  tx = optim.make_optimizer(config.optimizer, spe, total)
-  mesh = sharding.make_mesh(devices)
-  seeds = range(num_runs or 1)
-  roots = np.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
-  roots = roots if num_runs else roots[0]
-  step = setup.make_step(config, ds, mesh, model, tx, ctx, stats, roots, num_runs=num_runs)
-  holder = {"state": setup.create_or_restore_state(model, tx, mesh, _NoCheckpoints(), roots,
-                                                  ds, num_runs=num_runs)[0], "s": 0}
+  configs = [sweeps.sweep_config(config, {"seed": s}) for s in range(num_runs or 1)]
+  program = program_lib.assemble(configs, setup.load_data(config),
+                                 devices=jax.local_devices(), workdir="/tmp")
+  step = program.step
+  holder = {"state": program_lib.init_or_restore(program, _NoCheckpoints())[0], "s": 0}
 
   def run(n: int) -> None:
     state = holder["state"]

@@ -32,6 +32,7 @@ from mixjax.train import validate
 from mixjax.train import setup
 from mixjax.train import methods as methods_lib
 from mixjax.train import optim
+from mixjax.train import program as program_lib
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 from mixjax import data as data_lib
@@ -53,8 +54,9 @@ def build(config, method: str, x: np.ndarray, y: np.ndarray):
   """(step_fn, state, x_dev, y_dev) for `method` under `config` on all local devices."""
   mesh = step_lib.make_mesh(jax.local_devices())
   model = setup.build_model(config, NUM_CLASSES)
-  spe = data_lib.steps_per_epoch(x.shape[0], config.batch_size)
-  tx = optim.make_optimizer(config.optimizer, spe, setup.total_steps(config, x.shape[0]))
+  schedule = program_lib.Schedule.of(config, x.shape[0])
+  tx = optim.make_optimizer(config.optimizer, schedule.steps_per_epoch,
+                            schedule.total_steps)
   ctx = setup.method_context(config)
   augment_fn = lambda k, im: data_lib.augment(k, im, crop_padding=config.augment.crop_padding,
                                               flip=config.augment.flip)

@@ -82,12 +82,9 @@ def _category(opcode: str, shape: str, op_name: str) -> str:
   return "other"
 
 
-def profile_jax(steps: int, standard: bool, show_ops: int) -> dict[str, float]:
-  run = _jax_step(standard)
-  run(5)
-  t0 = time.perf_counter()
-  run(steps)
-  wall = (time.perf_counter() - t0) / steps * 1e3
+def trace_ops(run, steps: int) -> dict[str, float]:
+  """{thunk name: microseconds over `steps` traced steps of run(steps)}: each thunk XLA:CPU
+  runs, timed from its start to its end event in a `jax.profiler` trace."""
   with tempfile.TemporaryDirectory() as tmp:
     jax.profiler.start_trace(tmp, create_perfetto_trace=True)
     run(steps)
@@ -105,21 +102,40 @@ def profile_jax(steps: int, standard: bool, show_ops: int) -> dict[str, float]:
         per_op[name[5:]] += e["ts"] - started.pop(name[5:])
     elif not (name.startswith(("ThunkExecutor", "$", "Threadpool", "Pjit")) or "PjRt" in name):
       started[name] = e["ts"]
+  return per_op
+
+
+def print_trace(run, steps: int, show_ops: int, meta=None) -> dict[str, float]:
+  """Traces run(steps) and prints its `show_ops` longest thunks (ms per step) with their
+  HLO op name (`run.hlo_text()`); returns {thunk: us over the steps}."""
+  per_op = trace_ops(run, steps)
+  meta = _hlo_metadata(run.hlo_text()) if meta is None else meta
+  total = sum(per_op.values()) / steps / 1e3
+  print(f"\n{len(per_op)} thunks, {total:.1f} ms per step summed (they overlap on the cores)")
+  for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])[:show_ops]:
+    opcode, shape, op_name = meta.get(op, ("?", "?", ""))
+    print(f"  {us / steps / 1e3:7.3f} ms  {op:<28}{shape:<26}{op_name[-110:]}")
+  return per_op
+
+
+def profile_jax(steps: int, standard: bool, show_ops: int) -> dict[str, float]:
+  run = _jax_step(standard)
+  run(5)
+  t0 = time.perf_counter()
+  run(steps)
+  wall = (time.perf_counter() - t0) / steps * 1e3
   if standard:
     with bench_steps._standard_layers():  # pylint: disable=protected-access
       meta = _hlo_metadata(run.hlo_text())
   else:
     meta = _hlo_metadata(run.hlo_text())
+  print(f"\nmixjax{' (standard layers)' if standard else ''}: {wall:.1f} ms per step "
+        f"(untraced, mean of {steps})")
+  per_op = print_trace(run, steps, show_ops, meta) if show_ops else trace_ops(run, steps)
   rows = collections.defaultdict(float)
   for op, us in per_op.items():
     rows[_category(*meta.get(op, ("fusion" if "fusion" in op else op, "", "")))] += us
   rows = {k: v / steps / 1e3 for k, v in rows.items()}
-  print(f"\nmixjax{' (standard layers)' if standard else ''}: {wall:.1f} ms per step "
-        f"(untraced, mean of {steps})")
-  if show_ops:
-    for op, us in sorted(per_op.items(), key=lambda kv: -kv[1])[:show_ops]:
-      opcode, shape, op_name = meta.get(op, ("?", "?", ""))
-      print(f"  {us / steps / 1e3:7.2f} ms  {op:<28}{shape:<26}{op_name}")
   return rows
 
 

@@ -9,7 +9,15 @@ step on 28×28×1 went from 319 to 201 ms with them off). Disabling those fusion
 flag in `XLA_FLAGS` when it is imported, before `jax` is (the flag only touches the CPU
 backend; GPU and TPU runs ignore it). `tests/test_api.py` keeps a check that would catch
 the miscompile. Set `MIXJAX_KEEP_YNN=1` to leave `XLA_FLAGS` alone.
+
+It also quiets one line of JAX's start-up: without `JAX_PLATFORMS`, JAX probes every
+platform it knows and logs, at INFO, "Unable to initialize backend 'tpu': ... libtpu.so"
+for each one this machine lacks (the TPU line of every CPU run). Those probes are
+expected to fail quietly (`xla_bridge` only logs them when `fail_quietly`; a platform
+that was asked for and fails raises, and a GPU that JAX cannot use is a WARNING), so
+`_QuietBackendProbes` drops exactly those INFO records.
 """
+import logging
 import os
 
 YNN_OFF_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
@@ -24,4 +32,21 @@ def disable_ynn_fusions() -> None:
     os.environ["XLA_FLAGS"] = (flags + " " + YNN_OFF_FLAG).strip()
 
 
+class _QuietBackendProbes(logging.Filter):
+  """Drops JAX's INFO "Unable to initialize backend '<platform>'" (a platform this
+  machine lacks, probed by default); every other record passes."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.INFO
+                and str(record.msg).startswith("Unable to initialize backend"))
+
+
+def quiet_backend_probes() -> None:
+  """Adds `_QuietBackendProbes` to JAX's backend logger (once)."""
+  logger = logging.getLogger("jax._src.xla_bridge")
+  if not any(isinstance(f, _QuietBackendProbes) for f in logger.filters):
+    logger.addFilter(_QuietBackendProbes())
+
+
 disable_ynn_fusions()
+quiet_backend_probes()

@@ -24,7 +24,7 @@ Every expected failure prints one line to stderr (what is wrong: the flag or key
 value, the valid choices, and what to do) and exits with its code, without a Python
 traceback (`--debug` / `--verbose` prints it too). mixjax raises the errors of
 `mixjax.errors`, each carrying its exit code; bad --config files and overrides are
-found by `check_config_flags` before absl parses, so no absl message is interpreted:
+found by `mixjax.train.validate.check_config_flags` before absl parses, so no absl message is interpreted:
 
   2  bad config or flags: unknown or mistyped --config.<key>, a config file that is
      missing, does not parse or whose get_config() raises, an unknown name, an
@@ -39,7 +39,6 @@ found by `check_config_flags` before absl parses, so no absl message is interpre
 """
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 import traceback
@@ -64,6 +63,12 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _SWEEP = flags.DEFINE_bool(
     "sweep", False, "Run every point of the config file's get_sweep() in this process, "
     "each in WORKDIR/<NN>_<point>/ (see mixjax.train.sweeps.train_sweep).")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", "~/.cache/mixjax/jax",
+    "JAX's persistent compilation cache: compiled programs are kept here and a rerun of "
+    "the same program loads them instead of compiling (docs/speed.md says when to clear "
+    "it). '' turns it off; a cache dir already set for JAX (JAX_COMPILATION_CACHE_DIR) "
+    "is kept.")
 _NUM_CPU_DEVICES = flags.DEFINE_integer(
     "num_cpu_devices", None, "Force this many CPU devices per process (testing).")
 
@@ -88,142 +93,14 @@ def _stop(error: BaseException, message: str, debug: bool) -> None:
                    if isinstance(error, FileNotFoundError) else errors.ConfigError.exit_code))
 
 
-def _config_arg(argv) -> str | None:
-  """The value of --config in argv (the last one wins, as in absl), or None."""
-  value = None
-  for i, a in enumerate(argv):
-    if a.startswith("--config="):
-      value = a[len("--config="):]
-    elif a == "--config" and i + 1 < len(argv):
-      value = argv[i + 1]
-  return value
-
-
-def _overrides(argv) -> list[tuple[str, str]]:
-  """(dotted key, value) of every --config.<key>=<value> in argv."""
-  out = []
-  for a in argv:
-    if a.startswith("--config."):
-      path, _, value = a[len("--config."):].partition("=")
-      out.append((path, value))
-  return out
-
-
-def _config_file_problem(value: str) -> str | None:
-  """A message if --config=value names no readable file, else None."""
-  path = value.split(":", 1)[0]
-  if os.path.isfile(path):
-    return None
-  folder = os.path.dirname(path) or "."
-  files = sorted(f for f in os.listdir(folder) if f.endswith(".py")
-                 and not f.startswith("_")) if os.path.isdir(folder) else []
-  close = difflib.get_close_matches(os.path.basename(path), files, n=1)
-  where = os.path.abspath(folder)
-  return (f"--config={value}: no such file (looked in {where}/"
-          + ("" if os.path.isabs(path) else f", relative to the current directory "
-             f"{os.getcwd()}") + "). "
-          + (f"Config files in {folder}/: {', '.join(files)}."
-             if files else f"{folder}/ holds no config files.")
-          + (f" Did you mean {os.path.join(folder, close[0])}?" if close else "")
-          + " Pass a get_config() file, e.g. --config=experiments/mnist1d.py.")
-
-
-def _load_config(value: str):
-  """The --config file's get_config(arg) (ConfigError naming the problem otherwise)."""
-  from mixjax.train import sweeps  # pylint: disable=g-import-not-at-top
-  try:
-    module = sweeps.load_config_module(value)
-  except SyntaxError as e:
-    raise errors.ConfigError(f"--config={value}: {e.filename}, line {e.lineno}: "
-                             f"{e.msg}. Fix the file.") from e
-  except Exception as e:  # pylint: disable=broad-except  (the module raised on import)
-    raise errors.ConfigError(f"--config={value}: loading it raised {type(e).__name__}: "
-                             f"{errors.one_line(e).rstrip('.')}. Fix the file.") from e
-  if not hasattr(module, "get_config"):
-    raise errors.ConfigError(f"--config={value}: the file defines no get_config(). "
-                             "Define one that returns an ml_collections.ConfigDict.")
-  try:
-    config = module.get_config(*value.split(":", 1)[1:])
-  except Exception as e:  # pylint: disable=broad-except
-    raise errors.ConfigError(
-        f"--config={value}: get_config() raised {type(e).__name__}: "
-        f"{errors.one_line(e).rstrip('.')}. Fix the file or its argument.") from e
-  if not hasattr(config, "to_dict"):
-    raise errors.ConfigError(f"--config={value}: get_config() returned "
-                             f"{type(config).__name__}, not a ConfigDict. Return the config.")
-  return config.to_dict()
-
-
-def _value_problem(path: str, value: str, current) -> str | None:
-  """A message if `value` cannot be parsed as the type of the knob's `current` value."""
-  import ast  # pylint: disable=g-import-not-at-top
-  def literal():
-    try:
-      return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      return None
-  if isinstance(current, bool):
-    ok = value.lower() in ("true", "false", "t", "f", "1", "0")
-  elif isinstance(current, int):
-    ok = isinstance(literal(), int)
-  elif isinstance(current, float):
-    ok = isinstance(literal(), (int, float))
-  elif isinstance(current, (tuple, list)):
-    ok = isinstance(literal(), (tuple, list, int, float, str))
-  elif isinstance(current, dict):
-    ok = isinstance(literal(), dict)
-  else:
-    ok = True
-  if ok:
-    return None
-  if isinstance(current, dict):
-    expected = f"a dict literal, e.g. --config.{path}='{{\"<key>\": <value>}}' (now {current})"
-  else:
-    kind = type(current).__name__
-    expected = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} (now {current!r})"
-  return f"--config.{path}={value} does not parse. --config.{path} takes {expected}."
-
-
-def check_config_flags(argv) -> None:
-  """What mixjax can check before absl parses the flags: the --config file exists,
-  imports and returns a ConfigDict; every --config.<key> override names a key, and its
-  value parses as the knob's type. Raises ConfigError naming the problem and the fix."""
-  from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  from mixjax.train import validate  # pylint: disable=g-import-not-at-top
-  value = _config_arg(argv)
-  if value is None:
-    return  # absl says that --config is required
-  problem = _config_file_problem(value)
-  if problem is not None:
-    raise errors.ConfigError(problem)
-  config = _load_config(value)
-  for path, val in _overrides(argv):
-    missing = validate.find_unknown_key(config, path)
-    if missing is not None:
-      parent, key = missing
-      node = config
-      for p in parent.split(".")[1:]:
-        node = node[p]
-      whole = ""
-      if parent[len("config."):] in config_lib.DICT_KNOBS:
-        whole = (f" --{parent} is a dict: set it whole, e.g. "
-                 f"--{parent}='{{\"{key}\": {val or '...'}}}'.")
-      raise errors.ConfigError(
-          f"--config.{path}={val}: {parent} has no key {key!r}. "
-          f"{validate.unknown_key_hint(node, key)}{whole} Every knob and its default "
-          "is listed in mixjax/train/config.py.")
-    problem = _value_problem(path, val, config_lib.get(config, path))
-    if problem is not None:
-      raise errors.ConfigError(problem)
-
-
 def parse_flags(argv):
-  """`app.run`'s flags parser: `check_config_flags`, then absl's parsing; every bad
+  """`app.run`'s flags parser: `validate.check_config_flags`, then absl's parsing; every bad
   --config file, override or flag ends with one line on stderr and exit code 2
   (`--debug`: with the traceback)."""
+  from mixjax.train import validate  # pylint: disable=g-import-not-at-top
   debug = any(a.lower() in _DEBUG_ARGS for a in argv)
   try:
-    check_config_flags(argv)
+    validate.check_config_flags(argv)
     rest = flags.FLAGS(argv)
   except errors.ConfigError as e:
     _stop(e, f"{e.prefix}: {e}", debug)
@@ -250,9 +127,29 @@ def initialize_distributed(coordinator_address=None, num_processes=None, process
   jax.distributed.initialize(**kwargs)
 
 
+# Programs that compile faster than this are not worth a cache entry (JAX's default: 1 s).
+_CACHE_MIN_COMPILE_SECS = 0.5
+
+
+def use_compilation_cache(path: str) -> str | None:
+  """Points JAX's persistent compilation cache at `path` (before anything compiles),
+  unless JAX already has a cache dir (the environment's JAX_COMPILATION_CACHE_DIR, or a
+  caller's setting, is kept). Returns the cache dir in use, or None."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.config.jax_compilation_cache_dir:
+    return jax.config.jax_compilation_cache_dir
+  if not path:
+    return None
+  path = os.path.expanduser(path)
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_SECS)
+  return path
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  cache_dir = use_compilation_cache(_COMPILATION_CACHE.value)
   if _DISTRIBUTED.value:
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                            _NUM_CPU_DEVICES.value)
@@ -276,6 +173,7 @@ def main(argv) -> None:
                  jax.__version__, jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count(), jax.devices())
     logging.info("Config:\n%s", config)
+    logging.info("Compilation cache: %s.", cache_dir or "off")
     if points is not None:
       train.train_sweep(points, workdir)
     else:

@@ -29,34 +29,93 @@ def x64():
 
 @pytest.fixture
 def run_main_cli():
-  """`run_main_cli(*args)` runs `python -m mixjax.main *args` in a subprocess from the
-  repository root, as a user would (real app.run wiring, exit codes, stderr); returns the
-  `subprocess.CompletedProcess` with text stdout / stderr."""
+  """`run_main_cli(*args, cwd=ROOT)` runs `python -m mixjax.main *args` in a subprocess
+  from the repository root (or `cwd`), as a user would (real app.run wiring, exit codes,
+  stderr); returns the `subprocess.CompletedProcess` with text stdout / stderr."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-  def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mixjax.main", *args], cwd=root,
+  def run(*args: str, timeout: float = 120, cwd=root) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mixjax.main", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, JAX_PLATFORMS="cpu"))
   return run
 
 
-def method_context(*, sampler=None, moments=None, axis_name="data", **overrides):
-  """`MethodContext.from_config` of the base config with `overrides` ({"mixing.fold":
-  True, ...}, dotted keys as keyword names with "__" for "."), for tests of the step and
-  the methods: e.g. `method_context(sampler=samplers.beta(0.7), method__eta=0.6)`."""
-  from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
-  from mixjax.train import methods  # pylint: disable=g-import-not-at-top
-  from mixjax.train import sweeps  # pylint: disable=g-import-not-at-top
-  config = sweeps.sweep_config(config_lib.base_config(),
-                               {k.replace("__", "."): v for k, v in overrides.items()})
-  return methods.MethodContext.from_config(config, sampler=sampler, moments=moments,
-                                           axis_name=axis_name)
+# A user's own law file (docs/add_a_law.md's recipe), with a good factory and one of each
+# bad kind: raises, returns no law, draws outside [0, 1], draws the wrong shape, gives
+# wrong moments.
+USER_LAW = '''
+"""θ ~ Normal(mu, sigma²) truncated to [½, 1]; λ = θ or 1 − θ with probability ½."""
+import math
+
+import jax
+import jax.numpy as jnp
+from mixjax import samplers
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def _draw(key, shape, mu, sigma):
+  k_theta, k_flip = jax.random.split(key)
+  lo, hi = (0.5 - mu) / sigma, (1.0 - mu) / sigma
+  theta = mu + sigma * jax.random.truncated_normal(k_theta, lo, hi, shape)
+  theta = jnp.clip(theta, 0.5, 1.0)  # float32 rounding at the ends
+  return jnp.where(jax.random.bernoulli(k_flip, 0.5, shape), theta, 1.0 - theta)
+
+
+def _moments(mu, sigma):
+  pdf = lambda x: math.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+  cdf = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))
+  a, b = (0.5 - mu) / sigma, (1.0 - mu) / sigma
+  z = cdf(b) - cdf(a)
+  d = (pdf(a) - pdf(b)) / z
+  return mu + sigma * d, sigma**2 * (1 + (a * pdf(a) - b * pdf(b)) / z - d * d)
+
+
+def trunc_normal(mu=0.75, sigma=0.1):
+  mean, var = _moments(mu, sigma)
+  return samplers.from_fn(_draw, "trunc_normal", params={"mu": mu, "sigma": sigma},
+                          theta_mean=mean, theta_var=var)
+
+
+def trunc_normal_mc(mu=0.75, sigma=0.1):
+  return samplers.from_fn(_draw, "trunc_normal", params={"mu": mu, "sigma": sigma})
+
+
+def raises(mu=0.75):
+  raise RuntimeError("no law today")
+
+
+def not_a_law():
+  return 0.5
+
+
+def out_of_range():
+  return samplers.from_fn(lambda key, shape: 2.0 * jax.random.uniform(key, shape))
+
+
+def wrong_shape():
+  return samplers.from_fn(lambda key, shape: jax.random.uniform(key, (3,)))
+
+
+def wrong_moments(mu=0.75, sigma=0.1):
+  return samplers.from_fn(_draw, params={"mu": mu, "sigma": sigma},
+                          theta_mean=mu, theta_var=sigma**2)
+
+
+NOT_CALLABLE = 3
+'''
+
+
+@pytest.fixture
+def user_law_dir(tmp_path):
+  """A folder outside the repository holding `mylaw.py` (`USER_LAW`): its factories
+  `trunc_normal`, `trunc_normal_mc` and the bad ones, as `--config.sampler.name=
+  <dir>/mylaw.py:<factory>` names them."""
+  folder = tmp_path / "laws"
+  folder.mkdir()
+  (folder / "mylaw.py").write_text(USER_LAW)
+  return folder
 
 
 @pytest.fixture(scope="module")
@@ -83,55 +142,3 @@ def compilation_cache(tmp_path_factory):
   for n, v in old.items():
     jax.config.update(n, v)
   cc.reset_cache()
-
-
-def get_config(name, **overrides):
-  """experiments/<name>.py's config (`name` may carry a `:arg`) with `overrides`
-  ({"a.b": value}) applied."""
-  from mixjax.train import sweeps  # pylint: disable=g-import-not-at-top
-  file, _, arg = name.partition(":")
-  module = sweeps.load_config_module(os.path.join(ROOT, "experiments", f"{file}.py"))
-  config = module.get_config(arg) if arg else module.get_config()
-  return sweeps.sweep_config(config, overrides)
-
-
-def read_summary(workdir):
-  """WORKDIR/summary.json."""
-  import json  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(workdir, "summary.json")) as f:
-    return json.load(f)
-
-
-def comparable(records):
-  """metrics.jsonl records without wall-clock rates and without the resume markers."""
-  drop = ("steps_per_sec",)
-  return [{k: v for k, v in r.items() if k not in drop} for r in records
-          if "resumed_from_step" not in r]
-
-
-def parse_main_flags(argv, monkeypatch):
-  """Parses `python -m mixjax.main argv...`'s flags in this process."""
-  import sys  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  argv = ["mixjax.main"] + list(argv)
-  monkeypatch.setattr(sys, "argv", argv)  # config_flags reads `--config.*` from sys.argv
-  flags.FLAGS.unparse_flags()
-  for name in list(flags.FLAGS):  # override flags are defined per parse
-    if name.startswith("config."):
-      delattr(flags.FLAGS, name)
-  flags.FLAGS(argv)
-
-
-def run_main(argv, monkeypatch):
-  """`python -m mixjax.main argv...` in this process (flags parsed, then main)."""
-  from mixjax import main as main_lib  # pylint: disable=g-import-not-at-top
-  parse_main_flags(argv, monkeypatch)
-  main_lib.main(["mixjax.main"])
-
-
-def one_line_error(capsys) -> str:
-  """stderr of a failed command: exactly one non-empty line, no traceback."""
-  err = capsys.readouterr().err
-  lines = [l for l in err.splitlines() if l.strip()]
-  assert len(lines) == 1 and "Traceback" not in err, err
-  return lines[0]

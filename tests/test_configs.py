@@ -102,3 +102,44 @@ def test_changed_config_on_resume_is_refused_outside_the_allow_list(tmp_path):
   for key in config_lib.RESUMABLE_CHANGES:
     assert workdir_lib.is_resumable_change(key)
     assert key == "allow_config_change" or key.split(".")[0] in base
+
+
+def test_range_reads_its_interval():
+  """`config.Range`: open and closed ends, no upper bound, never NaN or ±inf, None (an
+  unset placeholder) valid; the message text."""
+  r = config_lib.Range(0.0, "[0, 1)", "0: none")
+  assert [r.contains(v) for v in (0.0, 0.5, 0.999, 1.0, -1e-9)] == [
+      True, True, True, False, False]
+  assert not r.contains(float("nan")) and r.contains(None)
+  assert r.describe() == "in [0, 1) (0: none)"
+  pos = config_lib.Range(1.0, "(0, inf)")
+  assert [pos.contains(v) for v in (0.0, 1e-30, 1e30, float("inf"))] == [
+      False, True, True, False]
+  assert pos.describe() == "> 0"
+  assert config_lib.Range(1, "[1, inf)").describe() == ">= 1"
+  assert config_lib.Range(0.1, "(0, 1]").contains(1.0)
+
+
+@pytest.mark.parametrize("key", sorted(config_lib.RANGES))
+def test_every_declared_range_is_checked_at_its_bounds(key):
+  """Each knob declared with a `Range`: its default is valid; at each finite bound the
+  value is valid iff the end is closed; one past a bound is refused by validate_config
+  with a ConfigError naming the key (and NaN, for float knobs)."""
+  valid = config_lib.RANGES[key]
+  default = config_lib.get(config_lib.base_config(), key)
+  kind = int if isinstance(default, int) or default is None else float
+  lo, hi = (float(b) for b in valid.interval[1:-1].split(","))
+  cases = [(default, True)]
+  if lo != float("-inf"):
+    cases += [(kind(lo), valid.interval[0] == "["), (kind(lo - 1), False)]
+  if hi != float("inf"):
+    cases += [(kind(hi), valid.interval[-1] == "]"), (kind(hi + 1), False)]
+  if kind is float:
+    cases.append((float("nan"), False))
+  for value, ok in cases:
+    config = sweeps.sweep_config(config_lib.base_config(), {key: value})
+    if ok:
+      validate.validate_config(config, num_devices=1)
+    else:
+      with pytest.raises(errors.ConfigError, match=f"config.{key}="):
+        validate.validate_config(config, num_devices=1)

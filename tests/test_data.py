@@ -408,11 +408,11 @@ def test_label_noise_flips_the_training_labels_only_at_its_rate():
   from mixjax.train import config as config_lib  # pylint: disable=g-import-not-at-top
   from mixjax.train import setup  # pylint: disable=g-import-not-at-top
   clean_cfg = config_lib.base_config()
-  clean, _ = setup.load_data(clean_cfg)
+  clean = setup.load_data(clean_cfg)
   for p in (0.2, 0.4):
     cfg = config_lib.base_config()
     cfg.dataset.label_noise = p
-    ds, _ = setup.load_data(cfg)
+    ds = setup.load_data(cfg)
     n = clean.train_y.shape[0]
     np.testing.assert_array_equal(ds.extras["clean_train_y"], clean.train_y)
     flipped = ds.train_y != clean.train_y
@@ -425,9 +425,9 @@ def test_label_noise_flips_the_training_labels_only_at_its_rate():
     for split in ("val", "test"):
       np.testing.assert_array_equal(getattr(ds, f"{split}_y"), getattr(clean, f"{split}_y"))
       np.testing.assert_array_equal(getattr(ds, f"{split}_x"), getattr(clean, f"{split}_x"))
-    again, _ = setup.load_data(cfg)
+    again = setup.load_data(cfg)
     np.testing.assert_array_equal(again.train_y, ds.train_y)
   cfg.dataset.split_seed = 1
-  other, _ = setup.load_data(cfg)
+  other = setup.load_data(cfg)
   assert not np.array_equal(other.train_y != other.extras["clean_train_y"],
                             ds.train_y != clean.train_y)

@@ -320,6 +320,49 @@ def test_cli_follows_the_message(source, tmp_path):
   assert r.returncode == 0 and "already prepared" in r.stdout and "nothing to do" in r.stdout
 
 
+_QUIET_LOAD = """
+import sys
+from mixjax import data
+ds = data.load_dataset("fashion_mnist", data_dir=sys.argv[1], val_fraction=0.0)
+print(ds.test_x.shape[0])
+try:
+  data.load_dataset("fashion_mnist", data_dir=sys.argv[2])
+except FileNotFoundError:
+  print("missing")
+"""
+
+
+def test_offline_preparation_and_loading_are_quiet(source, tmp_path):
+  """Preparing offline prints one line, "Prepared ...", and nothing on stderr: no tfds
+  "Downloading and preparing dataset" / "downloaded and prepared to" wording and no
+  "has no dataset_info.json" warning (for either dataset). Loading it prints no OpenCV
+  advice (when OpenCV is absent, tfds gives it on the first image decoded), and a
+  missing dataset raises without the dataset_info.json warning."""
+  src, arrays = source
+  out = tmp_path / "tfds"
+  for args in (["--dataset=fashion_mnist"],
+               ["--dataset=fashion_mnist_corrupted", "--configs=shot_noise"]):
+    r = run(["-m", "mixjax.data.prepare", *args, f"--source_dir={src}",
+             f"--data_dir={out}"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [l for l in r.stdout.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Prepared "), r.stdout
+    assert not r.stderr.strip(), r.stderr
+  (tmp_path / "empty").mkdir()
+  r = run(["-c", _QUIET_LOAD, str(out), str(tmp_path / "empty")])
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.split() == [str(len(arrays["test"][1])), "missing"], r.stdout
+  for noise in ("OpenCV", "dataset_info.json", "Downloading"):
+    assert noise not in r.stderr, r.stderr
+  try:
+    import cv2  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:  # the advice would be given: check that it is given without mixjax
+    plain = run(["-c", "import sys, tensorflow_datasets as tfds; "
+                 "s = tfds.data_source('fashion_mnist', split='test', data_dir=sys.argv[1]); "
+                 "s[0]", str(out)])
+    assert "OpenCV is not installed" in plain.stderr, plain.stderr[-2000:]
+
+
 def test_main_without_data_exits_4_with_both_routes(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()

@@ -85,3 +85,18 @@ def test_streamed_batches_give_the_logits_of_the_kept_rows(setup):
   np.testing.assert_array_equal(got, predict(variables, x))
   with pytest.raises(ValueError, match="larger than the predictor's batch size"):
     predict.batches(variables, [(np.zeros((17, 3, 3, 1), np.float32), None)])
+
+
+def test_evaluate_without_pooled_metrics_keeps_the_summable_ones(setup):
+  """`pooled=False` (the quick evaluations during training): the summable metrics, the
+  same floats as with the pooled ones; no adaptive ECE, SmoothECE or AURC."""
+  _, variables, predict, sets = setup
+  (x, y), (vx, vy) = sets["noise"], sets["bright"]
+  ds = type("DS", (), dict(test_x=x, test_y=y, val_x=vx, val_y=vy))
+  full = mj_eval.evaluate(predict, variables, ds, num_bins=15, rescale=False)
+  quick = mj_eval.evaluate(predict, variables, ds, num_bins=15, rescale=False,
+                           calibrate=False, pooled=False)
+  assert set(quick) == set(mj_eval.METRIC_NAMES)
+  assert set(full) >= set(mj_eval.POOLED_METRIC_NAMES) | {"temperature", "val_accuracy"}
+  for k in mj_eval.METRIC_NAMES:
+    assert quick[k] == full[k], k

@@ -104,3 +104,38 @@ def test_the_checker_sees_an_upward_import(tmp_path):
   found = _imports("mixjax.data.probe", str(path), MODS)
   assert found == [("mixjax.train.config", 2)]
   assert LAYER[_package(found[0][0])] > LAYER["mixjax.data"]
+
+
+# The test modules: shared code is a fixture (conftest.py) or a helper module
+# (tests/helpers.py); a test module imports neither conftest nor another test module.
+TESTS = os.path.join(os.path.dirname(ROOT), "tests")
+
+
+def _test_imports(source: str) -> list[tuple[str, int]]:
+  """(module, line) of every import of conftest or of a test_* module in `source`."""
+  out = []
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and not node.level:
+      names = [node.module or ""]
+    else:
+      continue
+    out += [(n, node.lineno) for n in names
+            if n.split(".")[0] == "conftest" or n.split(".")[0].startswith("test_")]
+  return out
+
+
+def test_test_modules_import_neither_conftest_nor_each_other():
+  bad = []
+  for name in sorted(os.listdir(TESTS)):
+    if name.startswith("test_") and name.endswith(".py"):
+      with open(os.path.join(TESTS, name), encoding="utf-8") as f:
+        bad += [f"tests/{name}:{line} imports {m}" for m, line in _test_imports(f.read())]
+  assert not bad, "\n".join(bad)
+
+
+def test_the_test_import_checker_sees_conftest_and_test_modules():
+  """Negative control."""
+  assert _test_imports("import os\nfrom conftest import x\nimport test_main\n"
+                       "from helpers import y\n") == [("conftest", 2), ("test_main", 3)]

@@ -15,7 +15,7 @@ import pytest
 from mixjax.train import sweeps
 from mixjax.train import validate
 from mixjax.train import groups
-from conftest import parse_main_flags  # the same flag parsing as mixjax.main
+from helpers import parse_main_flags  # the same flag parsing as mixjax.main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST1D = os.path.join(ROOT, "experiments", "mnist1d.py")

@@ -11,7 +11,7 @@ from absl import flags
 import pytest
 
 from mixjax import main as main_lib
-from conftest import one_line_error, run_main  # pylint: disable=g-bad-import-order
+from helpers import one_line_error, run_main  # pylint: disable=g-bad-import-order
 from mixjax import train
 from mixjax.train import config as config_lib
 from mixjax import errors
@@ -78,7 +78,16 @@ def test_validate_config_names_the_problem_and_the_choices(overrides, words):
 
 
 def test_good_config_validates():
-  validate.validate_config(config_lib.base_config(), num_devices=4)
+  """The base config and the main job's pass, unchanged (validation reads, never
+  writes); the main job with one impossible value does not (the check is live)."""
+  main_job = sweeps.load_config_module(MNIST1D).get_config()
+  for config in (config_lib.base_config(), main_job):
+    before = config.to_json()
+    assert validate.validate_config(config, num_devices=4) is None
+    assert config.to_json() == before
+  with pytest.raises(errors.ConfigError, match="optimizer.lr"):
+    validate.validate_config(sweeps.sweep_config(main_job, {"optimizer.lr": -1.0}),
+                             num_devices=4)
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +282,174 @@ def test_main_missing_tfds_data_exits_fast_with_instructions(tmp_path, monkeypat
   assert e.value.code == 4
   err = capsys.readouterr().err
   assert "tfds build cifar10" in err and "--config.dataset.data_dir=" in err
+
+
+# ---------------------------------------------------------------------------
+# Your own law: --config.sampler.name=MODULE:FACTORY (docs/add_a_law.md).
+# ---------------------------------------------------------------------------
+def _truncnorm_moments(mu, sigma):
+  """θ̄ and σ² of Normal(mu, sigma²) truncated to [½, 1] (scipy.stats), the reference of
+  the `user_law_dir` fixture's `trunc_normal`."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  law = stats.truncnorm((0.5 - mu) / sigma, (1.0 - mu) / sigma, loc=mu, scale=sigma)
+  return float(law.mean()), float(law.var())
+
+
+# (factory in mylaw.py, params, words of the one-line message)
+BAD_LAWS = [
+    ("nope.py:trunc_normal", {}, ["no such file", "nope.py"]),
+    ("no_such_module_xyz:f", {}, ["no module named 'no_such_module_xyz'"]),
+    ("mylaw.py:trunc_norml", {}, ["no attribute 'trunc_norml'",
+                                  "Did you mean 'trunc_normal'?"]),
+    ("mylaw.py:NOT_CALLABLE", {}, ["is a int, not a factory"]),
+    ("mylaw.py:raises", {}, ["raises(", "raised RuntimeError: no law today"]),
+    ("mylaw.py:not_a_law", {}, ["returned float, not a law", "samplers.from_fn"]),
+    ("mylaw.py:out_of_range", {}, [r"outside [0, 1]", "jnp.clip"]),
+    ("mylaw.py:wrong_shape", {}, ["returned shape (3,)", "exactly `shape`"]),
+    ("mylaw.py:wrong_moments", {"mu": 0.8}, ["do not match its draws", "max(λ, 1 − λ)"]),
+    ("mylaw.py:trunc_normal", {"mu": 0.8, "sigmaa": 0.1},
+     ["'sigmaa'", "takes mu=0.75, sigma=0.1",
+      "--config.sampler.params='{\"mu\": <value>, \"sigma\": <value>}'"]),
+]
+
+
+@pytest.mark.parametrize("name,params,words", BAD_LAWS, ids=[b[0] for b in BAD_LAWS])
+def test_bad_user_law_is_one_line(name, params, words, user_law_dir):
+  """Each way a MODULE:FACTORY can be wrong: no such file or module, no such attribute,
+  not callable, the factory raises, returns no law, a law whose draws leave [0, 1] or
+  have the wrong shape, wrong given moments, parameters the factory does not take."""
+  if name.startswith("mylaw.py") or name.startswith("nope.py"):
+    name = f"{user_law_dir}/{name}"
+  with pytest.raises(errors.ConfigError) as e:
+    validate.validate_config(_config(**{"sampler.name": name, "sampler.params": params}),
+                             num_devices=4)
+  msg = str(e.value)
+  assert "\n" not in msg and "config.sampler." in msg, msg
+  for w in words:
+    assert w in msg, (w, msg)
+
+
+def test_law_parameter_hints_name_the_laws_own_parameters():
+  """A parameter the law does not take: the message says what it takes, from its
+  signature, and how to set them (not the user's typo back)."""
+  with pytest.raises(errors.ConfigError) as e:
+    validate.validate_config(_config(**{"sampler.params": {"alpah": 1.0}}), num_devices=4)
+  assert "beta takes alpha, beta=None" in str(e.value), str(e.value)
+  assert "--config.sampler.params='{\"alpha\": <value>}'" in str(e.value)
+  assert validate.sampler_params_hint("w_shaped") == (
+      "w_shaped takes a, b=None: set them with --config.sampler.params='{\"a\": <value>}'")
+  assert validate.sampler_params_hint("optimal").startswith("optimal takes no parameters")
+
+
+@pytest.mark.xfail(strict=True, reason="phase 2: main.check_config_flags's dict-knob hint "
+                   "must call validate.sampler_params_hint for sampler.params")
+def test_cli_misspelled_law_parameter_names_the_laws_parameters(run_main_cli, tmp_path):
+  proc = run_main_cli(f"--config={MNIST1D}", f"--workdir={tmp_path / 'w'}",
+                      "--config.sampler.params.alpah=1")
+  assert proc.returncode == 2, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and "beta takes alpha" in lines[0], proc.stderr
+  assert "alpah\": 1" not in lines[0], lines[0]
+
+
+def test_cli_bad_user_law_exits_2_with_one_line_before_any_output(run_main_cli,
+                                                                   user_law_dir, tmp_path):
+  proc = run_main_cli(f"--config={MNIST1D}", f"--workdir={tmp_path / 'w'}",
+                      "--config.sampler.name=laws/mylaw.py:trunc_norml",
+                      cwd=str(user_law_dir.parent))
+  assert proc.returncode == 2, proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+  assert "Did you mean 'trunc_normal'?" in lines[0] and not proc.stdout.strip()
+  assert not (tmp_path / "w").exists()
+
+
+def test_user_law_points_group_into_one_vmapped_program(user_law_dir):
+  """Sweep points of one user factory that differ in its parameters share a group (one
+  sampler structure), as Beta(α) points do; its Monte-Carlo variant (no moment leaves)
+  and a built-in law are groups of their own."""
+  name = f"{user_law_dir}/mylaw.py:trunc_normal"
+  points = [(f"p{mu}", _config(**{"sampler.name": name,
+                                  "sampler.params": {"mu": mu, "sigma": 0.1}}))
+            for mu in (0.7, 0.8, 0.9)]
+  points += [("mc", _config(**{"sampler.name": f"{user_law_dir}/mylaw.py:trunc_normal_mc",
+                               "sampler.params": {"mu": 0.8}})), ("beta", _config())]
+  assert sweeps.law_groups(points) == [[0, 1, 2], [3], [4]]
+
+
+USER_LAW_FLAGS = ['--config.sampler.params={"mu": 0.8, "sigma": 0.1}',
+                  "--config.num_steps=4", "--config.batch_size=64",
+                  "--config.checkpoint_every_steps=2", "--config.eval.every_epochs=0",
+                  '--config.model.kwargs={"features": [4], "dense_sizes": [8]}']
+
+
+@pytest.mark.slow
+def test_cli_trains_a_law_from_a_file_outside_the_repository(run_main_cli, user_law_dir,
+                                                             tmp_path, monkeypatch):
+  """`python -m mixjax.main --config.sampler.name=laws/mylaw.py:trunc_normal` in a
+  temporary working directory: it trains, its summary records the law and the exact θ̄
+  its factory computed (scipy's), the final table shows it. A run of the same config
+  from config.json (a new process would rebuild the law from its name there), stopped
+  after step 3 and resumed from checkpoint 2, ends with the same summary."""
+  cwd = user_law_dir.parent
+  proc = run_main_cli(f"--config={MNIST1D}", "--workdir=run",
+                      "--config.sampler.name=laws/mylaw.py:trunc_normal", *USER_LAW_FLAGS,
+                      cwd=str(cwd), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  summary = json.loads((cwd / "run" / "summary.json").read_text())
+  mean, var = _truncnorm_moments(0.8, 0.1)
+  assert summary["theta_bar"] == pytest.approx(mean, rel=1e-12)
+  assert summary["strength"] == pytest.approx(var / mean**2, rel=1e-9)
+  assert summary["sampler"] == {"name": "laws/mylaw.py:trunc_normal",
+                                "params": {"mu": 0.8, "sigma": 0.1},
+                                "label": "trunc_normal(0.8,0.1)"}
+  assert "trunc_normal(0.8,0.1)" in proc.stdout and f"θ̄={mean:.4f})" in proc.stdout
+  # The same config, from config.json, in this process: interrupted, then resumed.
+  monkeypatch.chdir(cwd)
+  config = workdir_lib.config_from_json(
+      json.loads((cwd / "run" / "config.json").read_text()))
+  wd = str(tmp_path / "resumed")
+  with pytest.raises(loop.Interrupted):
+    groups.train_and_evaluate(config, wd, interrupt_at_step=3)
+  resumed = groups.train_and_evaluate(config, wd)
+  assert resumed["resumed_from_step"] == 2
+  for key in ("test", "test_rescaled", "param_l1", "theta_bar", "sampler"):
+    assert resumed[key] == summary[key], key
+
+
+def test_compilation_cache_flag_keeps_programs_and_changes_no_number(tmp_path,
+                                                                     run_main_cli):
+  """--compilation_cache_dir: the first run writes compiled programs there, a rerun of
+  the same command (fresh workdir) loads them and reports the same numbers."""
+  cache = tmp_path / "cache"
+  args = [f"--config={MNIST1D}", "--config.num_steps=4", "--config.batch_size=64",
+          "--config.eval.every_epochs=0", f"--compilation_cache_dir={cache}",
+          "--config.model.kwargs={\"features\": [4], \"dense_sizes\": [8]}"]
+  first = run_main_cli(*args, f"--workdir={tmp_path / 'a'}", timeout=300)
+  assert first.returncode == 0, first.stderr[-2000:]
+  assert f"Compilation cache: {cache}." in first.stderr
+  entries = set(os.listdir(cache))
+  assert entries  # the train step, init and evaluation programs
+  second = run_main_cli(*args, f"--workdir={tmp_path / 'b'}", timeout=300)
+  assert second.returncode == 0, second.stderr[-2000:]
+  assert set(os.listdir(cache)) >= entries
+  a, b = (json.loads((tmp_path / w / "summary.json").read_text()) for w in "ab")
+  for col in ("test", "val", "test_rescaled"):
+    assert a[col] == b[col]
+  assert a["param_l1"] == b["param_l1"]
+
+
+def test_compilation_cache_respects_a_dir_already_set(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  old = {n: getattr(jax.config, n) for n in names}
+  try:
+    jax.config.update("jax_compilation_cache_dir", None)
+    assert main_lib.use_compilation_cache("") is None
+    assert not jax.config.jax_compilation_cache_dir
+    assert main_lib.use_compilation_cache(str(tmp_path / "a")) == str(tmp_path / "a")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "a")
+    assert main_lib.use_compilation_cache(str(tmp_path / "b")) == str(tmp_path / "a")
+  finally:
+    for n, v in old.items():
+      jax.config.update(n, v)

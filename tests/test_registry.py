@@ -96,3 +96,50 @@ def test_cli_misspelled_sampler_exits_2_with_a_suggestion(run_main_cli, tmp_path
   assert "'betta'" in lines[0] and "Did you mean 'beta'?" in lines[0], lines[0]
   assert "w_shaped" in lines[0] and "--config.sampler.name=" in lines[0], lines[0]
   assert not workdir.exists()
+
+
+# `load_entry_point`: "MODULE:ATTR", the `module:attr` convention of entry points.
+def test_entry_point_from_a_file_relative_or_absolute_or_a_module(user_law_dir,
+                                                                monkeypatch):
+  """A .py file outside the repository, named relative to the current directory or
+  absolutely, is loaded once: every name of it gives the same function. A module on
+  sys.path is imported by name."""
+  from mixjax.registry import is_entry_point, load_entry_point  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(user_law_dir.parent)
+  rel = load_entry_point("laws/mylaw.py:trunc_normal")
+  assert rel is load_entry_point(f"{user_law_dir}/mylaw.py:trunc_normal")
+  assert rel is load_entry_point("./laws/mylaw.py:trunc_normal")
+  assert rel(mu=0.8, sigma=0.1).label == "trunc_normal(0.8,0.1)"
+  monkeypatch.syspath_prepend(str(user_law_dir))
+  by_module = load_entry_point("mylaw:trunc_normal")
+  assert by_module.__module__ == "mylaw" and callable(by_module)
+  assert load_entry_point("os.path:join") is os.path.join
+  assert is_entry_point("mylaw.py:f") and not is_entry_point("beta")
+
+
+def test_entry_point_errors_are_one_line_with_the_fix(user_law_dir, tmp_path,
+                                                      monkeypatch):
+  from mixjax.registry import load_entry_point  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "broken.py").write_text("import math\nraise KeyError('oops')\n")
+  cases = [
+      ("nope.py:f", ["no such file", str(tmp_path / "nope.py"),
+                     "relative to the current directory"]),
+      ("no_such_module_xyz:f", ["no module named 'no_such_module_xyz'", ".py"]),
+      ("broken.py:f", ["importing", "raised KeyError", "oops", "Fix the file"]),
+      (f"{user_law_dir}/mylaw.py:trunc_norml",
+       ["has no attribute 'trunc_norml'", "trunc_normal, trunc_normal_mc",
+        "Did you mean 'trunc_normal'?"]),
+      ("mylaw.py", ["expected MODULE:ATTR"]),
+      (":f", ["expected MODULE:ATTR"]),
+  ]
+  for spec, words in cases:
+    with pytest.raises(ValueError) as e:
+      load_entry_point(spec)
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    for w in words:
+      assert w in msg, (w, msg)
+  # A failed import leaves nothing behind: the fixed file loads.
+  (tmp_path / "broken.py").write_text("def f():\n  return 1\n")
+  assert load_entry_point("broken.py:f")() == 1

@@ -14,7 +14,11 @@ import ml_collections
 import numpy as np
 import pytest
 from scipy import integrate, optimize, special, stats
+from scipy import stats as sp_stats
 
+from mixjax import mixing
+from mixjax import samplers
+from mixjax import samplers as L  # the studies' alias, in the tests moved from there
 from mixjax import samplers as S
 
 KS_PVALUE = 1e-3
@@ -423,6 +427,210 @@ def test_from_fn_quadrature():
   check_rule(nodes, weights)
   # θ ~ U[½, 1]: mean ¾, variance 1/48; the empirical rule reproduces the sample mean.
   assert abs(weights @ nodes - 0.75) < 5 * math.sqrt(1 / 48 / num_draws)
+
+
+def _truncnorm(mu, sigma):
+  """θ ~ Normal(mu, sigma²) truncated to [½, 1], by scipy.stats (the reference of the
+  user law `trunc_normal` of the `user_law_dir` fixture, whose moments are hand-written)."""
+  return stats.truncnorm((0.5 - mu) / sigma, (1.0 - mu) / sigma, loc=mu, scale=sigma)
+
+
+@pytest.mark.parametrize("mu,sigma", [(0.75, 0.1), (0.9, 0.3), (0.55, 0.05)])
+def test_user_law_with_given_moments_is_exact_and_matches_scipy(user_law_dir, mu, sigma):
+  """A law from a .py file outside the repository (`make_sampler("DIR/mylaw.py:
+  trunc_normal", ...)`) reports the moments its factory computed (exact, no standard
+  error), equal to scipy.stats.truncnorm's; its θ draws follow that law (KS)."""
+  law = S.make_sampler(f"{user_law_dir}/mylaw.py:trunc_normal", mu=mu, sigma=sigma)
+  m = S.theta_moments(law)
+  ref = _truncnorm(mu, sigma)
+  mean, var = float(ref.mean()), float(ref.var())
+  gamma2 = var + (1.0 - mean) ** 2
+  assert m.exact and m.stderr is None and "exact" in repr(m)
+  np.testing.assert_allclose(
+      [m.mean, m.var, m.gamma2, m.strength, m.global_strength],
+      [mean, var, gamma2, var / mean**2, gamma2 / mean**2], rtol=1e-9)
+  lam = np.asarray(law(jax.random.key(1), (4096,)))
+  assert stats.kstest(np.maximum(lam, 1.0 - lam), ref.cdf).pvalue > KS_PVALUE
+  assert S.validate(law) is law  # the given moments agree with 2^16 draws
+  assert law.label == f"trunc_normal({mu:g},{sigma:g})"
+  # In a mixture the exact moments combine by the law of total variance.
+  mix = S.theta_moments(S.mixture([law, S.constant(1.0)], [0.25, 0.75]))
+  assert mix.exact
+  np.testing.assert_allclose(mix.mean, 0.25 * mean + 0.75, rtol=1e-12)
+  np.testing.assert_allclose(
+      mix.var, 0.25 * (var + mean**2) + 0.75 - (0.25 * mean + 0.75) ** 2, rtol=1e-9)
+
+
+def test_user_law_without_moments_is_monte_carlo_with_standard_errors(user_law_dir):
+  """The same law without given moments: a Monte-Carlo estimate (`exact` False) within
+  5 standard errors of scipy's values, its standard errors shown in its repr."""
+  law = S.make_sampler(f"{user_law_dir}/mylaw.py:trunc_normal_mc", mu=0.8, sigma=0.1)
+  m = S.theta_moments(law, num_draws=2**17)
+  ref = _truncnorm(0.8, 0.1)
+  assert not m.exact and m.stderr.num_draws == 2**17
+  assert f"mean={m.mean:.6g}±{m.stderr.mean:.2g}" in repr(m)
+  assert abs(m.mean - ref.mean()) < 5 * m.stderr.mean
+  assert abs(m.var - ref.var()) < 5 * m.stderr.var
+  # √(σ²/n): the mean's standard error.
+  np.testing.assert_allclose(m.stderr.mean, math.sqrt(ref.var() / 2**17), rtol=0.05)
+
+
+def test_from_fn_with_the_folded_beta_moments_by_quadrature():
+  """A Beta(2, 3) law written by hand with its θ-moments from SciPy quadrature of the
+  folded density: `theta_moments` returns them exactly, equal to the built-in Beta's."""
+  m1, m2 = folded_beta_moment(2.0, 3.0, 1), folded_beta_moment(2.0, 3.0, 2)
+  law = S.from_fn(lambda key, shape: jax.random.beta(key, 2.0, 3.0, shape), "beta23",
+                  theta_mean=m1, theta_var=m2 - m1 * m1)
+  got, builtin = S.theta_moments(law), S.theta_moments(S.beta(2.0, 3.0))
+  assert got.exact
+  np.testing.assert_allclose([got.mean, got.var], [builtin.mean, builtin.var], rtol=1e-10)
+  assert S.validate(law) is law
+
+
+def test_given_moments_are_checked(user_law_dir):
+  """Impossible moments fail at construction (θ̄ outside [½, 1], σ² beyond the
+  Bhatia–Davis bound, one without the other); possible but wrong ones (λ's moments given
+  for θ's) fail `validate` against the draws."""
+  draw = lambda key, shape: jax.random.uniform(key, shape)
+  with pytest.raises(ValueError, match=r"must lie in \[0.5, 1\].*not the mean of λ"):
+    S.from_fn(draw, theta_mean=0.5 - 1e-3, theta_var=0.0)
+  with pytest.raises(ValueError, match="Bhatia–Davis|θ̄ − ½"):
+    S.from_fn(draw, theta_mean=0.75, theta_var=0.0626)  # bound: ¼·¼ = 0.0625
+  with pytest.raises(ValueError, match="give both"):
+    S.from_fn(draw, theta_mean=0.75)
+  with pytest.raises(ValueError, match="must be a finite number"):
+    S.from_fn(draw, params={"n": "three"})
+  good = S.from_fn(draw, theta_mean=0.75, theta_var=1.0 / 48.0)  # U[0, 1]: θ ~ U[½, 1]
+  assert S.validate(good) is good and S.theta_moments(good).exact
+  wrong = S.make_sampler(f"{user_law_dir}/mylaw.py:wrong_moments", mu=0.8, sigma=0.1)
+  with pytest.raises(ValueError, match="do not match its draws"):
+    S.validate(wrong)
+
+
+def test_user_laws_of_one_factory_stack_and_vmap_like_builtin_laws(user_law_dir):
+  """Laws of one factory differ only in their leaves: one structure, `stack`ed into one
+  sampler whose vmapped draws are each law's own; the file is loaded once, so building
+  a law twice gives equal laws (the trainer rebuilds it from the config). Given moments
+  change the structure (they are leaves), as a mixture's components do."""
+  name = f"{user_law_dir}/mylaw.py:trunc_normal"
+  laws = [S.make_sampler(name, mu=mu, sigma=sd) for mu, sd in ((0.7, 0.1), (0.9, 0.2))]
+  assert laws[0] == S.make_sampler(name, mu=0.7, sigma=0.1) and laws[0] != laws[1]
+  assert S.structure(laws[0]) == S.structure(laws[1])
+  mc = S.make_sampler(f"{user_law_dir}/mylaw.py:trunc_normal_mc", mu=0.7, sigma=0.1)
+  assert S.structure(mc) != S.structure(laws[0])
+  stacked = S.stack(laws)
+  keys = jax.random.split(jax.random.key(3), 2)
+  draws = jax.jit(jax.vmap(lambda law, k: law(k, (256,))))(stacked, keys)
+  assert draws.shape == (2, 256) and draws.dtype == jnp.float32
+  for i, law in enumerate(laws):
+    np.testing.assert_allclose(draws[i], law(keys[i], (256,)), atol=2e-6)  # float32 erfinv
+  moments = S.stack_moments(laws)
+  np.testing.assert_allclose(moments.mean, [_truncnorm(0.7, 0.1).mean(),
+                                            _truncnorm(0.9, 0.2).mean()], rtol=1e-6)
+
+
+def test_validate_checks_mask_laws():
+  """`validate` draws a mask law's masks: the built-in ones pass."""
+  for law in (S.cutmix(1.0), S.gmix(0.5), S.switch(S.beta(1.0), S.cutmix(1.0), 0.5)):
+    assert S.validate(law, shape=(32,)) is law
+
+
+# ---------------------------------------------------------------------------
+# Laws as the studies use them: moments, draws against SciPy, vmapping.
+# ---------------------------------------------------------------------------
+
+
+def test_theory_table_values_and_exact_constants():
+  # docs/THEORY.md §6 (exact values quoted there to 6 digits).
+  table = {"Beta(0.2)": (0.898810, 0.019522), "Beta(10)": (0.588099, 0.004143),
+           "W(0.5)": (0.75, 1 / 32), "optimal": (2 / 3, 1 / 18)}
+  for law in (L.beta(0.2), L.beta(10.0), L.w_shaped(0.5), L.optimal()):
+    m = L.theta_moments(law)
+    assert m.mean == pytest.approx(table[law.label][0], abs=1e-6)
+    assert m.var == pytest.approx(table[law.label][1], abs=1e-6)
+  assert L.theta_moments(L.optimal()).strength == pytest.approx(1 / 8, rel=1e-12)
+  assert L.theta_moments(L.beta(0.5)).mean == pytest.approx(0.5 + 1 / math.pi, rel=1e-12)
+
+
+def _theta_cdf(law: L.Sampler):
+  """Exact CDF of θ for continuous laws, from scipy.stats."""
+  (comp,) = law.theta_law().components
+  if isinstance(comp, samplers.FoldedBeta):  # P(θ ≤ t) = P(1 − t ≤ λ ≤ t), λ ~ Beta(α, α).
+    a = comp.b
+    return lambda t: sp_stats.beta.cdf(t, a, a) - sp_stats.beta.cdf(1 - t, a, a)
+  return lambda t: sp_stats.beta.cdf(2 * t - 1, comp.a, comp.b)  # θ = ½ + X/2.
+
+
+_KS_N = 20000
+# Critical value of the KS statistic at level 1e-4: sqrt(−ln(α/2)/2)/√n (asymptotic).
+_KS_CRIT_1 = math.sqrt(-math.log(0.5e-4) / 2) / math.sqrt(_KS_N)
+
+
+@pytest.mark.parametrize("law", [L.beta(0.1), L.beta(1.0), L.beta(10.0), L.w_shaped(0.5),
+                                 L.w_shaped(0.3, 0.6)], ids=lambda l: l.label)
+def test_draws_in_distribution(law):
+  """θ = max(λ, 1 − λ) of the sampler's draws against the exact θ-CDF (scipy.stats),
+  one-sample KS at level 1e-4; λ is symmetric about ½."""
+  lam = np.asarray(law(jax.random.key(7), (_KS_N,)), np.float64)
+  theta = np.maximum(lam, 1 - lam)
+  assert theta.min() >= 0.5 and theta.max() <= 1.0
+  # The sup is taken over draws below 1 − 1e-6: float32 cannot resolve θ within 6e-8
+  # of 1 (for α = 0.1 about 19% of the mass lies there and is rounded to exactly 1),
+  # which a sup over a subset of points ignores.
+  xs = np.sort(theta)
+  ecdf_hi = np.arange(1, _KS_N + 1) / _KS_N
+  ecdf_lo = np.arange(0, _KS_N) / _KS_N
+  ok = xs < 1 - 1e-6
+  cdf = _theta_cdf(law)(xs[ok])
+  d1 = max(np.max(np.abs(ecdf_hi[ok] - cdf)), np.max(np.abs(ecdf_lo[ok] - cdf)))
+  assert d1 < _KS_CRIT_1, (d1, _KS_CRIT_1)
+  frac_low = np.mean(lam < 0.5)
+  assert abs(frac_low - 0.5) < 5 * math.sqrt(0.25 / _KS_N) + 1.0 / _KS_N
+
+
+def test_atoms_and_mixture_weights():
+  law = L.regmixup(math.inf, 2.0)  # θ = 1 w.p. 1/3, θ = ½ w.p. 2/3.
+  lam = np.asarray(law(jax.random.key(1), (_KS_N,)))
+  theta = np.maximum(lam, 1 - lam)
+  assert set(np.unique(theta)) == {0.5, 1.0}
+  p = np.mean(theta == 1.0)
+  assert abs(p - 1 / 3) < 5 * math.sqrt((1 / 3) * (2 / 3) / _KS_N)
+  # ERM is exactly λ = 1, so mixing leaves the batch as it is.
+  x = jax.random.normal(jax.random.key(0), (64, 2))
+  y = jax.nn.one_hot(jax.numpy.arange(64) % 4, 4)
+  x_mix, y_mix, lam = mixing.mix(jax.random.key(1), x, y, L.erm(), fold=True)[:3]
+  np.testing.assert_array_equal(np.asarray(lam), np.ones(64, np.float32))
+  np.testing.assert_array_equal(np.asarray(x_mix), np.asarray(x))
+  np.testing.assert_array_equal(np.asarray(y_mix), np.asarray(y))
+
+
+def test_bad_laws_are_refused():
+  with pytest.raises(ValueError, match=r"\[½, 1\]"):
+    L.atoms([0.2, 0.9])
+  with pytest.raises(ValueError, match="Known samplers"):
+    L.make_sampler("gamma")
+  with pytest.raises(ValueError, match="cannot match"):
+    L.matched_atoms(0.9, 0.05, 3)
+  with pytest.raises(ValueError, match="different structures"):
+    L.stack([L.beta(1.0), L.optimal()])
+  assert L.structure(L.optimal()) == L.structure(L.matched_atoms(0.75, 1 / 48, 2))
+  assert L.structure(L.beta(0.2)) != L.structure(L.w_shaped(0.2))
+
+
+@pytest.mark.parametrize("laws", [
+    [L.beta(0.2), L.beta(1.0), L.beta(5.0)],
+    [L.w_shaped(0.3), L.w_shaped(0.5, 2.0)],
+    [L.regmixup(1.0, 1.0), L.regmixup(4.0, 0.5), L.regmixup(0.2, 3.0)],
+    [L.atoms([0.5, 1.0], [0.3, 0.7]), L.optimal()],
+], ids=["beta", "w_shaped", "regmixup", "atoms"])
+def test_samplers_vmap_over_their_numeric_parameters(laws):
+  """A stack of same-structure samplers, vmapped, draws what each sampler draws alone
+  with the same key (one compiled program for all of them)."""
+  keys = jax.random.split(jax.random.key(3), len(laws))
+  stacked = L.stack(laws)
+  draws = jax.jit(jax.vmap(lambda s, k: s(k, (64,))))(stacked, keys)
+  for law, k, d in zip(laws, keys, np.asarray(draws)):
+    np.testing.assert_allclose(d, np.asarray(law(k, (64,))), rtol=1e-6, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------

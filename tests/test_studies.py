@@ -1,5 +1,6 @@
 """Tests for mixjax.studies: a study file trained by the main entry's sweep and read
-back (`study.collect`), the laws' draws, the statistics and the report step."""
+back (`study.collect`), the statistics and the report step (the laws' moments and draws
+are tested in test_samplers.py)."""
 from __future__ import annotations
 
 import json
@@ -15,8 +16,7 @@ import numpy as np
 import pytest
 from scipy import stats as sp_stats
 
-from conftest import ROOT, parse_main_flags, run_main  # pylint: disable=g-bad-import-order
-from mixjax import mixing
+from helpers import ROOT, parse_main_flags, run_main  # pylint: disable=g-bad-import-order
 from mixjax import samplers
 from mixjax import samplers as L
 from mixjax.errors import ConfigError
@@ -199,103 +199,6 @@ def test_studies_entry_refuses_an_unknown_setting_in_one_line():
   assert lines == ["Invalid config: --config=experiments/studies/mixing_law.py:mnist1d: "
                    "unknown setting 'mnist1d'; known: mnist1d_mlp, mnist1d_cnn, digits_mlp, "
                    "two_moons_rf, two_moons_noisy_rf."], res.stderr
-
-
-# ----------------------------------------------------------------------------------------
-# Laws: moments and draws against SciPy.
-
-
-def test_moments_match_theory_table():
-  # docs/THEORY.md §6 (exact values quoted there to 6 digits).
-  table = {"Beta(0.2)": (0.898810, 0.019522), "Beta(10)": (0.588099, 0.004143),
-           "W(0.5)": (0.75, 1 / 32), "optimal": (2 / 3, 1 / 18)}
-  for law in (L.beta(0.2), L.beta(10.0), L.w_shaped(0.5), L.optimal()):
-    m = L.theta_moments(law)
-    assert m.mean == pytest.approx(table[law.label][0], abs=1e-6)
-    assert m.var == pytest.approx(table[law.label][1], abs=1e-6)
-  assert L.theta_moments(L.optimal()).strength == pytest.approx(1 / 8, rel=1e-12)
-  assert L.theta_moments(L.beta(0.5)).mean == pytest.approx(0.5 + 1 / math.pi, rel=1e-12)
-
-
-def _theta_cdf(law: L.Sampler):
-  """Exact CDF of θ for continuous laws, from scipy.stats."""
-  (comp,) = law.theta_law().components
-  if isinstance(comp, samplers.FoldedBeta):  # P(θ ≤ t) = P(1 − t ≤ λ ≤ t), λ ~ Beta(α, α).
-    a = comp.b
-    return lambda t: sp_stats.beta.cdf(t, a, a) - sp_stats.beta.cdf(1 - t, a, a)
-  return lambda t: sp_stats.beta.cdf(2 * t - 1, comp.a, comp.b)  # θ = ½ + X/2.
-
-
-_KS_N = 20000
-# Critical value of the KS statistic at level 1e-4: sqrt(−ln(α/2)/2)/√n (asymptotic).
-_KS_CRIT_1 = math.sqrt(-math.log(0.5e-4) / 2) / math.sqrt(_KS_N)
-
-
-@pytest.mark.parametrize("law", [L.beta(0.1), L.beta(1.0), L.beta(10.0), L.w_shaped(0.5),
-                                 L.w_shaped(0.3, 0.6)], ids=lambda l: l.label)
-def test_draws_in_distribution(law):
-  """θ = max(λ, 1 − λ) of the sampler's draws against the exact θ-CDF (scipy.stats),
-  one-sample KS at level 1e-4; λ is symmetric about ½."""
-  lam = np.asarray(law(jax.random.key(7), (_KS_N,)), np.float64)
-  theta = np.maximum(lam, 1 - lam)
-  assert theta.min() >= 0.5 and theta.max() <= 1.0
-  # The sup is taken over draws below 1 − 1e-6: float32 cannot resolve θ within 6e-8
-  # of 1 (for α = 0.1 about 19% of the mass lies there and is rounded to exactly 1),
-  # which a sup over a subset of points ignores.
-  xs = np.sort(theta)
-  ecdf_hi = np.arange(1, _KS_N + 1) / _KS_N
-  ecdf_lo = np.arange(0, _KS_N) / _KS_N
-  ok = xs < 1 - 1e-6
-  cdf = _theta_cdf(law)(xs[ok])
-  d1 = max(np.max(np.abs(ecdf_hi[ok] - cdf)), np.max(np.abs(ecdf_lo[ok] - cdf)))
-  assert d1 < _KS_CRIT_1, (d1, _KS_CRIT_1)
-  frac_low = np.mean(lam < 0.5)
-  assert abs(frac_low - 0.5) < 5 * math.sqrt(0.25 / _KS_N) + 1.0 / _KS_N
-
-
-def test_atoms_and_mixture_weights():
-  law = L.regmixup(math.inf, 2.0)  # θ = 1 w.p. 1/3, θ = ½ w.p. 2/3.
-  lam = np.asarray(law(jax.random.key(1), (_KS_N,)))
-  theta = np.maximum(lam, 1 - lam)
-  assert set(np.unique(theta)) == {0.5, 1.0}
-  p = np.mean(theta == 1.0)
-  assert abs(p - 1 / 3) < 5 * math.sqrt((1 / 3) * (2 / 3) / _KS_N)
-  # ERM is exactly λ = 1, so mixing leaves the batch as it is.
-  x = jax.random.normal(jax.random.key(0), (64, 2))
-  y = jax.nn.one_hot(jax.numpy.arange(64) % 4, 4)
-  x_mix, y_mix, lam = mixing.mix(jax.random.key(1), x, y, L.erm(), fold=True)[:3]
-  np.testing.assert_array_equal(np.asarray(lam), np.ones(64, np.float32))
-  np.testing.assert_array_equal(np.asarray(x_mix), np.asarray(x))
-  np.testing.assert_array_equal(np.asarray(y_mix), np.asarray(y))
-
-
-def test_bad_laws_are_refused():
-  with pytest.raises(ValueError, match=r"\[½, 1\]"):
-    L.atoms([0.2, 0.9])
-  with pytest.raises(ValueError, match="Known samplers"):
-    L.make_sampler("gamma")
-  with pytest.raises(ValueError, match="cannot match"):
-    L.matched_atoms(0.9, 0.05, 3)
-  with pytest.raises(ValueError, match="different structures"):
-    L.stack([L.beta(1.0), L.optimal()])
-  assert L.structure(L.optimal()) == L.structure(L.matched_atoms(0.75, 1 / 48, 2))
-  assert L.structure(L.beta(0.2)) != L.structure(L.w_shaped(0.2))
-
-
-@pytest.mark.parametrize("laws", [
-    [L.beta(0.2), L.beta(1.0), L.beta(5.0)],
-    [L.w_shaped(0.3), L.w_shaped(0.5, 2.0)],
-    [L.regmixup(1.0, 1.0), L.regmixup(4.0, 0.5), L.regmixup(0.2, 3.0)],
-    [L.atoms([0.5, 1.0], [0.3, 0.7]), L.optimal()],
-], ids=["beta", "w_shaped", "regmixup", "atoms"])
-def test_samplers_vmap_over_their_numeric_parameters(laws):
-  """A stack of same-structure samplers, vmapped, draws what each sampler draws alone
-  with the same key (one compiled program for all of them)."""
-  keys = jax.random.split(jax.random.key(3), len(laws))
-  stacked = L.stack(laws)
-  draws = jax.jit(jax.vmap(lambda s, k: s(k, (64,))))(stacked, keys)
-  for law, k, d in zip(laws, keys, np.asarray(draws)):
-    np.testing.assert_allclose(d, np.asarray(law(k, (64,))), rtol=1e-6, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------------------
@@ -718,8 +621,8 @@ def test_row_of_a_mask_law_run_takes_its_moments_on_the_data_image_size(tmp_path
   (run / "summary.json").write_text(json.dumps({"test": {"accuracy": 0.5}, "step": 4,
                                                 "epochs": 1}))
   (run / "metrics.jsonl").write_text("")
-  monkeypatch.setattr(setup, "load_data", lambda c: (
-      types.SimpleNamespace(input_shape=(6, 5, 1)), None))
+  monkeypatch.setattr(setup, "load_data",
+                      lambda c: types.SimpleNamespace(input_shape=(6, 5, 1)))
   row = study_runs.row("r", config, str(tmp_path))
   small, large = (L.law_moments(L.cutmix(1.0), s) for s in ((6, 5, 1), (28, 28, 1)))
   assert (row["law"], row["theta_bar"], row["strength"]) == (

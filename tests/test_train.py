@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 from unittest import mock
 
 import jax
@@ -23,7 +24,7 @@ from mixjax.train import groups
 from mixjax.train import loop
 from mixjax.train import setup
 from mixjax.train import writers
-from conftest import comparable, get_config, read_summary  # pylint: disable=g-bad-import-order
+from helpers import comparable, get_config, read_summary  # pylint: disable=g-bad-import-order
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -245,7 +246,7 @@ def test_changed_config_is_refused_unless_allowed(reference, interrupted, tmp_pa
   a changed config only with allow_config_change=True. A change in the allow-list (here
   log_every_steps) resumes and rewrites config.json."""
   wd = _copy(reference[0], tmp_path / "w")
-  before = {f: open(os.path.join(wd, f)).read() for f in ("config.json", "summary.json")}
+  before = {f: pathlib.Path(wd, f).read_text() for f in ("config.json", "summary.json")}
   with mock.patch.object(setup.data_lib, "load_dataset",
                          side_effect=AssertionError("data loaded")):
     for allow in (False, True):
@@ -265,7 +266,7 @@ def test_changed_config_is_refused_unless_allowed(reference, interrupted, tmp_pa
       groups.train_and_evaluate(resume_config(**{"sampler.params": {"alpha": 0.2}}),
                                 unfinished)
     assert "allow_config_change=True" in str(e.value) and "fresh --workdir" in str(e.value)
-  assert before == {f: open(os.path.join(wd, f)).read() for f in before}
+  assert before == {f: pathlib.Path(wd, f).read_text() for f in before}
   got = groups.train_and_evaluate(resume_config(log_every_steps=3), wd)
   assert got["resumed_from_step"] == 9 and got["test"] == reference[1]["test"]
   with open(os.path.join(wd, "config.json")) as f:
@@ -435,3 +436,23 @@ def test_sigkill_during_a_checkpoint_write_then_same_command_resumes_exactly(ref
   assert _train_steps(str(wd)) == list(range(1, 10))
   for key in ("test", "test_rescaled", "param_l1"):
     assert got[key] == ref[key], key
+
+
+def test_pooled_metrics_at_the_final_evaluation_unless_asked(tmp_path):
+  """eval.pooled_every_epoch: the quick evaluations during training carry the pooled
+  metrics only when asked; the final records and the summary are the same either way."""
+  finals, summaries = [], []
+  for pooled in (False, True):
+    wd = str(tmp_path / f"pooled{pooled}")
+    config = get_config("digits", num_epochs=2, batch_size=256,
+                        **{"model.kwargs": {"hidden_sizes": (16,)}, **TINY,
+                           "eval.pooled_every_epoch": pooled})
+    summaries.append(groups.train_and_evaluate(config, wd))
+    records = writers.read_metrics(wd)
+    quick = [r for r in records if "test/accuracy" in r and not r.get("final")]
+    assert quick and all(("test/aurc" in r) == pooled and ("test/smooth_ece" in r) == pooled
+                         for r in quick)
+    finals.append([r for r in records if r.get("final")])
+  assert finals[0] == finals[1] and "test/aurc" in finals[0][0]
+  for col in ("test", "val", "test_rescaled"):
+    assert summaries[0][col] == summaries[1][col]

@@ -30,7 +30,7 @@ from mixjax.train import trained
 from mixjax.train import step as step_lib
 from mixjax.train import writers
 
-from conftest import comparable, get_config, one_line_error, read_summary, run_main  # pylint: disable=g-bad-import-order
+from helpers import comparable, get_config, one_line_error, read_summary, run_main  # pylint: disable=g-bad-import-order
 
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
@@ -205,7 +205,7 @@ def test_sequential_group_shares_one_step_and_skips_finished_runs(tmp_path, monk
   overrides = {"model.name": "lenet", "model.kwargs": {"features": (4,), "dense_sizes": (8,)},
                "model.input_shape": (8, 5, 1)}
   config = group_config(num_seeds=2, **overrides)
-  ds, _ = setup.load_data(config)
+  ds = setup.load_data(config)
   model = setup.make_model(config, ds)
   assert groups.group_mode(config, model, ds, jax.devices()) == "sequential"
   built = []
@@ -233,7 +233,7 @@ def test_auto_mode_vmaps_dense_models_and_not_convolutions():
            "model.input_shape": (40, 1, 1)}
   lenet_2d = {**lenet, "model.input_shape": (8, 5, 1)}
   mode = lambda c: groups.group_mode(c, setup.make_model(c, ds), ds, jax.devices())
-  ds, _ = setup.load_data(group_config())
+  ds = setup.load_data(group_config())
   assert mode(group_config(num_seeds=2)) == "vmap"
   assert mode(group_config(num_seeds=2, **lenet)) == "vmap"
   assert mode(group_config(num_seeds=2, **lenet_2d)) == "sequential"

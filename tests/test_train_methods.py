@@ -33,7 +33,7 @@ from mixjax.train import sweeps
 from mixjax.train import groups
 from mixjax.train import setup
 from mixjax.train import methods
-from conftest import method_context, read_summary  # pylint: disable=g-bad-import-order
+from helpers import method_context, read_summary  # pylint: disable=g-bad-import-order
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 from mixjax.train import writers
@@ -221,7 +221,7 @@ def _stats_config(**overrides):
 
 def _load(config):
   """The training data as the trainer loads it (the split from dataset.split_seed)."""
-  return setup.load_data(config)[0]
+  return setup.load_data(config)
 
 
 def _assert_stats_equal_direct(stats, ds, rank):
@@ -365,3 +365,139 @@ def test_mask_laws_of_one_structure_are_one_vmapped_program(tmp_path):
     np.testing.assert_allclose([r["train/loss"] for r in got if "train/loss" in r],
                                [r["train/loss"] for r in want if "train/loss" in r],
                                rtol=2e-5)
+
+
+# ----------------------------------------------------------------------------------------
+# What each METHODS entry declares.
+
+
+@pytest.mark.parametrize("name", methods.METHODS.names())
+def test_method_entry_declares_what_its_loss_uses(name):
+  """Each entry's declarations hold for its loss on one batch: a method that does not
+  `need_stats` runs without statistics (one that does fails without them), and a
+  method that does not `use_law` gives the same loss under two different laws (one
+  that does gives different losses); `labels_only` is label_smoothing_matched alone,
+  `allows_batchnorm` is False for approx alone (its JVPs, docs/THEORY.md §3)."""
+  x, y_int = _blobs(16)
+  y = jax.nn.one_hot(y_int, 3, dtype=jnp.float32)
+  stats = stats_lib.data_stats(x, y)
+  w = jax.random.normal(jax.random.key(1), (5, 3))
+  f = lambda z: z.reshape(z.shape[0], -1) @ w
+  key = jax.random.key(2)
+  entry = methods.METHODS.get(name)
+  config = sweeps.sweep_config(config_lib.base_config(), {"method.name": name})
+
+  def loss(law, with_stats=True):
+    ctx = methods.MethodContext.from_config(
+        config, sampler=law, moments=mixjax.theta_moments(law),
+        stats=stats if with_stats else None, axis_name=None)
+    return float(entry(ctx, f, jnp.asarray(x), y, key))
+
+  beta1, beta02 = samplers.beta(1.0), samplers.beta(0.2)
+  assert (loss(beta1) != loss(beta02)) == entry.uses_law, name
+  if entry.needs_stats:
+    with pytest.raises(Exception):  # pylint: disable=broad-exception-caught
+      loss(beta1, with_stats=False)
+  else:
+    assert loss(beta1, with_stats=False) == loss(beta1)
+  assert entry.labels_only == (name == "label_smoothing_matched")
+  assert entry.allows_batchnorm == (name != "approx")
+
+
+# ----------------------------------------------------------------------------------------
+# mixing.prob: the share of the batch that is mixed.
+
+
+def _prob_context(prob, **overrides):
+  config = sweeps.sweep_config(config_lib.base_config(),
+                               {"mixing.prob": prob, "mixing.pairing": "reverse",
+                                **overrides})
+  return config, methods.MethodContext.from_config(config, sampler=samplers.constant(0.3),
+                                                   axis_name=None)
+
+
+@pytest.mark.parametrize("prob", [0.0, 0.4, 1.0])
+def test_prob_mixes_the_examples_its_draw_names(prob):
+  """mixing.prob = p: example i is mixed iff u_i < p, u = uniform(fold_in(key, 2), (B,))
+  (the documented stream, apart from λ's and the partners'). Written out with λ = 0.3
+  and reversed partners: mixed rows are 0.3 x_i + 0.7 x_{B−1−i} (labels likewise,
+  λ_i = 0.3, partner B−1−i), kept rows x_i, y_i, λ_i = 1, partner i; the mixup loss is
+  the cross-entropy on those rows. p = 1 is `mixing.mix` bit for bit, p = 0 the batch."""
+  b = 12
+  x = np.random.default_rng(0).normal(size=(b, 5)).astype(np.float32)
+  y = np.eye(3, dtype=np.float32)[np.arange(b) % 3]
+  key = jax.random.key(7)
+  _, ctx = _prob_context(prob)
+  got = methods.draw_mix(ctx, key, jnp.asarray(x), jnp.asarray(y))
+  mixed = np.asarray(jax.random.uniform(jax.random.fold_in(key, 2), (b,))) < prob
+  if prob == 0.4:
+    assert 0 < mixed.sum() < b, mixed  # both kinds of rows are checked
+  rev = np.arange(b)[::-1]
+  want_x = np.where(mixed[:, None], 0.3 * x + 0.7 * x[rev], x)
+  want_y = np.where(mixed[:, None], 0.3 * y + 0.7 * y[rev], y)
+  chex.assert_shape([got.x, got.y, got.lam, got.partner], [(b, 5), (b, 3), (b,), (b,)])
+  np.testing.assert_allclose(got.x, want_x, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(got.y, want_y, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(got.lam, np.where(mixed, 0.3, 1.0), rtol=1e-7)
+  np.testing.assert_array_equal(got.partner, np.where(mixed, rev, np.arange(b)))
+  w = np.random.default_rng(1).normal(size=(5, 3)).astype(np.float32)
+  loss = methods.METHODS.get("mixup")(ctx, lambda z: z @ jnp.asarray(w), jnp.asarray(x),
+                                      jnp.asarray(y), key)
+  u = want_x @ w
+  want_loss = np.mean(-np.sum(want_y * (u - np.log(np.sum(np.exp(u), 1, keepdims=True))), 1))
+  assert float(loss) == pytest.approx(want_loss, rel=1e-5)
+  plain = mixjax.mix(key, x, y, samplers.constant(0.3), pairing="reverse")
+  if prob == 1.0:
+    for a, c in zip(got, plain):
+      np.testing.assert_array_equal(a, c)
+  if prob == 0.0:
+    np.testing.assert_array_equal(got.x, x)
+    np.testing.assert_array_equal(got.y, y)
+
+
+def test_prob_is_the_share_mixed():
+  """Over 200 keys × 64 examples at p = 0.3, the share of mixed examples is within four
+  binomial standard deviations of p (sd = √(p(1−p)/n), n = 12,800)."""
+  p, b, n_keys = 0.3, 64, 200
+  _, ctx = _prob_context(p)
+  x, y = jnp.zeros((b, 2)), jnp.eye(2)[jnp.arange(b) % 2]
+  lam = jax.vmap(lambda k: methods.draw_mix(ctx, k, x, y).lam)(
+      jax.random.split(jax.random.key(3), n_keys))
+  share = float(np.mean(np.asarray(lam) != 1.0))
+  assert abs(share - p) <= 4 * np.sqrt(p * (1 - p) / (b * n_keys)), share
+
+
+def test_prob_is_structure_and_one_leaves_the_program_as_it_was():
+  """mixing.prob is static structure (runs that differ in it are separate programs:
+  another sweep group key), and p = 1 traces exactly the program of `mixing.mix` alone
+  (the same jaxpr), so every run trained before the knob existed trains bit for bit."""
+  assert "mixing.prob" not in setup.per_run_keys()
+  configs = [sweeps.sweep_config(config_lib.base_config(), {"mixing.prob": p})
+             for p in (1.0, 0.5, 0.5)]
+  keys = [setup.group_key(c) for c in configs]
+  assert keys[0] != keys[1] == keys[2]
+  b = 8
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(b, 4)), jnp.float32)
+  y = jnp.eye(2)[jnp.arange(b) % 2]
+  _, ctx = _prob_context(1.0)
+  traced = lambda f: str(jax.make_jaxpr(f)(jax.random.key(5), x, y))
+  assert traced(lambda k, x, y: methods.draw_mix(ctx, k, x, y)) == traced(
+      lambda k, x, y: mixjax.mix(k, x, y, samplers.constant(0.3), pairing="reverse"))
+
+
+@pytest.mark.parametrize("method", ["mixup", "regmixup"])
+def test_prob_gives_the_law_trained_on(method):
+  """With a share p mixed, the law trained on puts mass 1 − p at θ = 1: Beta(1, 1)
+  (θ̄ = 3/4) gives θ̄ = 1 − p + 3p/4 for mixup and (1 + η θ̄)/(1 + η) for RegMixup
+  (docs/THEORY.md §6); p = 1 is the law itself."""
+  p, eta = 0.6, 0.5
+  config = sweeps.sweep_config(config_lib.base_config(),
+                               {"method.name": method, "method.eta": eta,
+                                "mixing.prob": p})
+  theta = 1 - p + 0.75 * p
+  want = theta if method == "mixup" else (1 + eta * theta) / (1 + eta)
+  assert float(setup.training_moments(config).mean) == pytest.approx(want, rel=1e-6)
+  config.mixing.prob = 1.0
+  assert setup.trained_law(config, samplers.beta(1.0)).label == (
+      "Beta(1)" if method == "mixup"
+      else samplers.regmixup_equivalent(samplers.beta(1.0), eta).label)

@@ -20,7 +20,7 @@ from mixjax import models
 from mixjax import samplers
 from mixjax.models import base as model_base
 from mixjax.train import methods
-from conftest import method_context  # pylint: disable=g-bad-import-order
+from helpers import method_context  # pylint: disable=g-bad-import-order
 from mixjax.train import state as state_lib
 from mixjax.train import step as step_lib
 
@@ -52,8 +52,8 @@ def _build(devices, *, model, method="mixup", global_draw=True, tx=None, batch_s
   fn = step_lib.make_train_step(
       model=model, tx=tx, method=methods.METHODS.get(method), ctx=ctx, mesh=mesh,
       num_classes=num_classes, batch_size=batch_size,
-      num_train=x.shape[0], augment_fn=augment_fn,
-      max_traces=max_traces)
+      num_train=x.shape[0], steps_per_epoch=x.shape[0] // batch_size,
+      augment_fn=augment_fn, max_traces=max_traces)
   return fn, state, step_lib.put_replicated(mesh, x), step_lib.put_replicated(mesh, y)
 
 

@@ -55,3 +55,20 @@ def test_import_mixjax_disables_ynn_fusions_before_jax():
   out = subprocess.run([sys.executable, "-c", code], env=env | {"MIXJAX_KEEP_YNN": "1"},
                        capture_output=True, text=True, check=True, timeout=120).stdout
   assert _xla_cpu.YNN_OFF_FLAG not in out.split()
+
+
+def test_no_backend_probe_line_at_default_verbosity():
+  """Without JAX_PLATFORMS, JAX probes the platforms it knows and logs at INFO those this
+  machine lacks ("Unable to initialize backend 'tpu'"): absl's INFO logging shows the
+  line with plain `import jax`, and not once mixjax is imported."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  code = ("from absl import logging; logging.set_verbosity(logging.INFO); "
+          "logging.use_absl_handler(); {imp}; import jax; print(jax.devices())")
+  run = lambda imp: subprocess.run(
+      [sys.executable, "-c", code.format(imp=imp)], env=env, capture_output=True,
+      text=True, check=True, timeout=120).stderr
+  plain = run("pass")
+  if "Unable to initialize backend" not in plain:
+    import pytest  # pylint: disable=g-import-not-at-top
+    pytest.skip("every platform this jax probes is present here: nothing to quiet")
+  assert "Unable to initialize backend" not in run("import mixjax")

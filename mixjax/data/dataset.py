@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -109,7 +110,8 @@ def with_label_noise(ds: Dataset, rate: float, seed: int) -> Dataset:
 
 
 def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, num_train: int = 0, **kwargs: Any) -> Dataset:
+                 seed: int = 0, num_train: int = 0, cache_dir: str | None = None,
+                 **kwargs: Any) -> Dataset:
   """Loads the dataset registered as `name`.
 
   Args:
@@ -122,6 +124,8 @@ def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float 
     num_train: keep only the first `num_train` examples of the training split (after
       the validation split is held out; the validation and test splits are unchanged);
       0 keeps all. Normalization statistics stay those of the whole training split.
+    cache_dir: the array cache of decoded tfds splits (`mixjax.data.cache`), for the
+      loaders that decode (tfds); None: decode every time. The arrays are the same.
     **kwargs: loader options (see each loader).
 
   Raises:
@@ -133,6 +137,8 @@ def load_dataset(name: str, *, data_dir: str | None = None, val_fraction: float 
     raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
   if int(num_train) < 0:
     raise ValueError(f"num_train must be >= 0 (0: all), got {num_train}.")
+  if cache_dir and "cache_dir" in inspect.signature(loader).parameters:
+    kwargs["cache_dir"] = os.path.expanduser(cache_dir)
   ds = loader(data_dir=data_dir, val_fraction=float(val_fraction), seed=int(seed),
               **kwargs)
   if num_train and num_train < ds.num_train:

@@ -45,15 +45,16 @@ class Feeder:
     batch_size: B, the global batch.
     mesh: the 1-D mesh with axis "data".
     data_keys: the runs' data keys: a key for one run, or (R,) keys for a vmapped group.
+    steps_per_epoch: the caller's steps per epoch (`batching.steps_per_epoch(n, B)`).
     steps_per_call: k, the most steps one call takes (sizes the permutations held).
     on_device: hold the training set on device (`fits_on_device`).
   """
 
-  def __init__(self, ds, batch_size: int, mesh, data_keys, *, steps_per_call: int = 1,
-               on_device: bool = True):
+  def __init__(self, ds, batch_size: int, mesh, data_keys, *, steps_per_epoch: int,
+               steps_per_call: int = 1, on_device: bool = True):
     self.ds, self.batch_size, self.mesh, self.on_device = ds, batch_size, mesh, on_device
     self.num_train = int(ds.train_x.shape[0])
-    self.spe = batching.steps_per_epoch(self.num_train, batch_size)
+    self.spe = int(steps_per_epoch)
     self._keys = data_keys
     self._cache: dict[str, Any] = {}
     if on_device:

@@ -236,6 +236,15 @@ def _local_builder_class(source: LocalSource,
       return [tfds.core.SplitGenerator(name=split, gen_kwargs={"split": split})
               for split in arrays]
 
+    # Nothing is downloaded: no "Downloading and preparing dataset ..." / "Dataset ...
+    # downloaded and prepared to <temporary folder>" lines (tfds prints them with
+    # termcolor); `main` says what was prepared, and where.
+    def _log_download_bytes(self):
+      pass
+
+    def _log_download_done(self):
+      pass
+
     def _generate_examples(self, split):
       images, labels = arrays[split]
       if hasattr(self, "transform_images"):
@@ -254,10 +263,11 @@ def _local_builder_class(source: LocalSource,
 
 
 def _is_prepared(name: str, data_dir: str):
-  """The tfds builder of `name` under `data_dir`, and whether it is prepared."""
+  """The tfds builder of `name` under `data_dir`, and whether it is prepared (a folder
+  that does not exist is not asked: tfds would warn that it "has no dataset_info.json")."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
-  return builder, builder.is_prepared()
+  return builder, os.path.isdir(builder.data_dir) and builder.is_prepared()
 
 
 def prepare(name: str, *, data_dir: str, source_dir: str | None = None,

@@ -183,6 +183,19 @@ def config_folder(spec: ShiftDataset, config: str, data_dir: str) -> str:
   return os.path.join(data_dir, spec.name, config, spec.version)
 
 
+@functools.lru_cache(maxsize=64)
+def _config_builder(config: str, data_dir: str, stamp):
+  del stamp  # part of the cache key only
+  return builder_class()(config=config, data_dir=data_dir)
+
+
+def config_builder(spec: ShiftDataset, config: str, data_dir: str):
+  """The tfds builder of a prepared config, its `dataset_info.json` read once per process
+  (reused while that file keeps its modification time)."""
+  info = os.path.join(config_folder(spec, config, data_dir), "dataset_info.json")
+  return _config_builder(config, data_dir, os.stat(info).st_mtime_ns)
+
+
 def _config_state(spec: ShiftDataset, config: str, data_dir: str) -> tuple[str, str]:
   """(folder, state) of one config: 'prepared', 'missing', or why it is unusable."""
   folder = config_folder(spec, config, data_dir)
@@ -192,7 +205,7 @@ def _config_state(spec: ShiftDataset, config: str, data_dir: str) -> tuple[str, 
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = tfds.builder(f"{spec.name}/{config}", data_dir=data_dir, try_gcs=False)
   else:
-    builder = builder_class()(config=config, data_dir=data_dir)
+    builder = config_builder(spec, config, data_dir)
   if not builder.is_prepared() or os.fspath(builder.data_dir) != folder:
     return folder, "not a complete tfds dataset"
   file_format = str(builder.info.file_format or "")
@@ -249,7 +262,7 @@ def check_shift_prepared(name: str, data_dir: str | None,
 
 
 def shift_test_sets(name: str, *, data_dir: str | None, ds: ds_lib.Dataset,
-                    configs: Sequence[str] | None = None
+                    configs: Sequence[str] | None = None, cache_dir: str | None = None
                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """The shifted test sets of `name`, preprocessed like the clean test split of `ds`.
 
@@ -260,6 +273,8 @@ def shift_test_sets(name: str, *, data_dir: str | None, ds: ds_lib.Dataset,
       dataset's `clean`); its normalization is applied: x = (pixel · raw_scale −
       norm_mean) / norm_std, exactly as `ds.test_x`.
     configs: a subset of the shifts (default: all).
+    cache_dir: the array cache's folder (`mixjax.data.cache`; each config's split is
+      decoded once); None: decode every time.
 
   Returns:
     {config: (x float32 (n, 28, 28, 1), y int32 (n,))}, in `configs` order; example j
@@ -269,7 +284,7 @@ def shift_test_sets(name: str, *, data_dir: str | None, ds: ds_lib.Dataset,
     FileNotFoundError (with the prepare command) when a config is not prepared;
     ValueError when `ds` is not the clean dataset.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mixjax.data import cache as cache_lib  # pylint: disable=g-import-not-at-top
   from mixjax.data import tfds_data  # pylint: disable=g-import-not-at-top
   spec = get_shift_dataset(name)
   if spec.streamed:
@@ -282,9 +297,10 @@ def shift_test_sets(name: str, *, data_dir: str | None, ds: ds_lib.Dataset,
   root = os.path.expanduser(data_dir) if data_dir else tfds_data.default_data_dir()
   out = {}
   for c in configs:
-    source = tfds.data_source(f"{name}/{c}", split=spec.split, data_dir=root,
-                              download=False, try_gcs=False)
-    images, labels = tfds_data.read_split(source)
+    builder = config_builder(spec, c, root)
+    decode = lambda b=builder: tfds_data.read_split(b.as_data_source(split=spec.split))
+    images, labels = cache_lib.cached_split(builder, spec.split, decode,
+                                            cache_dir=cache_dir)
     if images.dtype != np.uint8 or images.shape[1:] != tuple(ds.input_shape):
       raise ValueError(f"{name}/{c}: images {images.dtype} {images.shape[1:]}, expected "
                        f"uint8 {tuple(ds.input_shape)}.")

@@ -5,7 +5,10 @@ format) under `data_dir`. The preparation check runs first and only looks at loc
 (`builder.is_prepared()` reads `dataset_info.json`; nothing is fetched), so a missing
 dataset fails within a second with the command that prepares it.
 
-Reading: the split is read in chunks of consecutive indices with the data source's
+Reading: a split is decoded once and then read from the array cache
+(`mixjax.data.cache`: keyed by dataset, config, version, split and the prepared files,
+hash-checked, rebuilt when stale or damaged) when a `cache_dir` is given, as the trainer
+does (`config.dataset.cache_dir`). Decoding reads the split in chunks of consecutive indices with the data source's
 batched `__getitems__` (array_record reads the records of a chunk in parallel; tfds then
 decodes each image), chunks spread over a small thread pool. Images are stored as uint8
 and normalized per channel: `(x/255 − mean_c) / std_c` with the training split's
@@ -14,13 +17,53 @@ statistics.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
+import glob
+import logging as py_logging
 import os
 from typing import Any, Sequence
 
 from absl import logging
 import numpy as np
 
+from mixjax.data import cache as cache_lib
 from mixjax.data import dataset as ds_lib
+
+
+class _NoOpenCVAdvice(py_logging.Filter):
+  """Drops tfds' "OpenCV is not installed. We recommend using OpenCV because it is
+  faster ..." warning, logged on the first image it decodes. mixjax decodes with PIL on
+  purpose (its images are small PNGs, read once per run; OpenCV is no dependency of
+  mixjax), so the advice is noise on every run; every other record passes."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not ("tensorflow_datasets" in record.pathname
+                and str(record.msg).startswith("OpenCV is not installed"))
+
+
+if not any(isinstance(f, _NoOpenCVAdvice) for f in py_logging.getLogger("absl").filters):
+  py_logging.getLogger("absl").addFilter(_NoOpenCVAdvice())
+
+
+class _NoMissingInfoWarning(py_logging.Filter):
+  """Drops tfds' "Variant folder ... has no dataset_info.json" warning."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not ("tensorflow_datasets" in record.pathname
+                and str(record.msg).startswith("Variant folder"))
+
+
+def _is_prepared(builder) -> bool:
+  """`builder.is_prepared()` without tfds' warning for a folder that is missing or holds
+  no dataset_info.json: a dataset that is not prepared gets `preparation_message`
+  instead, which says how to prepare it."""
+  quiet = _NoMissingInfoWarning()
+  absl_logger = py_logging.getLogger("absl")
+  absl_logger.addFilter(quiet)
+  try:
+    return builder.is_prepared()
+  finally:
+    absl_logger.removeFilter(quiet)
 
 # name -> (num_classes, image shape)
 TFDS_DATASETS = {
@@ -85,16 +128,33 @@ def preparation_message(name: str, looked_in: str, data_dir: str | None,
       "(or load_dataset(..., data_dir=DIR)).")
 
 
+@functools.lru_cache(maxsize=64)
+def _builder(name: str, data_dir: str | None, stamp):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  del stamp  # part of the cache key only
+  return tfds.builder(name, data_dir=data_dir, try_gcs=False)
+
+
+def get_builder(name: str, data_dir: str | None):
+  """`tfds.builder(name, data_dir=...)`, its `dataset_info.json` read once per process:
+  the builder is reused while the prepared folders' `dataset_info.json` files keep their
+  modification times (a dataset prepared or rebuilt since gets a new builder)."""
+  root = os.path.join(data_dir if data_dir is not None else default_data_dir(),
+                      *name.split("/")[:1])
+  stamp = tuple(sorted((p, os.stat(p).st_mtime_ns) for p in glob.glob(
+      os.path.join(glob.escape(root), "**", "dataset_info.json"), recursive=True)))
+  return _builder(name, data_dir, stamp)
+
+
 def check_prepared(name: str, data_dir: str | None):
   """Returns the tfds builder if `name` is prepared as array_record under `data_dir`.
 
   Only local metadata is read (no network, no download). Raises FileNotFoundError with
   the preparation command otherwise.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
+  builder = get_builder(name, data_dir)
   looked_in = str(builder.data_dir)
-  if not builder.is_prepared():
+  if not _is_prepared(builder):
     raise FileNotFoundError(preparation_message(name, looked_in, data_dir))
   file_format = builder.info.file_format
   if file_format is not None and "array_record" not in str(file_format).lower():
@@ -151,10 +211,16 @@ def read_split(source: Sequence[Any], *, image_key: str = "image",
   return images, labels
 
 
+def _decode(builder, split: str, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+  """A prepared split read and decoded through tfds (`read_split`)."""
+  return read_split(builder.as_data_source(split=split), **kwargs)
+
+
 def load_tfds(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1,
               seed: int = 0, train_split: str = "train", test_split: str = "test",
               label_key: str = "label", chunk_size: int = 1024,
-              num_threads: int | None = None) -> ds_lib.Dataset:
+              num_threads: int | None = None, cache_dir: str | None = None
+              ) -> ds_lib.Dataset:
   """Loads a prepared tfds image dataset into host arrays (see the module docstring).
 
   Args:
@@ -165,18 +231,18 @@ def load_tfds(name: str, *, data_dir: str | None = None, val_fraction: float = 0
     label_key: e.g. "coarse_label" for cifar100's 20 superclasses (num_classes is then
       taken from the dataset info).
     chunk_size, num_threads: reading granularity and parallelism.
+    cache_dir: the array cache's folder (`mixjax.data.cache`); None: decode every time.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = check_prepared(name, data_dir)
   num_classes = TFDS_DATASETS[name][0]
   if label_key != "label":
     num_classes = builder.info.features[label_key].num_classes
   arrays = {}
   for split in (train_split, test_split):
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
-                              try_gcs=False)
-    arrays[split] = read_split(source, label_key=label_key, chunk_size=chunk_size,
-                               num_threads=num_threads)
+    decode = functools.partial(_decode, builder, split, label_key=label_key,
+                               chunk_size=chunk_size, num_threads=num_threads)
+    arrays[split] = cache_lib.cached_split(builder, split, decode, cache_dir=cache_dir,
+                                           label_key=label_key)
   (train_x, train_y), (test_x, test_y) = arrays[train_split], arrays[test_split]
   if train_x.dtype != np.uint8:
     raise ValueError(f"{name}: expected uint8 images, got {train_x.dtype}.")
@@ -202,8 +268,8 @@ def train_split_size(name: str, data_dir: str | None = None, train_split: str = 
 
 
 def _register(name: str) -> None:
-  def loader(**kwargs):
-    return load_tfds(name, **kwargs)
+  def loader(*, cache_dir: str | None = None, **kwargs):
+    return load_tfds(name, cache_dir=cache_dir, **kwargs)
   loader.__doc__ = f"tfds {name!r} (array_record, no download); see `load_tfds`."
   ds_lib.DATASETS.register(name, loader)
 

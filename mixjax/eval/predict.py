@@ -21,7 +21,7 @@ import numpy as np
 
 from mixjax.eval import calibration
 from mixjax.eval import metrics
-from mixjax.eval import pooled
+from mixjax.eval import pooled as pooled_lib
 from mixjax.theory import rescaling
 
 P = jax.sharding.PartitionSpec
@@ -116,33 +116,38 @@ class Predictor:
 _metric_sums = jax.jit(metrics.metric_sums, static_argnames=("num_bins",))
 
 
-def metrics_of(logits: np.ndarray, labels: np.ndarray, num_bins: int) -> dict[str, float]:
+def metrics_of(logits: np.ndarray, labels: np.ndarray, num_bins: int, *,
+               pooled: bool = True) -> dict[str, float]:
   """Every metric of logits (n, c) against integer labels (n,): `metrics.METRIC_NAMES`
-  (accuracy, nll, ece, brier, classwise_ece; `num_bins` equal-width bins) and
-  `pooled.POOLED_METRIC_NAMES` (adaptive_ece with `num_bins` equal-mass bins, smooth_ece,
-  aurc). Non-finite logits give NaN pooled metrics (the summable ones propagate NaN)."""
+  (accuracy, nll, ece, brier, classwise_ece; `num_bins` equal-width bins) and, if
+  `pooled`, `pooled.POOLED_METRIC_NAMES` (adaptive_ece with `num_bins` equal-mass bins,
+  smooth_ece, aurc). Non-finite logits give NaN pooled metrics (the summable ones
+  propagate NaN)."""
   logits = np.asarray(logits, np.float32)
   labels = np.asarray(labels, np.int32)
   sums = _metric_sums(logits, labels, num_bins=num_bins)
   out = {k: float(v) for k, v in metrics.finalize_metrics(sums).items()}
+  if not pooled:
+    return out
   if np.all(np.isfinite(logits)):
-    out.update(pooled.pooled_metrics(logits, labels, num_bins=num_bins))
+    out.update(pooled_lib.pooled_metrics(logits, labels, num_bins=num_bins))
   else:
-    out.update(dict.fromkeys(pooled.POOLED_METRIC_NAMES, float("nan")))
+    out.update(dict.fromkeys(pooled_lib.POOLED_METRIC_NAMES, float("nan")))
   return out
 
 
 def evaluate(predict: Predictor, variables, ds, *, num_bins: int, rescale: bool,
-             calibrate: bool = True, logits: dict[str, np.ndarray] | None = None
-             ) -> dict[str, Any]:
-  """Test metrics; + temperature-scaled metrics (T fitted on the validation split).
+             calibrate: bool = True, pooled: bool = True,
+             logits: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+  """Test metrics (the pooled ones if `pooled`, see `metrics_of`); + temperature-scaled
+  metrics (T fitted on the validation split) if `calibrate`.
 
   `ds` has host arrays `test_x`, `test_y`, `val_x`, `val_y` (labels int). If `logits` is
   a dict, the test (and validation) logits are stored in it under "test" (and "val")."""
   test_logits = predict(variables, ds.test_x, rescale=rescale)
   if logits is not None:
     logits["test"] = test_logits
-  out = metrics_of(test_logits, ds.test_y, num_bins)
+  out = metrics_of(test_logits, ds.test_y, num_bins, pooled=pooled)
   if calibrate and ds.val_x.shape[0] > 0:
     val_logits = predict(variables, ds.val_x, rescale=rescale)
     if logits is not None:

@@ -25,7 +25,12 @@ By docs/THEORY.md §1 the mixup risk depends on the λ-law only through the law 
 - `FoldedBeta(a, b)`: θ = max(λ, 1−λ) with λ ~ Beta(a, b); θ-density p(θ) + p(1−θ) on
   [½, 1], p the Beta(a, b) density (singular at θ = 1 when min(a, b) < 1);
 - `ShiftedBeta(a, b)`: θ = ½ + X/2 with X ~ Beta(a, b) (the "W-shaped" λ-law);
-- `Unknown(sampler)`: a user law (`from_fn`), known only through its draws.
+- `Unknown(sampler)`: a user law (`from_fn`), known through its draws and, when the user
+  gives them, its exact θ̄ and σ² (no quadrature rule either way).
+
+A user's own law reaches configs as "MODULE:FACTORY" (`make_sampler("mylaws.py:f",
+**params)`, `--config.sampler.name=mylaws.py:f`): FACTORY(**params) returns a law,
+usually `from_fn(draw, params=..., theta_mean=..., theta_var=...)` (docs/add_a_law.md).
 
 Its moments are in `samplers.moments`, its quadrature rules in `samplers.quadrature`.
 Each sampler has a `name` (e.g. 'beta(alpha=0.2)') and a short `label` for tables
@@ -43,6 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixjax.registry import Registry
+from mixjax.registry import is_entry_point
+from mixjax.registry import load_entry_point
 
 Shape = tuple[int, ...]
 
@@ -74,7 +81,8 @@ class ShiftedBeta:
 
 @dataclasses.dataclass(frozen=True)
 class Unknown:
-  """A θ-law known only through the draws of `sampler` (a `from_fn` sampler)."""
+  """A θ-law known through the draws of `sampler` (a `from_fn` sampler), and through
+  its exact θ̄ and σ² when `sampler.theta_mean` is set."""
   sampler: "Sampler"
 
 
@@ -316,18 +324,27 @@ class Mixture(Sampler):
 
 @dataclasses.dataclass(frozen=True, repr=False)
 class FromFn(Sampler):
-  """A user law `fn(key, shape) -> λ`; its θ-law is known only through draws.
+  """A user law `fn(key, shape, **params) -> λ` (`from_fn`); its θ-law is known only
+  through draws, and its θ-moments are exact when given (`theta_mean`, `theta_var`).
+
+  Pytree: the parameter values (`values`, named by `keys`) and the given moments are the
+  leaves, `fn` and the names are static; laws of one `fn` with the same parameter names
+  stack and vmap like Beta(α) for several α.
 
   Range checks: an eager call (outside `jit`) raises a ValueError when a draw is outside
   [0, 1] or not finite; inside `jit` no check is possible without `checkify`, so call
   `validate(sampler)` once eagerly (`theta_moments` also checks its draws).
   """
   fn: Callable[..., Any]
+  values: tuple[Any, ...] = ()
+  keys: tuple[str, ...] = ()
+  theta_mean: Any = None
+  theta_var: Any = None
   title: str | None = _label_field()
   tag: str | None = _label_field()
 
   def _sample(self, key, shape):
-    lam = jnp.asarray(self.fn(key, shape))
+    lam = jnp.asarray(self.fn(key, shape, **dict(zip(self.keys, self.values))))
     if lam.shape != shape:
       raise ValueError(
           f"{self.name}: fn(key, shape={shape}) returned shape {lam.shape}; it must "
@@ -340,8 +357,17 @@ class FromFn(Sampler):
   def theta_law(self):
     return ThetaLaw((1.0,), (Unknown(self),))
 
+  def _fn_name(self) -> str:
+    return getattr(self.fn, "__name__", repr(self.fn))
+
   def _default_name(self):
-    return f"from_fn({getattr(self.fn, '__name__', repr(self.fn))})"
+    kv = "".join(f", {k}={_fmt(v)}" for k, v in zip(self.keys, self.values))
+    return f"from_fn({self._fn_name()}{kv})"
+
+  def _default_label(self):
+    if not self.keys:
+      return self.name
+    return f"{self._fn_name()}({','.join(_g(float(v)) for v in self.values)})"
 
 
 def _check_lambda_values(lam: np.ndarray, sampler: Sampler) -> None:
@@ -552,11 +578,27 @@ def matched_atoms(mean: float, var: float, num_points: int = 2,
   raise ValueError(f"matched_atoms: num_points must be 2 or 3; got {num_points}.")
 
 
-def from_fn(fn: Callable[..., Any], name: str | None = None) -> FromFn:
-  """Wraps a user law `fn(key, shape) -> λ` (values must lie in [0, 1]).
+def from_fn(fn: Callable[..., Any], name: str | None = None, *,
+            params: Mapping[str, float] | None = None, theta_mean: float | None = None,
+            theta_var: float | None = None) -> FromFn:
+  """A user law: λ = fn(key, shape, **params), float32 in [0, 1] of shape `shape`.
 
-  Its θ-moments are Monte-Carlo estimates (`theta_moments(...).exact` is False) and it
-  has no quadrature rule unless `theta_quadrature(..., empirical=True)` is requested.
+  Args:
+    fn: draws λ from a PRNG key, with `jax.random` (it runs inside jitted, vmapped
+      steps). Define it at module level: laws compare equal (and vmap together) only
+      when their `fn` is the same object.
+    name: the law's name in tables (default: `fn.__name__`).
+    params: numbers passed to `fn` as keyword arguments: the law's pytree leaves, so laws
+      of one `fn` that differ only in them stack into one vmapped program (inside it
+      they are traced float32 scalars: compute with `jnp` on them).
+    theta_mean: θ̄ = E θ of θ = max(λ, 1 − λ) (not the mean of λ), in [½, 1], when the
+      law has a closed form; give `theta_var` with it.
+    theta_var: σ² = Var θ, in [0, (θ̄ − ½)(1 − θ̄)] (the Bhatia–Davis bound on [½, 1]).
+
+  With `theta_mean` and `theta_var` its θ-moments are exact (`theta_moments(...).exact`;
+  γ² = σ² + (1 − θ̄)²) and `validate` checks them against its draws; without them they are
+  Monte-Carlo estimates with standard errors. It has no quadrature rule unless
+  `theta_quadrature(..., empirical=True)` is requested.
   """
   if not callable(fn):
     raise ValueError(f"from_fn: fn must be callable as fn(key, shape) -> λ, got {fn!r}.")
@@ -566,7 +608,36 @@ def from_fn(fn: Callable[..., Any], name: str | None = None) -> FromFn:
     raise ValueError(
         f"from_fn: fn must be hashable (samplers are static under jit), got {fn!r}; wrap "
         "it in a plain function.") from None
-  return FromFn(fn, title=None if name is None else f"from_fn({name})")
+  params = dict(params or {})
+  values = []
+  for k, v in params.items():
+    if isinstance(v, bool) or not _concrete(v) or not math.isfinite(float(v)):
+      raise ValueError(
+          f"from_fn: params[{k!r}]={v!r} must be a finite number (params are the law's "
+          "pytree leaves); put anything else in fn itself.")
+    values.append(float(v))
+  if (theta_mean is None) != (theta_var is None):
+    raise ValueError("from_fn: give both theta_mean and theta_var (θ̄ and σ² of "
+                     "θ = max(λ, 1 − λ)), or neither (Monte-Carlo moments).")
+  if theta_mean is not None:
+    theta_mean, theta_var = float(theta_mean), float(theta_var)
+    if not 0.5 <= theta_mean <= 1.0:
+      raise ValueError(
+          f"from_fn: theta_mean={theta_mean!r} must lie in [0.5, 1]: it is E max(λ, 1 − λ), "
+          "not the mean of λ.")
+    bound = (theta_mean - 0.5) * (1.0 - theta_mean)
+    if not -1e-12 <= theta_var <= bound + 1e-12:  # (rounding of a closed form allowed)
+      raise ValueError(
+          f"from_fn: theta_var={theta_var!r} must lie in [0, (θ̄ − ½)(1 − θ̄)] = [0, "
+          f"{bound:.6g}] for theta_mean={theta_mean!r}: it is Var max(λ, 1 − λ).")
+    theta_var = min(max(theta_var, 0.0), bound)
+  law = FromFn(fn, tuple(values), tuple(params), theta_mean, theta_var)
+  if name is not None:
+    kv = "".join(f", {k}={_fmt(v)}" for k, v in zip(law.keys, law.values))
+    law = dataclasses.replace(
+        law, title=f"from_fn({name}{kv})",
+        tag=f"{name}({','.join(_g(v) for v in law.values)})" if law.keys else None)
+  return law
 
 
 def validate(sampler: Sampler, key: jax.Array | None = None,
@@ -574,19 +645,64 @@ def validate(sampler: Sampler, key: jax.Array | None = None,
   """Eagerly checks a sampler; returns it unchanged.
 
   Draws `shape` values under `jit` (the way a train step would) and raises a ValueError
-  unless they are float32, of shape `shape`, finite and within [0, 1]. Use it once on
-  `from_fn` samplers before a jitted run, where no range check is possible.
+  unless they are float32, of shape `shape`, finite and within [0, 1]. A mask law draws
+  `shape[0]` masks on a 16×16 grid instead: masks (B, 16, 16) and λ (B,), float32 in
+  [0, 1]. A `from_fn` law with given moments also draws 2¹⁶ values and checks θ̄ and σ²
+  against their sample estimates (within 6 standard errors). Use it once on user laws
+  (`from_fn`, MODULE:FACTORY) before a jitted run, where no range check is possible.
   """
   if not isinstance(sampler, Sampler):
     raise ValueError(f"validate: expected a Sampler, got {sampler!r}.")
   shape = _as_shape(shape)
   key = jax.random.key(0) if key is None else key
+  if sampler.is_mask:
+    return _validate_masks(sampler, key, shape[0] if shape else 1)
   lam = jax.jit(lambda k: sampler(k, shape))(key)
   if lam.shape != shape or lam.dtype != jnp.float32:
     raise ValueError(
         f"Sampler {sampler.name} returned {lam.dtype}{lam.shape}; expected float32{shape}.")
   _check_lambda_values(np.asarray(lam), sampler)
+  if isinstance(sampler, FromFn) and sampler.theta_mean is not None:
+    _check_given_moments(sampler, key)
   return sampler
+
+
+_MASK_GRID = (16, 16)
+
+
+def _validate_masks(law: Sampler, key: jax.Array, batch_size: int) -> Sampler:
+  """`validate` for a mask law: `batch_size` masks on a 16×16 grid under jit."""
+  masks, lam = jax.jit(lambda k: law.masks(k, batch_size, _MASK_GRID))(key)
+  want = ((batch_size,) + _MASK_GRID, (batch_size,))
+  if (masks.shape, lam.shape) != want or masks.dtype != jnp.float32 \
+      or lam.dtype != jnp.float32:
+    raise ValueError(
+        f"Mask law {law.label}: masks(key, {batch_size}, {_MASK_GRID}) returned "
+        f"{masks.dtype}{masks.shape} and {lam.dtype}{lam.shape}; expected float32"
+        f"{want[0]} masks and float32{want[1]} λ.")
+  _check_lambda_values(np.asarray(masks), law)
+  _check_lambda_values(np.asarray(lam), law)
+  return law
+
+
+_MOMENT_CHECK_DRAWS = 2**16
+
+
+def _check_given_moments(law: FromFn, key: jax.Array) -> None:
+  """θ̄ and σ² given to `from_fn` against their sample estimates from 2¹⁶ draws: a
+  ValueError beyond 6 standard errors (+1e-6 for float32 draws of a point mass)."""
+  lam = np.asarray(jax.jit(lambda k: law(k, (_MOMENT_CHECK_DRAWS,)))(key), np.float64)
+  theta = np.maximum(lam, 1.0 - lam)
+  n, mean, var = theta.size, float(theta.mean()), float(theta.var())
+  se_mean = math.sqrt(var / n)
+  se_var = math.sqrt(max(float(np.mean((theta - mean) ** 4)) - var * var, 0.0) / n)
+  if (abs(mean - law.theta_mean) > 6 * se_mean + 1e-6
+      or abs(var - law.theta_var) > 6 * se_var + 1e-6):
+    raise ValueError(
+        f"Sampler {law.name}: the given theta_mean={law.theta_mean:.6g}, theta_var="
+        f"{law.theta_var:.6g} do not match its draws (θ̄ = {mean:.6g} ± {se_mean:.2g}, "
+        f"σ² = {var:.6g} ± {se_var:.2g} from {n} draws). They are the moments of "
+        "θ = max(λ, 1 − λ), not of λ: fix them or leave them out (Monte Carlo).")
 
 
 
@@ -607,32 +723,95 @@ SAMPLERS.register("erm", erm)
 SAMPLERS.register("matched_atoms", matched_atoms)
 
 
+def sampler_factory(name: str) -> Callable[..., Sampler]:
+  """The factory a sampler name stands for: a registered name (`SAMPLERS`), or
+  "MODULE:FACTORY", a user's own factory (`mixjax.registry.load_entry_point`: MODULE a
+  `.py` file or an importable module).
+
+  Raises:
+    ValueError (one line): an unknown name (the known ones, the closest, and the
+      MODULE:FACTORY form), or a MODULE:FACTORY that cannot be loaded (no such file,
+      module or attribute; the module raised on import; not callable).
+  """
+  if is_entry_point(name):
+    factory = load_entry_point(name)
+    if not callable(factory):
+      raise ValueError(f"{name!r} is a {type(factory).__name__}, not a factory: name a "
+                       "function that takes the law's parameters and returns a law.")
+    return factory
+  try:
+    return SAMPLERS.get(name)
+  except ValueError as e:
+    raise ValueError(f"{e} Your own law: FILE.py:FACTORY (docs/add_a_law.md).") from None
+
+
+def parameters_hint(name: str) -> str:
+  """What the factory of sampler `name` takes, from its signature: "beta takes alpha,
+  beta=None", "optimal takes no parameters"; "" when it cannot be loaded."""
+  try:
+    sig = inspect.signature(sampler_factory(name))
+  except (TypeError, ValueError):
+    return ""
+  parts = [p.name if p.default is inspect.Parameter.empty else f"{p.name}={p.default!r}"
+           for p in sig.parameters.values()
+           if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+  return f"{name} takes {', '.join(parts) if parts else 'no parameters'}"
+
+
+def _one_line(e: BaseException) -> str:
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  return (lines[-1] if lines else type(e).__name__).rstrip(".")
+
+
 def make_sampler(name: str | Sampler, **params) -> Sampler:
-  """Builds a sampler by registry name, e.g. `make_sampler("beta", alpha=1.0)`.
+  """Builds a sampler by registry name, e.g. `make_sampler("beta", alpha=1.0)`, or by
+  "MODULE:FACTORY", a user's factory called with `params` as keyword arguments, e.g.
+  `make_sampler("mylaws.py:trunc_normal", mu=0.8, sigma=0.1)` (`sampler_factory`).
 
   `make_sampler("mixture", samplers=[("beta", {"alpha": 1.0}), ("constant", {"lam": 1.0})],
   weights=[0.5, 0.5])` builds mixtures from (name, params) specs. A Sampler passes through.
+
+  Raises:
+    ValueError (one line): an unknown name, parameters the factory does not take (its
+      parameters are named), impossible values, a user factory that raises or returns
+      something that is not a law. Values are checked by `validate`, not here.
   """
   if isinstance(name, Sampler):
     if params:
       raise ValueError(f"make_sampler: got a Sampler ({name}) and extra params {params}.")
     return name
-  factory = SAMPLERS.get(name)
-  sig = inspect.signature(factory)
+  factory = sampler_factory(name)
   try:
-    sig.bind(**params)
-  except TypeError as e:
+    sig = inspect.signature(factory)
+  except (TypeError, ValueError):  # a callable without a signature: call it as is
+    sig = None
+  if sig is not None:
+    try:
+      sig.bind(**params)
+    except TypeError as e:
+      raise ValueError(
+          f"Sampler {name!r} takes parameters ({', '.join(sig.parameters)}), got "
+          f"{sorted(params)}: {e}.") from None
+  if not is_entry_point(name):
+    return factory(**params)
+  try:
+    law = factory(**params)
+  except Exception as e:  # pylint: disable=broad-except  (the user's factory raised)
+    raise ValueError(f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())}) "
+                     f"raised {type(e).__name__}: {_one_line(e)}.") from e
+  if not isinstance(law, Sampler):
     raise ValueError(
-        f"Sampler {name!r} takes parameters ({', '.join(sig.parameters)}), got "
-        f"{sorted(params)}: {e}.") from None
-  return factory(**params)
+        f"{name} returned {type(law).__name__}, not a law: return a mixjax.samplers law, "
+        "e.g. samplers.from_fn(draw, params=...) or samplers.beta(...).")
+  return law
 
 
 # ---------------------------------------------------------------------------
 # Pytrees: numeric parameters are leaves, names are metadata.
 # ---------------------------------------------------------------------------
 _DATA_FIELDS = {Beta: ("alpha", "beta"), Constant: ("lam",), WShaped: ("a", "b"),
-                Mixture: ("samplers", "weights"), FromFn: ()}
+                Mixture: ("samplers", "weights"),
+                FromFn: ("values", "theta_mean", "theta_var")}
 for _cls, _data in _DATA_FIELDS.items():
   jax.tree_util.register_dataclass(
       _cls, data_fields=list(_data),

@@ -3,8 +3,8 @@ strengths) and the moments of a mask law (§8: N̄, C_N, S_N, c_N, s_N; `mask_mo
 
 `theta_moments(sampler)` gives θ̄ = E θ, σ² = Var θ, γ² = E(1−θ)² = σ² + (1−θ̄)², and the
 regularization strengths σ²/θ̄² and γ²/θ̄² of Lemma 2. They are exact (closed forms) for
-every built-in law and their mixtures, and a Monte-Carlo estimate with delta-method
-standard errors for `from_fn` laws. `MomentArrays` holds the same fields as (traceable)
+every built-in law and their mixtures, and for `from_fn` laws whose user gave θ̄ and σ²;
+a Monte-Carlo estimate with delta-method standard errors for other `from_fn` laws. `MomentArrays` holds the same fields as (traceable)
 arrays, stacked over laws by `stack_moments`, for the theory functions' `moments=`
 argument inside programs vmapped over laws.
 
@@ -50,7 +50,7 @@ from scipy import special as sp_special
 
 from mixjax.samplers import laws
 from mixjax.samplers import masks as masks_lib
-from mixjax.samplers.laws import Atom, FoldedBeta, Sampler, ShiftedBeta
+from mixjax.samplers.laws import Atom, FoldedBeta, Sampler, ShiftedBeta, Unknown
 from mixjax.samplers.laws import _check_lambda_values  # pylint: disable=unused-import
 
 DEFAULT_NUM_DRAWS = 2**20  # Monte-Carlo draws for `from_fn` moments.
@@ -116,6 +116,8 @@ def _component_moments(c) -> tuple[float, float]:
   """Exact (E θ, Var θ) of one θ-law component."""
   if isinstance(c, Atom):
     return c.theta, 0.0
+  if isinstance(c, Unknown) and _given(c):
+    return float(c.sampler.theta_mean), float(c.sampler.theta_var)
   if isinstance(c, ShiftedBeta):
     s = c.a + c.b  # θ = ½ + X/2: E θ = ½ + E X/2, Var θ = Var X/4.
     return 0.5 + 0.5 * c.a / s, c.a * c.b / (s * s * (s + 1.0)) / 4.0
@@ -136,6 +138,11 @@ def _component_moments(c) -> tuple[float, float]:
           + b * (b + 1.0) * inc(a, b + 2.0, 0.5)) / (s * (s + 1.0))
     return float(m1), float(m2 - m1 * m1)
   raise ValueError(f"No closed-form moments for θ-law component {c!r}.")
+
+
+def _given(c) -> bool:
+  """A `from_fn` component whose user gave its exact θ̄ and σ²."""
+  return getattr(c.sampler, "theta_mean", None) is not None
 
 
 _check_sampler = laws._check  # pylint: disable=protected-access
@@ -188,13 +195,15 @@ def theta_moments(sampler: Sampler, *, num_draws: int = DEFAULT_NUM_DRAWS,
   σ² = 1/(4(2α+1)) − (E|λ − ½|)²; asymmetric Beta via the regularized incomplete beta
   function; ShiftedBeta and atoms directly.
 
-  A law with a `from_fn` component is estimated from `num_draws` jitted draws of the whole
-  sampler with the fixed key `jax.random.key(seed)` (`exact=False`, with `stderr`); its
-  draws are checked to lie in [0, 1].
+  A `from_fn` component counts as exact when its user gave θ̄ and σ² (`from_fn(...,
+  theta_mean=, theta_var=)`). A law with a `from_fn` component without them is estimated
+  from `num_draws` jitted draws of the whole sampler with the fixed key
+  `jax.random.key(seed)` (`exact=False`, with `stderr`); its draws are checked to lie in
+  [0, 1].
   """
   sampler = _check_sampler(sampler)
   law = sampler.theta_law()
-  if not law.is_known:
+  if not all(_given(c) for c in law.components if isinstance(c, Unknown)):
     return _estimated_moments(sampler, num_draws, int(seed))
   # Mixtures: law of total variance (= mixing the raw moments E θ, E θ², but without
   # the cancellation of E θ² − (E θ)² for concentrated laws).

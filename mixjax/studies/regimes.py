@@ -98,7 +98,8 @@ def columns(config) -> dict[str, Any]:
          "label_noise": float(config.dataset.label_noise)}
   out["cell"] = (f"{out['num_train']:,} images × {out['num_epochs']} epochs, "
                  f"noise {out['label_noise']:g}")
-  if config.method.name == "label_smoothing_matched":  # Beta(1)'s label part alone:
+  from mixjax.train import methods  # pylint: disable=g-import-not-at-top
+  if methods.get(config).labels_only:  # label_smoothing_matched: Beta(1)'s label part:
     out.update(law=SMOOTHING, sigma2=0.0, strength=0.0)  # θ̄ = 3/4, no perturbation
   return out
 
@@ -128,7 +129,7 @@ def measure(trained: Sequence) -> dict[str, Any]:
     kept = [r for r in trained if _arm(r.config) in RELIABILITY and r.summary]
     logits = runs_lib.predictions([(r.name, r.config) for r in kept], trained[0].root,
                                   "test_logits")
-    ds, _ = setup.load_data(trained[0].config)
+    ds = setup.load_data(trained[0].config)
     out["arrays"] = {"test_labels": np.asarray(ds.test_y, np.int32),
                      **{f"logits/{r.name}": a.astype(np.float16)
                         for r, a in zip(kept, logits)}}
@@ -136,8 +137,9 @@ def measure(trained: Sequence) -> dict[str, Any]:
 
 
 def _arm(config) -> str:
+  from mixjax.train import methods  # pylint: disable=g-import-not-at-top
   from mixjax.train import setup  # pylint: disable=g-import-not-at-top
-  if config.method.name == "label_smoothing_matched":
+  if methods.get(config).labels_only:  # label_smoothing_matched
     return SMOOTHING
   return setup.training_sampler(config).label
 

@@ -147,12 +147,11 @@ def row(name: str, config: ml_collections.ConfigDict, runs_dir: str,
                          "method": config.method.name, "lr": float(config.optimizer.lr),
                          "weight_decay": float(config.optimizer.weight_decay)}
   sampler = setup.training_sampler(config)
-  shape = (tuple(setup.load_data(config)[0].input_shape)  # a mask law's moments depend
+  shape = (tuple(setup.load_data(config).input_shape)  # a mask law's moments depend
            if samplers.is_mask_law(sampler) else None)    # on the image size
   m = setup.training_moments(config, sampler, shape)  # the law trained on; None outside mixup
   if m is not None:
-    law_ = (samplers.regmixup_equivalent(sampler, float(config.method.eta))
-            if config.method.name == "regmixup" else sampler)
+    law_ = setup.trained_law(config, sampler)  # RegMixup's: its equivalent law
     out.update(law=law_.label, theta_bar=m.mean, sigma2=m.var, gamma2=m.gamma2,
                strength=m.strength, global_strength=m.global_strength)
   else:

@@ -139,7 +139,7 @@ def _record(path: str, setting: str, runs: list[Run], overrides: dict) -> dict[s
   command line's overrides listed apart), seeds, laws and data sizes."""
   module, _ = load(path)
   first = runs[0].config
-  ds, _ = setup.load_data(first)
+  ds = setup.load_data(first)
   laws = {}
   for r in runs:
     law = setup.training_sampler(r.config)

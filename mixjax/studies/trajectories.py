@@ -83,7 +83,7 @@ def measure(runs: Sequence, *, subset: int, num_draws: int, num_nodes: int) -> d
   measurement's sizes) and info (the checkpoint epochs)."""
   from mixjax.train import setup  # pylint: disable=g-import-not-at-top
   from mixjax.train import trained  # pylint: disable=g-import-not-at-top
-  ds, _ = setup.load_data(runs[0].config)  # the runs' own split, loaded once
+  ds = setup.load_data(runs[0].config)  # the runs' own split, loaded once
   fns = make_fns(ds.train_x[:subset], ds.train_y[:subset], num_draws=num_draws,
                  num_nodes=num_nodes)
   columns: dict[str, list[list[float]]] = {}

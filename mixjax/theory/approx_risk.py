@@ -333,7 +333,9 @@ def approx_mixup_terms(key: Optional[jax.Array], logits_fn, x: Any, y: Any,
     logits_fn: f, (N, ...) -> (N, c), examples treated independently.
     x: inputs (n, ...), any trailing shape with prod = stats.dim.
     y: labels (n, c), one-hot or soft.
-    stats: `DataStats` of the training set (x̄, ȳ, Σ).
+    stats: `DataStats` of the whole training set (x̄, ȳ, Σ): `data_stats(x_train,
+      y_train)`, or `StatsAccumulator` over all of its batches; never the statistics
+      of the batch (x, y), which change every step.
     sampler: λ-law; only its θ-moments enter (and its draws, for "stochastic").
     loss: per-example loss or its name.
     estimator: "exact", "lowrank" or "stochastic" (see the module docstring).
@@ -474,7 +476,9 @@ def approx_mixup_risk(key: Optional[jax.Array], logits_fn, x: Any, y: Any,
   terms=TERMS (all four) for the full second-order value, e.g. to compare with the exact
   risk. Differentiable with respect to the parameters closed over in `logits_fn`.
   Arguments as in `approx_mixup_terms` (extra keyword arguments: rank, derivatives,
-  moments, direction_batch_size).
+  moments, direction_batch_size). `x`, `y` are a batch, but `stats` belong to the whole
+  training set: `data_stats(x_train, y_train)` once before training, or a
+  `StatsAccumulator` streamed over every batch; never `data_stats(x, y)` of the batch.
   """
   _check_key(key, "approx_mixup_risk")
   kwargs.setdefault("diagnostics", False)

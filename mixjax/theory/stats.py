@@ -215,8 +215,15 @@ class StatsAccumulator:
 def data_stats(x: Any, y: Any, *, rank: Optional[int] = None) -> DataStats:
   """Means and (1/n) covariances of (x, y) (docs/THEORY.md, Setup), float64 on the host.
 
+  Where the data comes from: the whole training set, `data_stats(x_train, y_train)`, or,
+  when it does not fit in memory, every batch of it streamed through `StatsAccumulator`;
+  never one batch. Theorem 1's x̄, ȳ and Σ are the training distribution's: the
+  statistics of a batch are a noisy estimate that changes every step, which shifts x̃, ỹ
+  and the approximate risk's terms. Compute them once before training (the trainer does,
+  and caches them in WORKDIR/data_stats.npz) and pass the same `DataStats` to every step.
+
   Args:
-    x: inputs (n, ...), any trailing shape (flattened to d).
+    x: inputs (n, ...), any trailing shape (flattened to d): the whole training set.
     y: labels (n, c), one-hot or soft.
     rank: None for the dense Σ_xx; k in [1, d] for its top-k eigenpairs only.
 

@@ -1,5 +1,7 @@
-"""Training: the per-device step under jax.jit(jax.shard_map(...)), the loop, Orbax
-checkpoints, metric writers, the METHODS registry and the config schema.
+"""Training: the program assembled once from the configs and the data (`assemble`), the
+per-device step under jax.jit(jax.shard_map(...)), the loop, Orbax checkpoints, metric
+writers, the METHODS registry (each entry a `Method` that declares what it needs) and
+the config schema (every knob, its default and its range).
 
 Names are imported lazily, so that reading a config (`mixjax.train.config`) does not
 import JAX, Flax, Orbax or the datasets.
@@ -17,7 +19,10 @@ _EXPORTS = {
     "train_and_evaluate": "mixjax.train.groups",
     "train_sweep": "mixjax.train.sweeps",
     "TrainedRun": "mixjax.train.trained",
+    "Program": "mixjax.train.program",
+    "assemble": "mixjax.train.program",
     "METHODS": "mixjax.train.methods",
+    "Method": "mixjax.train.methods",
     "TrainState": "mixjax.train.state",
 }
 

@@ -19,6 +19,9 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   dataset.split_seed           seed of the validation split (fixed across run seeds, so
                                the runs of a seed group see the same data)
   dataset.num_train            train on the first N examples of the training split (0: all)
+  dataset.cache_dir            where decoded tfds splits are kept as arrays (`data.cache`:
+                               decoded once, hash-checked, rebuilt when stale or damaged);
+                               "" decodes on every run
   dataset.label_noise          p: symmetric label noise on the training split only (each
                                label, w.p. p, replaced by a uniformly random other class;
                                fixed by dataset.split_seed; `data.with_label_noise`)
@@ -38,6 +41,9 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   sampler.name / params        `mixjax.samplers.make_sampler(name, **params)`: λ-laws (beta,
                                w_shaped, …) and mask laws (cutmix, gmix, switch; images only)
   mixing.granularity / pairing / fold / global_draw
+  mixing.prob                  the share of the batch that is mixed (timm's / mmpretrain's
+                               `prob`): each example is mixed with probability prob, else
+                               kept as it is (λ = 1); 1: every example (`methods.draw_mix`)
   optimizer.name               sgd (momentum, nesterov) | adam
   optimizer.lr / weight_decay / schedule (constant | piecewise | cosine)
   optimizer.boundaries / decay_factor     piecewise: multiply lr by decay_factor at these epochs
@@ -47,6 +53,9 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   augment.enabled / crop_padding / flip   images only (random crop + horizontal flip)
   stats.rank                   top-k principal directions kept in DataStats (None: none)
   eval.every_epochs / batch_size / num_bins / rescale
+  eval.pooled_every_epoch      also compute the pooled metrics (adaptive ECE, SmoothECE,
+                               AURC: they need every prediction at once) at the quick
+                               evaluations during training; the final one always has them
   eval.shift                   shifted test sets the final model is also evaluated on, e.g.
                                ("fashion_mnist_corrupted",) (every corruption) or
                                ("fashion_mnist_corrupted/stripe", ...) (some); prepared with
@@ -61,11 +70,21 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   allow_config_change          resume a workdir whose config.json differs in keys outside
                                `RESUMABLE_CHANGES` (default False: refused, see below)
 
-This module holds the knobs and their defaults only. Checking a config is
-`validate.py`'s job, the workdir and resume policy `workdir.py`'s (the keys of
-`RESUMABLE_CHANGES` may change when a run resumes), sweeps `sweeps.py`'s.
+This module holds the knobs, their defaults and the ranges of the numeric ones: a knob
+with a range is declared `c.method.eta = Range(1.0, "[0, inf)")`, its default and valid
+interval side by side; `base_config()` holds the default and `RANGES` the interval, which
+`validate.validate_config` checks. Config files are loaded by path
+(`load_config_module`). Checking a config is `validate.py`'s job, the workdir
+and resume policy `workdir.py`'s (the keys of `RESUMABLE_CHANGES` may change when a run
+resumes), sweeps `sweeps.py`'s.
 """
 from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import types
+from typing import Any, NamedTuple
 
 import ml_collections
 from ml_collections import config_dict
@@ -77,23 +96,79 @@ DICT_KNOBS = ("dataset.kwargs", "model.kwargs", "sampler.params")
 # finished run the evaluation keys re-evaluate it; nothing else can change there.
 RESUMABLE_CHANGES = ("num_epochs", "num_steps", "log_every_steps", "eval",
                      "checkpoint_every_steps", "max_to_keep", "dataset.data_dir",
-                     "allow_config_change", "steps_per_call", "tensorboard")
+                     "allow_config_change", "steps_per_call", "tensorboard",
+                     "dataset.cache_dir")
+
+
+class Range(NamedTuple):
+  """A numeric knob's default and its valid values, declared together in `_knobs`.
+
+  Attributes:
+    default: the default (an int, a float, or a `config_dict.placeholder`: None allowed).
+    interval: the valid values, "[lo, hi]" with "(" / ")" for an open end and inf for
+      none, e.g. "[0, 1)" or "(0, inf)". NaN and ±inf are never valid.
+    note: what a boundary value means, appended to the error (e.g. "0: no smoothing").
+  """
+  default: Any
+  interval: str
+  note: str = ""
+
+  def _bounds(self) -> tuple[float, float, bool, bool]:
+    lo, hi = (float(b) for b in self.interval[1:-1].split(","))
+    return lo, hi, self.interval[0] == "[", self.interval[-1] == "]"
+
+  def contains(self, value) -> bool:
+    """Whether `value` is valid (None is: an unset placeholder)."""
+    if value is None:
+      return True
+    lo, hi, lo_closed, hi_closed = self._bounds()
+    value = float(value)
+    return (math.isfinite(value) and (value >= lo if lo_closed else value > lo)
+            and (value <= hi if hi_closed else value < hi))
+
+  def describe(self) -> str:
+    """'in [0, 1)', '>= 0' or '> 0', and the note: what an error message says."""
+    lo, hi, lo_closed, _ = self._bounds()
+    text = (f"{'>=' if lo_closed else '>'} {lo:g}" if math.isinf(hi)
+            else f"in {self.interval}")
+    return text + (f" ({self.note})" if self.note else "")
 
 
 def base_config() -> ml_collections.ConfigDict:
   """All knobs with their defaults (a small MLP with mixup Beta(1, 1) on MNIST-1D)."""
+  return _defaults(_knobs(), "", {})
+
+
+def _defaults(node: ml_collections.ConfigDict, prefix: str, ranges: dict[str, Range]
+              ) -> ml_collections.ConfigDict:
+  """`node` with each `Range` replaced by its default (recorded in `ranges` by its
+  dotted key); placeholders stay placeholders."""
+  out = ml_collections.ConfigDict()
+  for key, value in node.items(preserve_field_references=True):
+    if isinstance(value, ml_collections.ConfigDict):
+      value = _defaults(value, f"{prefix}{key}.", ranges)
+    elif isinstance(value, Range):
+      ranges[prefix + key] = value
+      value = value.default
+    out[key] = value
+  return out
+
+
+def _knobs() -> ml_collections.ConfigDict:
+  """Every knob: its default, and for numeric knobs with limits its `Range`."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.num_seeds = 1
+  c.num_seeds = Range(1, "[1, inf)", "1: a single run")
   c.group_mode = "auto"
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = "mnist1d"
   c.dataset.data_dir = config_dict.placeholder(str)
-  c.dataset.val_fraction = 0.1
+  c.dataset.val_fraction = Range(0.1, "[0, 1)")
   c.dataset.split_seed = 0
-  c.dataset.num_train = 0
-  c.dataset.label_noise = 0.0
+  c.dataset.num_train = Range(0, "[0, inf)", "0: the whole training split")
+  c.dataset.label_noise = Range(0.0, "[0, 1)", "0: clean labels")
+  c.dataset.cache_dir = "~/.cache/mixjax/arrays"
   c.dataset.kwargs = ml_collections.ConfigDict()
 
   c.model = ml_collections.ConfigDict()
@@ -104,11 +179,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.method = ml_collections.ConfigDict()
   c.method.name = "mixup"
   c.method.loss = "cross_entropy"
-  c.method.eta = 1.0
-  c.method.label_smoothing = 0.0
-  c.method.num_draws = 1
+  c.method.eta = Range(1.0, "[0, inf)")
+  c.method.label_smoothing = Range(0.0, "[0, 1)", "0: no smoothing")
+  c.method.num_draws = Range(1, "[1, inf)")
   c.method.estimator = "stochastic"
-  c.method.num_probes = 1
+  c.method.num_probes = Range(1, "[1, inf)")
   # The paper drops the hessian term (R2) in training: it was numerically unstable
   # (the library's default, `theory.DEFAULT_TERMS`, is the same).
   c.method.terms = ("jacobian", "cross", "label")
@@ -122,45 +197,52 @@ def base_config() -> ml_collections.ConfigDict:
   c.mixing.pairing = "permutation"
   c.mixing.fold = False
   c.mixing.global_draw = False
+  c.mixing.prob = Range(1.0, "[0, 1]", "1: every example mixed")
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "sgd"
-  c.optimizer.lr = 0.1
-  c.optimizer.momentum = 0.9
+  c.optimizer.lr = Range(0.1, "(0, inf)")
+  c.optimizer.momentum = Range(0.9, "[0, 1)")
   c.optimizer.nesterov = False
-  c.optimizer.weight_decay = 1e-4
+  c.optimizer.weight_decay = Range(1e-4, "[0, inf)")
   c.optimizer.schedule = "piecewise"
   c.optimizer.boundaries = (100, 150)
-  c.optimizer.decay_factor = 0.1
-  c.optimizer.warmup_epochs = 0.0
+  c.optimizer.decay_factor = Range(0.1, "(0, 1]")
+  c.optimizer.warmup_epochs = Range(0.0, "[0, inf)")
 
   c.batch_size = 128
   c.num_epochs = 200
-  c.num_steps = 0
+  c.num_steps = Range(0, "[0, inf)", "0: use num_epochs")
 
   c.augment = ml_collections.ConfigDict()
   c.augment.enabled = False
-  c.augment.crop_padding = 4
+  c.augment.crop_padding = Range(4, "[0, inf)")
   c.augment.flip = True
 
   c.stats = ml_collections.ConfigDict()
-  c.stats.rank = config_dict.placeholder(int)
+  c.stats.rank = Range(config_dict.placeholder(int), "[1, inf)", "or unset")
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.every_epochs = 10
-  c.eval.batch_size = 1000
-  c.eval.num_bins = 15
+  c.eval.every_epochs = Range(10, "[0, inf)", "0: only at the end")
+  c.eval.batch_size = Range(1000, "(0, inf)")
+  c.eval.num_bins = Range(15, "(0, inf)")
   c.eval.rescale = True
+  c.eval.pooled_every_epoch = False
   c.eval.shift = ()
 
-  c.log_every_steps = 100
+  c.log_every_steps = Range(100, "(0, inf)")
   c.tensorboard = True
-  c.checkpoint_every_steps = 1000
-  c.max_to_keep = 2
+  c.checkpoint_every_steps = Range(1000, "(0, inf)")
+  c.max_to_keep = Range(2, "(0, inf)")
   c.data_on_device = True
-  c.steps_per_call = 1
+  c.steps_per_call = Range(1, "[1, inf)", "1: one dispatch per step")
   c.allow_config_change = False
   return c
+
+
+# {dotted key: Range} of every knob declared with one (`_knobs`).
+RANGES: dict[str, Range] = {}
+_defaults(_knobs(), "", RANGES)
 
 
 def get(config: ml_collections.ConfigDict, key: str):
@@ -169,3 +251,17 @@ def get(config: ml_collections.ConfigDict, key: str):
   for part in key.split("."):
     node = node[part]
   return node
+
+
+def load_config_module(path: str) -> types.ModuleType:
+  """Imports a config file (`experiments/*.py`, the part before any `:arg`) by path.
+
+  Config files are loaded by path, not as a package, as `--config=<file>` does."""
+  path = os.path.abspath(path.split(":", 1)[0])
+  name = "_mixjax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None:
+    raise ValueError(f"Cannot load config file {path!r}.")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -8,6 +8,11 @@ one compiled step (`group_mode`). The runs may differ in the seed and in every p
 value (`setup.per_run_keys`: the law, η, the learning rate, the weight decay); seed
 groups and sweep groups (`sweeps.train_sweep`) both come here. Every run writes what a
 single run writes, in its own folder, and takes the steps it takes when trained alone.
+
+`train_program` is the trainer, a short sequence of named calls: assemble the program
+once (`program.assemble`: model, mesh, schedule, optimizer, method, contexts,
+statistics, compiled step), its state (initial or restored), the writers, the loop
+(`loop.train`), the final evaluation and the summaries (`summary.finish_runs`).
 """
 from __future__ import annotations
 
@@ -16,18 +21,14 @@ from typing import Any
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from mixjax import eval as eval_lib
-from mixjax import sharding
 from mixjax.data import feeding
 from mixjax.errors import ConfigError, NonFiniteLossError
 from mixjax.models import introspect
 from mixjax.train import checkpoint as checkpoint_lib
-from mixjax.train import config as config_lib
 from mixjax.train import loop
-from mixjax.train import optim
+from mixjax.train import program as program_lib
 from mixjax.train import setup
 from mixjax.train import summary as summary_lib
 from mixjax.train import validate
@@ -145,7 +146,7 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
   if len(done) == len(dirs):
     return done
   if ds is None:
-    ds, _ = setup.load_data(configs[0])
+    ds = setup.load_data(configs[0])
   model = setup.make_model(configs[0], ds)
   mode = "single" if len(configs) == 1 else group_mode(configs[0], model, ds, devices)
   if mode != "single":
@@ -225,48 +226,24 @@ def train_program(configs, dirs, workdir, *, devices, ds, model, changes,
   record) as one program, vmapped over a run axis when R > 1 (see `train_runs` for the
   arguments); `programs`: [(context, compiled programs)] to reuse between runs with
   equal contexts (a sequential group)."""
-  num_runs = len(configs) if len(configs) > 1 else None
-  base = configs[0]
-  ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=base.max_to_keep)
-  mesh = sharding.make_mesh(devices)
-  num_train = int(ds.train_x.shape[0])
-  spe = feeding.batching.steps_per_epoch(num_train, base.batch_size)
-  total = setup.total_steps(base, num_train)
-  stats = setup.training_stats(base, ds, workdir)
-  ctxs = [setup.method_context(c, ds.input_shape) for c in configs]
-  same = all(c == ctxs[0] for c in ctxs)
-  tx = optim.make_optimizer(base.optimizer, spe, total)
-  roots = jnp.stack([jax.random.key_data(jax.random.key(c.seed)) for c in configs])
-  hyper = {name: jnp.asarray([float(config_lib.get(c, key)) for c in configs], jnp.float32)
-           for name, key in optim.HYPERPARAMS.items()}
-  if num_runs is None:
-    roots, hyper = roots[0], {k: v[0] for k, v in hyper.items()}
-  state, resumed = setup.create_or_restore_state(model, tx, mesh, ckpt, roots, ds,
-                                                 hyperparams=hyper, num_runs=num_runs)
-  start = int(sharding.to_host(state.step).reshape(-1)[0])
+  # The program: model, mesh, schedule, optimizer, method, contexts, statistics, step.
+  program = program_lib.assemble(configs, ds, devices=devices, workdir=workdir,
+                                 model=model, programs=programs)
+  # The state: initial, or the latest checkpoint's.
+  ckpt = checkpoint_lib.Checkpointer(workdir, max_to_keep=program.config.max_to_keep)
+  state, start, resumed = program_lib.init_or_restore(program, ckpt)
+  # The metric writers, one per run.
   writer = writers.RunWriters([
-      setup.open_writer(d, start, resumed, tensorboard=base.tensorboard) for d in dirs])
-  shared = None
-  if programs is not None:
-    shared = next((p for c, p in programs if c == ctxs[0]), None)
-    if shared is None:
-      shared = {}
-      programs.append((ctxs[0], shared))
-  step = setup.make_step(base, ds, mesh, model, tx, ctxs[0], stats, roots,
-                         num_runs=num_runs, programs=shared,
-                         run_ctx=None if same else setup.stack_contexts(ctxs))
-  predict = eval_lib.Predictor(model, base.eval.batch_size,
-                               sharding.make_mesh(jax.local_devices()), stats=stats,
-                               theta_bar=setup.rescaling(ctxs[0].moments))
-  state, train_time = loop.train(
-      base, state, step, predict, ds, ckpt, writer, start=start, total=total, spe=spe,
-      devices=devices, interrupt_at_step=interrupt_at_step, num_runs=num_runs)
-  training = [_how_trained(dirs, workdir, r, num_runs) for r in range(len(dirs))]
+      setup.open_writer(d, start, resumed, tensorboard=program.config.tensorboard)
+      for d in dirs])
+  # The loop: steps, logs, checkpoints, quick evaluations.
+  state, train_time = loop.train(program, state, ckpt, writer, start=start,
+                                 interrupt_at_step=interrupt_at_step)
+  # The final evaluation and each run's summary.json.
   summaries = summary_lib.finish_runs(
-      configs, dirs, state, predict=predict, ds=ds, writer=writer, total=total, spe=spe,
-      num_devices=len(devices), moments=[c.moments for c in ctxs], train_time=train_time,
-      resumed_from_step=start if resumed else None, training=training, changes=changes,
-      shift_sets=summary_lib.load_shift_sets(base, ds))
+      program, dirs, state, writer=writer, train_time=train_time,
+      resumed_from_step=start if resumed else None, changes=changes,
+      training=[_how_trained(dirs, workdir, r, program.num_runs) for r in range(len(dirs))])
   writer.close()
   ckpt.close()
   return summaries

@@ -1,14 +1,17 @@
 """The training loop of one program (R ≥ 1 runs, `groups.train_runs`): steps with
 logging, checkpoints and quick evaluations, and the stop on a non-finite loss.
 
-Per dispatch the loop calls the compiled `TrainStep` (`setup.make_step`) for k =
-config.steps_per_call steps (a `lax.scan`), or single steps where a log, checkpoint or
-evaluation falls inside a block, so these happen at the same steps for every k:
+Per dispatch the loop calls the program's compiled `TrainStep` (`program.make_step`)
+for k = config.steps_per_call steps (a `lax.scan`), or single steps where a log,
+checkpoint or evaluation falls inside a block, so these happen at the same steps for
+every k:
 - a log line with step rate and ETA every `log_every_steps` (metrics.jsonl, TensorBoard);
 - a checkpoint every `checkpoint_every_steps` (never of a non-finite state: a run whose
   loss or gradient turns NaN/inf stops updating at that step; the loop stops when every
   run has, naming the step and the last good checkpoint);
-- a quick test evaluation every `eval.every_epochs`.
+- a quick test evaluation every `eval.every_epochs` (the final evaluation's compiled
+  program; the summable metrics, and the pooled ones only with
+  `eval.pooled_every_epoch`).
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import time
 
 from absl import logging
 import jax
-import ml_collections
 import numpy as np
 
 from mixjax import eval as eval_lib
@@ -79,19 +81,26 @@ def save(state, ckpt, writer, spe: int, failed: dict[int, int]) -> None:
                        "steps_per_epoch": spe})
 
 
-def train(config: ml_collections.ConfigDict, state, step, predict, ds, ckpt,
-          writer: writers.RunWriters, *, start: int, total: int, spe: int, devices,
-          interrupt_at_step: int | None = None, num_runs: int | None = None):
-  """Steps `start` .. `total` − 1 with logging, checkpoints and quick test evaluations;
-  the final state is checkpointed. Returns the state and the time taken (seconds).
+def train(program, state, ckpt, writer: writers.RunWriters, *, start: int,
+          interrupt_at_step: int | None = None):
+  """Steps `start` .. total − 1 of `program` (a `program.Program`) with logging,
+  checkpoints and quick test evaluations; the final state is checkpointed. Returns the
+  state and the time taken (seconds).
 
-  `step(state, s, n)` is the program's `setup.TrainStep`: config.steps_per_call steps
+  `program.step(state, s, n)` is the program's `TrainStep`: config.steps_per_call steps
   per dispatch (a `lax.scan`), single steps where a log, checkpoint or evaluation falls
   inside a block, so they happen at the same steps for every k.
 
-  `num_runs`: `state` is a vmapped group's (leading run axis); metrics and evaluations
-  go to each run's writer, and a run that fails is frozen, not fatal (`check_finite`).
+  With `program.num_runs`, `state` is a vmapped group's (leading run axis); metrics and
+  evaluations go to each run's writer, and a run that fails is frozen, not fatal
+  (`check_finite`).
+
+  `interrupt_at_step`: tests only: raise `Interrupted` after this many steps, nothing
+  saved, as a killed process would stop.
   """
+  config, step, predict, ds = program.config, program.step, program.predict, program.ds
+  total, spe = program.schedule.total_steps, program.schedule.steps_per_epoch
+  devices, num_runs = program.devices, program.num_runs
   logging.info("Training %s on %s with %s: %d steps (%d per epoch, %.1f epochs) on %d "
                "devices, global batch %d, starting at step %d%s.", config.method.name,
                config.dataset.name, config.model.name, total, spe, total / spe,
@@ -117,6 +126,10 @@ def train(config: ml_collections.ConfigDict, state, step, predict, ds, ckpt,
     # k steps per call up to the next boundary; single steps for a remainder.
     n = k if s + k <= next_boundary(s) else 1
     state, m = step(state, s, n)
+    if s == start:  # compilation (unless cached) and the first step
+      jax.block_until_ready(m["loss"])
+      logging.info("First training step took %.2f s (its compilation included).",
+                   time.time() - t_start)
     s += n
     # Bound the steps in flight: with several CPU devices, queued steps can starve the
     # collectives of the forced host devices of threads (an XLA rendezvous timeout), so
@@ -155,7 +168,8 @@ def train(config: ml_collections.ConfigDict, state, step, predict, ds, ckpt,
           continue
         variables = (state if num_runs is None else run_slice(state, r)).variables
         res = eval_lib.evaluate(predict, variables, ds, num_bins=config.eval.num_bins,
-                                rescale=False, calibrate=False)
+                                rescale=False, calibrate=False,
+                                pooled=config.eval.pooled_every_epoch)
         logging.info("step %d%s: test accuracy %.4f nll %.4f ece %.4f", done,
                      f" (run {r})" if num_runs else "", res["accuracy"], res["nll"],
                      res["ece"])

@@ -11,7 +11,8 @@ method's key for this step. Inside the train step (see `step.py`) the caller tak
 
   erm              (1/b) Σ ℓ(y_i, f(x_i)).
   mixup            (1/b) Σ ℓ(y_mix_i, f(x_mix_i)) with (x_mix, y_mix) from
-                   `mixjax.mixing.mix` (one-draw unbiased estimate of E^mix).
+                   `mixjax.mixing.mix` (one-draw unbiased estimate of E^mix), a share
+                   mixing.prob of the examples mixed (`draw_mix`).
   regmixup         (1/b) Σ ℓ(y_i, f(x_i)) + η (1/b) Σ ℓ(y_mix_i, f(x_mix_i)) (Pinto et al.),
                    clean and mixed batch through the model as one concatenated batch.
   erm_transformed  ERM on Theorem 1's transformed data (x̃, ỹ) (`theory.transform`):
@@ -59,13 +60,58 @@ from mixjax.train import config as config_lib
 
 METHODS = Registry("method")
 
-# Methods whose model is trained on Theorem 1's transformed data, so that test-time
-# rescaling (docs/THEORY.md §5) applies to them.
-MIXUP_FAMILY = ("mixup", "regmixup", "erm_transformed", "perturbed_erm", "approx")
-# Methods that need DataStats (x̄, ȳ, Σ) of the training set.
-NEEDS_STATS = ("erm_transformed", "perturbed_erm", "approx", "label_smoothing_matched")
-# Methods that use the configured law's moments.
-USES_LAW = MIXUP_FAMILY + ("label_smoothing_matched",)
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A registered method: its loss and what it needs (`register`).
+
+  `method(ctx, logits_fn, x, y, key)` is its local mean loss (module docstring). The
+  trainer, validation, summaries and studies ask these fields, never the name.
+
+  Attributes:
+    name: its name in `METHODS` (config.method.name).
+    loss: the loss function.
+    uses_law: it reads the configured law (config.sampler): its draws or its moments.
+    needs_stats: it needs the DataStats (x̄, ȳ, Σ) of the training set.
+    rescalable: its model trains on Theorem 1's transformed inputs, so test-time
+      rescaling (docs/THEORY.md §5) applies (the mixup family).
+    allows_batchnorm: it can train a model with BatchNorm (approx cannot: its JVPs along
+      input directions cannot carry batch-statistics updates).
+    options: the method-specific config keys it reads (validated only where read).
+    equivalent_law: `equivalent_law(law, config)`, the law the model effectively
+      trains on given the configured one (RegMixup: `samplers.regmixup_equivalent`
+      with η = config.method.eta); None: the configured law itself.
+  """
+  name: str
+  loss: Callable[..., Any]
+  uses_law: bool = False
+  needs_stats: bool = False
+  rescalable: bool = False
+  allows_batchnorm: bool = True
+  options: tuple[str, ...] = ()
+  equivalent_law: Callable[[Any, Any], Any] | None = None
+
+  def __call__(self, ctx, logits_fn, x, y, key):
+    return self.loss(ctx, logits_fn, x, y, key)
+
+  @property
+  def labels_only(self) -> bool:
+    """It uses the law for its labels only (θ̄), leaving the inputs as they are: it
+    reads the law but its inputs are not transformed, so nothing is rescaled."""
+    return self.uses_law and not self.rescalable
+
+
+def register(name: str, **needs):
+  """Registers the decorated loss in `METHODS` as `Method(name, loss, **needs)`."""
+  def add(loss):
+    METHODS.register(name, Method(name, loss, **needs))
+    return loss
+  return add
+
+
+def get(config) -> Method:
+  """The `Method` entry of config.method.name."""
+  return METHODS.get(config.method.name)
 
 
 def knob(config_key: str | None, *, leaf: bool, convert: Callable[[Any], Any] | None = None):
@@ -83,10 +129,15 @@ def knob(config_key: str | None, *, leaf: bool, convert: Callable[[Any], Any] | 
                                      "convert": convert})
 
 
-def make_law(section) -> Any:
-  """The mixing law of a config's `sampler` section (name and params)."""
+def _samplers():
   from mixjax import samplers  # pylint: disable=g-import-not-at-top
-  return samplers.make_sampler(section.name, **dict(section.params))
+  return samplers
+
+
+def make_law(section) -> Any:
+  """The mixing law of a config's `sampler` section (name and params): the one place a
+  law is built from a config."""
+  return _samplers().make_sampler(section.name, **dict(section.params))
 
 
 @flax.struct.dataclass
@@ -106,6 +157,8 @@ class MethodContext:
       (method.label_smoothing; `losses.smooth_labels`).
     granularity, pairing, fold: mixing options (`mixjax.mixing.mix`).
     global_draw: draw λ / partners over the global batch (see the module docstring).
+    prob: the share of the batch that is mixed (mixing.prob; `mix_share`). Static: 1
+      compiles exactly the program that mixes every example.
     num_draws: perturbed_erm draws. estimator, num_probes, terms: approx options.
     moments: θ-moments of the law the model trains on (`setup.training_moments`;
       None outside the mixup family): θ̄ for erm_transformed and the approximate risk.
@@ -122,6 +175,7 @@ class MethodContext:
   pairing: str = knob("mixing.pairing", leaf=False)
   fold: bool = knob("mixing.fold", leaf=False, convert=bool)
   global_draw: bool = knob("mixing.global_draw", leaf=False, convert=bool)
+  prob: float = knob("mixing.prob", leaf=False, convert=float)
   num_draws: int = knob("method.num_draws", leaf=False, convert=int)
   estimator: str = knob("method.estimator", leaf=False)
   num_probes: int = knob("method.num_probes", leaf=False, convert=int)
@@ -163,25 +217,57 @@ def _mean_loss(ctx: MethodContext, y, u):
   return jnp.mean(losses_lib.batch_loss(ctx.loss, y, u))
 
 
-def draw_mix(ctx: MethodContext, key: jax.Array, x: jax.Array, y: jax.Array):
-  """This device's mixed rows and their draw (`mixing.mix`'s result) under the
-  configured draw.
+# The stream of the mixing key that draws which examples `prob` mixes (`mixing.mix`
+# draws λ from stream 0 and the partners from stream 1 of the same key).
+_PROB_STREAM = 2
 
-  Per-device (default): `mix(fold_in(key, device), x, y)` on the local batch; `partner`
-  indexes the local batch. Global: `mix(key, all_gather(x), all_gather(y))` with the key
-  shared by all devices, then this device's rows; `partner` indexes the global batch.
+
+def mix_share(key: jax.Array, x: jax.Array, y: jax.Array, sampler, prob, **kw
+              ) -> mixing.Mixed:
+  """`mixing.mix(key, x, y, sampler, **kw)` applied to a share `prob` of the batch.
+
+  Example i is mixed iff u_i < prob, with u = uniform(fold_in(key, 2), (B,)) ∈ [0, 1)^B
+  drawn apart from λ and the partners (streams 0 and 1 of `key`); the others are kept:
+  x_i, y_i, λ_i = 1, mask 1, partner i. So each example is mixed with probability prob,
+  independently (timm's and mmpretrain's `prob`, per example). `prob` is a Python float
+  (the program's structure, not a traced value): prob = 1 returns `mix`'s result and
+  compiles exactly its program (a traced select, even one that keeps every mixed row,
+  changes how XLA:CPU fuses the step and the last bits of its results).
+  """
+  m = mixing.mix(key, x, y, sampler, **kw)
+  if prob >= 1.0:
+    return m
+  b = m.x.shape[0]
+  mixed = jax.random.uniform(jax.random.fold_in(key, _PROB_STREAM), (b,)) < prob
+  keep = lambda new, old: jnp.where(mixed.reshape((b,) + (1,) * (new.ndim - 1)), new,
+                                    old.astype(new.dtype))
+  return mixing.Mixed(x=keep(m.x, jnp.asarray(x)), y=keep(m.y, jnp.asarray(y)),
+                      lam=jnp.where(mixed, m.lam, 1.0),
+                      partner=jnp.where(mixed, m.partner, jnp.arange(b, dtype=jnp.int32)),
+                      mask=keep(m.mask, jnp.ones_like(m.mask)))
+
+
+def draw_mix(ctx: MethodContext, key: jax.Array, x: jax.Array, y: jax.Array):
+  """This device's mixed rows and their draw (`mixing.Mixed`) under the configured
+  draw, a share ctx.prob of the examples mixed (`mix_share`).
+
+  Per-device (default): `mix_share(fold_in(key, device), x, y)` on the local batch;
+  `partner` indexes the local batch. Global: `mix_share(key, all_gather(x),
+  all_gather(y))` with the key shared by all devices, then this device's rows; `partner`
+  indexes the global batch (and which examples are mixed does not depend on the device
+  count).
   """
   kw = dict(granularity=ctx.granularity, pairing=ctx.pairing, fold=ctx.fold)
   if ctx.axis_name is None:
-    return mixing.mix(key, x, y, ctx.sampler, **kw)
+    return mix_share(key, x, y, ctx.sampler, ctx.prob, **kw)
   dev = lax.axis_index(ctx.axis_name)
   if not ctx.global_draw:
-    return mixing.mix(jax.random.fold_in(key, dev), x, y, ctx.sampler, **kw)
+    return mix_share(jax.random.fold_in(key, dev), x, y, ctx.sampler, ctx.prob, **kw)
   b = x.shape[0]
   xg = lax.all_gather(x, ctx.axis_name, tiled=True)
   yg = lax.all_gather(y, ctx.axis_name, tiled=True)
   rows = lambda a: lax.dynamic_slice_in_dim(a, dev * b, b, axis=0)
-  return jax.tree.map(rows, mixing.mix(key, xg, yg, ctx.sampler, **kw))
+  return jax.tree.map(rows, mix_share(key, xg, yg, ctx.sampler, ctx.prob, **kw))
 
 
 def _local_key(ctx: MethodContext, key: jax.Array) -> jax.Array:
@@ -190,19 +276,31 @@ def _local_key(ctx: MethodContext, key: jax.Array) -> jax.Array:
   return jax.random.fold_in(key, lax.axis_index(ctx.axis_name))
 
 
-@METHODS.register("erm")
+@register("erm")
 def erm(ctx, logits_fn, x, y, key):
   del key
   return _mean_loss(ctx, y, logits_fn(x))
 
 
-@METHODS.register("mixup")
+def _with_prob(law, config):
+  """The law mixup with a share p = config.mixing.prob of the examples mixed trains on:
+  λ = 1 (the example kept) with probability 1 − p, else λ ~ law (`samplers.switch`, a
+  mixture for a λ-law); `law` itself for p = 1."""
+  p = float(config.mixing.prob)
+  return law if p == 1.0 else _samplers().switch(_samplers().constant(1.0), law, p)
+
+
+@register("mixup", uses_law=True, rescalable=True, options=("mixing.prob",),
+          equivalent_law=_with_prob)
 def mixup(ctx, logits_fn, x, y, key):
   x_mix, y_mix = draw_mix(ctx, key, x, y)[:2]
   return _mean_loss(ctx, y_mix, logits_fn(x_mix))
 
 
-@METHODS.register("regmixup")
+@register("regmixup", uses_law=True, rescalable=True,
+          options=("method.eta", "mixing.prob"),
+          equivalent_law=lambda law, config: _samplers().regmixup_equivalent(
+              _with_prob(law, config), float(config.method.eta)))
 def regmixup(ctx, logits_fn, x, y, key):
   x_mix, y_mix = draw_mix(ctx, key, x, y)[:2]
   b = x.shape[0]
@@ -211,7 +309,7 @@ def regmixup(ctx, logits_fn, x, y, key):
   return jnp.mean(per_example[:b]) + ctx.eta * jnp.mean(per_example[b:])
 
 
-@METHODS.register("erm_transformed")
+@register("erm_transformed", uses_law=True, needs_stats=True, rescalable=True)
 def erm_transformed(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   del key
@@ -219,7 +317,8 @@ def erm_transformed(ctx, logits_fn, x, y, key):
   return _mean_loss(ctx, y_t, logits_fn(x_t))
 
 
-@METHODS.register("perturbed_erm")
+@register("perturbed_erm", uses_law=True, needs_stats=True, rescalable=True,
+          options=("method.num_draws",))
 def perturbed_erm(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   return theory.perturbed_erm_loss(_local_key(ctx, key), logits_fn, x, y, ctx.sampler,
@@ -227,7 +326,9 @@ def perturbed_erm(ctx, logits_fn, x, y, key):
                                    theta_bar=ctx.moments)
 
 
-@METHODS.register("approx")
+@register("approx", uses_law=True, needs_stats=True, rescalable=True,
+          allows_batchnorm=False,
+          options=("method.estimator", "method.num_probes", "method.terms"))
 def approx(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   return theory.approx_mixup_risk(
@@ -237,7 +338,7 @@ def approx(ctx, logits_fn, x, y, key):
       **({} if ctx.moments is None else {"moments": ctx.moments}))
 
 
-@METHODS.register("label_smoothing_matched")
+@register("label_smoothing_matched", uses_law=True, needs_stats=True)
 def label_smoothing_matched(ctx, logits_fn, x, y, key):
   from mixjax import theory  # pylint: disable=g-import-not-at-top
   del key

@@ -1,19 +1,18 @@
-"""From configs to the parts of one compiled program that trains R ≥ 1 runs: the
-dataset, the model, the θ-moments and statistics, the method contexts, the optimizer,
-the state (restored from a checkpoint), the writers and the compiled step.
+"""The parts of a program, from configs: the dataset, the model, the law and its
+moments, the statistics, the method contexts (stacked for a vmapped group), the state
+(created or restored) and the metric writers.
 
-`groups.train_runs` builds a program from these in one sequence for any R: a lone run
-is a program of one run (compiled without the run axis, so its speed and numbers are
-those of a single run); a vmapped group stacks the runs' states, and their contexts when
-they differ (`stack_contexts`). `trained.py` builds a TrainedRun from the same pieces.
+`program.assemble` puts them together once for R ≥ 1 runs (a lone run compiled without
+the run axis; a vmapped group stacking the runs' states, and their contexts when they
+differ); `sweeps` groups points with `group_key`. What a method needs (a law,
+statistics, BatchNorm) is asked of its `methods.Method` entry, never of its name.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
 import jax
@@ -26,55 +25,50 @@ from mixjax import models as models_lib
 from mixjax import samplers as samplers_lib
 from mixjax import sharding
 from mixjax import theory
-from mixjax.data import feeding
 from mixjax.errors import ConfigError
 from mixjax.models import introspect
 from mixjax.theory import stats as stats_lib
 from mixjax.train import methods as methods_lib
 from mixjax.train import optim
 from mixjax.train import state as state_lib
-from mixjax.train import step as step_lib
 from mixjax.train import workdir as workdir_lib
 from mixjax.train import writers
 
 STATS_FILE = "data_stats.npz"
 
 
-def total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
-  """config.num_steps if > 0, else num_epochs × full batches per epoch."""
-  if config.num_steps and config.num_steps > 0:
-    return int(config.num_steps)
-  return int(config.num_epochs) * data_lib.steps_per_epoch(num_train, config.batch_size)
-
-
 def load_data(config: ml_collections.ConfigDict):
   """The dataset (`data.load_dataset`, with config.dataset.label_noise on its training
-  split: `data.with_label_noise`) and the number of steps per epoch."""
+  split: `data.with_label_noise`)."""
   ds = data_lib.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
                              val_fraction=config.dataset.val_fraction,
                              seed=config.dataset.split_seed, num_train=config.dataset.num_train,
+                             cache_dir=config.dataset.cache_dir or None,
                              **dict(config.dataset.kwargs))
   ds = data_lib.with_label_noise(ds, float(config.dataset.label_noise),
                                  int(config.dataset.split_seed))
-  spe = data_lib.steps_per_epoch(int(ds.train_x.shape[0]), config.batch_size)  # rejects B > n
   if config.augment.enabled and not ds.is_image:
     raise ConfigError(
         f"config.augment.enabled=True but {config.dataset.name} is not an image dataset; "
         "set --config.augment.enabled=False.")
-  if (config.method.name in methods_lib.USES_LAW
-      and samplers_lib.is_mask_law(training_sampler(config))
+  return ds
+
+
+def training_sampler(config: ml_collections.ConfigDict):
+  """The mixing law of config.sampler (`methods.make_law`); `program.assemble` builds it
+  once per run and every part of the program reads it from the run's context."""
+  return methods_lib.make_law(config.sampler)
+
+
+def check_law_fits_data(config: ml_collections.ConfigDict, law, ds) -> None:
+  """A mask law, where the method uses the law, needs image inputs (ConfigError)."""
+  if (methods_lib.get(config).uses_law and samplers_lib.is_mask_law(law)
       and (not ds.is_image or len(ds.input_shape) not in (2, 3))):
     raise ConfigError(
         f"config.sampler.name={config.sampler.name!r} is a mask law, which needs image "
         f"inputs (H, W[, C]), but {config.dataset.name}'s examples have shape "
         f"{tuple(ds.input_shape)}. Use a λ-law such as --config.sampler.name=beta, or an "
         "image dataset.")
-  return ds, spe
-
-
-def training_sampler(config: ml_collections.ConfigDict):
-  """The mixing law of config.sampler (the law `MethodContext.from_config` builds)."""
-  return methods_lib.make_law(config.sampler)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int, *,
@@ -103,18 +97,19 @@ def make_model(config: ml_collections.ConfigDict, ds):
     raise ConfigError(
         f"config.model ({config.model.name!r}, kwargs={dict(config.model.kwargs)}, "
         f"input_shape={config.model.input_shape}): {e}") from e
-  if config.method.name == "approx" and introspect.has_batch_stats(model, input_shape):
+  method = methods_lib.get(config)
+  if not method.allows_batchnorm and introspect.has_batch_stats(model, input_shape):
     raise ConfigError(
-        f"method 'approx' differentiates the model along input directions (JVPs), which "
-        f"cannot carry BatchNorm batch statistics; model {config.model.name!r} has "
+        f"method {method.name!r} differentiates the model along input directions (JVPs), "
+        f"which cannot carry BatchNorm batch statistics; model {config.model.name!r} has "
         "BatchNorm. Use a model without BatchNorm (mlp, lenet) or another method.")
   return model
 
 
 def needs_stats(config: ml_collections.ConfigDict) -> bool:
-  name = config.method.name
-  return name in methods_lib.NEEDS_STATS or (
-      name in methods_lib.MIXUP_FAMILY and config.eval.rescale)
+  """The method uses the DataStats, or its model is rescaled at test time."""
+  method = methods_lib.get(config)
+  return method.needs_stats or (method.rescalable and config.eval.rescale)
 
 
 def _stats_fingerprint(config, ds) -> dict[str, Any]:
@@ -148,23 +143,30 @@ def training_stats(config: ml_collections.ConfigDict, ds, workdir: str):
   return stats
 
 
-def training_moments(config: ml_collections.ConfigDict, sampler=None, input_shape=None):
-  """Moments of the law the model effectively trains on (`samplers.law_moments`:
-  θ-moments of a λ-law, N̄ and the §8 moments of a mask law on images of
-  `input_shape`): the sampler's (config's by default), RegMixup's
-  `samplers.regmixup_equivalent`; None for methods that use no law."""
-  if config.method.name not in methods_lib.USES_LAW:
+def trained_law(config: ml_collections.ConfigDict, sampler=None):
+  """The law the model effectively trains on: the sampler (config's by default), or
+  what the method makes of it (`Method.equivalent_law`: RegMixup's
+  `samplers.regmixup_equivalent`); None for methods that use no law."""
+  method = methods_lib.get(config)
+  if not method.uses_law:
     return None
   law = training_sampler(config) if sampler is None else sampler
-  if config.method.name == "regmixup":
-    law = samplers_lib.regmixup_equivalent(law, float(config.method.eta))
-  return samplers_lib.law_moments(law, input_shape)
+  return law if method.equivalent_law is None else method.equivalent_law(law, config)
 
 
-def method_context(config: ml_collections.ConfigDict, input_shape=None
+def training_moments(config: ml_collections.ConfigDict, sampler=None, input_shape=None):
+  """Moments of the law the model effectively trains on (`trained_law`;
+  `samplers.law_moments`: θ-moments of a λ-law, N̄ and the §8 moments of a mask law on
+  images of `input_shape`); None for methods that use no law."""
+  law = trained_law(config, sampler)
+  return None if law is None else samplers_lib.law_moments(law, input_shape)
+
+
+def method_context(config: ml_collections.ConfigDict, input_shape=None, sampler=None
                    ) -> methods_lib.MethodContext:
-  """The run's method context, its law's moments included (`training_moments`)."""
-  ctx = methods_lib.MethodContext.from_config(config)
+  """The run's method context (with `sampler`, the law already built, when given), its
+  law's moments included (`training_moments`)."""
+  ctx = methods_lib.MethodContext.from_config(config, sampler=sampler)
   return ctx.replace(moments=training_moments(config, ctx.sampler, input_shape))
 
 
@@ -251,74 +253,3 @@ def open_writer(workdir: str, start: int, resumed: bool, *, tensorboard: bool = 
   if resumed:
     writer.write(start, {"resumed_from_step": start})
   return writer
-
-
-@dataclasses.dataclass
-class TrainStep:
-  """The compiled train step of a program and its data (`make_step`).
-
-  `step(state, s, n)` takes steps s … s+n−1 in one call (n = config.steps_per_call, or
-  1 for a remainder) and returns (state, metrics). `programs` maps n to the compiled
-  program (`step.make_train_step`); a caller may share it between runs whose programs
-  are the same (the runs of a sequential seed group).
-  """
-  programs: dict[int, Callable]
-  build: Callable[[int], Callable]
-  feed: feeding.Feeder
-  stats: Any
-  ctx: Any
-
-  def __call__(self, state, s: int, n: int = 1):
-    if n not in self.programs:
-      self.programs[n] = self.build(n)
-    x, y, order = self.feed(s, n)
-    return self.programs[n](state, x, y, self.stats, self.ctx, order)
-
-
-def make_step(config: ml_collections.ConfigDict, ds, mesh, model, tx, ctx, stats,
-              roots, *, num_runs: int | None = None, run_ctx=None,
-              programs: dict[int, Callable] | None = None) -> TrainStep:
-  """The program's `TrainStep`: the training set held on device when it fits
-  (`data.feeding`), the statistics for the methods that use them, `ctx` baked into the
-  program, or `run_ctx` (the runs' stacked contexts, `stack_contexts`) passed to it.
-
-  Args:
-    config: the (first) run's config.
-    ds, mesh, model, tx: the dataset, mesh, model and optimizer.
-    ctx: the method context (`method_context`) compiled into the program.
-    stats: DataStats or None.
-    roots: the runs' root key data, (2,) or (R, 2) for a vmapped group (each run its
-      own data order).
-    num_runs: R for a vmapped group, None for one run.
-    run_ctx: the runs' own contexts, when they differ within the group, else None.
-    programs: compiled programs to reuse, by steps per call (see `TrainStep`).
-  """
-  num_train = int(ds.train_x.shape[0])
-  spe = data_lib.steps_per_epoch(num_train, config.batch_size)
-  total = total_steps(config, num_train)
-  on_device = feeding.fits_on_device(ds, config.data_on_device)
-  augment_fn = None
-  if config.augment.enabled:
-    augment_fn = lambda k, im: data_lib.augment(
-        k, im, crop_padding=config.augment.crop_padding, flip=config.augment.flip)
-
-  def build(n: int) -> Callable:
-    return step_lib.make_train_step(
-        model=model, tx=tx, method=methods_lib.METHODS.get(config.method.name),
-        ctx=ctx, mesh=mesh, num_classes=ds.num_classes, batch_size=config.batch_size,
-        num_train=num_train if on_device else None, augment_fn=augment_fn,
-        learning_rate=lambda opt_state, s: optim.learning_rate(
-            opt_state, config.optimizer, spe, total, s),
-        num_runs=num_runs, steps_per_call=n)
-
-  fold = lambda r: jax.random.fold_in(jax.random.wrap_key_data(r), state_lib.KEY_DATA)
-  data_keys = jax.vmap(fold)(roots) if num_runs is not None else fold(roots)
-  feed = feeding.Feeder(ds, config.batch_size, mesh, data_keys,
-                        steps_per_call=config.steps_per_call, on_device=on_device)
-  stats_dev = None  # only the methods that use them get the statistics in the step
-  if stats is not None and config.method.name in methods_lib.NEEDS_STATS:
-    stats_dev = jax.tree.map(lambda a: sharding.put_replicated(mesh, np.asarray(a)), stats)
-  run_ctx_dev = (None if run_ctx is None
-                 else jax.device_put(run_ctx, sharding.replicated(mesh)))
-  return TrainStep(programs={} if programs is None else programs, build=build,
-                   feed=feed, stats=stats_dev, ctx=run_ctx_dev)

@@ -101,6 +101,7 @@ def make_train_step(
     *, model: nn.Module, tx: optax.GradientTransformation, method: Callable[..., Any],
     ctx: methods_lib.MethodContext, mesh: jax.sharding.Mesh, num_classes: int,
     batch_size: int, num_train: int | None,
+    steps_per_epoch: int | None = None,
     learning_rate: Callable[[Any, jax.Array], jax.Array] | None = None,
     augment_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     max_traces: int | None = None,
@@ -122,6 +123,8 @@ def make_train_step(
     batch_size: B, the global batch.
     num_train: n when the training set is passed whole (held on device, replicated);
       None for host-fed batches (x_src, y_src are then the (B, ...) global batch).
+    steps_per_epoch: the program's steps per epoch (`program.Schedule`), which slice
+      the epoch permutations of `order`; needed only when `order` is passed.
     learning_rate: `learning_rate(opt_state, step)` (`optim.learning_rate`), only logged.
     augment_fn: `augment_fn(key, images) -> images` for a batch (or None).
     max_traces: wrap the body in `chex.assert_max_traces(n=max_traces)` (tests).
@@ -154,7 +157,7 @@ def make_train_step(
     raise ValueError(f"batch_size={batch_size} is not divisible by the {ndev} devices.")
   local_b = batch_size // ndev
   on_device = num_train is not None
-  spe = num_train // batch_size if on_device else None
+  spe = steps_per_epoch
 
   def body(state: state_lib.TrainState, x_src: jax.Array, y_src: jax.Array, stats: Any,
            run_ctx: methods_lib.MethodContext | None, order: Any):
@@ -239,6 +242,10 @@ def make_train_step(
   compiled = jax.jit(sharded, donate_argnums=(0,))
 
   def train_step(state, x_src, y_src, stats, ctx=None, order=None):  # pylint: disable=redefined-outer-name
+    if order is not None and spe is None:
+      raise ValueError("The epoch permutations `order` need make_train_step(..., "
+                       "steps_per_epoch=⌊n / B⌋) (the program's Schedule).")
     return compiled(state, x_src, y_src, stats, ctx, order)
 
+  train_step.jitted = compiled  # for lowering and profiling (benchmarks)
   return train_step

@@ -7,9 +7,10 @@ step, keys `<column>/<metric>`) and the printed table:
                  ECE, AURC, and ece / nll / brier after temperature scaling
                  (`*_temp_scaled`, T fitted on the validation split);
   val            the validation split: its accuracy and the fitted temperature;
-  test_rescaled, val_rescaled   the same with test-time rescaling, for the mixup family
-                 (mixup, regmixup, erm_transformed, perturbed_erm, approx;
-                 docs/THEORY.md §5, `theory.rescaled` with θ̄ of the run's training law,
+  test_rescaled, val_rescaled   the same with test-time rescaling, for the methods
+                 whose entry is `rescalable` (the mixup family: mixup, regmixup,
+                 erm_transformed, perturbed_erm, approx; docs/THEORY.md §5,
+                 `theory.rescaled` with θ̄ of the law the run trained on,
                  `samplers.regmixup_equivalent` for RegMixup).
 The summary also says what the run was (dataset, model, method, the sampler's name,
 parameters and label, θ̄ and the strengths, the seed) and how it was trained
@@ -38,12 +39,14 @@ from mixjax.train import state as state_lib
 from mixjax.train import writers
 
 
-def run_summary(config: ml_collections.ConfigDict, state, *, total: int, spe: int,
-                num_devices: int, moments, train_time: float,
-                resumed_from_step: int | None, ds=None) -> dict[str, Any]:
-  """What the run was (summary.json without the evaluations)."""
+def run_summary(program, r: int, state, *, train_time: float,
+                resumed_from_step: int | None) -> dict[str, Any]:
+  """What run r of `program` was (summary.json without the evaluations); `state` is
+  the run's own."""
+  config, ds, ctx = program.configs[r], program.ds, program.contexts[r]
+  moments, schedule = ctx.moments, program.schedule
   noise = None
-  if ds is not None and "clean_train_y" in ds.extras:
+  if "clean_train_y" in ds.extras:
     noise = {"rate": float(config.dataset.label_noise),
              "seed": int(config.dataset.split_seed),
              "flipped": int(np.sum(ds.train_y != ds.extras["clean_train_y"])),
@@ -52,9 +55,11 @@ def run_summary(config: ml_collections.ConfigDict, state, *, total: int, spe: in
       "dataset": config.dataset.name, "model": config.model.name,
       "method": config.method.name,
       "sampler": {"name": config.sampler.name, "params": dict(config.sampler.params),
-                  "label": methods_lib.make_law(config.sampler).label},
+                  "label": ctx.sampler.label},
       "seed": int(config.seed),
-      "step": total, "epochs": total / spe, "num_devices": num_devices,
+      "step": schedule.total_steps,
+      "epochs": schedule.total_steps / schedule.steps_per_epoch,
+      "num_devices": len(program.devices),
       "theta_bar": None if moments is None else float(moments.mean),
       "strength": None if moments is None else float(moments.strength),
       "global_strength": None if moments is None else float(moments.global_strength),
@@ -96,23 +101,24 @@ def load_shift_sets(config: ml_collections.ConfigDict, ds) -> dict[str, tuple]:
   `ds`'s test split (`data.shift_test_sets`); {} when none is configured."""
   sets = {}
   for name, configs in validate.shift_sets(config).items():
-    sets.update(data_lib.shift_test_sets(name, data_dir=config.dataset.data_dir, ds=ds,
-                                         configs=configs))
+    sets.update(data_lib.shift_test_sets(
+        name, data_dir=config.dataset.data_dir, ds=ds, configs=configs,
+        cache_dir=os.path.expanduser(config.dataset.cache_dir) or None))
   return sets
 
 
 def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds,
                      shift_sets=None):
-  """{"test", "val"} and, for the mixup family if config.eval.rescale, {"test_rescaled",
-  "val_rescaled"} (module docstring); with `shift_sets` ({name: (x, y)},
-  `load_shift_sets`), "shift" (and "shift_rescaled"): {name: metrics, "mean": their
-  mean over the sets} (`eval.evaluate_shift`, temperature-scaled with the T fitted on
+  """{"test", "val"} and, where the method is rescalable (`Method.rescalable`, the mixup
+  family) and config.eval.rescale, {"test_rescaled", "val_rescaled"} (module
+  docstring); with `shift_sets` ({name: (x, y)}, `load_shift_sets`), "shift" (and
+  "shift_rescaled"): {name: metrics, "mean": their mean over the sets} (`eval.evaluate_shift`, temperature-scaled with the T fitted on
   the clean validation split). Also the logits they were computed from (plain,
   rescaled; the shifted sets' as "shift_<name>")."""
   logits, logits_rescaled = {}, {}
   results = {}
   rescale = [False]
-  if config.eval.rescale and config.method.name in methods_lib.MIXUP_FAMILY:
+  if config.eval.rescale and methods_lib.get(config).rescalable:
     rescale.append(True)
   for r in rescale:
     suffix, out = ("_rescaled", logits_rescaled) if r else ("", logits)
@@ -128,31 +134,31 @@ def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds,
   return results, logits, logits_rescaled
 
 
-def finish_runs(configs, dirs, state, *, predict, ds, writer, total: int, spe: int,
-                num_devices: int, moments, train_time: float, resumed_from_step,
-                training: list[dict[str, Any]], changes=None, shift_sets=None
-                ) -> dict[str, dict[str, Any]]:
+def finish_runs(program, dirs, state, *, writer, train_time: float, resumed_from_step,
+                training: list[dict[str, Any]], changes=None) -> dict[str, dict[str, Any]]:
   """Each run's summary.json after training (module docstring); {folder name: summary}.
 
   Args:
-    configs, dirs: the runs' configs and folders.
-    state: the program's final state (a leading run axis when len(configs) > 1).
-    predict: the `eval.Predictor` of the program (θ̄ replaced per run).
-    moments: each run's θ-moments (None outside the mixup family).
+    program: the `program.Program` that trained the runs.
+    dirs: the runs' folders.
+    state: the program's final state (a leading run axis when it has several runs).
+    writer: the runs' `writers.RunWriters`.
+    train_time: the training time (seconds).
+    resumed_from_step: the step training resumed from, or None.
     training: each run's "checkpoint" entry: how it trained ("mode": "alone" or
       "vmapped" with "group": the folders of the program's runs) and where its states
       are ("workdir", and its index "run" among "num_runs" stacked runs).
     changes: each run's config changes accepted on this rerun ({key: (old, new)},
       `workdir.check_workdir_config`), recorded as "config_changes".
-    shift_sets: the shifted test sets (`load_shift_sets`), loaded once for all runs.
   """
+  ds, total = program.ds, program.schedule.total_steps
+  shift_sets = load_shift_sets(program.config, ds)  # loaded once for all runs
   summaries = {}
-  grouped = len(configs) > 1
-  for r, (c, d) in enumerate(zip(configs, dirs)):
-    run_state = loop.run_slice(state, r) if grouped else state
-    summary = run_summary(c, run_state, total=total, spe=spe, num_devices=num_devices,
-                          moments=moments[r], train_time=train_time,
-                          resumed_from_step=resumed_from_step, ds=ds)
+  for r, (c, d) in enumerate(zip(program.configs, dirs)):
+    moments = program.contexts[r].moments
+    run_state = loop.run_slice(state, r) if program.num_runs else state
+    summary = run_summary(program, r, run_state, train_time=train_time,
+                          resumed_from_step=resumed_from_step)
     summary["checkpoint"] = training[r]
     if changes and changes[r]:
       summary["config_changes"] = {k: list(v) for k, v in changes[r].items()}
@@ -165,8 +171,8 @@ def finish_runs(configs, dirs, state, *, predict, ds, writer, total: int, spe: i
         writers.write_json(os.path.join(d, writers.SUMMARY_FILE), summary)
     else:
       summary["status"] = "ok"
-      run_predict = predict if moments[r] is None else predict.with_theta_bar(
-          setup.rescaling(moments[r]))
+      run_predict = program.predict if moments is None else program.predict.with_theta_bar(
+          setup.rescaling(moments))
       results, logits, logits_rescaled = final_evaluation(c, run_predict, run_state, ds,
                                                           shift_sets)
       summary.update(results)

@@ -8,7 +8,6 @@ Config files (`experiments/*.py`) are loaded by path (`load_config_module`); a f
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -20,6 +19,7 @@ import jax
 import ml_collections
 
 from mixjax.errors import ConfigError, NonFiniteLossError
+from mixjax.train import config as config_lib
 from mixjax.train import groups
 from mixjax.train import setup
 from mixjax.train import validate
@@ -27,18 +27,7 @@ from mixjax.train import workdir as workdir_lib
 from mixjax.train import writers
 
 
-def load_config_module(path: str) -> types.ModuleType:
-  """Imports a config file (`experiments/*.py`, the part before any `:arg`) by path.
-
-  Config files are loaded by path, not as a package, as `--config=<file>` does."""
-  path = os.path.abspath(path.split(":", 1)[0])
-  name = "_mixjax_config_" + os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(name, path)
-  if spec is None:
-    raise ValueError(f"Cannot load config file {path!r}.")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+load_config_module = config_lib.load_config_module  # where the sweeps' users find it
 
 
 def sweep_config(config: ml_collections.ConfigDict, overrides: dict[str, Any]
@@ -66,7 +55,7 @@ def load_sweep(config_path: str, module: types.ModuleType | None = None) -> list
   """`get_sweep()` of a config file (or of its already loaded `module`), called with the
   file's `:arg` when it has one (as `get_config`): one override dict {"a.b": value} per
   point (ConfigError if the file has none)."""
-  module = module or load_config_module(config_path)
+  module = module or config_lib.load_config_module(config_path)
   if not hasattr(module, "get_sweep"):
     raise ConfigError(f"{config_path} has no get_sweep(); nothing to sweep.")
   arg = config_path.split(":", 1)[1] if ":" in config_path else None
@@ -103,7 +92,7 @@ def sweep_point_configs(config: ml_collections.ConfigDict, config_path: str
     ConfigError: the file has no get_sweep(), a point names an unknown key, or a point
       sets a key that the command line also set (which should win is ambiguous).
   """
-  module = load_config_module(config_path)
+  module = config_lib.load_config_module(config_path)
   arg = config_path.split(":", 1)[1] if ":" in config_path else None
   file_config = module.get_config(arg) if arg is not None else module.get_config()
   cli = set(workdir_lib.config_changes(json.loads(workdir_lib.config_to_json(file_config)),

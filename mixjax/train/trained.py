@@ -1,5 +1,5 @@
-"""A trained run, for analysis: its config, model, dataset and the model variables at
-any of its checkpoints (`TrainedRun`)."""
+"""A trained run, for analysis: its config, program (model, dataset, schedule, method
+context) and the model variables at any of its checkpoints (`TrainedRun`)."""
 from __future__ import annotations
 
 import json
@@ -7,13 +7,10 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from mixjax import data as data_lib
-from mixjax import sharding
 from mixjax.train import checkpoint as checkpoint_lib
 from mixjax.train import loop
-from mixjax.train import optim
+from mixjax.train import program as program_lib
 from mixjax.train import setup
 from mixjax.train import state as state_lib
 from mixjax.train import workdir as workdir_lib
@@ -31,7 +28,10 @@ class TrainedRun:
 
   Attributes:
     config: the run's resolved config (ml_collections.ConfigDict).
-    model: the Linen model it trained (`setup.make_model`).
+    program: its `program.Program`, assembled without statistics, step or predictor
+      (`assemble(..., train=False)`): the model, the schedule, the optimizer, the
+      method and the run's context (its law and the moments of the law it trained on).
+    model: the Linen model it trained (`program.model`).
     ds: the dataset (`setup.load_data`; pass `ds` to reuse one already loaded).
     steps: the checkpointed steps, ascending.
   """
@@ -41,19 +41,15 @@ class TrainedRun:
       self.config = workdir_lib.config_from_json(json.load(f))
     summary = workdir_lib.finished_summary(run_dir) or {}
     where = summary.get("checkpoint") or {"workdir": ".", "run": None, "num_runs": None}
-    self.ds = ds if ds is not None else setup.load_data(self.config)[0]
-    self.model = setup.make_model(self.config, self.ds)
+    self.program = program_lib.assemble(
+        [self.config], ds if ds is not None else setup.load_data(self.config),
+        devices=jax.local_devices(), train=False)
+    self.ds, self.model = self.program.ds, self.program.model
     self._run, num_runs = where["run"], where["num_runs"]
     self._ckpt = checkpoint_lib.Checkpointer(
         os.path.normpath(os.path.join(run_dir, where["workdir"])))
     self.steps = sorted(self._ckpt.all_steps())
-    spe = data_lib.steps_per_epoch(int(self.ds.train_x.shape[0]), self.config.batch_size)
-    tx = optim.make_optimizer(self.config.optimizer, spe, setup.total_steps(
-        self.config, int(self.ds.train_x.shape[0])))
-    root = jnp.zeros((num_runs, 2) if num_runs else (2,), jnp.uint32)
-    self._template = setup.initial_state(self.model, tx,
-                                         sharding.make_mesh(jax.local_devices()), root,
-                                         self.ds, num_runs=num_runs)
+    self._template = program_lib.state_template(self.program, num_runs)
 
   def state(self, step: int | None = None) -> state_lib.TrainState:
     """The run's TrainState at checkpoint `step` (default: the last)."""

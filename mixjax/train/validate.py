@@ -3,17 +3,22 @@ messages give (the valid choices, "did you mean").
 
 `validate_config` raises `ConfigError` (exit code 2 in `mixjax.main`) naming the key, the
 value, the valid choices and the fix; names go through the registries, so an unknown
-sampler, method, model, dataset or loss lists the known ones and the closest match.
+sampler, method, model, dataset or loss lists the known ones and the closest match;
+numbers are checked against the ranges declared with their defaults (`config.RANGES`).
+`check_config_flags` checks the command line's --config file and overrides before absl
+parses them (`mixjax.main.parse_flags`).
 """
 from __future__ import annotations
 
+import ast
 import difflib
-import math
+import os
 from typing import Any, Mapping
 
 import ml_collections
 
-from mixjax.errors import ConfigError
+from mixjax.errors import ConfigError, one_line
+from mixjax.train import config as config_lib
 
 GROUP_MODES = ("auto", "vmap", "sequential")
 APPROX_TERMS = ("jacobian", "cross", "hessian", "label")
@@ -65,6 +70,59 @@ def _check_model_kwargs(config) -> None:
           + f". Its arguments: {', '.join(allowed)}."
           + (f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else "")
           + " Set them with --config.model.kwargs='{\"<argument>\": <value>}'.")
+
+
+def sampler_params_hint(name: str) -> str:
+  """How to set the parameters of sampler `name`, from its factory's signature: "beta
+  takes alpha, beta=None: set them with --config.sampler.params='{"alpha": <value>}'"
+  ("" when `name` does not load)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from mixjax.samplers import laws as laws_lib  # pylint: disable=g-import-not-at-top
+  takes = laws_lib.parameters_hint(name)
+  if not takes:
+    return ""
+  params = inspect.signature(laws_lib.sampler_factory(name)).parameters.values()
+  params = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+  if not params:
+    return f"{takes}: set --config.sampler.params='{{}}'"
+  shown = [p.name for p in params if p.default is inspect.Parameter.empty] or [
+      p.name for p in params]
+  example = ", ".join(f'"{n}": <value>' for n in shown)
+  return f"{takes}: set them with --config.sampler.params='{{{example}}}'"
+
+
+def _check_sampler(config) -> None:
+  """config.sampler: a registered name or a MODULE:FACTORY that loads, parameters its
+  factory takes, and a law it builds; a user's law is drawn once (`samplers.validate`:
+  float32 in [0, 1], given moments that match its draws)."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from mixjax import samplers as samplers_lib  # pylint: disable=g-import-not-at-top
+  from mixjax.samplers import laws as laws_lib  # pylint: disable=g-import-not-at-top
+  name, params = config.sampler.name, dict(config.sampler.params)
+  user = laws_lib.is_entry_point(name)
+  try:
+    factory = laws_lib.sampler_factory(name)
+  except ValueError as e:
+    _fail(f"config.sampler.name: {e}"
+          + ("" if user else " Set it with --config.sampler.name=<name>."))
+  hint = sampler_params_hint(name)
+  try:
+    inspect.signature(factory).bind(**params)
+  except TypeError as e:
+    _fail(f"config.sampler.params={params} do not fit sampler {name!r} ({e}): {hint}.")
+  except ValueError:  # no signature to check: the call below tells
+    pass
+  try:  # builds the law: α <= 0 and other impossible parameters raise here
+    law = samplers_lib.make_sampler(name, **params)
+  except (TypeError, ValueError) as e:
+    if user:  # the factory raised, or returned no law
+      _fail(f"config.sampler.name={name!r}: {e}")
+    _fail(f"config.sampler.params={params} do not fit sampler {name!r}: {e}")
+  if user:
+    try:
+      samplers_lib.validate(law)
+    except ValueError as e:
+      _fail(f"config.sampler.name={name!r}: {e}")
 
 
 def _check_batch_fits(config) -> None:
@@ -130,10 +188,13 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   through the registries: `MODELS`, `DATASETS`, `SAMPLERS`, `LOSSES`, `METHODS`), for:
   unknown dataset / model / method / sampler / loss / optimizer / schedule / granularity /
   pairing / estimator / approx term; sampler parameters the sampler rejects (α ≤ 0, …:
-  the sampler is built here); batch size not divisible by the device count; lr ≤ 0;
-  no epochs or steps; val_fraction outside [0, 1); negative weight decay, momentum
-  outside [0, 1), η < 0; nonpositive intervals; model arguments (`model.kwargs`) the
-  model does not take; a batch larger than the training split (its size from metadata:
+  the sampler is built here; `sampler_params_hint`); a user law MODULE:FACTORY that
+  does not load, raises, or returns no valid law (`_check_sampler`); a numeric knob
+  outside the range declared next to its default (`config.RANGES`: lr ≤ 0, val_fraction
+  outside [0, 1), η < 0, …); the options of the configured method (`Method.options`:
+  approx's estimator and terms); batch size not divisible by the device count; no epochs
+  or steps; model arguments (`model.kwargs`) the model does not take; a batch larger
+  than the training split (its size from metadata:
   `mixjax.data.train_size`, no data is read; skipped when unknown, e.g. a tfds dataset
   not prepared yet). Cheap: nothing is traced.
 
@@ -151,7 +212,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   from mixjax import losses as losses_lib  # pylint: disable=g-import-not-at-top
   from mixjax import mixing as mixing_lib  # pylint: disable=g-import-not-at-top
   from mixjax import models as models_lib  # pylint: disable=g-import-not-at-top
-  from mixjax import samplers as samplers_lib  # pylint: disable=g-import-not-at-top
   from mixjax.train import methods as methods_lib  # pylint: disable=g-import-not-at-top
 
   def choice(value, valid, key):
@@ -162,44 +222,37 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   for key, lookup in (("dataset.name", data_lib.DATASETS.get),
                       ("model.name", models_lib.MODELS.get),
                       ("method.name", methods_lib.METHODS.get),
-                      ("method.loss", losses_lib.get_loss),
-                      ("sampler.name", samplers_lib.SAMPLERS.get)):
+                      ("method.loss", losses_lib.get_loss)):
     section, leaf = key.split(".")
     try:
       lookup(config[section][leaf])
     except ValueError as e:
       _fail(f"config.{key}: {e} Set it with --config.{key}=<name>.")
+  _check_sampler(config)
   _check_model_kwargs(config)
-  try:  # builds the sampler: α <= 0 and other impossible parameters raise here
-    samplers_lib.make_sampler(config.sampler.name, **dict(config.sampler.params))
-  except (TypeError, ValueError) as e:
-    _fail(f"config.sampler.params={dict(config.sampler.params)} do not fit sampler "
-          f"{config.sampler.name!r}: {e} Set them with "
-          f"--config.sampler.params='{{\"<name>\": <value>}}'.")
   choice(config.mixing.granularity, mixing_lib.GRANULARITIES, "mixing.granularity")
   choice(config.mixing.pairing, mixing_lib.PAIRINGS, "mixing.pairing")
   choice(config.optimizer.name, OPTIMIZERS, "optimizer.name")
   choice(config.group_mode, GROUP_MODES, "group_mode")
-  if config.steps_per_call < 1:
-    _fail(f"config.steps_per_call={config.steps_per_call} must be >= 1 (1: one dispatch "
-          "per step).")
-  if config.num_seeds < 1:
-    _fail(f"config.num_seeds={config.num_seeds} must be >= 1 (1: a single run).")
   choice(config.optimizer.schedule, SCHEDULES, "optimizer.schedule")
-  if config.method.name == "approx":
+  for key, valid in config_lib.RANGES.items():  # declared next to the defaults
+    value = config_lib.get(config, key)
+    if not valid.contains(value):
+      _fail(f"config.{key}={value} must be {valid.describe()}.")
+  method = methods_lib.METHODS.get(config.method.name)
+  if "method.estimator" in method.options:
     from mixjax.theory import approx_risk  # pylint: disable=g-import-not-at-top
     estimators = getattr(approx_risk, "ESTIMATORS", ("exact", "lowrank", "stochastic"))
     choice(config.method.estimator, tuple(estimators), "method.estimator")
-    for t in config.method.terms:
-      choice(t, APPROX_TERMS, "method.terms[...]")
-    if not config.method.terms:
-      _fail("config.method.terms is empty: the approx method needs at least one of "
-            f"{APPROX_TERMS} (the ERM term on transformed data is always included).")
-    if config.method.num_probes < 1:
-      _fail(f"config.method.num_probes={config.method.num_probes} must be >= 1.")
     if config.method.estimator == "lowrank" and not config.stats.rank:
       _fail("config.method.estimator='lowrank' needs principal directions: set "
             "--config.stats.rank=k (k >= 1).")
+  if "method.terms" in method.options:
+    for t in config.method.terms:
+      choice(t, APPROX_TERMS, "method.terms[...]")
+    if not config.method.terms:
+      _fail(f"config.method.terms is empty: method {method.name!r} needs at least one of "
+            f"{APPROX_TERMS} (the ERM term on transformed data is always included).")
 
   ndev = jax.device_count() if num_devices is None else num_devices
   if config.batch_size <= 0 or config.batch_size % ndev:
@@ -207,49 +260,140 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
     _fail(f"config.batch_size={config.batch_size} must be positive and divisible by the "
           f"device count ({ndev}): each device takes batch_size / {ndev} examples. "
           f"Use e.g. --config.batch_size={suggestion}.")
-  if not config.optimizer.lr > 0 or not math.isfinite(config.optimizer.lr):
-    _fail(f"config.optimizer.lr={config.optimizer.lr} must be a finite number > 0.")
-  if config.optimizer.weight_decay < 0:
-    _fail(f"config.optimizer.weight_decay={config.optimizer.weight_decay} must be >= 0.")
-  if config.optimizer.name == "sgd" and not 0 <= config.optimizer.momentum < 1:
-    _fail(f"config.optimizer.momentum={config.optimizer.momentum} must be in [0, 1).")
   if config.optimizer.schedule == "piecewise":
-    if not 0 < config.optimizer.decay_factor <= 1:
-      _fail(f"config.optimizer.decay_factor={config.optimizer.decay_factor} must be in (0, 1].")
     b = list(config.optimizer.boundaries)
     if any(x <= 0 for x in b) or b != sorted(b):
       _fail(f"config.optimizer.boundaries={tuple(b)} must be increasing positive epochs.")
-  if config.optimizer.warmup_epochs < 0:
-    _fail(f"config.optimizer.warmup_epochs={config.optimizer.warmup_epochs} must be >= 0.")
   if not (config.num_steps and config.num_steps > 0) and config.num_epochs <= 0:
     _fail(f"config.num_epochs={config.num_epochs} must be > 0 (or set config.num_steps > 0).")
-  if config.num_steps < 0:
-    _fail(f"config.num_steps={config.num_steps} must be >= 0 (0: use num_epochs).")
-  if not 0 <= config.dataset.val_fraction < 1:
-    _fail(f"config.dataset.val_fraction={config.dataset.val_fraction} must be in [0, 1).")
-  if config.dataset.num_train < 0:
-    _fail(f"config.dataset.num_train={config.dataset.num_train} must be >= 0 (0: the whole "
-          "training split).")
-  if not 0 <= config.dataset.label_noise < 1:
-    _fail(f"config.dataset.label_noise={config.dataset.label_noise} must be in [0, 1) "
-          "(0: clean labels).")
-  if not 0 <= config.method.label_smoothing < 1:
-    _fail(f"config.method.label_smoothing={config.method.label_smoothing} must be in "
-          "[0, 1) (0: no smoothing).")
-  if config.method.eta < 0:
-    _fail(f"config.method.eta={config.method.eta} must be >= 0.")
-  if config.method.num_draws < 1:
-    _fail(f"config.method.num_draws={config.method.num_draws} must be >= 1.")
-  if config.stats.rank is not None and config.stats.rank < 1:
-    _fail(f"config.stats.rank={config.stats.rank} must be >= 1 (or unset).")
-  for key in ("log_every_steps", "checkpoint_every_steps", "max_to_keep"):
-    if config[key] <= 0:
-      _fail(f"config.{key}={config[key]} must be > 0.")
-  if config.eval.every_epochs < 0 or config.eval.batch_size <= 0 or config.eval.num_bins <= 0:
-    _fail("config.eval.every_epochs must be >= 0 (0: only at the end), "
-          "config.eval.batch_size and config.eval.num_bins > 0.")
-  if config.augment.crop_padding < 0:
-    _fail(f"config.augment.crop_padding={config.augment.crop_padding} must be >= 0.")
   _check_shift(config, check_data)
   if check_data:
     _check_batch_fits(config)
+
+
+# ---------------------------------------------- the command line, before absl parses it
+
+
+def _config_arg(argv) -> str | None:
+  """The value of --config in argv (the last one wins, as in absl), or None."""
+  value = None
+  for i, a in enumerate(argv):
+    if a.startswith("--config="):
+      value = a[len("--config="):]
+    elif a == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+  return value
+
+
+def _overrides(argv) -> list[tuple[str, str]]:
+  """(dotted key, value) of every --config.<key>=<value> in argv."""
+  out = []
+  for a in argv:
+    if a.startswith("--config."):
+      path, _, value = a[len("--config."):].partition("=")
+      out.append((path, value))
+  return out
+
+
+def _config_file_problem(value: str) -> str | None:
+  """A message if --config=value names no readable file, else None."""
+  path = value.split(":", 1)[0]
+  if os.path.isfile(path):
+    return None
+  folder = os.path.dirname(path) or "."
+  files = sorted(f for f in os.listdir(folder) if f.endswith(".py")
+                 and not f.startswith("_")) if os.path.isdir(folder) else []
+  close = difflib.get_close_matches(os.path.basename(path), files, n=1)
+  where = os.path.abspath(folder)
+  return (f"--config={value}: no such file (looked in {where}/"
+          + ("" if os.path.isabs(path) else f", relative to the current directory "
+             f"{os.getcwd()}") + "). "
+          + (f"Config files in {folder}/: {', '.join(files)}."
+             if files else f"{folder}/ holds no config files.")
+          + (f" Did you mean {os.path.join(folder, close[0])}?" if close else "")
+          + " Pass a get_config() file, e.g. --config=experiments/mnist1d.py.")
+
+
+def _load_config(value: str):
+  """The --config file's get_config(arg) (ConfigError naming the problem otherwise)."""
+  try:
+    module = config_lib.load_config_module(value)
+  except SyntaxError as e:
+    raise ConfigError(f"--config={value}: {e.filename}, line {e.lineno}: "
+                      f"{e.msg}. Fix the file.") from e
+  except Exception as e:  # pylint: disable=broad-except  (the module raised on import)
+    raise ConfigError(f"--config={value}: loading it raised {type(e).__name__}: "
+                      f"{one_line(e).rstrip('.')}. Fix the file.") from e
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"--config={value}: the file defines no get_config(). "
+                      "Define one that returns an ml_collections.ConfigDict.")
+  try:
+    config = module.get_config(*value.split(":", 1)[1:])
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(
+        f"--config={value}: get_config() raised {type(e).__name__}: "
+        f"{one_line(e).rstrip('.')}. Fix the file or its argument.") from e
+  if not hasattr(config, "to_dict"):
+    raise ConfigError(f"--config={value}: get_config() returned "
+                      f"{type(config).__name__}, not a ConfigDict. Return the config.")
+  return config.to_dict()
+
+
+def _value_problem(path: str, value: str, current) -> str | None:
+  """A message if `value` cannot be parsed as the type of the knob's `current` value."""
+  def literal():
+    try:
+      return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      return None
+  if isinstance(current, bool):
+    ok = value.lower() in ("true", "false", "t", "f", "1", "0")
+  elif isinstance(current, int):
+    ok = isinstance(literal(), int)
+  elif isinstance(current, float):
+    ok = isinstance(literal(), (int, float))
+  elif isinstance(current, (tuple, list)):
+    ok = isinstance(literal(), (tuple, list, int, float, str))
+  elif isinstance(current, dict):
+    ok = isinstance(literal(), dict)
+  else:
+    ok = True
+  if ok:
+    return None
+  if isinstance(current, dict):
+    expected = f"a dict literal, e.g. --config.{path}='{{\"<key>\": <value>}}' (now {current})"
+  else:
+    kind = type(current).__name__
+    expected = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind} (now {current!r})"
+  return f"--config.{path}={value} does not parse. --config.{path} takes {expected}."
+
+
+def check_config_flags(argv) -> None:
+  """What mixjax can check before absl parses the flags: the --config file exists,
+  imports and returns a ConfigDict; every --config.<key> override names a key, and its
+  value parses as the knob's type. Raises ConfigError naming the problem and the fix."""
+  value = _config_arg(argv)
+  if value is None:
+    return  # absl says that --config is required
+  problem = _config_file_problem(value)
+  if problem is not None:
+    raise ConfigError(problem)
+  config = _load_config(value)
+  for path, val in _overrides(argv):
+    missing = find_unknown_key(config, path)
+    if missing is not None:
+      parent, key = missing
+      node = config
+      for p in parent.split(".")[1:]:
+        node = node[p]
+      whole = ""
+      if parent[len("config."):] in config_lib.DICT_KNOBS:
+        whole = (f" --{parent} is a dict: set it whole, e.g. "
+                 f"--{parent}='{{\"{key}\": {val or '...'}}}'.")
+      raise ConfigError(
+          f"--config.{path}={val}: {parent} has no key {key!r}. "
+          f"{unknown_key_hint(node, key)}{whole} Every knob and its default "
+          "is listed in mixjax/train/config.py.")
+    problem = _value_problem(path, val, config_lib.get(config, path))
+    if problem is not None:
+      raise ConfigError(problem)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Mapping
 
 from absl import logging
@@ -27,6 +28,26 @@ def _py(v: Any) -> Any:
   return v
 
 
+def import_tensorboardx():
+  """`import tensorboardX`, without importing PyTorch.
+
+  tensorboardX imports torch when it is installed, only to accept torch tensors as values
+  (`writer.numpy_compatible`); that import takes seconds of a run's start-up. mixjax writes
+  Python floats, so while tensorboardX is imported `torch` is marked unimportable (an
+  entry None in `sys.modules`, the documented way to block an import) and unmarked after.
+  A torch that is already imported is left alone."""
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    return tensorboardX
+  sys.modules["torch"] = None
+  try:
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+  finally:
+    if sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
+  return tensorboardX
+
+
 class MetricWriter:
   """Writes `{"step": s, **scalars}` records (one JSON line each) and TB scalars.
 
@@ -44,8 +65,7 @@ class MetricWriter:
       os.makedirs(workdir, exist_ok=True)
       if tensorboard:
         try:
-          import tensorboardX  # pylint: disable=g-import-not-at-top
-          self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"))
+          self._tb = import_tensorboardx().SummaryWriter(os.path.join(workdir, "tb"))
         except ImportError:
           logging.info("tensorboardX not installed: writing %s only.", self.path)
 
@@ -178,7 +198,10 @@ def format_summary(summary: dict[str, Any]) -> str:
   headed by the run's seed and law."""
   cols = [("test", summary["test"], summary.get("val") or {})]
   if summary.get("test_rescaled"):
-    cols.append((f"rescaled (θ̄={summary['theta_bar']:.4f})", summary["test_rescaled"],
+    # A Monte-Carlo θ̄ (a user law without exact moments) shows its standard error.
+    se = summary.get("theta_bar_stderr")
+    theta = f"{summary['theta_bar']:.4f}" + (f"±{se:.1g}" if se else "")
+    cols.append((f"rescaled (θ̄={theta})", summary["test_rescaled"],
                  summary.get("val_rescaled") or {}))
   rows = ["accuracy", "nll", "ece", "brier", "classwise_ece", "adaptive_ece",
           "smooth_ece", "aurc", "ece_temp_scaled", "nll_temp_scaled"]
