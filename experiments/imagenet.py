@@ -15,8 +15,10 @@ downloaded by hand; the error message when it is missing gives the command):
 
 (MANUAL holds ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar), then
 `--config.dataset.data_dir=DIR`. Training streams it (`dataset.streaming`): JPEGs decoded
-in worker processes, random-resized crop to 224 and flip; evaluation on the 50,000
-`validation` images (resize 256, centre crop 224), as the published numbers.
+in `dataset.num_workers` worker processes, random-resized crop to `dataset.image_size`
+(224) and flip; evaluation on the 50,000 `validation` images (resize 256, centre crop
+224), as the published numbers; `dataset.num_classes` (1000) is checked against the
+prepared dataset's labels.
 
 Variants (the config argument; published rows of the official code's README as anchors,
 NLL / top-1 accuracy / ECE with 15 bins on the ImageNet validation set):
@@ -88,6 +90,11 @@ BATCH_SIZE = 1024
 WARMUP_EPOCHS = 5
 DECAY_EPOCHS_AT_90 = (30, 60, 80)
 MIXUP_ALPHA = 0.2
+NUM_CLASSES = 1000
+# Decoding processes per training process (JPEG decode + random-resized crop,
+# `mixjax.data.streaming`); set it to the host's CPU cores per process with
+# --config.dataset.num_workers=N (batches depend on the seed and step only, not on it).
+NUM_WORKERS = 16
 
 
 def parse_arg(arg: str | None) -> tuple[str, int]:
@@ -119,8 +126,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   epochs = ANCHORS[variant]["epochs"]
   c = base_config()
   c.dataset.name = "imagenet2012"
-  c.dataset.image_size = 224
   c.dataset.streaming = True
+  c.dataset.image_size = 224
+  c.dataset.num_classes = NUM_CLASSES
+  c.dataset.num_workers = NUM_WORKERS
   c.dataset.val_fraction = 0.0  # the official trains on all 1,281,167 images
 
   c.model.name = "resnet50"
