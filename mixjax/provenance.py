@@ -19,10 +19,12 @@ _PACKAGES = ("jax", "jaxlib", "flax", "optax", "chex", "numpy", "scipy", "scikit
              "matplotlib", "mnist1d", "tensorflow-datasets")
 
 
-def _git(*args: str) -> str | None:
+def _git(*args: str, cwd: str | None = None) -> str | None:
+  """git's stdout, run in `cwd` (default: the folder of this file, in the checkout
+  mixjax runs from); None where git fails."""
   try:
     out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
-                         cwd=os.path.dirname(os.path.abspath(__file__)))
+                         cwd=cwd or os.path.dirname(os.path.abspath(__file__)))
   except (OSError, subprocess.SubprocessError):
     return None
   return out.stdout.strip() if out.returncode == 0 else None
@@ -64,11 +66,14 @@ def portable(text: str) -> str:
 
 
 @functools.cache
-def code_revision() -> dict[str, Any]:
-  """{"git_revision": HEAD of the checkout mixjax runs from, "git_dirty": whether mixjax/
-  or experiments/ had uncommitted changes} (None when git or the checkout is absent)."""
-  status = _git("status", "--porcelain", "--", "mixjax", "experiments")
-  return {"git_revision": _git("rev-parse", "HEAD"),
+def code_revision(where: str | None = None) -> dict[str, Any]:
+  """{"git_revision": HEAD of the checkout mixjax runs from (or of the one holding the
+  folder `where`), "git_dirty": whether its top-level mixjax/ or experiments/ had
+  uncommitted changes, untracked files included} (None when git or the checkout is
+  absent). The paths are from the top of the checkout (`:/`), not from git's working
+  folder."""
+  status = _git("status", "--porcelain", "--", ":/mixjax", ":/experiments", cwd=where)
+  return {"git_revision": _git("rev-parse", "HEAD", cwd=where),
           "git_dirty": bool(status) if status is not None else None}
 
 

@@ -92,6 +92,8 @@ def test_study_file_trains_by_main_sweep_and_is_collected_from_the_summaries(
     with open(os.path.join(workdir, name, "summary.json")) as f:
       summary = json.load(f)
     assert r["status"] == "ok" and r["test_accuracy"] == summary["test"]["accuracy"]
+    assert r["code"] == summary["code"]["git_revision"] and r["code"] is not None
+    assert r["code_dirty"] == summary["code"]["git_dirty"]
     assert r["test_rs_nll"] == summary["test_rescaled"]["nll"]
     assert r["temperature"] == summary["val"]["temperature"] > 0
     m = L.theta_moments(laws.sampler_of(p))
@@ -101,6 +103,14 @@ def test_study_file_trains_by_main_sweep_and_is_collected_from_the_summaries(
   assert rows[6]["theta_bar"] == pytest.approx(2 / 3)
   assert rec["config"]["command_line_overrides"] == {"log_every_steps": [8, 4]}
   assert rec["config"]["seeds"] == [0, 1] and len(rec["config"]["laws"]) == 5
+  # The base config shows what the points train, not its own (unused) law and seed.
+  train = rec["config"]["train"]
+  assert train["sampler"] == {"name": study_runs.SWEPT, "params": study_runs.SWEPT}
+  assert train["seed"] == study_runs.SWEPT and train["num_epochs"] == 1
+  assert [a.get("label") for a in rec["config"]["arms"]] == [
+      "ERM", "Beta(0.2)", "Beta(1)", "optimal", "2 atoms"]
+  assert rec["config"]["arms"][1]["overrides"] == {"sampler.name": "beta",
+                                                   "sampler.params": {"alpha": 0.2}}
   assert rec["provenance"]["packages"]["jax"] == jax.__version__
   with open(json_path) as f:  # no path of this machine: the workdir is tmp_path's
     assert str(tmp_path) not in f.read()
@@ -119,9 +129,13 @@ def test_study_file_trains_by_main_sweep_and_is_collected_from_the_summaries(
 
 
 def _study_settings():
+  """(study file relative to experiments/studies/, setting) of every study: a file
+  <study>.py, or <study>/config.py in a study's own folder."""
   out = []
-  for file in sorted(os.listdir(STUDIES)):
-    if file.endswith(".py"):
+  for name in sorted(os.listdir(STUDIES)):
+    file = os.path.join(name, "config.py") if os.path.isdir(os.path.join(STUDIES, name)) \
+        else name
+    if file.endswith(".py") and os.path.exists(os.path.join(STUDIES, file)):
       module = sweeps.load_config_module(os.path.join(STUDIES, file))
       if hasattr(module, "get_sweep"):
         out += [(file, s) for s in module.SETTINGS]
@@ -162,6 +176,18 @@ def test_every_study_setting_takes_a_data_dir_from_the_command_line(file, settin
   assert sweeps.sweep_config(config, point).dataset.data_dir == "/some/dir"
 
 
+def test_reliability_trains_the_mixing_laws_config_without_reading_its_results():
+  """The reliability study's config is the mixing-law study's config of the setting,
+  evaluated at the end only, written out (not read from a saved result)."""
+  rel = sweeps.load_config_module(os.path.join(STUDIES, "reliability", "config.py"))
+  mix = sweeps.load_config_module(os.path.join(STUDIES, "mixing_law", "config.py"))
+  for setting in rel.SETTINGS:
+    want = sweeps.sweep_config(mix.get_config(setting), {"eval.every_epochs": 0})
+    assert rel.get_config(setting).to_dict() == want.to_dict()
+  text = open(os.path.join(STUDIES, "reliability", "config.py")).read()
+  assert "records.load" not in text and "import records" not in text
+
+
 def test_study_config_sets_the_shared_training_explicitly():
   cfg = study_runs.study_config(dataset="digits", model="mlp", num_epochs=8, batch_size=32,
                                 lr=1e-3, num_evals=4, method__terms=("jacobian",))
@@ -174,11 +200,13 @@ def test_study_config_sets_the_shared_training_explicitly():
                             lr=1e-3, method__term=("jacobian",))
 
 
-def test_compare_rows_is_bit_for_bit_but_for_wall_clock_times():
-  rows = [{"point": "00_a", "test_nll": 0.25, "test_ts_nll": None, "train_time_s": 3.0},
+def test_compare_rows_is_bit_for_bit_but_for_wall_clock_times_and_revisions():
+  rows = [{"point": "00_a", "test_nll": 0.25, "test_ts_nll": None, "train_time_s": 3.0,
+           "code": "abc", "code_dirty": False},
           {"point": "01_b", "test_nll": float("nan"), "test_ts_nll": 1.0}]
   same = [dict(r) for r in rows]
   same[0]["train_time_s"], same[0]["test_ts_nll"] = 9.0, float("nan")
+  same[0]["code"], same[0]["code_dirty"] = "def", True
   assert records.compare_rows(same, rows) == []
   moved = [dict(r) for r in rows]
   moved[1]["test_ts_nll"] = float(np.nextafter(1.0, 2.0))  # one ulp
@@ -190,13 +218,13 @@ def test_compare_rows_is_bit_for_bit_but_for_wall_clock_times():
 def test_studies_entry_refuses_an_unknown_setting_in_one_line():
   res = subprocess.run(
       [sys.executable, "-m", "mixjax.studies",
-       "--config=experiments/studies/mixing_law.py:mnist1d", "--out=/tmp/unused"],
+       "--config=experiments/studies/mixing_law/config.py:mnist1d", "--out=/tmp/unused"],
       cwd=ROOT, capture_output=True, text=True, timeout=120,
       env=dict(os.environ, JAX_PLATFORMS="cpu"))
   lines = [l for l in res.stderr.splitlines() if l.strip() and "libtpu" not in l
            and "xla_bridge" not in l]
   assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-  assert lines == ["Invalid config: --config=experiments/studies/mixing_law.py:mnist1d: "
+  assert lines == ["Invalid config: --config=experiments/studies/mixing_law/config.py:mnist1d: "
                    "unknown setting 'mnist1d'; known: mnist1d_mlp, mnist1d_cnn, digits_mlp, "
                    "two_moons_rf, two_moons_noisy_rf."], res.stderr
 
@@ -230,7 +258,7 @@ def test_report_step_on_tiny_saved_result(tmp_path):
   law's mean ± se, the best law's paired difference to ERM and its paired-t 95% CI
   (`scipy.stats.ttest_rel`), and the OLS slope of the per-law mean NLL against σ²/θ̄²
   with its t-interval (`scipy.stats.linregress`)."""
-  module = sweeps.load_config_module(os.path.join(STUDIES, "mixing_law.py"))
+  module = sweeps.load_config_module(os.path.join(STUDIES, "mixing_law", "config.py"))
   law_list = [laws.law("erm"), laws.law("beta", alpha=0.2), laws.law("beta", alpha=2.0)] + [
       l for g in laws.EQUAL_MOMENT_GROUPS.values() for l in g]
   rng = np.random.default_rng(0)
@@ -279,40 +307,6 @@ def test_report_step_on_tiny_saved_result(tmp_path):
   assert cells[1] == "σ²/θ̄²" and cells[2:4] == [f"{fit.slope:.3g}",
                         f"[{fit.slope - half:.3g}, {fit.slope + half:.3g}]"], cells
   assert "3 atoms ≡ W(0.5)" in text and "p |" in text
-
-
-# ----------------------------------------------------------------------------------------
-# Per-example terms and the notes' bounds.
-
-
-def test_per_example_terms_match_library_and_provable_bounds_hold():
-  from mixjax import theory  # pylint: disable=g-import-not-at-top
-  from mixjax.studies import diagnostics  # pylint: disable=g-import-not-at-top
-  n, d, c = 12, 4, 3
-  x = jax.random.normal(jax.random.key(0), (n, d))
-  y = jax.nn.one_hot(jax.numpy.arange(n) % c, c)
-  w1 = jax.random.normal(jax.random.key(1), (d, 6))
-  w2 = jax.random.normal(jax.random.key(2), (6, c))
-  f = lambda z: jax.numpy.tanh(z @ w1) @ w2
-  stats = theory.data_stats(x, y)
-  law = L.beta(1.0)
-  moments = samplers.theta_moments(law)
-  per = {k: np.asarray(v, np.float64)
-         for k, v in diagnostics.per_example_terms(f, x, y, stats, moments).items()}
-  ref = theory.approx_mixup_terms(None, f, x, y, stats, law, terms=theory.TERMS,
-                                  diagnostics=True)
-  # Means agree with the library's R1, R2 (= hessian), R3 (independent implementation).
-  for ours, theirs in (("R1", "R1"), ("R2", "hessian"), ("R3", "R3")):
-    assert per[ours].mean() == pytest.approx(float(ref[theirs]), rel=1e-3, abs=1e-5), ours
-  # Chains of trace inequalities with PSD factors (hold for every example):
-  # R1_i ≤ ½ trΣ·tr H·‖J − J*‖² ≤ ½ trΣ·Ent·‖J − J*‖², |R3_i| ≤ ½‖Σ_xy‖²·trΣ⁺·tr H⁺.
-  tol = 1e-5 * (1 + np.abs(per["B1"]))
-  assert np.all(per["R1"] >= -1e-6)
-  assert np.all(per["R1"] <= per["B1_mid"] + tol)
-  assert np.all(per["B1_mid"] <= per["B1"] + tol)
-  assert np.all(np.abs(per["R3"]) <= per["B3_corrected"] * (1 + 1e-5) + 1e-6)
-  # tr H = 1 − ‖s‖² ≤ entropy (nats), used by the notes.
-  assert np.all(per["trace_h"] <= per["entropy"] + 1e-6)
 
 
 # ----------------------------------------------------------------------------------------
@@ -452,6 +446,91 @@ def test_paired_difference_is_scipy_paired_t():
   assert d["n"] == 8 and d["diff"] == pytest.approx(np.mean(np.subtract(a, b)), rel=1e-12)
   assert (d["ci_low"], d["ci_high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
   assert d["diff"] / d["se"] == pytest.approx(res.statistic, rel=1e-9)
+  # p-value and sd against statsmodels: OLS of the differences on a constant.
+  import statsmodels.api as sm  # pylint: disable=g-import-not-at-top
+  fit = sm.OLS(np.subtract(a, b), np.ones(len(a))).fit()
+  assert d["p"] == pytest.approx(float(fit.pvalues[0]), rel=1e-9)
+  assert d["sd"] == pytest.approx(float(np.std(np.subtract(a, b), ddof=1)), rel=1e-12)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, 11, 30])
+def test_holm_is_statsmodels_multipletests(m):
+  """Holm-adjusted p-values equal statsmodels' `multipletests(method="holm")` on random
+  families (with ties and p-values near 1); NaNs are left out of the family."""
+  from statsmodels.stats.multitest import multipletests  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(m)
+  for _ in range(20):
+    p = rng.uniform(size=m) ** rng.uniform(0.2, 3)
+    if m > 2:
+      p[1] = p[0]  # a tie
+    np.testing.assert_allclose(analysis.holm(p), multipletests(p, method="holm")[1],
+                               rtol=1e-12, atol=0)
+    with_nan = np.insert(p, 0, np.nan)
+    got = analysis.holm(with_nan)
+    assert np.isnan(got[0])
+    np.testing.assert_allclose(got[1:], multipletests(p, method="holm")[1], rtol=1e-12)
+  reject = analysis.holm([0.01, 0.02, 0.04]) < 0.05  # 0.03, 0.04, 0.04: all rejected
+  assert reject.all() and not (analysis.holm([0.01, 0.03, 0.04]) < 0.05)[1:].any()
+
+
+def test_seed_slopes_are_statsmodels_ols_per_seed():
+  """Each seed's slope is statsmodels' OLS slope over its laws; the mean's 95% interval
+  and p-value are those of OLS on a constant over the seeds' slopes; a seed missing a
+  law is dropped."""
+  import statsmodels.api as sm  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  xs = {"a": 0.0, "b": 0.02, "c": 0.05, "d": 0.11}
+  rows = [{"law": l, "seed": s, "strength": x,
+           "m": 0.3 + 0.4 * x + 0.01 * s + 0.02 * rng.normal()}
+          for s in range(7) for l, x in xs.items()]
+  rows[5]["m"] = None  # seed 1, law b
+  rows.append({"law": "other", "seed": 0, "strength": 0.5, "m": 9.0})
+  got = analysis.seed_slopes(rows, "m", list(xs))
+  want = {}
+  for s in range(7):
+    if s == 1:
+      continue
+    y = [r["m"] for r in rows if r["seed"] == s and r["law"] in xs]
+    want[s] = float(sm.OLS(y, sm.add_constant(list(xs.values()))).fit().params[1])
+  assert list(got["slopes"]) == list(want) and got["n"] == 6
+  np.testing.assert_allclose(list(got["slopes"].values()), list(want.values()), rtol=1e-10)
+  fit = sm.OLS(list(want.values()), np.ones(6)).fit()
+  assert got["slope"] == pytest.approx(float(fit.params[0]), rel=1e-12)
+  assert (got["ci_low"], got["ci_high"]) == pytest.approx(tuple(fit.conf_int(0.05)[0]),
+                                                          rel=1e-9)
+  assert got["p"] == pytest.approx(float(fit.pvalues[0]), rel=1e-9)
+  assert got["se"] == pytest.approx(float(fit.bse[0]), rel=1e-9)
+
+
+def test_seeds_needed_reaches_the_power_by_the_noncentral_t():
+  """At the returned n, a two-sided paired t-test at level α has power ≥ 0.8 against
+  the difference, and at n − 1 less, at α = 0.05 and at a Bonferroni level 0.05/11.
+  The reference power is not statsmodels': the noncentral t written as an integral over
+  the χ² of the variance, P(|Z + nc| > c √(V/df)) = E_V[Φ(nc − c√(V/df)) +
+  Φ(−nc − c√(V/df))], V ~ χ²_df (scipy.integrate.quad)."""
+  from scipy import integrate  # pylint: disable=g-import-not-at-top
+
+  def power(n, effect, alpha):
+    df = n - 1
+    crit = sp_stats.t.ppf(1 - alpha / 2, df)
+    nc = effect * math.sqrt(n)
+    f = lambda v: sp_stats.chi2.pdf(v, df) * (
+        sp_stats.norm.cdf(nc - crit * math.sqrt(v / df))
+        + sp_stats.norm.cdf(-nc - crit * math.sqrt(v / df)))
+    half = 40 * math.sqrt(2 * df)  # χ²_df: mean df, sd √(2 df)
+    return integrate.quad(f, max(0.0, df - half), df + half, limit=200, epsabs=1e-12)[0]
+
+  for alpha in (0.05, 0.05 / 11):
+    for diff, sd in ((1.0, 1.0), (0.3, 1.0), (-0.02, 0.05), (2.0, 0.5), (10.0, 1.0),
+                     (0.5, 0.1), (0.01, 1.0)):
+      n = int(analysis.seeds_needed(diff, sd, alpha=alpha))
+      assert power(n, abs(diff) / sd, alpha) >= 0.8
+      if n > 2:
+        assert power(n - 1, abs(diff) / sd, alpha) < 0.8
+  assert analysis.seeds_needed(10.0, 1.0) == 3  # 2 seeds: power 0.73
+  assert analysis.seeds_needed(50.0, 1.0) == 2  # never fewer than a t-test's two
+  assert analysis.seeds_needed(0.0, 1.0) == math.inf
+  assert math.isnan(analysis.seeds_needed(1.0, math.nan))
 
 
 def _anova_rm(rows, laws):
@@ -515,12 +594,12 @@ def test_regress_laws_without_enough_finite_laws_gives_nan_not_an_error():
 
 
 # ----------------------------------------------------------------------------------------
-# The regimes study (experiments/studies/regimes.py): its laws and its statistics.
+# The regimes study (experiments/studies/regimes/): its laws and its statistics.
 
 
 def _regimes():
-  from mixjax.studies import regimes  # pylint: disable=g-import-not-at-top
-  return sweeps.load_config_module(os.path.join(STUDIES, "regimes.py")), regimes
+  path = os.path.join(STUDIES, "regimes", "config.py")
+  return sweeps.load_config_module(path), study.sibling(path, "report")
 
 
 def _folded_beta_moments(a: float) -> tuple[float, float]:
@@ -557,27 +636,6 @@ def test_regimes_laws_have_the_stated_theta_moments():
   assert regimes.columns(cfg)["law"] == regimes.SMOOTHING
 
 
-def test_regimes_seeds_needed_reaches_the_power_by_the_noncentral_t():
-  """At the returned n, a two-sided paired t-test at 5% has power ≥ 0.8 against the
-  difference, and at n − 1 less (power from scipy's noncentral t, not statsmodels)."""
-  _, regimes = _regimes()
-
-  def power(n, effect):
-    crit = sp_stats.t.ppf(0.975, n - 1)
-    nc = effect * math.sqrt(n)
-    return sp_stats.nct.sf(crit, n - 1, nc) + sp_stats.nct.cdf(-crit, n - 1, nc)
-
-  for diff, sd in ((1.0, 1.0), (0.3, 1.0), (-0.02, 0.05), (2.0, 0.5), (10.0, 1.0),
-                   (0.5, 0.1), (0.01, 1.0)):
-    n = int(regimes.seeds_needed(diff, sd))
-    assert power(n, abs(diff) / sd) >= 0.8
-    if n > 2:
-      assert power(n - 1, abs(diff) / sd) < 0.8
-  assert regimes.seeds_needed(10.0, 1.0) == 3  # 2 seeds: power 0.73
-  assert regimes.seeds_needed(50.0, 1.0) == 2  # never fewer than a t-test's two
-  assert regimes.seeds_needed(0.0, 1.0) == math.inf
-
-
 def test_regimes_seed_slopes_and_contrasts_against_scipy():
   """Per-seed slopes against scipy.stats.linregress within each seed and a one-sample
   t-interval over them; a planted effect is reported as separated, none as not."""
@@ -603,6 +661,43 @@ def test_regimes_seed_slopes_and_contrasts_against_scipy():
   assert d["diff"] == pytest.approx(-0.1 - 0.9 / 27, abs=0.02)
   d = regimes.contrast(rows, "test_accuracy", "Beta(1)", "ERM")
   assert not d["separated"] and regimes._better(d, "test_accuracy") == "not separated"
+
+
+def test_regimes_verdict_is_recomputed_from_the_saved_rows():
+  """The corrected verdict's numbers on the committed records, recomputed here from the
+  rows with scipy and statsmodels: the per-seed slopes by `scipy.stats.linregress`
+  within each seed (with and without the constant arm; t-interval over seeds), and
+  Holm over the 12 slope tests by statsmodels' `multipletests`."""
+  from statsmodels.stats.multitest import multipletests  # pylint: disable=g-import-not-at-top
+  _, regimes = _regimes()
+  out = os.path.join(ROOT, "results", "regimes")
+  recs = {s: records.load(out, s) for s in ("overfit", "noisy")}
+
+  def slope(rows, metric, labels):
+    by = {(r["law"], r["seed"]): r for r in rows}
+    xs = [next(r["strength"] for r in rows if r["law"] == l) for l in labels]
+    b = [sp_stats.linregress(xs, [by[(l, s)][metric] for l in labels]).slope
+         for s in sorted({r["seed"] for r in rows})]
+    res = sp_stats.ttest_1samp(b, 0.0)
+    ci = res.confidence_interval(0.95)
+    return np.mean(b) / 9, ci.low / 9, ci.high / 9, res.pvalue
+
+  rows = {k: regimes.rows_of(r) for k, r in recs.items()}
+  ps = [slope(rows[k], m, regimes.FIXED_THETA)[3] for k in recs
+        for m in regimes.SLOPE_METRICS]
+  want = multipletests(ps, method="holm")[1]
+  got = regimes.slope_family(recs)
+  np.testing.assert_allclose([got[k][m] for k in recs for m in regimes.SLOPE_METRICS],
+                             want, rtol=1e-9)
+  text = regimes.verdict_section(recs, {}, got, (0, 0))
+  for metric, labels, scale, digits, setting in (
+      ("test_accuracy", regimes.FIXED_THETA[1:], 100, 2, "overfit"),
+      ("shift_accuracy", regimes.FIXED_THETA[:3], 100, 1, "overfit"),
+      ("test_ts_nll", regimes.FIXED_THETA, 1, 3, "noisy"),
+      ("test_ts_ece", regimes.FIXED_THETA, 1, 3, "noisy")):
+    m, lo, hi, _ = (v * scale for v in slope(rows[setting], metric, labels))
+    assert f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]" in text, metric
+  assert f"Holm over the 12 slope tests: p = {want[0]:.2g}" in text
 
 
 def test_row_of_a_mask_law_run_takes_its_moments_on_the_data_image_size(tmp_path,

@@ -451,3 +451,20 @@ def test_swapping_per_run_optimizer_values_in_a_vmapped_sweep_changes_the_runs(t
                           {"seed": 1, "optimizer.lr": 0.1, "optimizer.weight_decay": 0.0}),
       alone_wd)
   assert out["swapped"][1] == pytest.approx(_losses(alone_wd)[-1], rel=1e-5)
+
+
+def test_a_sweep_reads_its_data_once(sweep_file, tmp_path, monkeypatch):
+  """The sweep's two points are two groups (ERM, Beta(0.2)): the dataset is loaded for
+  the first and kept for the second (`setup.load_data_once`); a point on another
+  dataset split loads again."""
+  calls = []
+  load = setup.load_data
+  monkeypatch.setattr(setup, "load_data", lambda c: calls.append(c.dataset.split_seed)
+                      or load(c))
+  monkeypatch.setattr(setup, "_LOADED", {})
+  run_main([f"--config={sweep_file}", f"--workdir={tmp_path / 'a'}", "--sweep"],
+           monkeypatch)
+  assert calls == [0]
+  run_main([f"--config={sweep_file}", f"--workdir={tmp_path / 'b'}", "--sweep",
+            "--config.dataset.split_seed=1"], monkeypatch)
+  assert calls == [0, 1]

@@ -1,4 +1,6 @@
-"""The studies: experiments/studies/<study>.py files (a question, `get_config`,
-`get_sweep` and a `report`), trained by `python -m mixjax.main --config=<file>:<setting>
---sweep` and collected and reported by `python -m mixjax.studies`. The modules are listed
+"""The studies framework. A study is a folder experiments/studies/<study>/ (its
+`config.py` with a question, `get_config`, `get_sweep` and a `report`; its report and
+measurement code; a README.md linking results/<study>/), trained by `python -m mixjax.main
+--config=<study>/config.py:<setting> --sweep` and collected and reported by `python -m
+mixjax.studies`. This package holds only what every study shares; the modules are listed
 in docs/ARCHITECTURE.md."""

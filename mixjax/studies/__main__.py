@@ -1,16 +1,17 @@
 r"""The report step of a study: rows from the trained runs, then tables and figures.
 
   # 1. train a setting (the one way to train: the main entry's sweep)
-  python -m mixjax.main --config=experiments/studies/mixing_law.py:mnist1d_mlp --sweep \
-      --workdir=runs/mixing_law/mnist1d_mlp
+  python -m mixjax.main --config=experiments/studies/mixing_law/config.py:mnist1d_mlp \
+      --sweep --workdir=runs/mixing_law/mnist1d_mlp
   # 2. its rows (and the study's measurements) into results/mixing_law/mnist1d_mlp.json,
   #    then the report of every saved setting (report.md, figures)
-  python -m mixjax.studies --config=experiments/studies/mixing_law.py:mnist1d_mlp \
+  python -m mixjax.studies --config=experiments/studies/mixing_law/config.py:mnist1d_mlp \
       --workdir=runs/mixing_law/mnist1d_mlp --out=results/mixing_law
   # the report alone, from the saved JSON files (no setting named: nothing is collected)
-  python -m mixjax.studies --config=experiments/studies/mixing_law.py --out=results/mixing_law
+  python -m mixjax.studies --config=experiments/studies/mixing_law/config.py \
+      --out=results/mixing_law
   # does a rerun reproduce the recorded rows? (bit for bit; exit status 1 if not)
-  python -m mixjax.studies --config=experiments/studies/mixing_law.py:mnist1d_mlp \
+  python -m mixjax.studies --config=experiments/studies/mixing_law/config.py:mnist1d_mlp \
       --workdir=runs/rerun --out=/tmp/rerun --compare_to=results/mixing_law/mnist1d_mlp.json
 
 A study that trains nothing (collinearity) computes its setting in step 2, without
@@ -31,8 +32,8 @@ from mixjax.studies import records
 from mixjax.studies import study
 
 _CONFIG = flags.DEFINE_string(
-    "config", None, "The study file, experiments/studies/<study>.py, with :<setting> to "
-    "collect that setting before the report.", required=True)
+    "config", None, "The study's config, experiments/studies/<study>/config.py, with "
+    ":<setting> to collect that setting before the report.", required=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where `python -m mixjax.main --config=<same> --sweep` trained the "
     "setting.")

@@ -28,6 +28,7 @@ import pandas as pd
 from scipy import stats as sp_stats
 import statsmodels.api as sm
 from statsmodels.stats.anova import AnovaRM
+from statsmodels.stats.power import TTestPower
 
 
 def frame(rows: Sequence[dict] | pd.DataFrame) -> pd.DataFrame:
@@ -211,18 +212,121 @@ def regress_laws(rows: Sequence[dict], x_keys: Sequence[str], metric: str, *,
 
 def paired_difference(rows: Sequence[dict], metric: str, law_a: str, law_b: str, *,
                       law_key: str = "law", seed_key: str = "seed") -> dict[str, float]:
-  """mean over seeds of metric(law_a) − metric(law_b), its se and the paired t-test's
-  95% CI (`scipy.stats.ttest_rel`); seeds missing either law are dropped."""
+  """mean over seeds of metric(law_a) − metric(law_b), its se, the sd of the per-seed
+  differences, and the paired t-test's 95% CI and two-sided p-value
+  (`scipy.stats.ttest_rel`); seeds missing either law are dropped."""
   table = law_seed_table(rows, metric, law_key=law_key, seed_key=seed_key,
                          laws=[law_a, law_b]).dropna(axis=1)
   a, b = table.to_numpy()
   n = a.size
   if n < 2:
     mu = float(np.mean(a - b)) if n else math.nan
-    return {"diff": mu, "se": math.nan, "n": n, "ci_low": math.nan, "ci_high": math.nan}
-  ci = sp_stats.ttest_rel(a, b).confidence_interval(0.95)
-  return {"diff": float(np.mean(a - b)), "se": float(sp_stats.sem(a - b)), "n": n,
-          "ci_low": float(ci.low), "ci_high": float(ci.high)}
+    return {"diff": mu, "se": math.nan, "sd": math.nan, "n": n, "ci_low": math.nan,
+            "ci_high": math.nan, "p": math.nan}
+  test = sp_stats.ttest_rel(a, b)
+  ci = test.confidence_interval(0.95)
+  return {"diff": float(np.mean(a - b)), "se": float(sp_stats.sem(a - b)),
+          "sd": float(np.std(a - b, ddof=1)), "n": n, "ci_low": float(ci.low),
+          "ci_high": float(ci.high), "p": float(test.pvalue)}
+
+
+def seed_slopes(rows: Sequence[dict] | pd.DataFrame, metric: str, laws: Sequence[str], *,
+                x_key: str = "strength", law_key: str = "law", seed_key: str = "seed"
+                ) -> dict[str, Any]:
+  """The slope of `metric` against the per-law statistic `x_key` over `laws`, per seed.
+
+  Within each seed s, the OLS slope b_s = Σ_k (x_k − x̄)(y_ks − ȳ_s) / Σ_k (x_k − x̄)²
+  over the laws k (one run each); then the one-sample t-test of the b_s against 0 over
+  seeds (`scipy.stats.ttest_1samp`): a paired analysis, where the laws' scatter around
+  each seed's line counts as noise only through its seed-to-seed variation. Seeds
+  missing a law are dropped.
+
+  Returns {slope (mean of the b_s), se, sd, n (seeds), ci_low, ci_high (95% t), p
+  (two-sided), slopes ({seed: b_s})}.
+  """
+  df = frame(rows)
+  df = df[df[law_key].isin(laws)]
+  xs = df.groupby(law_key, sort=False)[x_key].first().reindex(laws).to_numpy(np.float64)
+  table = law_seed_table(df, metric, law_key=law_key, seed_key=seed_key,
+                         laws=list(laws)).dropna(axis=1)
+  y = table.to_numpy()
+  xc = xs - xs.mean()
+  slopes = (xc @ (y - y.mean(0))) / (xc @ xc)
+  n = int(slopes.size)
+  out = {"slope": float(np.mean(slopes)) if n else math.nan, "se": math.nan,
+         "sd": math.nan, "n": n, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan,
+         "slopes": {s: float(b) for s, b in zip(table.columns, slopes)}}
+  if n > 1:
+    test = sp_stats.ttest_1samp(slopes, 0.0)
+    ci = test.confidence_interval(0.95)
+    out.update(se=float(sp_stats.sem(slopes)), sd=float(np.std(slopes, ddof=1)),
+               ci_low=float(ci.low), ci_high=float(ci.high), p=float(test.pvalue))
+  return out
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+  """Holm's step-down adjusted p-values of one family of tests.
+
+  With the m finite p-values sorted, p_(1) ≤ … ≤ p_(m), the adjusted value of the i-th
+  is max_{j ≤ i} min(1, (m − j + 1) p_(j)); rejecting where it is below α controls the
+  familywise error at α (Holm 1979). NaN p-values (a test that could not be run) are
+  not counted in m and come back NaN.
+  """
+  p = np.asarray(pvalues, np.float64)
+  out = np.full(p.shape, np.nan)
+  ok = np.isfinite(p)
+  q = p[ok]
+  m = q.size
+  order = np.argsort(q, kind="stable")
+  adjusted = np.empty(m)
+  adjusted[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * q[order]))
+  out[ok] = adjusted
+  return out
+
+
+def _t_test_power(effect: float, n: int, alpha: float) -> float:
+  """The power of a two-sided one-sample t-test at level alpha with n observations
+  against a standardized effect: with T = (Z + nc)/√(V/df), nc = effect·√n, df = n − 1,
+  V ~ χ²_df, P(|T| > c) = E_Z[F_χ²_df(df (Z + nc)²/c²)] (c the t quantile), integrated
+  over Z (scipy.integrate.quad), where the noncentral t's tail underflows."""
+  from scipy import integrate  # pylint: disable=g-import-not-at-top
+  df = n - 1
+  c = sp_stats.t.ppf(1 - alpha / 2, df)
+  nc = effect * math.sqrt(n)
+  f = lambda z: sp_stats.norm.pdf(z) * sp_stats.chi2.cdf(df * (z + nc) ** 2 / c ** 2, df)
+  return float(integrate.quad(f, -12.0, 12.0, points=[-nc] if abs(nc) < 12 else None,
+                              limit=200, epsabs=1e-12)[0])
+
+
+def seeds_needed(diff: float, sd: float, power: float = 0.8, alpha: float = 0.05) -> float:
+  """The seeds a two-sided paired t-test at level `alpha` needs to detect a mean
+  difference `diff` with `power`, per-seed differences of standard deviation `sd`
+  (statsmodels `TTestPower`, the one-sample t-test on the differences); inf for
+  diff = 0, NaN when sd is unknown. A planning figure, as noisy as diff itself."""
+  if not (np.isfinite(diff) and np.isfinite(sd)) or sd <= 0:
+    return math.nan if diff else math.inf
+  if diff == 0:
+    return math.inf
+  effect, test = abs(diff) / sd, TTestPower()
+
+  def enough(n: int) -> bool:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      p = float(test.power(effect, nobs=n, alpha=alpha, alternative="two-sided"))
+    if not np.isfinite(p):  # NaN where the noncentral t's tail underflows
+      p = _t_test_power(effect, n, alpha)
+    return p >= power
+
+  # The smallest n ≥ 2 with enough power, searched upwards from just below the normal
+  # approximation (which the t-test's n always exceeds); statsmodels' solve_power can
+  # return n < 2 or fail where the t distribution has few degrees of freedom.
+  z = sp_stats.norm.ppf(1 - alpha / 2) + sp_stats.norm.ppf(power)
+  n = max(2, int((z / effect) ** 2) - 1)
+  if n > 10**6:
+    return float(n)
+  while not enough(n):
+    n += 1
+  return float(n)
 
 
 def within_group_test(rows: Sequence[dict], metric: str, laws: Sequence[str], *,

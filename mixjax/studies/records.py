@@ -79,12 +79,14 @@ def load(out_dir: str, name: str) -> dict[str, Any]:
 
 
 WALL_CLOCK = ("train_time_s", "seconds")  # row keys that measure time, not results
+REVISION = ("code", "code_dirty")  # row keys that say where a run came from
 
 
 def compare_rows(rows: list[dict], reference: list[dict],
-                 ignore: tuple[str, ...] = WALL_CLOCK) -> list[str]:
+                 ignore: tuple[str, ...] = WALL_CLOCK + REVISION) -> list[str]:
   """The differences between two lists of rows (e.g. a rerun against a saved record),
-  value by value and bit for bit (NaN equals NaN; None equals NaN), ignoring `ignore`;
+  value by value and bit for bit (NaN equals NaN; None equals NaN), ignoring `ignore`
+  (wall-clock times, and the code revision a run was trained at);
   one line per differing row ("point: key a -> b, ..."), empty when they are equal."""
   def same(a, b):
     a, b = (math.nan if v is None else v for v in (a, b))

@@ -21,8 +21,9 @@ trains them (`mixjax.train.train_sweep`) in W/<point folder> (`named_points`):
 label and θ-moments, the seed, the optimizer values, and the metrics the analyses use
 (`METRICS`): test accuracy, NLL, ECE and Brier, plain ("test_*"), test-time rescaled
 ("test_rs_*", docs/THEORY.md §5), after temperature scaling fit on the validation split
-("test_ts_*", "test_rs_ts_*", "temperature"), validation accuracy, and the mean training
-objective over the last epoch ("train_objective").
+("test_ts_*", "test_rs_ts_*", "temperature"), validation accuracy, the mean training
+objective over the last epoch ("train_objective"), and the code revision the run was
+trained at ("code", "code_dirty": summary.json's `code` entry).
 """
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ def row(name: str, config: ml_collections.ConfigDict, runs_dir: str,
                          "method": config.method.name, "lr": float(config.optimizer.lr),
                          "weight_decay": float(config.optimizer.weight_decay)}
   sampler = setup.training_sampler(config)
-  shape = (tuple(setup.load_data(config).input_shape)  # a mask law's moments depend
+  shape = (tuple(setup.load_data_once(config).input_shape)  # a mask law's moments depend
            if samplers.is_mask_law(sampler) else None)    # on the image size
   m = setup.training_moments(config, sampler, shape)  # the law trained on; None outside mixup
   if m is not None:
@@ -166,6 +167,8 @@ def row(name: str, config: ml_collections.ConfigDict, runs_dir: str,
   spe = summary["step"] / summary["epochs"] if summary.get("epochs") else math.inf
   out["train_objective"] = _last_epoch_loss(run_dir, spe)
   out["train_time_s"] = summary.get("train_time_s")
+  code = summary.get("code") or {}  # the revision the run was trained at
+  out["code"], out["code_dirty"] = code.get("git_revision"), code.get("git_dirty")
   return {**out, **tags}
 
 
@@ -175,9 +178,40 @@ def rows(named: Sequence[tuple[str, ml_collections.ConfigDict]], runs_dir: str,
   return [row(n, c, runs_dir, **tags) for n, c in named]
 
 
-def config_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The base config as JSON (what the study records as its training setup)."""
-  return json.loads(workdir_lib.config_to_json(config))
+SWEPT = "per point (see arms, seeds)"  # a base config value the sweep's points replace
+
+
+def config_record(config: ml_collections.ConfigDict, pts: Sequence[dict] = ()
+                  ) -> dict[str, Any]:
+  """The base config as JSON (what the study records as its training setup), each key
+  that every point of the sweep `pts` sets shown as `SWEPT` instead of its base value
+  (e.g. the recipe's default law, which no point trains: `arms` lists what they train);
+  a key that only some points set keeps the base value the others train with."""
+  record = json.loads(workdir_lib.config_to_json(config))
+  for key in dict.fromkeys(k for p in pts for k in p if all(k in q for q in pts)):
+    node, (*parents, leaf) = record, key.split(".")
+    for q in parents:
+      node = node[q]
+    node[leaf] = SWEPT
+  return record
+
+
+def arms(pts: Sequence[dict]) -> list[dict[str, Any]]:
+  """The distinct arms of a sweep: each point's overrides but its seed, in first-point
+  order, with the law's label where the arm names a sampler (and its method where it
+  names one: "Beta(1), method label_smoothing_matched"); JSON-able (tuples as lists)."""
+  out = {}
+  for p in pts:
+    arm = json.loads(json.dumps({k: v for k, v in p.items() if k != "seed"}, default=list))
+    key = json.dumps(arm, sort_keys=True)
+    if key not in out:
+      label = {}
+      if "sampler.name" in p:
+        label = {"label": samplers.make_sampler(
+            p["sampler.name"], **dict(p.get("sampler.params", {}))).label
+                 + (f", method {p['method.name']}" if "method.name" in p else "")}
+      out[key] = {**label, "overrides": arm}
+  return list(out.values())
 
 
 def predictions(named: Sequence[tuple[str, ml_collections.ConfigDict]], runs_dir: str,

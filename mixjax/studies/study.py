@@ -1,7 +1,11 @@
-"""A study file, and what happens after its training: rows, measurements, report.
+"""A study's config, and what happens after its training: rows, measurements, report.
 
-A study is a file `experiments/studies/<study>.py`, loaded by path as `--config` loads a
-config file (`sweeps.load_config_module`; studies do not import each other). It holds
+A study is a folder `experiments/studies/<study>/`: its `config.py`, its report code and
+study-specific measurements (other modules of the folder, loaded by `sibling`: the
+folders are not packages), and a README.md linking its results in results/<study>/.
+`config.py` is loaded by path as `--config` loads a config file
+(`sweeps.load_config_module`; studies do not import each other; a study's config reads
+no saved result). It holds
   * its question (the module docstring) and `SETTINGS`, the names of its settings;
   * `get_config(setting)`, `get_sweep(setting)`: the trainer config and the sweep points
     of a setting, trained by
@@ -27,8 +31,10 @@ runs it, then the study's `report`.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
+import sys
 import types
 from typing import Any
 
@@ -73,6 +79,24 @@ def load(path: str) -> tuple[types.ModuleType, str | None]:
     raise ConfigError(f"--config={path}: unknown setting {setting!r}; known: "
                       f"{', '.join(known)}.")
   return module, setting or None
+
+
+def sibling(file: str, name: str) -> types.ModuleType:
+  """The module `<name>.py` in the folder of `file` (a study's config.py loading its
+  report or measurements: study folders are not packages), loaded by path once per
+  process and registered as "mixjax_study_<folder>_<name>"."""
+  folder = os.path.dirname(os.path.abspath(file))
+  key = f"mixjax_study_{os.path.basename(folder)}_{name}"
+  if key not in sys.modules:
+    spec = importlib.util.spec_from_file_location(key, os.path.join(folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+      spec.loader.exec_module(module)
+    except BaseException:
+      del sys.modules[key]
+      raise
+  return sys.modules[key]
 
 
 config_from_json = workdir_lib.config_from_json
@@ -135,11 +159,13 @@ def _train_seconds(runs: list[Run]) -> float:
 
 
 def _record(path: str, setting: str, runs: list[Run], overrides: dict) -> dict[str, Any]:
-  """The setting's config record: the study's config of the setting (`get_config`; the
-  command line's overrides listed apart), seeds, laws and data sizes."""
+  """The setting's config record: the study's config of the setting (`get_config`, the
+  keys the sweep sets shown as swept; the command line's overrides listed apart), the
+  sweep's arms (`runs.arms`), seeds, laws and data sizes."""
   module, _ = load(path)
+  pts = sweeps.load_sweep(path, module)
   first = runs[0].config
-  ds = setup.load_data(first)
+  ds = setup.load_data_once(first)
   laws = {}
   for r in runs:
     law = setup.training_sampler(r.config)
@@ -152,9 +178,13 @@ def _record(path: str, setting: str, runs: list[Run], overrides: dict) -> dict[s
                                       "global_strength")}})
     else:
       laws.setdefault(law.label, samplers.describe(law))
-  return {"setting": setting, "study": os.path.basename(path.partition(":")[0]),
+  file = path.partition(":")[0]
+  folder, name = os.path.split(os.path.abspath(file))
+  return {"setting": setting,
+          "study": os.path.basename(folder) if name == "config.py" else name,
           "dataset": first.dataset.name, "dataset_kwargs": dict(first.dataset.kwargs),
-          "train": runs_lib.config_record(module.get_config(setting)),
+          "train": runs_lib.config_record(module.get_config(setting), pts),
+          "arms": runs_lib.arms(pts),
           "lr": float(first.optimizer.lr),
           "seeds": sorted({int(r.config.seed) for r in runs}), "laws": list(laws.values()),
           "data_sizes": {k: int(getattr(ds, k).shape[0])

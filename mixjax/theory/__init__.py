@@ -1,6 +1,8 @@
 """The mixup theory of docs/THEORY.md: data statistics, Theorem 1 and Lemma 2 (perturbed ERM),
 the exact mixup risk by quadrature, Theorem 3's approximate risk and its estimators, and
-the test-time rescaling. Pure `jnp` functions of a logits function `f(x) -> u`."""
+the test-time rescaling. Pure `jnp` functions of a logits function `f(x) -> u`.
+`mixjax.theory.diagnostics` (not re-exported) holds the per-example Theorem 3 terms and
+the seed notes' bounds, dense per example, for small inputs."""
 from mixjax.theory.approx_risk import DEFAULT_TERMS
 from mixjax.theory.approx_risk import ESTIMATORS
 from mixjax.theory.approx_risk import LossDerivatives

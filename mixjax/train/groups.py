@@ -146,7 +146,7 @@ def train_runs(configs: list[ml_collections.ConfigDict], dirs: list[str], workdi
   if len(done) == len(dirs):
     return done
   if ds is None:
-    ds = setup.load_data(configs[0])
+    ds = setup.load_data_once(configs[0])
   model = setup.make_model(configs[0], ds)
   mode = "single" if len(configs) == 1 else group_mode(configs[0], model, ds, devices)
   if mode != "single":

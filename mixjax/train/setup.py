@@ -37,6 +37,28 @@ from mixjax.train import writers
 STATS_FILE = "data_stats.npz"
 
 
+# The last dataset loaded in this process ({key: dataset}, one entry): `load_data_once`.
+_LOADED: dict[str, Any] = {}
+
+
+def data_key(config: ml_collections.ConfigDict) -> str:
+  """What `load_data` reads of a config (config.dataset and config.augment.enabled), as a
+  string: two configs with equal keys load the same dataset."""
+  return json.dumps([config.dataset.to_dict(), bool(config.augment.enabled)],
+                    sort_keys=True, default=str)
+
+
+def load_data_once(config: ml_collections.ConfigDict):
+  """`load_data`, kept for the next caller with the same `data_key` in this process: the
+  groups of a sweep and the runs of a sequential group read their data once. One
+  dataset is kept (the last one loaded): a sweep over datasets holds one at a time."""
+  key = data_key(config)
+  if key not in _LOADED:
+    _LOADED.clear()
+    _LOADED[key] = load_data(config)
+  return _LOADED[key]
+
+
 def load_data(config: ml_collections.ConfigDict):
   """The dataset (`data.load_dataset`, with config.dataset.label_noise on its training
   split: `data.with_label_noise`)."""

@@ -95,15 +95,28 @@ def _split(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
   return test, val
 
 
+# The shifted sets last loaded in this process: (key, ds, sets), see `load_shift_sets`.
+_SHIFT_SETS: list = []
+
+
 def load_shift_sets(config: ml_collections.ConfigDict, ds) -> dict[str, tuple]:
   """The shifted test sets of config.eval.shift ({set name: (x, y)}; a corruption of
   `fashion_mnist_corrupted` is named by its config, e.g. "stripe"), preprocessed like
-  `ds`'s test split (`data.shift_test_sets`); {} when none is configured."""
+  `ds`'s test split (`data.shift_test_sets`); {} when none is configured.
+
+  The last sets loaded are kept for the next call with the same `ds` object and the
+  same shift configuration (the runs of a sequential group and a sweep's groups share
+  one dataset: `setup.load_data_once`), so they are read once."""
+  key = repr((validate.shift_sets(config), config.dataset.data_dir,
+              config.dataset.cache_dir))
+  if _SHIFT_SETS and _SHIFT_SETS[0] == key and _SHIFT_SETS[1] is ds:
+    return _SHIFT_SETS[2]
   sets = {}
   for name, configs in validate.shift_sets(config).items():
     sets.update(data_lib.shift_test_sets(
         name, data_dir=config.dataset.data_dir, ds=ds, configs=configs,
         cache_dir=os.path.expanduser(config.dataset.cache_dir) or None))
+  _SHIFT_SETS[:] = [key, ds, sets]
   return sets
 
 

@@ -42,7 +42,7 @@ class TrainedRun:
     summary = workdir_lib.finished_summary(run_dir) or {}
     where = summary.get("checkpoint") or {"workdir": ".", "run": None, "num_runs": None}
     self.program = program_lib.assemble(
-        [self.config], ds if ds is not None else setup.load_data(self.config),
+        [self.config], ds if ds is not None else setup.load_data_once(self.config),
         devices=jax.local_devices(), train=False)
     self.ds, self.model = self.program.ds, self.program.model
     self._run, num_runs = where["run"], where["num_runs"]

@@ -10,7 +10,7 @@ identities are exact), at each checkpoint (`mixjax.train.TrainedRun`):
   * the exact mixup risk of the subset (`mixjax.theory.exact_mixup_risk`: all n² pairs,
     the law's θ-quadrature) and the sampled mixup loss (`mixjax.losses.mixup_loss`, mean
     of `num_draws` draws);
-  * the per-example terms and the notes' upper bounds (`mixjax.studies.diagnostics`).
+  * the per-example terms and the notes' upper bounds (`mixjax.theory.diagnostics`).
 
 Each is its own compiled program, compiled once per law (the variables and the run's key
 are arguments): one program combining them hung intermittently on XLA:CPU (jaxlib
@@ -29,8 +29,8 @@ import numpy as np
 
 from mixjax import losses
 from mixjax import theory
+from mixjax.theory import diagnostics
 from mixjax.studies import analysis
-from mixjax.studies import diagnostics
 from mixjax.studies import plots
 from mixjax.studies import records
 
