@@ -9,6 +9,13 @@
 # jax.distributed.initialize() finds the coordinator and process ids itself. WORKDIR should
 # be a GCS path (or a shared filesystem) so that all workers see the same checkpoints;
 # re-running the same command resumes.
+#
+# ImageNet (experiments/imagenet.py, docs/imagenet.md): every worker reads its 1/P of each
+# batch from the tfds data_dir DIR (imagenet2012 as array_record), which must exist at the
+# same path on every worker (a copy on each worker's disk, or a bucket mounted with
+# gcsfuse); a v4-32 slice has 16 chips, so the default global batch 1024 is 64 per chip:
+#   TPU=my-tpu ZONE=us-central2-b launch/tpu_vm.sh experiments/imagenet.py \
+#       gs://bucket/runs/imagenet --config.dataset.data_dir=DIR
 set -euo pipefail
 
 TPU=${TPU:?set TPU=<tpu name>}

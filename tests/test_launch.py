@@ -84,3 +84,21 @@ def test_sweep_dry_run_prints_without_running(tmp_path):
   lines = [l for l in proc.stdout.splitlines() if "mixjax.main" in l]
   assert len(lines) == len(_load_sweep_module().load_sweep(MNIST1D))
   assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_gpu_bench_smoke_runs_and_prints_its_table():
+  """`launch/gpu_bench.sh --smoke` on CPU: the script runs every measurement of the GPU
+  benchmark (the bf16 step, the streaming pipeline on synthetic JPEGs with one worker,
+  the step fed by the pipeline) at tiny sizes, within its own ten-minute limit, and
+  prints one table with the three rates and the verdict."""
+  env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu")
+  out = subprocess.run([os.path.join(ROOT, "launch", "gpu_bench.sh"), "--smoke"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=900, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.splitlines()
+  assert "| measurement | images/s | / step |" in lines
+  rows = {l.split("|")[1].strip(): float(l.split("|")[2]) for l in lines
+          if l.startswith("| ") and l.split("|")[1].strip() in ("step", "pipeline", "fed")}
+  assert set(rows) == {"step", "pipeline", "fed"} and all(v > 0 for v in rows.values())
+  assert any(l.startswith(("the pipeline keeps the step fed", "the step waits for input"))
+             for l in lines)

@@ -82,6 +82,32 @@ def test_max_pool_standard_form_off_cpu(standard_forms):
   assert "reduce_window_max" in jaxpr
 
 
+# The ResNet-50 stem's pool (3×3, stride 2, padding 1) after the 112×112 stem, odd and
+# tiny sizes (padding at the end, a single window).
+STEM_POOLS = [(2, 16, 16, 4), (2, 7, 9, 3), (1, 1, 1, 2), (2, 2, 3, 1), (1, 112, 112, 2)]
+
+
+@pytest.mark.parametrize("shape", STEM_POOLS)
+def test_max_pool_3x3_s2_equals_nn_max_pool_and_its_gradient(shape):
+  """Overlapping windows: each entry belongs to up to four windows; with continuous
+  inputs every window's maximum is unique, so forward and gradient must agree exactly."""
+  x = _normal(*shape)
+  ref = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  out, (g,) = _vjp(jax.jit(layers.max_pool_3x3_s2), x)
+  ref_out, (ref_g,) = _vjp(ref, x)
+  chex.assert_shape(out, (shape[0], -(-shape[1] // 2), -(-shape[2] // 2), shape[3]))
+  np.testing.assert_array_equal(out, ref_out)
+  np.testing.assert_array_equal(g, ref_g)
+  assert "reduce_window" not in str(jax.make_jaxpr(jax.grad(
+      lambda x: layers.max_pool_3x3_s2(x).sum()))(x))
+
+
+def test_max_pool_3x3_s2_standard_form_off_cpu(standard_forms):
+  del standard_forms
+  x = _normal(2, 6, 6, 3)
+  assert "reduce_window_max" in str(jax.make_jaxpr(layers.max_pool_3x3_s2)(x))
+
+
 # --- pool before the activation ----------------------------------------------------
 
 def test_nondecreasing_set_is_exactly_the_nondecreasing_activations():
@@ -149,6 +175,39 @@ def test_batch_norm_train_equals_flax_with_gradients(shape):
   _assert_close(stats, ref_stats, rtol=1e-4, atol=1e-6)
   _assert_close(gx, ref_gx, rtol=1e-3, atol=1e-4)
   _assert_close(gp, ref_gp, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("form", ["cpu", "flax"])
+def test_batch_norm_statistics_of_bfloat16_inputs_are_float32(form):
+  """Mixed precision: with a bfloat16 input and dtype=bfloat16, the batch statistics, the
+  running averages and the normalization are float32 computations on the (exactly
+  representable) input. So they equal, bit for bit, those of the float32 layer fed the
+  same values as float32, and the bfloat16 output is that float32 output rounded once:
+  within one bfloat16 spacing, 2^-7 relative (the two programs fuse the float32
+  arithmetic differently, so a value near a rounding boundary may round either way);
+  statistics reduced in bfloat16 would be off by up to that spacing too. Both forms:
+  `layers.BatchNorm` (CPU) and flax's `nn.BatchNorm` (elsewhere)."""
+  cls = layers.BatchNorm if form == "cpu" else nn.BatchNorm
+  x16 = _normal(6, 14, 14, 16, scale=2.0, shift=6.0).astype(jnp.bfloat16)
+  variables = _bn_variables(16)
+
+  def apply(dtype, x):
+    m = cls(use_running_average=False, momentum=0.9, epsilon=1e-5, dtype=dtype)
+    return jax.jit(lambda v, x: m.apply(v, x, mutable=["batch_stats"]))(variables, x)
+
+  y16, upd16 = apply(jnp.bfloat16, x16)
+  y32, upd32 = apply(jnp.float32, x16.astype(jnp.float32))
+  assert y16.dtype == jnp.bfloat16
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(upd16))
+  chex.assert_trees_all_equal(upd16, upd32)
+  np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=2.0**-7, atol=0)
+  # And the statistics are the float64 ones to float32 rounding (E[x²] − m² cancels
+  # ~10× here: var 4 against E[x²] ≈ 40), far below bfloat16's 2^-8.
+  xd = np.asarray(x16, np.float64).reshape(-1, 16)
+  want_mean = 0.9 * np.asarray(variables["batch_stats"]["mean"]) + 0.1 * xd.mean(0)
+  np.testing.assert_allclose(upd16["batch_stats"]["mean"], want_mean, rtol=1e-5, atol=1e-6)
+  want_var = 0.9 * np.asarray(variables["batch_stats"]["var"]) + 0.1 * xd.var(0)
+  np.testing.assert_allclose(upd16["batch_stats"]["var"], want_var, rtol=1e-4)
 
 
 def test_batch_norm_eval_and_init_equal_flax():

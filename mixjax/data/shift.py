@@ -1,4 +1,5 @@
-"""Shifted test sets: Fashion-MNIST-C as a tfds dataset, and its loading for evaluation.
+"""Shifted test sets: Fashion-MNIST-C as a tfds dataset, and its loading for evaluation;
+ImageNet-C and ImageNetV2 (tfds' own builders) for ImageNet.
 
 `fashion_mnist_corrupted` is the 10,000 Fashion-MNIST test images under each of the 15
 MNIST-C corruptions (`mixjax.data.corruptions`), built offline from the same IDX files as
@@ -20,6 +21,17 @@ test example j, with the same label. Read it with
 For evaluation, `shift_test_sets(name, data_dir=..., ds=...)` returns every corruption's
 (x, y), normalized exactly like `ds.test_x` (the clean dataset's training statistics), and
 `check_shift_prepared` is the start-up check (FileNotFoundError with the prepare command).
+
+ImageNet's shifted sets are tfds' registered datasets, prepared with `tfds build` (the
+`check_shift_prepared` message says how) and read by streaming like ImageNet itself
+(`streamed=True`: too large to hold, variable-size images):
+  - `imagenet2012_corrupted`: ImageNet-C (Hendrycks & Dietterich, 2019), the 50,000
+    validation images under 15 corruptions at severities 1–5, one config each
+    (`gaussian_noise_1` … `jpeg_compression_5`: the 75 that the official mixup ImageNet
+    code averages; tfds' four extra corruptions can be named too); split `validation`.
+  - `imagenet_v2`: ImageNetV2 (Recht et al., 2019), 10,000 new test images;
+    `matched-frequency` (the one the official code reports), `threshold-0.7`,
+    `topimages`; split `test`.
 """
 from __future__ import annotations
 
@@ -46,21 +58,52 @@ class ShiftDataset:
     name: tfds name of the shifted dataset.
     clean: the `mixjax.data` dataset whose test split it shifts (a model must have been
       trained on it).
-    configs: tfds builder configs, one per shift (corruption).
+    configs: tfds builder configs, one per shift (corruption); the name alone means all
+      of them.
     version: the dataset version (every config's).
     split: the split each config holds.
+    streamed: a tfds-registered dataset read by streaming (ImageNet's), not mixjax's
+      own builder read into memory (`shift_test_sets`).
+    extra_configs: configs that may be named but are not part of "all".
   """
   name: str
   clean: str
   configs: tuple[str, ...]
   version: str
   split: str = "test"
+  streamed: bool = False
+  extra_configs: tuple[str, ...] = ()
+
+  @property
+  def known_configs(self) -> tuple[str, ...]:
+    return self.configs + self.extra_configs
+
+
+# ImageNet-C's 15 corruptions (Hendrycks & Dietterich, 2019; the official mixup ImageNet
+# code's list) and tfds' four extra ones, at severities 1–5.
+IMAGENET_C_CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
+    "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
+    "elastic_transform", "pixelate", "jpeg_compression")
+IMAGENET_C_EXTRA = ("gaussian_blur", "saturate", "spatter", "speckle_noise")
+IMAGENET_C_SEVERITIES = (1, 2, 3, 4, 5)
 
 
 SHIFT_DATASETS = {
     "fashion_mnist_corrupted": ShiftDataset(
         name="fashion_mnist_corrupted", clean="fashion_mnist",
         configs=corruptions_lib.CORRUPTIONS, version="1.0.0"),
+    "imagenet2012_corrupted": ShiftDataset(
+        name="imagenet2012_corrupted", clean="imagenet2012",
+        configs=tuple(f"{c}_{s}" for c in IMAGENET_C_CORRUPTIONS
+                      for s in IMAGENET_C_SEVERITIES),
+        version="3.1.0", split="validation", streamed=True,
+        extra_configs=tuple(f"{c}_{s}" for c in IMAGENET_C_EXTRA
+                            for s in IMAGENET_C_SEVERITIES)),
+    "imagenet_v2": ShiftDataset(
+        name="imagenet_v2", clean="imagenet2012",
+        configs=("matched-frequency", "threshold-0.7", "topimages"), version="3.0.0",
+        split="test", streamed=True),
 }
 
 
@@ -158,7 +201,11 @@ def _config_state(spec: ShiftDataset, config: str, data_dir: str) -> tuple[str, 
   folder = config_folder(spec, config, data_dir)
   if not os.path.exists(os.path.join(folder, "dataset_info.json")):
     return folder, "missing"  # (a builder on a missing folder logs warnings)
-  builder = config_builder(spec, config, data_dir)
+  if spec.streamed:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = tfds.builder(f"{spec.name}/{config}", data_dir=data_dir, try_gcs=False)
+  else:
+    builder = config_builder(spec, config, data_dir)
   if not builder.is_prepared() or os.fspath(builder.data_dir) != folder:
     return folder, "not a complete tfds dataset"
   file_format = str(builder.info.file_format or "")
@@ -183,16 +230,26 @@ def check_shift_prepared(name: str, data_dir: str | None,
   from mixjax.data import tfds_data  # pylint: disable=g-import-not-at-top
   spec = get_shift_dataset(name)
   configs = tuple(spec.configs if configs is None else configs)
-  unknown = [c for c in configs if c not in spec.configs]
+  unknown = [c for c in configs if c not in spec.known_configs]
   if unknown or not configs:
     raise ValueError(f"Unknown {name} configs {unknown or list(configs)}; known: "
-                     f"{', '.join(spec.configs)}.")
+                     f"{', '.join(spec.known_configs)}.")
   root = os.path.expanduser(data_dir) if data_dir else tfds_data.default_data_dir()
   bad = {}
   for c in configs:
     folder, state = _config_state(spec, c, root)
     if state != "prepared":
       bad[c] = (folder, state)
+  if bad and spec.streamed:  # tfds' own builders: `tfds build`, one line
+    first, (folder, state) = next(iter(bad.items()))
+    if len(bad) == 1:
+      raise FileNotFoundError(tfds_data.preparation_message(
+          f"{name}/{first}", folder, data_dir, problem=f"is {state}"))
+    # `tfds build NAME` builds every config of NAME.
+    raise FileNotFoundError(tfds_data.preparation_message(
+        name, folder, data_dir,
+        problem=f"has {len(bad)} of the requested configs {state} "
+                f"({', '.join(list(bad)[:4])}{', ...' if len(bad) > 4 else ''})"))
   if bad:
     from mixjax.data import prepare  # pylint: disable=g-import-not-at-top
     listed = "; ".join(f"{c} ({state}: {folder})" for c, (folder, state) in bad.items())
@@ -230,6 +287,9 @@ def shift_test_sets(name: str, *, data_dir: str | None, ds: ds_lib.Dataset,
   from mixjax.data import cache as cache_lib  # pylint: disable=g-import-not-at-top
   from mixjax.data import tfds_data  # pylint: disable=g-import-not-at-top
   spec = get_shift_dataset(name)
+  if spec.streamed:
+    raise ValueError(f"{name} is evaluated by streaming (its images have no fixed size "
+                     "and do not fit in memory), not read into arrays.")
   if ds.name != spec.clean:
     raise ValueError(f"{name} shifts the test split of {spec.clean}, but the model was "
                      f"trained on {ds.name!r}; evaluate it on a shift of its own data.")

@@ -80,17 +80,40 @@ def default_data_dir() -> str:
   return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
+def manual_download_instructions(name: str) -> str | None:
+  """tfds' instructions for the files of a dataset that must be downloaded by hand
+  (ImageNet: `imagenet2012`, `imagenet2012_corrupted`), on one line; None for the
+  others. Read from the builder class (nothing is fetched)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    cls = tfds.builder_cls(name.split("/")[0])
+  except Exception:  # pylint: disable=broad-except  (unregistered: a local dataset)
+    return None
+  text = " ".join(str(getattr(cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) or "").split())
+  return text or None
+
+
 def preparation_message(name: str, looked_in: str, data_dir: str | None,
                         problem: str = "is not prepared") -> str:
   """Why `name` cannot be read from `data_dir`, and the commands that prepare it.
 
   Datasets with original files that `mixjax.data.prepare` builds offline
   (`fashion_mnist`: Debian's `dataset-fashion-mnist` or the IDX files from anywhere) get
-  those routes; the others (CIFAR, SVHN, ...) get `tfds build` on a connected machine.
+  those routes; datasets whose files must be downloaded by hand (ImageNet) get one line
+  with tfds' instructions for them and the `tfds build --manual_dir` command; the others
+  (CIFAR, SVHN, ...) get `tfds build` on a connected machine.
   """
   shown = data_dir if data_dir is not None else f"{default_data_dir()} (tfds default)"
   head = (f"TFDS dataset {name!r} {problem}: looked in {looked_in} (data_dir={shown}). "
           "mixjax never downloads data. ")
+  manual = manual_download_instructions(name)
+  if manual is not None:
+    target = data_dir if data_dir is not None else default_data_dir()
+    return (head + f"Its files are downloaded by hand (tfds: {manual.rstrip('.')}.); put "
+            "them in a folder MANUAL, then run `pip install tensorflow "
+            f"tensorflow-datasets && tfds build {name} --manual_dir=MANUAL "
+            f"--data_dir={target} --file_format=array_record` and pass "
+            f"--config.dataset.data_dir={target}.")
   from mixjax.data import prepare  # pylint: disable=g-import-not-at-top
   if name in prepare.SOURCES:
     target = data_dir if data_dir is not None else default_data_dir()

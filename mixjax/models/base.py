@@ -8,7 +8,11 @@ Every model is a Flax **Linen** module with the call signature
 
 `x` is a float batch `(B, ...)` (NHWC for the convolutional models), `logits` is
 `(B, num_classes)` float32. Parameters are float32; `dtype` (e.g. `jnp.bfloat16` on GPU)
-sets the computation dtype only. BatchNorm models take `bn_axis_name` (None, or the mesh
+sets the computation dtype only (mixed precision): inputs and activations are cast to it,
+while parameters, BatchNorm statistics (computed in float32) and the returned logits stay
+float32, so the loss, the gradients' accumulation into the float32 parameters, the
+optimizer state and the metrics are float32. `build_model(..., dtype="bfloat16")` takes
+the dtype by name (`COMPUTE_DTYPES`). BatchNorm models take `bn_axis_name` (None, or the mesh
 axis name `"data"` inside `jax.shard_map`): with an axis name, the batch mean and variance
 are `pmean`-ed over that axis, so the statistics are those of the global batch
 (exactly, for equal per-device batch sizes).
@@ -50,18 +54,26 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
+# The computation dtypes a config may name (`build_model(..., dtype=NAME)`). float16 is
+# left out: without loss scaling its gradients underflow; bfloat16 has float32's exponent.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
 Dtype = Any
 
 
-def batch_norm(train: bool, axis_name: str | None, dtype: Dtype, name: str | None = None
-               ) -> nn.Module:
+def batch_norm(train: bool, axis_name: str | None, dtype: Dtype, name: str | None = None,
+               scale_init: Callable[..., jax.Array] = nn.initializers.ones) -> nn.Module:
   """BatchNorm with momentum 0.9; batch statistics averaged over `axis_name` if given.
 
   `layers.BatchNorm` on CPU (the same variables and values, faster statistics), flax's
-  `nn.BatchNorm` elsewhere (`layers.cpu_forms`)."""
+  `nn.BatchNorm` elsewhere (`layers.cpu_forms`). Both keep float32 parameters and
+  running statistics and compute the statistics in float32 for any `dtype` (flax's
+  `force_float32_reductions`); `dtype` is the output's. `scale_init` initializes γ
+  (zeros for a residual branch's last BN, Goyal et al. 2017)."""
   cls = layers.BatchNorm if layers.cpu_forms() else nn.BatchNorm
   return cls(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-             axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32, name=name)
+             axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32,
+             scale_init=scale_init, name=name)
 
 
 def check_common(module: nn.Module) -> None:
@@ -94,8 +106,8 @@ def get_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
   """Builds the model registered as `name` with `num_classes` outputs.
 
   Args:
-    name: one of `MODELS.names()` (`mlp`, `lenet`, `preact_resnet18`, `resnet34`,
-      `wrn28_10`).
+    name: one of `MODELS.names()` (`mlp`, `lenet`, `cnn`, `random_features`,
+      `preact_resnet18`, `resnet34`, `wrn28_10`, `resnet50`).
     num_classes: number of output logits.
     **kwargs: constructor fields of the model (e.g. `bn_axis_name="data"`,
       `dtype=jnp.bfloat16`, `width=16`, `dropout_rate=0.3`).
@@ -132,7 +144,7 @@ def model_arguments(name: str) -> list[str] | None:
 
 def build_model(name: str, num_classes: int, kwargs: dict[str, Any] | None = None, *,
                 input_shape: tuple[int, ...] | None = None,
-                bn_axis_name: str | None = None) -> nn.Module:
+                bn_axis_name: str | None = None, dtype: str | None = None) -> nn.Module:
   """`get_model(name, num_classes, **kwargs)`, as a trainer builds it.
 
   Args:
@@ -142,16 +154,37 @@ def build_model(name: str, num_classes: int, kwargs: dict[str, Any] | None = Non
       the data in their own shape.
     bn_axis_name: BatchNorm's axis (e.g. the mesh axis "data"), used for the models that
       have BatchNorm unless `kwargs` sets it.
+    dtype: the computation dtype by name, a key of `COMPUTE_DTYPES` ("float32",
+      "bfloat16"); None keeps the model's default (float32). Parameters, BatchNorm
+      statistics and the logits stay float32 whatever the name (mixed precision).
+
+  Raises:
+    ValueError: as `get_model`; an unknown dtype name (the message lists the known
+      ones); `dtype` given both here and in `kwargs`.
   """
   kwargs = dict(kwargs or {})
   cls = _module_class(MODELS.get(name))
   fields = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
   if "bn_axis_name" in fields:
     kwargs.setdefault("bn_axis_name", bn_axis_name)
+  if dtype is not None:
+    if "dtype" in kwargs:
+      raise ValueError(
+          f"the computation dtype is set twice (dtype={dtype!r} and kwargs dtype="
+          f"{kwargs['dtype']!r}); set it once, as the dtype name.")
+    kwargs["dtype"] = compute_dtype(dtype)
   model = get_model(name, num_classes, **kwargs)
   if input_shape is None:
     return model
   return Reshaped(model, tuple(int(s) for s in input_shape))
+
+
+def compute_dtype(name: str) -> Any:
+  """The JAX dtype of a computation-dtype name (a key of `COMPUTE_DTYPES`)."""
+  if name not in COMPUTE_DTYPES:
+    raise ValueError(f"unknown computation dtype {name!r}; use one of "
+                     f"{', '.join(COMPUTE_DTYPES)}.")
+  return COMPUTE_DTYPES[name]
 
 
 def _module_class(factory: Any) -> type | None:

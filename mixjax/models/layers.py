@@ -100,6 +100,32 @@ def max_pool(x: jax.Array, window: Sequence[int]) -> jax.Array:
   return x.max(axis=tuple(2 + 2 * i for i in range(len(window))))
 
 
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """The ImageNet ResNet stem's overlapping max-pool: 3×3 windows, stride 2, padding 1
+  (PyTorch's `MaxPool2d(3, 2, 1)`; flax `nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))`).
+
+  Shapes: x (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C). On CPU it is the maximum of
+  the nine strided slices of the (−∞)-padded input (elementwise maxima; its gradient is
+  a select, not `reduce_window`'s `select_and_scatter`, as for `max_pool`); elsewhere
+  `nn.max_pool`. Forward identical; gradient identical wherever a window's maximum is
+  unique.
+  """
+  if not cpu_forms():
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  b, h, w, c = x.shape
+  ho, wo = -(-h // 2), -(-w // 2)
+  # Pad 1 before; after, enough for the last window (2·(o − 1) + 3 = 2·o + 1 rows).
+  xp = jnp.pad(x, [(0, 0), (1, 2 * ho + 1 - h - 1), (1, 2 * wo + 1 - w - 1), (0, 0)],
+               constant_values=-jnp.inf)
+  out = None
+  for i in range(3):
+    for j in range(3):
+      win = lax.slice(xp, (0, i, j, 0), (b, i + 2 * ho - 1, j + 2 * wo - 1, c),
+                      (1, 2, 2, 1))
+      out = win if out is None else jnp.maximum(out, win)
+  return out
+
+
 def activate_and_pool(x: jax.Array, act: Callable[[jax.Array], jax.Array],
                       window: Sequence[int], nondecreasing: bool) -> jax.Array:
   """`max_pool(act(x), window)`, computed as `act(max_pool(x, window))` (the same
@@ -163,20 +189,25 @@ class BatchNorm(nn.Module):
   """`nn.BatchNorm` over the last axis (same variables: params `scale`, `bias`;
   batch_stats `mean`, `var`; same running-average update, ε, `axis_name` and
   float32 statistics), its training-mode statistics and gradient by
-  `batch_norm_train`. Shapes: x (..., C) -> like x, in `dtype` (default: x's)."""
+  `batch_norm_train`. Shapes: x (..., C) -> like x, in `dtype` (default: x's).
+
+  Mixed precision: whatever x's dtype (e.g. bfloat16), the statistics, the running
+  averages and the normalization are computed in float32 (x is promoted first, as flax's
+  `force_float32_reductions`); only the output is cast to `dtype`."""
   use_running_average: bool
   momentum: float = 0.99
   epsilon: float = 1e-5
   axis_name: str | None = None
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  scale_init: Callable[..., jax.Array] = nn.initializers.ones
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
     ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
-    scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+    scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
     bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
     dtype = self.dtype or jnp.result_type(x, scale)
     x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))

@@ -27,7 +27,8 @@ class RandomFeatures(nn.Module):
     bandwidth: ℓ, the kernel length scale (Ω ~ N(0, 1/ℓ²)).
     feature_seed: the seed of Ω and β.
     bn_axis_name: accepted for a uniform interface; unused (no BatchNorm).
-    dtype: accepted for a uniform interface; the model computes in float32.
+    dtype: computation dtype of the features and the head (Ω and β are drawn in float32
+      and then cast; the parameters stay float32; the logits are returned in float32).
   """
   num_classes: int
   num_features: int = 256
@@ -46,10 +47,12 @@ class RandomFeatures(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
-    x = jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32)
+    x = jnp.reshape(x, (x.shape[0], -1)).astype(self.dtype)
     d = x.shape[1]
     k_omega, k_phase = jax.random.split(jax.random.key(self.feature_seed))
     omega = jax.random.normal(k_omega, (d, self.num_features)) / self.bandwidth
     phase = jax.random.uniform(k_phase, (self.num_features,), maxval=2 * jnp.pi)
+    omega, phase = omega.astype(self.dtype), phase.astype(self.dtype)
     phi = jnp.sqrt(2.0 / self.num_features) * jnp.cos(x @ omega + phase)
-    return nn.Dense(self.num_classes, name="head")(phi)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(phi)
+    return logits.astype(jnp.float32)

@@ -1,4 +1,5 @@
-"""CIFAR-style ResNets: PreAct-ResNet-18 (mixup's reference network) and ResNet-34.
+"""ResNets: CIFAR-style PreAct-ResNet-18 (mixup's reference network) and ResNet-34, and
+the ImageNet ResNet-50.
 
 Both use a 3×3 stride-1 stem (no max-pool), four stages of basic blocks with widths
 `width·(1, 2, 4, 8)` (64–512 by default) and strides (1, 2, 2, 2), global average pooling
@@ -14,8 +15,19 @@ and a linear head. On 32×32 inputs the last feature map is 4×4.
   `out = relu(bn2(conv(relu(bn1(conv(x))))) + shortcut(x))`, shortcut conv1x1 + BN when
   the shape changes (21,282,122 parameters for 10 classes).
 
-Convolutions use PyTorch's symmetric padding (1 for 3×3), no bias, He-normal (fan_out)
-initialization. BatchNorm: momentum 0.9, statistics averaged over `bn_axis_name`.
+- `resnet50`: the ImageNet ResNet-50 (He et al., 2015, Table 1) in its "v1.5" form (the
+  stride in the bottleneck's 3×3 convolution, as torchvision, flax `examples/imagenet` and
+  uncertainty-baselines' `resnet50_deterministic`): a 7×7 stride-2 stem convolution, BN,
+  ReLU, a 3×3 stride-2 max-pool, four stages of bottleneck blocks [3, 4, 6, 3] with widths
+  64·(1, 2, 4, 8) (outputs 4× that) and strides (1, 2, 2, 2), global average pooling and a
+  linear head. On 224×224 inputs the feature maps are 112 → 56 → 56, 28, 14, 7.
+  25,557,032 parameters for 1000 classes (torchvision's `resnet50` has the same count).
+
+Convolutions use PyTorch's symmetric padding (1 for 3×3, 3 for the 7×7 stem), no bias.
+Initialization: He-normal (fan_out) for the CIFAR nets; for `resnet50` the official
+mixup ImageNet code's (uncertainty-baselines, Keras `he_normal`: truncated normal,
+fan_in, and a N(0, 0.01²) head). BatchNorm: momentum 0.9, ε = 1e-5, statistics averaged
+over `bn_axis_name`, computed in float32 for any `dtype`.
 """
 from __future__ import annotations
 
@@ -29,11 +41,12 @@ from mixjax.models import base
 from mixjax.models import layers
 
 
-def _conv(features: int, kernel: int, stride: int, dtype, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, dtype, name: str,
+          kernel_init=base.conv_init) -> nn.Conv:
   pad = (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                  padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=base.conv_init,
+                 param_dtype=jnp.float32, kernel_init=kernel_init,
                  conv_general_dilated=layers.conv_general_dilated, name=name)
 
 
@@ -159,4 +172,86 @@ class ResNet(nn.Module):
                        )(x, train)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+    return x.astype(jnp.float32)
+
+
+# Keras' `he_normal` (uncertainty-baselines' ResNet-50): N(0, 2/fan_in) truncated at ±2σ
+# (σ rescaled so that the variance stays 2/fan_in), and the head's N(0, 0.01²).
+he_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+head_init = nn.initializers.normal(0.01)
+
+
+class Bottleneck(nn.Module):
+  """Bottleneck block, ResNet v1.5: the stride is in the 3×3 convolution.
+
+  `h = relu(bn1(conv1x1(x))); h = relu(bn2(conv3x3(h, stride))); h = bn3(conv1x1(h))`
+  with `features`, `features`, 4·`features` channels; `out = relu(h + shortcut)`, the
+  shortcut `bn(conv1x1(x, stride))` when the shape changes, else x. With
+  `zero_init_residual`, bn3's γ starts at 0 (each block starts as the identity;
+  Goyal et al. 2017, flax `examples/imagenet`)."""
+  features: int
+  stride: int
+  bn_axis_name: str | None
+  dtype: base.Dtype
+  zero_init_residual: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    bn = lambda name, **kw: base.batch_norm(train, self.bn_axis_name, self.dtype, name, **kw)
+    conv = lambda f, k, s, name: _conv(f, k, s, self.dtype, name, he_normal_fan_in)
+    out = 4 * self.features
+    h = nn.relu(bn("bn1")(conv(self.features, 1, 1, "conv1")(x)))
+    h = nn.relu(bn("bn2")(conv(self.features, 3, self.stride, "conv2")(h)))
+    last_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
+    h = bn("bn3", scale_init=last_init)(conv(out, 1, 1, "conv3")(h))
+    if self.stride != 1 or x.shape[-1] != out:
+      x = bn("shortcut_bn")(conv(out, 1, self.stride, "shortcut")(x))
+    return nn.relu(h + x)
+
+
+@base.register("resnet50")
+class BottleneckResNet(nn.Module):
+  """ImageNet ResNet with bottleneck blocks; `resnet50` is stage_sizes (3, 4, 6, 3).
+
+  Shapes: `x` (B, H, W, C) float (224×224×3 on ImageNet) -> logits (B, num_classes)
+  float32. Any H, W ≥ 1 work (the stem and each stride-2 stage halve them, rounding up).
+
+  Attributes:
+    num_classes: number of outputs.
+    stage_sizes: bottleneck blocks per stage ((3, 4, 6, 3): ResNet-50; (3, 4, 23, 3):
+      ResNet-101).
+    width: bottleneck channels of the first stage (stages use width·1, 2, 4, 8; outputs
+      4× that; stem `width` channels). Small widths give cheap test networks.
+    zero_init_residual: γ = 0 for each block's last BN (False: the official mixup
+      ImageNet code's initialization, γ = 1).
+    bn_axis_name: None, or the mesh axis (e.g. "data") over which batch statistics are
+      averaged inside `shard_map`.
+    dtype: computation dtype (float32 parameters, float32 BatchNorm statistics, float32
+      logits).
+  """
+  num_classes: int
+  stage_sizes: Sequence[int] = (3, 4, 6, 3)
+  width: int = 64
+  zero_init_residual: bool = False
+  bn_axis_name: str | None = None
+  dtype: base.Dtype = jnp.float32
+
+  def __post_init__(self):
+    _check_resnet(self)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    base.check_input(self, x, 4)
+    x = _conv(self.width, 7, 2, self.dtype, "stem", he_normal_fan_in)(x.astype(self.dtype))
+    x = nn.relu(base.batch_norm(train, self.bn_axis_name, self.dtype, "stem_bn")(x))
+    x = layers.max_pool_3x3_s2(x)
+    for s, n in enumerate(self.stage_sizes):
+      for b in range(n):
+        x = Bottleneck(self.width * 2**s, 2 if (s > 0 and b == 0) else 1,
+                       self.bn_axis_name, self.dtype, self.zero_init_residual,
+                       name=f"stage{s + 1}_block{b + 1}")(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=head_init, name="head")(x)
     return x.astype(jnp.float32)

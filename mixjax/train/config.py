@@ -43,6 +43,10 @@ Layout (override any leaf with `--config.<path>=value`; dict-valued leaves such 
   model.input_shape            reshape each example to this shape inside the model (e.g.
                                (40, 1, 1) to run LeNet on MNIST-1D signals); data, stats and
                                mixing stay in the dataset's shape
+  model.dtype                  the computation dtype: float32 | bfloat16 (mixed precision:
+                               products and convolutions in bfloat16; parameters, optimizer
+                               state, the loss, BatchNorm statistics and metrics float32;
+                               `models.build_model(..., dtype=)`)
   method.name                  erm | mixup | regmixup | erm_transformed | perturbed_erm |
                                approx | label_smoothing_matched (ERM on Theorem 1's labels:
                                smoothing towards ȳ with ε = 1 − θ̄ of the configured law)
@@ -197,6 +201,7 @@ def _knobs() -> ml_collections.ConfigDict:
   c.model.name = "mlp"
   c.model.kwargs = ml_collections.ConfigDict()
   c.model.input_shape = config_dict.placeholder(tuple)
+  c.model.dtype = "float32"
 
   c.method = ml_collections.ConfigDict()
   c.method.name = "mixup"

@@ -175,10 +175,13 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int, *,
                 input_shape: tuple[int, ...] | None = None,
                 bn_axis_name: str | None = sharding.AXIS):
   """`models.build_model` for config.model: BatchNorm over `bn_axis_name`, the network
-  seeing config.model.input_shape (same number of entries as the data's `input_shape`)."""
+  seeing config.model.input_shape (same number of entries as the data's `input_shape`),
+  computing in config.model.dtype (float32 traces the same program as the model's
+  default)."""
   target = config.model.input_shape
   model = models_lib.build_model(config.model.name, num_classes, dict(config.model.kwargs),
-                                 input_shape=target, bn_axis_name=bn_axis_name)
+                                 input_shape=target, bn_axis_name=bn_axis_name,
+                                 dtype=config.model.dtype)
   if target is not None and input_shape is not None:
     target = tuple(int(s) for s in target)
     if math.prod(target) != math.prod(input_shape):

@@ -61,6 +61,9 @@ def _check_model_kwargs(config) -> None:
   unknown = sorted(k for k in kwargs if allowed and k not in allowed)
   if "num_classes" in kwargs:
     unknown.append("num_classes")
+  if "dtype" in kwargs:
+    _fail(f"config.model.kwargs={kwargs} sets the computation dtype; set it once, with "
+          f"--config.model.dtype={kwargs['dtype']} (and no dtype in model.kwargs).")
   if unknown:
     close = sorted({c for k in unknown
                     for c in difflib.get_close_matches(k, allowed, n=2, cutoff=0.6)})
@@ -280,8 +283,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
   Raises a ValueError naming the bad key, the bad value and the valid choices (names go
   through the registries: `MODELS`, `DATASETS`, `SAMPLERS`, `LOSSES`, `METHODS`), for:
   unknown dataset / model / method / sampler / loss / optimizer / schedule / granularity /
-  pairing / estimator / approx term; sampler parameters the sampler rejects (α ≤ 0, …:
-  the sampler is built here; `sampler_params_hint`); a user law MODULE:FACTORY that
+  pairing / estimator / approx term / computation dtype (`model.dtype`; none in
+  `model.kwargs`); sampler parameters the sampler rejects (α ≤ 0, …: the sampler is
+  built here; `sampler_params_hint`); a user law MODULE:FACTORY that
   does not load, raises, or returns no valid law (`_check_sampler`); a numeric knob
   outside the range declared next to its default (`config.RANGES`: lr ≤ 0, val_fraction
   outside [0, 1), η < 0, …); the options of the configured method (`Method.options`:
@@ -332,6 +336,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
       _fail(f"config.{key}: {e} Set it with --config.{key}=<name>.")
   _check_sampler(config)
   _check_model_kwargs(config)
+  choice(config.model.dtype, tuple(models_lib.COMPUTE_DTYPES), "model.dtype")
   choice(config.mixing.granularity, mixing_lib.GRANULARITIES, "mixing.granularity")
   choice(config.mixing.pairing, mixing_lib.PAIRINGS, "mixing.pairing")
   choice(config.optimizer.name, OPTIMIZERS, "optimizer.name")
