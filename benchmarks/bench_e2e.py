@@ -15,7 +15,7 @@ PyTorch first in odd ones), each timed from its launch to its exit:
   network, optimizer, schedule, batch, augmentation, mixup and evaluation cadence; its
   docstring states its choices), reading the IDX files a PyTorch user reads.
 
-Measured from each run's own log (timestamps printed by the process):
+Measured from each run's own log (mixjax: WORKDIR/log.txt; PyTorch: its stdout):
   wall         launch to exit;
   start-up     launch to the start of the first training step (imports, data, model,
                state, compilation of nothing yet);
@@ -116,7 +116,9 @@ def run_mixjax(epochs: int, data_dir: str, workdir: str, num_steps: int = 0) -> 
     raise RuntimeError(f"mixjax exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
   t_train = t_first = None
   points, evals = [], []
-  for line in proc.stderr.splitlines():
+  with open(os.path.join(workdir, "log.txt")) as f:  # the run's absl log (not stderr)
+    log = f.read()
+  for line in log.splitlines():
     t = _absl_time(line)
     if t is None:
       continue
