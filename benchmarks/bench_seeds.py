@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run(args: list[str]) -> tuple[float, str]:
   t0 = time.perf_counter()
-  proc = subprocess.run([sys.executable, "-m", "mixjax.main", *args], cwd=ROOT,
+  proc = subprocess.run([sys.executable, "-m", "mixjax.main", "--verbose", *args], cwd=ROOT,
                         capture_output=True, text=True, check=False)
   wall = time.perf_counter() - t0
   if proc.returncode:
