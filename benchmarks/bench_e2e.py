@@ -175,7 +175,8 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--epochs", type=int, default=10)
   parser.add_argument("--repeats", type=int, default=2)
-  parser.add_argument("--data_dir", default=os.environ.get("TFDS_DATA_DIR", "/work/data"),
+  parser.add_argument("--data_dir", default=os.environ.get(
+      "TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets")),
                       help="tfds data dir holding the prepared fashion_mnist")
   parser.add_argument("--idx_dir", default="/usr/share/datasets/fashion-mnist",
                       help="the Fashion-MNIST IDX files (PyTorch side)")

@@ -1,9 +1,9 @@
 r"""The trainer's step as `python -m mixjax.main` runs it for the Fashion-MNIST recipe,
 against the bare step of `benchmarks.bench_steps`, and what each extra costs.
 
-    python -m benchmarks.bench_trainer_step --data_dir=/work/data
-    python -m benchmarks.bench_trainer_step --data_dir=/work/data --variants=trainer,bare_mixup
-    python -m benchmarks.bench_trainer_step --data_dir=/work/data --profile=trainer --ops=30
+    python -m benchmarks.bench_trainer_step --data_dir=DIR
+    python -m benchmarks.bench_trainer_step --data_dir=DIR --variants=trainer,bare_mixup
+    python -m benchmarks.bench_trainer_step --data_dir=DIR --profile=trainer --ops=30
 
 Variants (rows), all on the recipe network (conv32-BN-ReLU-pool-conv64-BN-ReLU-pool-dense256)
 at batch 128:
