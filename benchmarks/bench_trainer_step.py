@@ -9,8 +9,8 @@ Variants (rows), all on the recipe network (conv32-BN-ReLU-pool-conv64-BN-ReLU-p
 at batch 128:
 - bare_erm, bare_mixup: `bench_steps`'s steps (a fixed synthetic batch, optax SGD momentum,
   no augmentation, no metrics; mixup with Beta(1, 1));
-- trainer: `setup.make_step` for `experiments/fashion_mnist.py`, exactly what the trainer
-  compiles (the batch sliced from the training set held on device, crop + flip, mixup
+- trainer: the compiled step of `program.assemble` for `experiments/fashion_mnist.py`,
+  exactly what the trainer compiles (the batch sliced from the training set held on device, crop + flip, mixup
   Beta(0.2), SGD Nesterov with weight decay and the cosine schedule held as optimizer
   state (`optax.inject_hyperparams`), the non-finite guard, the metrics), called as the
   loop calls it (one step in flight);
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -43,7 +44,7 @@ import numpy as np
 
 from benchmarks import bench_steps
 from mixjax.train import loop
-from mixjax.train import optim
+from mixjax.train import program as program_lib
 from mixjax.train import setup
 from mixjax.train import sweeps
 from mixjax.train import writers
@@ -86,22 +87,18 @@ def recipe_config(data_dir: str, **overrides):
 
 
 def build_trainer(config, ds, *, with_loop: bool = False, patch=None):
-  """run(n) for the trainer's step (or its loop) of `config`; compiled on first use."""
-  model = setup.make_model(config, ds)
-  num_train = int(ds.train_x.shape[0])
-  spe = setup.data_lib.steps_per_epoch(num_train, config.batch_size)
-  total = setup.total_steps(config, num_train)
-  stats = setup.training_stats(config, ds, tempfile.gettempdir())
-  ctx = setup.method_context(config, ds.input_shape)
-  tx = optim.make_optimizer(config.optimizer, spe, total)
-  devices = jax.local_devices()
-  mesh = setup.sharding.make_mesh(devices)
-  root = jax.random.key_data(jax.random.key(config.seed))
+  """run(n) for the trainer's step (or its loop) of `config`: the step of the program
+  `mixjax.main` assembles (`program.assemble`), compiled on first use (under `patch`)."""
+  config = config.copy_and_resolve_references()
+  config.eval.every_epochs = 0  # the loop variant times steps, not evaluations
   with patch() if patch else contextlib.nullcontext():
-    step = setup.make_step(config, ds, mesh, model, tx, ctx, stats, root)
-    state = setup.initial_state(model, tx, mesh, root, ds)
+    program = program_lib.assemble([config], ds, devices=jax.local_devices(),
+                                   workdir=tempfile.mkdtemp(prefix="bench_trainer_"))
+    state, _, _ = program_lib.init_or_restore(program, _NoCheckpoints())
+    step = program.step
     state, _ = step(state, 0)  # trace and compile under the patch
     jax.block_until_ready(state)
+  total = program.schedule.total_steps
   holder = {"state": state, "s": 1}
   workdir = tempfile.mkdtemp(prefix="bench_trainer_")
 
@@ -109,14 +106,12 @@ def build_trainer(config, ds, *, with_loop: bool = False, patch=None):
     s = holder["s"]
     if s + n > total:
       s = 1
-    if with_loop:
-      cfg = config.copy_and_resolve_references()
-      cfg.num_steps = s + n
-      cfg.eval.every_epochs = 0
+    if with_loop:  # the same program, its schedule ending after these n steps
+      until = dataclasses.replace(program, schedule=program_lib.Schedule(
+          program.schedule.steps_per_epoch, s + n))
       writer = writers.RunWriters([setup.open_writer(workdir, s, False,
-                                                     tensorboard=cfg.tensorboard)])
-      state, _ = loop.train(cfg, holder["state"], step, None, ds, _NoCheckpoints(), writer,
-                            start=s, total=s + n, spe=spe, devices=devices)
+                                                     tensorboard=config.tensorboard)])
+      state, _ = loop.train(until, holder["state"], _NoCheckpoints(), writer, start=s)
       writer.close()
     else:
       state, prev = holder["state"], None
@@ -150,7 +145,7 @@ def variants(data_dir: str, names: list[str]) -> dict[str, Callable[[int], None]
       runs[name] = bare[name[len("bare_"):]]
       continue
     if ds is None:
-      ds, _ = setup.load_data(recipe_config(data_dir))
+      ds = setup.load_data(recipe_config(data_dir))
     overrides = {"trainer_noaug": {"augment.enabled": False},
                  "trainer_erm": {"method.name": "erm"}}.get(name, {})
     patch = BEFORE.get(name[len("before_"):]) if name.startswith("before_") else None
