@@ -20,7 +20,9 @@ at batch 128:
   every `log_every_steps` with a host read of the metrics, checkpoint checks), with a
   checkpointer that saves nothing and no evaluation;
 - before_<change> variants (when listed in `BEFORE`): the trainer with one change of
-  docs/speed.md undone, to measure it side by side.
+  docs/speed.md undone, to measure it side by side;
+- tried_<change> variants (`TRIED`): the trainer with a change that was tried and not
+  kept (docs/speed.md says why), e.g. `tried_window_max_pool`.
 
 Timing: every variant is compiled and warmed up, then the variants run `--steps` steps
 each, `--repeats` times, in a fresh random order each repeat; the median time per step
@@ -33,16 +35,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import os
 import statistics
 import tempfile
 import time
 from typing import Callable
+from unittest import mock
 
 import jax
+from jax import lax
+import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import bench_steps
+from mixjax.models import layers
 from mixjax.train import loop
 from mixjax.train import program as program_lib
 from mixjax.train import setup
@@ -52,8 +59,55 @@ from mixjax.train import writers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "experiments", "fashion_mnist.py")
 
+
+
 # name -> a context manager that undoes one change while the variant is built and traced.
 BEFORE: dict[str, Callable[[], contextlib.AbstractContextManager]] = {}
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _window_max(x, window):
+  """A max-pool tried and not kept (docs/speed.md): the elementwise maximum of the
+  strided window slices x[:, i::w1, j::w2, :], with reduce-max's tangent written by hand
+  (the tie count and the indicators elementwise, interleaved back by a stack), so that
+  reverse mode runs no reduction over the window axes. Same values and same pool
+  gradient as `layers.max_pool`, ties included; spatial sizes divisible by the window."""
+  slices = _window_slices(x, window)
+  y = slices[0]
+  for s in slices[1:]:
+    y = jnp.maximum(y, s)
+  return y
+
+
+def _window_slices(x, window):
+  offsets = [()]
+  for w in window:
+    offsets = [o + (i,) for o in offsets for i in range(w)]
+  return [lax.slice(x, (0, *o, 0), x.shape, (1, *window, 1)) for o in offsets]
+
+
+@_window_max.defjvp
+def _window_max_jvp(window, primals, tangents):
+  (x,), (dx,) = primals, tangents
+  y = _window_max(x, window)
+  ind = [(s == y).astype(dx.dtype) for s in _window_slices(x, window)]
+  count = functools.reduce(jnp.add, ind)
+  nd = len(window)
+  stacked = jnp.stack(ind, axis=-2).reshape(*y.shape[:-1], *window, y.shape[-1])
+  perm = [0] + [a for i in range(nd) for a in (1 + i, 1 + nd + i)] + [1 + 2 * nd]
+  split = [dx.shape[0]]
+  for s, w in zip(dx.shape[1:-1], window):
+    split += [s // w, w]
+  dy = (dx.reshape(*split, dx.shape[-1]) * stacked.transpose(perm)).sum(
+      axis=tuple(2 + 2 * i for i in range(nd)))
+  return y, dy / count
+
+
+# name -> a context manager that applies a change tried and not kept (docs/speed.md).
+TRIED: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
+    "window_max_pool": lambda: mock.patch.object(
+        layers, "max_pool", lambda x, window: _window_max(x, tuple(window))),
+}
 
 
 class _NoCheckpoints:
@@ -148,7 +202,8 @@ def variants(data_dir: str, names: list[str]) -> dict[str, Callable[[int], None]
       ds = setup.load_data(recipe_config(data_dir))
     overrides = {"trainer_noaug": {"augment.enabled": False},
                  "trainer_erm": {"method.name": "erm"}}.get(name, {})
-    patch = BEFORE.get(name[len("before_"):]) if name.startswith("before_") else None
+    patch = (BEFORE.get(name[len("before_"):]) if name.startswith("before_")
+             else TRIED.get(name[len("tried_"):]) if name.startswith("tried_") else None)
     runs[name] = build_trainer(recipe_config(data_dir, **overrides), ds,
                                with_loop=name == "loop", patch=patch)
   return runs
@@ -158,7 +213,7 @@ def main(argv=None) -> dict[str, float]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--data_dir", default=os.environ.get("TFDS_DATA_DIR"))
   parser.add_argument("--variants", default=None,
-                      help="comma-separated (default: all, the before_ ones included)")
+                      help="comma-separated (default: all, the before_ and tried_ ones included)")
   parser.add_argument("--steps", type=int, default=20)
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--profile", default=None, help="a variant to trace")
@@ -166,7 +221,7 @@ def main(argv=None) -> dict[str, float]:
   args = parser.parse_args(argv)
   names = (args.variants.split(",") if args.variants else
            ["bare_erm", "bare_mixup", "trainer", "trainer_noaug", "trainer_erm", "loop"]
-           + [f"before_{b}" for b in BEFORE])
+           + [f"before_{b}" for b in BEFORE] + [f"tried_{t}" for t in TRIED])
   load0 = os.getloadavg()
   runs = variants(args.data_dir, names)
   for r in runs.values():

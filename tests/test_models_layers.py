@@ -75,45 +75,6 @@ def test_max_pool_splits_the_gradient_of_tied_maxima():
   assert float(ref.sum()) == float(g.sum()) == 1.0
 
 
-def _reduce_max_pool(x, window):
-  """The pool as a reduction over window axes, differentiated by JAX's own reduce-max
-  rule (the tangent averaged over the tied maxima): the reference for the tie behaviour."""
-  b, *spatial, c = x.shape
-  split = [b]
-  for s, w in zip(spatial, window):
-    split += [s // w, w]
-  return x.reshape(*split, c).max(axis=tuple(2 + 2 * i for i in range(len(window))))
-
-
-# Inputs on a coarse grid (a few distinct values), so that most windows hold ties.
-TIED_POOLS = [((3, 28, 28, 4), (2, 2)), ((2, 8, 6, 3), (2, 3)), ((4, 40, 1, 5), (2, 1))]
-
-
-@pytest.mark.parametrize("shape,window", TIED_POOLS)
-def test_max_pool_at_ties_is_reduce_max_bit_for_bit(shape, window):
-  """With many tied maxima: the same output and the same input gradient, exactly, as
-  reduce-max's own rule (the gradient is ȳ/n on each of the n tied entries: a division
-  and multiplications by 0 or 1, so any correct form rounds identically); the
-  forward-mode tangent (a sum over the window) and a second derivative agree to
-  float32 rounding."""
-  x = jnp.round(_normal(*shape, scale=1.5)).clip(-1, 1)  # values in {-1, 0, 1}
-  pool = jax.jit(lambda x: layers.max_pool(x, window))
-  out, (g,) = _vjp(pool, x)
-  ref_out, (ref_g,) = _vjp(lambda x: _reduce_max_pool(x, window), x)
-  np.testing.assert_array_equal(out, ref_out)
-  np.testing.assert_array_equal(g, ref_g)
-  assert float((g != 0).sum()) > float(np.prod(out.shape))  # ties were hit
-  t = _normal(*shape, seed=2)
-  _, dy = jax.jvp(pool, (x,), (t,))
-  _, ref_dy = jax.jvp(lambda x: _reduce_max_pool(x, window), (x,), (t,))
-  _assert_close(dy, ref_dy)
-  w = _normal(*out.shape, seed=3)
-  f = lambda x: (w * jnp.tanh(layers.max_pool(jnp.tanh(x), window))).sum()
-  ref_f = lambda x: (w * jnp.tanh(_reduce_max_pool(jnp.tanh(x), window))).sum()
-  hvp = lambda f: jax.jvp(jax.grad(f), (x,), (t,))[1]
-  _assert_close(hvp(f), hvp(ref_f))
-
-
 def test_max_pool_standard_form_off_cpu(standard_forms):
   del standard_forms
   x = _normal(2, 6, 6, 3)

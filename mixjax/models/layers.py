@@ -18,14 +18,7 @@ ReLU-pool-dense256-head, batch 128, 28×28×1; `python -m benchmarks.bench_steps
   plain reduction and its gradient an elementwise select: step 108 → 67 ms. Forward
   identical; gradient identical wherever a window's maximum is unique (at ties the
   reshape form splits the gradient equally among the tied entries, `nn.max_pool` gives it
-  to one of them). XLA:CPU still runs reductions over the window axes (2, 4) slowly, and
-  fuses them into BatchNorm's backward sums, so the pool is now the elementwise maximum
-  of the strided slices x[:, i::2, j::2] with reduce-max's tangent written by hand
-  (`_window_max`: the tie count and the indicators elementwise, the indicators
-  interleaved back by a stack): the same values and the same gradient bit for bit, ties
-  included (the gradients of the layers after it round differently in their last bits:
-  XLA fuses BatchNorm's backward sums with a different producer); on the AMD EPYC machine
-  the step went 64.2 → 49.7 ms.
+  to one of them).
 - **BatchNorm statistics** (`BatchNorm`, `channel_sum`). XLA:CPU lowers a reduction over
   every axis but the minor one, (B, H, W, C) → (C,), as a `reduce-window` that walks
   memory with stride C: 4.8 ms for one 128×28×28×32 sum. Summing first over a leading
@@ -100,54 +93,11 @@ def max_pool(x: jax.Array, window: Sequence[int]) -> jax.Array:
   pads = [(0, o * w - s) for s, w, o in zip(spatial, window, out)]
   if any(p for _, p in pads):
     x = jnp.pad(x, [(0, 0), *pads, (0, 0)], constant_values=-jnp.inf)
-  return _window_max(x, window)
-
-
-def _window_slices(x: jax.Array, window: tuple[int, ...]) -> list[jax.Array]:
-  """The prod(window) strided slices x[:, i::w1, j::w2, ..., :] (offsets in row-major
-  order), each (B, *spatial / window, C); the spatial sizes are multiples of the window."""
-  return [lax.slice(x, (0, *off, 0), x.shape, (1, *window, 1))
-          for off in _product([range(w) for w in window])]
-
-
-def _split_windows(shape: Sequence[int], window: tuple[int, ...]) -> list[int]:
-  """(B, o1·w1, o2·w2, ..., C) -> [B, o1, w1, o2, w2, ..., C]."""
-  split = [shape[0]]
-  for s, w in zip(shape[1:-1], window):
-    split += [s // w, w]
-  return split + [shape[-1]]
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
-def _window_max(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
-  """max over non-overlapping windows: the elementwise maximum of `_window_slices`.
-
-  Its tangent is reduce-max's (`jax.lax.reduce_max`'s JVP: the tangent averaged over
-  the entries equal to the maximum), written so that reverse mode runs no reduction over
-  the window axes: with I_k = [x_k = y] the indicator of slice k and n = Σ_k I_k (both
-  elementwise over the slices), ẏ = Σ_window(ẋ·I)/n, whose transpose is
-  x̄ = broadcast(ȳ/n)·I, I interleaved back to x's shape (a stack and a transpose)."""
-  slices = _window_slices(x, window)
-  y = slices[0]
-  for s in slices[1:]:
-    y = jnp.maximum(y, s)
-  return y
-
-
-@_window_max.defjvp
-def _window_max_jvp(window, primals, tangents):
-  (x,), (dx,) = primals, tangents
-  y = _window_max(x, window)
-  ind = [(s == y).astype(dx.dtype) for s in _window_slices(x, window)]
-  count = functools.reduce(jnp.add, ind)
-  nd = len(window)
-  # (B, *out, prod(window), C) -> (B, *out, *window, C) -> (B, o1, w1, o2, w2, ..., C)
-  stacked = jnp.stack(ind, axis=-2).reshape(*y.shape[:-1], *window, y.shape[-1])
-  perm = [0] + [a for i in range(nd) for a in (1 + i, 1 + nd + i)] + [1 + 2 * nd]
-  ind_split = stacked.transpose(perm)
-  dx_split = dx.reshape(_split_windows(dx.shape, window))
-  dy = (dx_split * ind_split).sum(axis=tuple(2 + 2 * i for i in range(nd)))
-  return y, dy / count
+  split = [x.shape[0]]
+  for o, w in zip(out, window):
+    split += [o, w]
+  x = x.reshape(*split, x.shape[-1])
+  return x.max(axis=tuple(2 + 2 * i for i in range(len(window))))
 
 
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:

@@ -43,8 +43,9 @@ def check_finite(state, ckpt, writer, failed: dict[int, int]) -> None:
   `failed` ({run: step} of the runs known to have failed) is updated here: a newly
   failed run is logged with its step (its state stopped updating at that step, so the
   others of a group go on). When every run has failed (a lone run: when it has),
-  NonFiniteLossError is raised, after closing the writer and checkpointer; the message
-  names the step and the last good checkpoint.
+  NonFiniteLossError is raised; the message names the step and the last good checkpoint.
+  Closing the writer and the checkpointer is the caller's (`groups.train_program` closes
+  them on every way out).
   """
   bad = np.atleast_1d(to_host(state.first_nonfinite))
   for r, b in enumerate(bad):
@@ -67,9 +68,7 @@ def check_finite(state, ckpt, writer, failed: dict[int, int]) -> None:
          "rerun with a fresh --workdir (or add --config.allow_config_change=True to "
          "continue from the last good checkpoint).")
   logging.info(msg)  # the log file; the user sees it once, as main's error line
-  writer.close()
-  ckpt.close()
-  raise NonFiniteLossError(msg, step=first)
+  raise NonFiniteLossError(msg, step=first)  # the caller closes `ckpt` and `writer`
 
 
 def save(state, ckpt, writer, spe: int, failed: dict[int, int], feed=None) -> None:
