@@ -3,6 +3,7 @@ PyTorch `DataLoader` doing the same work on the same JPEGs, side by side.
 
     python -m benchmarks.bench_pipeline                 # 1 and 2 workers, 224×224, B = 128
     python -m benchmarks.bench_pipeline --quick         # a smoke run
+    python -m benchmarks.bench_pipeline --workers=1 --breakdown   # and per-image parts
 
 The work, per image, on both sides: decode the JPEG with PIL (to RGB), a random-resized
 crop (torchvision's sampling: scale (0.08, 1), ratio (3/4, 4/3), ten tries then a centre
@@ -183,6 +184,67 @@ def timed(make, *, warmup: int, batches: int) -> tuple[float, float]:
   return n / wall, (n / cpu if cpu > 0 else float("nan"))
 
 
+def breakdown(tfds_dir: str, src: str, *, batch_size: int, image_size: int,
+              repeats: int) -> None:
+  """Per image, in this process (no workers, one thread): the whole work of each side
+  per batch (mixjax: `TrainStream.batch`; PyTorch: `TorchImages.__getitem__` of each
+  row, then `default_collate`, as a DataLoader worker does) and the parts where
+  they differ: reading a record (tfds `data_source[i]`: the array_record read, then
+  tfds' deserialization of the example) against reading a file, and mixjax's keyed
+  generator per example (`streaming.example_rng`). The parts run in a shuffled order
+  in each of `repeats` rounds; medians, printed."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from torch.utils.data import default_collate as collate  # pylint: disable=g-import-not-at-top
+  from mixjax.data import streaming  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(1)
+  split = streaming.open_split("bench_images", data_dir=tfds_dir, split="train")
+  stream = streaming.TrainStream(split, batch_size=batch_size, image_size=image_size,
+                                 seed=0, dtype="uint8", reduce_jpeg=False,
+                                 process_index=0, process_count=1)
+  files, labels = [], []
+  train = os.path.join(src, "train")
+  for k, c in enumerate(sorted(os.listdir(train))):
+    for f in sorted(os.listdir(os.path.join(train, c))):
+      files.append(os.path.join(train, c, f))
+      labels.append(k)
+  images = TorchImages(files, labels, image_size)
+  source = split.source()
+  n = (len(files) // batch_size) * batch_size
+  steps = n // batch_size
+  stream.batch(0)
+  images[0]  # pylint: disable=pointless-statement
+
+  def per_image(fn, count):
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) / count * 1e3
+
+  parts = {
+      "mixjax: whole work (TrainStream.batch)":
+          lambda: per_image(lambda: [stream.batch(s) for s in range(steps)], n),
+      "PyTorch: whole work (__getitem__ + default_collate)":
+          lambda: per_image(lambda: [collate([images[i] for i in range(
+              s * batch_size, (s + 1) * batch_size)]) for s in range(steps)], n),
+      "mixjax: read a record (array_record + tfds deserialize)":
+          lambda: per_image(lambda: [source[i] for i in range(n)], n),
+      "  of which tfds' deserialization":
+          lambda: per_image(lambda: [source._deserialize(r) for r in raw], n),  # pylint: disable=protected-access
+      "PyTorch: read a file":
+          lambda: per_image(lambda: [open(f, "rb").read() for f in files[:n]], n),
+      "mixjax: keyed generator per example (example_rng)":
+          lambda: per_image(lambda: [streaming.example_rng(0, i) for i in range(n)], n),
+  }
+  raw = [source.data_source[i] for i in range(n)]
+  times = {k: [] for k in parts}
+  rng = np.random.default_rng(0)
+  for _ in range(repeats):  # the parts in a fresh random order each repeat
+    for k in rng.permutation(list(parts)):
+      times[k].append(parts[k]())
+  print(f"\nper image, one process, {n} images x {repeats} repeats (medians, ms):")
+  for k, v in times.items():
+    print(f"  {k:<58}{statistics.median(v):8.3f}")
+
+
 def loadavg() -> str:
   try:
     return open("/proc/loadavg").read().split()[0]
@@ -199,6 +261,8 @@ def main() -> None:
   parser.add_argument("--batches", type=int, default=6, help="timed batches per run")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--breakdown", action="store_true",
+                      help="also time each side's per-image parts in one process")
   args = parser.parse_args()
   if args.quick:
     args.images, args.batch_size, args.batches, args.repeats = 128, 32, 2, 1
@@ -245,6 +309,9 @@ def main() -> None:
             f"{med['mixjax'] / med['torch']:.2f} | {per_cpu['mixjax']:.0f} / "
             f"{per_cpu['torch']:.0f} = {per_cpu['mixjax'] / per_cpu['torch']:.2f} |")
     print(f"load average at the end: {loadavg()}")
+    if args.breakdown:
+      breakdown(os.path.join(tmp, "tfds"), src, batch_size=args.batch_size,
+                image_size=args.image_size, repeats=args.repeats)
 
 
 if __name__ == "__main__":
