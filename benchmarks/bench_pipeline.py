@@ -4,6 +4,7 @@ PyTorch `DataLoader` doing the same work on the same JPEGs, side by side.
     python -m benchmarks.bench_pipeline                 # 1 and 2 workers, 224×224, B = 128
     python -m benchmarks.bench_pipeline --quick         # a smoke run
     python -m benchmarks.bench_pipeline --workers=1 --breakdown   # and per-image parts
+    python -m benchmarks.bench_pipeline --before        # and mixjax's float32 stream
 
 The work, per image, on both sides: decode the JPEG with PIL (to RGB), a random-resized
 crop (torchvision's sampling: scale (0.08, 1), ratio (3/4, 4/3), ten tries then a centre
@@ -11,7 +12,8 @@ crop), a bilinear resize of the crop to 224×224 with PIL, a horizontal flip wit
 probability ½, and a uint8 (224, 224, 3) array; then batches of 128 (B, 224, 224, 3)
 uint8 delivered to the main process. No normalization on either side.
 
-- mixjax: `streaming.TrainStream(..., dtype="uint8", reduce_jpeg=False)` over the images
+- mixjax: `streaming.TrainStream(..., dtype="uint8", reduce_jpeg=False)` (the trainer's
+  stream: uint8, normalized later on the device) over the images
   prepared with `mixjax.data.prepare --dataset=image_folder` (array_record, read through
   `tfds.data_source`), `num_workers` Grain worker processes (`mp_prefetch`, two batches
   buffered per worker), one decoding thread each.
@@ -143,11 +145,11 @@ def torch_iterator(root: str, *, batch_size: int, image_size: int, workers: int)
 
 
 def grain_iterator(data_dir: str, name: str, *, batch_size: int, image_size: int,
-                   workers: int):
+                   workers: int, dtype: str = "uint8"):
   from mixjax.data import streaming  # pylint: disable=g-import-not-at-top
   split = streaming.open_split(name, data_dir=data_dir, split="train")
   stream = streaming.TrainStream(split, batch_size=batch_size, image_size=image_size,
-                                 seed=0, num_workers=workers, dtype="uint8",
+                                 seed=0, num_workers=workers, dtype=dtype,
                                  reduce_jpeg=False, process_index=0, process_count=1)
   return stream.iterator(0)
 
@@ -208,6 +210,9 @@ def breakdown(tfds_dir: str, src: str, *, batch_size: int, image_size: int,
       files.append(os.path.join(train, c, f))
       labels.append(k)
   images = TorchImages(files, labels, image_size)
+  stream32 = streaming.TrainStream(split, batch_size=batch_size, image_size=image_size,
+                                   seed=0, dtype="float32", reduce_jpeg=False,
+                                   process_index=0, process_count=1)
   source = split.source()
   n = (len(files) // batch_size) * batch_size
   steps = n // batch_size
@@ -222,6 +227,8 @@ def breakdown(tfds_dir: str, src: str, *, batch_size: int, image_size: int,
   parts = {
       "mixjax: whole work (TrainStream.batch)":
           lambda: per_image(lambda: [stream.batch(s) for s in range(steps)], n),
+      "mixjax before 6 Dec.: normalized on the host (dtype float32)":
+          lambda: per_image(lambda: [stream32.batch(s) for s in range(steps)], n),
       "PyTorch: whole work (__getitem__ + default_collate)":
           lambda: per_image(lambda: [collate([images[i] for i in range(
               s * batch_size, (s + 1) * batch_size)]) for s in range(steps)], n),
@@ -261,6 +268,9 @@ def main() -> None:
   parser.add_argument("--batches", type=int, default=6, help="timed batches per run")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--before", action="store_true",
+                      help="also time mixjax's float32 stream (normalized in the "
+                      "workers: the trainer's input before 6 December)")
   parser.add_argument("--breakdown", action="store_true",
                       help="also time each side's per-image parts in one process")
   args = parser.parse_args()
@@ -287,9 +297,13 @@ def main() -> None:
           "torch": lambda w=workers: torch_iterator(
               src, batch_size=args.batch_size, image_size=args.image_size, workers=w),
       }
+      if args.before:
+        makers["mixjax_f32"] = lambda w=workers: grain_iterator(
+            os.path.join(tmp, "tfds"), "bench_images", batch_size=args.batch_size,
+            image_size=args.image_size, workers=w, dtype="float32")
       rates = {k: [] for k in makers}
       for r in range(args.repeats):
-        order = list(makers) if r % 2 == 0 else list(makers)[::-1]
+        order = list(makers) if r % 2 == 0 else list(makers)[::-1]  # alternating
         for k in order:
           rates[k].append(timed(makers[k], warmup=2 * workers + 2, batches=args.batches))
       med = {k: statistics.median(v[0] for v in rates[k]) for k in rates}
@@ -301,6 +315,10 @@ def main() -> None:
             f"{[round(v[0]) for v in rates['torch']]}); per CPU-second: mixjax "
             f"{per_cpu['mixjax']:.1f}, PyTorch {per_cpu['torch']:.1f}; load {loadavg()}",
             flush=True)
+      if args.before:
+        print(f"  mixjax float32 (before): {med['mixjax_f32']:7.1f} img/s, "
+              f"{per_cpu['mixjax_f32']:.1f} per CPU-second; uint8 / float32 = "
+              f"{med['mixjax'] / med['mixjax_f32']:.2f}", flush=True)
     print("\n| workers | mixjax (Grain) img/s | PyTorch DataLoader img/s | ratio (target "
           ">= 1.0) | img per CPU-s, mixjax / PyTorch |")
     print("|---|---|---|---|---|")

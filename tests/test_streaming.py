@@ -286,6 +286,38 @@ def test_to_device_assembles_the_global_batch(prepared):
     np.testing.assert_array_equal(np.asarray(y), ry)
 
 
+
+def test_dequantize_on_device_is_normalize_bit_for_bit():
+  """Every uint8 value in every channel, normalized by the jitted table lookup, equals
+  the host formula `normalize` exactly (which equals the in-memory formula: above)."""
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  x = np.stack(np.meshgrid(np.arange(256), np.arange(256), np.arange(256)[::-1],
+                           indexing="ij"), -1)[:, :4].astype(np.uint8)  # (256, 4, 256, 3)
+  table = streaming.normalization_table(mean, std)
+  assert table.shape == (256, 3) and table.dtype == np.float32
+  got = jax.jit(lambda x: streaming.dequantize(x, table))(x)
+  assert got.dtype == np.float32
+  np.testing.assert_array_equal(np.asarray(got), streaming.normalize(x, mean, std))
+
+
+def test_stream_feeder_normalizes_a_uint8_stream_on_device(prepared):
+  """The trainer's feed (a uint8 stream, normalized on the device) gives exactly the
+  float32 stream's batches, one step or several per call."""
+  from mixjax.data import feeding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh()
+  feed = feeding.StreamFeeder(_stream(prepared, dtype="uint8"), mesh, total_steps=6)
+  ref = _stream(prepared)
+  x, y, order = feed(1)
+  assert order is None and x.dtype == np.float32 and x.shape == (8, 16, 16, 3)
+  rx, ry = ref.batch(1)
+  np.testing.assert_array_equal(np.asarray(x), rx)
+  np.testing.assert_array_equal(np.asarray(y), ry)
+  x, y, _ = feed(2, 2)
+  assert x.shape == (2, 8, 16, 16, 3)
+  for k, s in enumerate((2, 3)):
+    np.testing.assert_array_equal(np.asarray(x[k]), ref.batch(s)[0])
+  feed.close()
+
 TWO_PROCESS_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np

@@ -112,7 +112,9 @@ class StreamFeeder:
   """The data arguments of the train step from a `streaming.TrainStream`: `(x, y, None)`
   for steps s … s+n−1, x (B, S, S, 3) float32 and y (B,) int32 sharded over the mesh's
   axis (stacked (n, B, ...) when n > 1), this process's rows decoded here
-  (`stream.process_index`), `buffer` batches ahead on device.
+  (`stream.process_index`), `buffer` batches ahead on device. A uint8 stream
+  (`dtype="uint8"`, what the trainer uses) is normalized on the device, by a lookup in
+  its split's `streaming.normalization_table` (exactly the float32 stream's values).
 
   The stream is opened at the first step asked for (a resumed run's) and read in order
   up to `total_steps`; asking for another step reopens it there (the batches are a pure
@@ -120,9 +122,14 @@ class StreamFeeder:
   """
 
   def __init__(self, stream, mesh, *, total_steps: int, buffer: int = 2):
+    from mixjax.data import streaming  # pylint: disable=g-import-not-at-top
     self.stream, self.mesh, self.total, self.buffer = stream, mesh, int(total_steps), buffer
     self._sharding = jax.sharding.NamedSharding(mesh, sharding.P(sharding.AXIS))
     self._it, self._next = None, None
+    self._to_float = lambda x: x
+    if getattr(stream, "dtype", "float32") == "uint8":
+      table = streaming.normalization_table(stream.split.norm_mean, stream.split.norm_std)
+      self._to_float = jax.jit(lambda x: streaming.dequantize(x, table))
 
   def _open(self, s: int) -> None:
     from mixjax.data import streaming  # pylint: disable=g-import-not-at-top
@@ -136,7 +143,7 @@ class StreamFeeder:
   def __call__(self, s: int, n: int = 1) -> tuple:
     if self._next != s:
       self._open(s)
-    batches = [next(self._it) for _ in range(n)]
+    batches = [(self._to_float(x), y) for x, y in (next(self._it) for _ in range(n))]
     self._next = s + n
     if n == 1:
       (x, y), = batches

@@ -222,7 +222,8 @@ def make_step(program: Program, programs: list | None = None) -> TrainStep:
   if streamed:  # one run (a streamed group trains sequentially: `groups.group_mode`)
     stream = streaming.TrainStream(
         ds.train, batch_size=config.batch_size, image_size=ds.image_size,
-        seed=setup.stream_seed(data_keys), num_workers=ds.num_workers)
+        seed=setup.stream_seed(data_keys), num_workers=ds.num_workers,
+        dtype="uint8")  # normalized on the device (`feeding.StreamFeeder`)
     feed = feeding.StreamFeeder(stream, mesh, total_steps=total)
   else:
     feed = feeding.Feeder(ds, config.batch_size, mesh, data_keys, steps_per_epoch=spe,
