@@ -22,7 +22,8 @@ at batch 128:
 - before_<change> variants (when listed in `BEFORE`): the trainer with one change of
   docs/speed.md undone, to measure it side by side;
 - tried_<change> variants (`TRIED`): the trainer with a change that was tried and not
-  kept (docs/speed.md says why), e.g. `tried_window_max_pool`.
+  kept (docs/speed.md says why), e.g. `tried_window_max_pool`; tried_bare_<change>:
+  bench_steps' bare ERM step with it.
 
 Timing: every variant is compiled and warmed up, then the variants run `--steps` steps
 each, `--repeats` times, in a fresh random order each repeat; the median time per step
@@ -194,6 +195,11 @@ def variants(data_dir: str, names: list[str]) -> dict[str, Callable[[int], None]
   runs = {}
   bare = None
   for name in names:
+    if name.startswith("tried_bare_"):  # bench_steps' bare ERM step under a TRIED change
+      with TRIED[name[len("tried_bare_"):]]():
+        runs[name] = bench_steps._jax_variants("recipe")["erm"]  # pylint: disable=protected-access
+        runs[name](1)  # compiled under the change
+      continue
     if name.startswith("bare_"):
       bare = bare or bench_steps._jax_variants("recipe")  # pylint: disable=protected-access
       runs[name] = bare[name[len("bare_"):]]
