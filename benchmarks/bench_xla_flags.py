@@ -2,16 +2,18 @@ r"""The recipe CNN's bare step under XLA:CPU flags, side by side: does a flag ma
 machine's step faster?
 
     python -m benchmarks.bench_xla_flags                    # the variants below
-    python -m benchmarks.bench_xla_flags --variants=default,concurrency_scheduler --repeats=5
+    python -m benchmarks.bench_xla_flags --variants=default,no_concurrency_scheduler --repeats=5
 
 Each variant runs `bench_steps`'s recipe ERM step (batch 128, 28×28×1, BatchNorm in
 training mode) in a fresh interpreter with its `XLA_FLAGS` (`MIXJAX_KEEP_YNN=1`, so mixjax
 does not add its own flag: every variant states all of its flags), compiled and warmed
 up, then 9 timings of 5 steps; the variants run one after another in a shuffled order,
 `--repeats` times, and the median of each variant's per-repeat medians is printed with
-its ratio to `default` (what `import mixjax` sets, `mixjax._xla_cpu.FLAGS`: YNNPACK
-fusions off, the concurrency-optimized scheduler off); every other variant changes one
-thing from it. A flag this jaxlib does not know fails its child, and the row says so.
+its ratio to `default` (what `import mixjax` sets: YNNPACK fusions off); every other
+variant changes one thing from it. This times the bare step: a flag that speeds it up
+must also be timed in the trainer's step (`bench_trainer_step`, under the flag in its
+environment) before it is adopted: turning the concurrency-optimized scheduler off made
+the bare step 0.84× and the trainer's step slower (docs/speed.md). A flag this jaxlib does not know fails its child, and the row says so.
 Printed, never asserted.
 
 The variants are the XLA:CPU flags of jaxlib 0.10.2 that could change a convolution
@@ -30,22 +32,21 @@ import statistics
 import subprocess
 import sys
 
-YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
-SEQ = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-MIXJAX = f"{YNN_OFF} {SEQ}"  # what `import mixjax` sets (`mixjax._xla_cpu.FLAGS`)
+YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="  # what `import mixjax` sets
 
 VARIANTS = {
-    "default": MIXJAX,
-    "ynn_all": SEQ,
-    "ynn_conv": f"--xla_cpu_experimental_ynn_fusion_type=individual_convolution {SEQ}",
-    "ynn_dot": f"--xla_cpu_experimental_ynn_fusion_type=individual_dot {SEQ}",
-    "xnn_conv": f"{MIXJAX} --xla_cpu_experimental_xnn_fusion_type=individual_convolution",
-    "onednn_conv": f"{MIXJAX} "
-                   "--xla_cpu_experimental_onednn_fusion_type=individual_convolution",
-    "onednn": f"{MIXJAX} --xla_cpu_use_onednn=true",
-    "concurrency_scheduler": YNN_OFF,  # XLA's default scheduler
-    "eigen_single_thread": f"{MIXJAX} --xla_cpu_multi_thread_eigen=false",
-    "vector_width_512": f"{MIXJAX} --xla_cpu_prefer_vector_width=512",
+    "default": YNN_OFF,
+    "ynn_all": "",
+    "ynn_conv": "--xla_cpu_experimental_ynn_fusion_type=individual_convolution",
+    "ynn_dot": "--xla_cpu_experimental_ynn_fusion_type=individual_dot",
+    "xnn_conv": YNN_OFF + " --xla_cpu_experimental_xnn_fusion_type=individual_convolution",
+    "onednn_conv": YNN_OFF
+                   + " --xla_cpu_experimental_onednn_fusion_type=individual_convolution",
+    "onednn": YNN_OFF + " --xla_cpu_use_onednn=true",
+    "no_concurrency_scheduler": YNN_OFF
+                                + " --xla_cpu_enable_concurrency_optimized_scheduler=false",
+    "eigen_single_thread": YNN_OFF + " --xla_cpu_multi_thread_eigen=false",
+    "vector_width_512": YNN_OFF + " --xla_cpu_prefer_vector_width=512",
 }
 
 CHILD = r"""

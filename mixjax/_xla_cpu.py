@@ -8,20 +8,7 @@ step on 28×28×1 went from 319 to 201 ms with them off). Disabling those fusion
 (`--xla_cpu_experimental_ynn_fusion_type=`) gives the correct values, so mixjax sets that
 flag in `XLA_FLAGS` when it is imported, before `jax` is (the flag only touches the CPU
 backend; GPU and TPU runs ignore it). `tests/test_api.py` keeps a check that would catch
-the miscompile.
-
-It also turns off XLA:CPU's concurrency-optimized scheduler
-(`--xla_cpu_enable_concurrency_optimized_scheduler=false`): that scheduler orders the
-thunks so that independent ones run at the same time, and on the 2-core development
-machine the recipe CNN's step then ran its multi-threaded convolutions against each
-other: 65.5 ms a step with it, 54.8 without (`python -m benchmarks.bench_xla_flags
---variants=default,concurrency_scheduler --repeats=5`), the same numbers bit for bit
-(it orders the same computations; the reference runs and a Fashion-MNIST recipe run were
-identical). Measure it on a machine with many cores before
-relying on it there.
-
-A flag already in `XLA_FLAGS` is left as the user set it. Set `MIXJAX_KEEP_YNN=1` to
-leave `XLA_FLAGS` alone altogether.
+the miscompile. Set `MIXJAX_KEEP_YNN=1` to leave `XLA_FLAGS` alone.
 
 It also quiets one line of JAX's start-up: without `JAX_PLATFORMS`, JAX probes every
 platform it knows and logs, at INFO, "Unable to initialize backend 'tpu': ... libtpu.so"
@@ -34,21 +21,15 @@ import logging
 import os
 
 YNN_OFF_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
-SEQUENTIAL_SCHEDULE_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
-FLAGS = (YNN_OFF_FLAG, SEQUENTIAL_SCHEDULE_FLAG)
 
 
-def set_xla_cpu_flags() -> None:
-  """Appends each of `FLAGS` to `XLA_FLAGS` (once; a flag the user set is left as set),
-  unless `MIXJAX_KEEP_YNN` is set."""
+def disable_ynn_fusions() -> None:
+  """Appends `YNN_OFF_FLAG` to `XLA_FLAGS` (once), unless `MIXJAX_KEEP_YNN` is set."""
   if os.environ.get("MIXJAX_KEEP_YNN"):
     return
-  flags = os.environ.get("XLA_FLAGS", "").split()
-  for flag in FLAGS:
-    name = flag.split("=")[0]
-    if not any(f.split("=")[0] == name for f in flags):
-      flags.append(flag)
-  os.environ["XLA_FLAGS"] = " ".join(flags)
+  flags = os.environ.get("XLA_FLAGS", "")
+  if YNN_OFF_FLAG not in flags.split():
+    os.environ["XLA_FLAGS"] = (flags + " " + YNN_OFF_FLAG).strip()
 
 
 class _QuietBackendProbes(logging.Filter):
@@ -67,5 +48,5 @@ def quiet_backend_probes() -> None:
     logger.addFilter(_QuietBackendProbes())
 
 
-set_xla_cpu_flags()
+disable_ynn_fusions()
 quiet_backend_probes()
