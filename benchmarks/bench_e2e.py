@@ -103,11 +103,16 @@ def _env() -> dict[str, str]:
   return env
 
 
+def _mixjax_cmd(epochs: int, data_dir: str, workdir: str) -> list[str]:
+  """The documented command: the Fashion-MNIST recipe for `epochs` epochs."""
+  return [sys.executable, "-m", "mixjax.main", "--config=experiments/fashion_mnist.py",
+          f"--config.num_epochs={epochs}", f"--config.dataset.data_dir={data_dir}",
+          f"--workdir={workdir}"]
+
+
 def run_mixjax(epochs: int, data_dir: str, workdir: str) -> dict:
   """One mixjax run (the documented command) in a fresh `workdir`; its measurements."""
-  cmd = [sys.executable, "-m", "mixjax.main", "--config=experiments/fashion_mnist.py",
-         f"--config.num_epochs={epochs}", f"--config.dataset.data_dir={data_dir}",
-         f"--workdir={workdir}"]
+  cmd = _mixjax_cmd(epochs, data_dir, workdir)
   t_launch = time.time()
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False,
                         env=_env())
@@ -140,11 +145,8 @@ def prime_mixjax(epochs: int, data_dir: str, workdir: str) -> float:
   """Runs `run_mixjax`'s command until its log shows the first evaluation, then stops it
   (SIGTERM): the compilation cache then holds the step and the evaluation programs of
   the timed runs. Returns the seconds it ran."""
-  cmd = [sys.executable, "-m", "mixjax.main", "--config=experiments/fashion_mnist.py",
-         f"--config.num_epochs={epochs}", f"--config.dataset.data_dir={data_dir}",
-         f"--workdir={workdir}"]
   t0 = time.time()
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(_mixjax_cmd(epochs, data_dir, workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, env=_env())
   log = os.path.join(workdir, "log.txt")
   try:

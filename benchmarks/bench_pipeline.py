@@ -128,15 +128,20 @@ class TorchImages:
     return torch.from_numpy(np.asarray(img, np.uint8).copy()), self.labels[index]
 
 
-def torch_iterator(root: str, *, batch_size: int, image_size: int, workers: int):
-  import torch  # pylint: disable=g-import-not-at-top
+def torch_images(root: str, image_size: int) -> TorchImages:
+  """The PyTorch side's dataset over `root/train/<class>/*` (classes in sorted order)."""
   files, labels = [], []
   train = os.path.join(root, "train")
   for k, c in enumerate(sorted(os.listdir(train))):
     for f in sorted(os.listdir(os.path.join(train, c))):
       files.append(os.path.join(train, c, f))
       labels.append(k)
-  ds = TorchImages(files, labels, image_size)
+  return TorchImages(files, labels, image_size)
+
+
+def torch_iterator(root: str, *, batch_size: int, image_size: int, workers: int):
+  import torch  # pylint: disable=g-import-not-at-top
+  ds = torch_images(root, image_size)
   sampler = torch.utils.data.RandomSampler(ds, num_samples=1 << 30)
   loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler,
                                        num_workers=workers, drop_last=True,
@@ -203,13 +208,8 @@ def breakdown(tfds_dir: str, src: str, *, batch_size: int, image_size: int,
   stream = streaming.TrainStream(split, batch_size=batch_size, image_size=image_size,
                                  seed=0, dtype="uint8", reduce_jpeg=False,
                                  process_index=0, process_count=1)
-  files, labels = [], []
-  train = os.path.join(src, "train")
-  for k, c in enumerate(sorted(os.listdir(train))):
-    for f in sorted(os.listdir(os.path.join(train, c))):
-      files.append(os.path.join(train, c, f))
-      labels.append(k)
-  images = TorchImages(files, labels, image_size)
+  images = torch_images(src, image_size)
+  files = images.files
   stream32 = streaming.TrainStream(split, batch_size=batch_size, image_size=image_size,
                                    seed=0, dtype="float32", reduce_jpeg=False,
                                    process_index=0, process_count=1)
@@ -218,6 +218,8 @@ def breakdown(tfds_dir: str, src: str, *, batch_size: int, image_size: int,
   steps = n // batch_size
   stream.batch(0)
   images[0]  # pylint: disable=pointless-statement
+
+  raw = [source.data_source[i] for i in range(n)]  # the records' bytes, read once
 
   def per_image(fn, count):
     t = time.perf_counter()
@@ -241,7 +243,6 @@ def breakdown(tfds_dir: str, src: str, *, batch_size: int, image_size: int,
       "mixjax: keyed generator per example (example_rng)":
           lambda: per_image(lambda: [streaming.example_rng(0, i) for i in range(n)], n),
   }
-  raw = [source.data_source[i] for i in range(n)]
   times = {k: [] for k in parts}
   rng = np.random.default_rng(0)
   for _ in range(repeats):  # the parts in a fresh random order each repeat

@@ -286,7 +286,6 @@ def test_to_device_assembles_the_global_batch(prepared):
     np.testing.assert_array_equal(np.asarray(y), ry)
 
 
-
 def test_dequantize_on_device_is_normalize_bit_for_bit():
   """Every uint8 value in every channel, normalized by the jitted table lookup, equals
   the host formula `normalize` exactly (which equals the in-memory formula: above)."""
@@ -317,6 +316,7 @@ def test_stream_feeder_normalizes_a_uint8_stream_on_device(prepared):
   for k, s in enumerate((2, 3)):
     np.testing.assert_array_equal(np.asarray(x[k]), ref.batch(s)[0])
   feed.close()
+
 
 TWO_PROCESS_SCRIPT = textwrap.dedent("""
     import json, sys
