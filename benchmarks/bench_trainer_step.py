@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import itertools
 import os
 import statistics
 import tempfile
@@ -60,8 +61,6 @@ from mixjax.train import writers
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "experiments", "fashion_mnist.py")
 
-
-
 # name -> a context manager that undoes one change while the variant is built and traced.
 BEFORE: dict[str, Callable[[], contextlib.AbstractContextManager]] = {}
 
@@ -81,10 +80,9 @@ def _window_max(x, window):
 
 
 def _window_slices(x, window):
-  offsets = [()]
-  for w in window:
-    offsets = [o + (i,) for o in offsets for i in range(w)]
-  return [lax.slice(x, (0, *o, 0), x.shape, (1, *window, 1)) for o in offsets]
+  """The prod(window) strided slices x[:, i::w1, j::w2, :], offsets in row-major order."""
+  return [lax.slice(x, (0, *o, 0), x.shape, (1, *window, 1))
+          for o in itertools.product(*(range(w) for w in window))]
 
 
 @_window_max.defjvp
