@@ -32,7 +32,9 @@ import statistics
 import subprocess
 import sys
 
-YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="  # what `import mixjax` sets
+from mixjax import _xla_cpu
+
+YNN_OFF = _xla_cpu.YNN_OFF_FLAG  # what `import mixjax` sets
 
 VARIANTS = {
     "default": YNN_OFF,
