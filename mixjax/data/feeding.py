@@ -127,7 +127,7 @@ class StreamFeeder:
     self._sharding = jax.sharding.NamedSharding(mesh, sharding.P(sharding.AXIS))
     self._it, self._next = None, None
     self._to_float = lambda x: x
-    if getattr(stream, "dtype", "float32") == "uint8":
+    if stream.dtype == "uint8":
       table = streaming.normalization_table(stream.split.norm_mean, stream.split.norm_std)
       self._to_float = jax.jit(lambda x: streaming.dequantize(x, table))
 
