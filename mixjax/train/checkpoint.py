@@ -69,6 +69,24 @@ class _QuietOrbax(py_logging.Filter):
 py_logging.getLogger("absl").addFilter(_QuietOrbax())
 
 
+class _QuietAbandonedGather(py_logging.Filter):
+  """Drops asyncio's "exception was never retrieved" error for a future whose exception
+  was raised in Orbax's checkpoint code: the gather of a restore that failed (its error
+  is reported by `restore_latest`), collected later by the garbage collector, whose
+  traceback would otherwise reach stderr at any later point of the process. Every other
+  asyncio record passes."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
+      return True
+    tb = record.exc_info[2]
+    return not any(f"{os.sep}orbax{os.sep}checkpoint{os.sep}" in f.filename
+                   for f in traceback.extract_tb(tb))
+
+
+py_logging.getLogger("asyncio").addFilter(_QuietAbandonedGather())
+
+
 def _is_abandoned_read(unraisable) -> bool:
   """An unraisable exception of a read that a failed restore abandoned: a TensorStore
   read finishing after Orbax closed its event loop (RuntimeError 'Event loop is closed'
