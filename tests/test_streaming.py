@@ -4,18 +4,23 @@ law, PIL crop-then-resize for the fused box resize), the order as a pure functio
 nothing, evaluation that covers the split once, and two processes over loopback."""
 from __future__ import annotations
 
+import gc
 import io
 import json
 import math
+from multiprocessing import shared_memory
 import os
+import pickle
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
 import PIL.Image
+import psutil
 import pytest
 from scipy import stats
 
@@ -438,3 +443,103 @@ def test_input_sums_are_the_sums_of_the_transformed_rows(prepared):
   np.testing.assert_allclose(sx, ref_x, rtol=1e-6, atol=1e-4)
   np.testing.assert_array_equal(sy, ref_y)
   assert list(sy) == [9, 9, 9, 9]  # every example once: 9 per class
+
+
+
+@pytest.mark.slow
+def test_workers_reuse_their_shared_memory_slots(prepared):
+  """One worker, 12 batches, each dropped before the next is read: all through one
+  shared-memory slot, rewritten each time, the batches still those of in-process
+  decoding; the segment is unlinked when the iteration is collected."""
+  ref = list(_stream(prepared).iterator(2, 12))
+  ds = _stream(prepared, num_workers=1, num_threads=1).dataset(2, 12)
+  it = iter(ds)
+  for x, y in ref:
+    gx, gy = next(it)
+    np.testing.assert_array_equal(gx, x)
+    np.testing.assert_array_equal(gy, y)
+    del gx  # frees the slot
+  with pytest.raises(StopIteration):
+    next(it)
+  slots = ds.slots
+  assert slots.count == 1 * (2 + 1 + 1 + 8) and slots.taken == 12
+  name = slots.name
+  it.close()
+  del it, ds, slots
+  gc.collect()
+  with pytest.raises(FileNotFoundError):
+    shared_memory.SharedMemory(name)
+
+
+def test_slot_protocol(monkeypatch):
+  """Worker 1 of 2 (its copy of the slots: what unpickling gives it) claims its first
+  free slot (1, 3, 5); the main process's `take` gives an array over it, no copy; the
+  slot is freed when the last reference to that array, views included, is gone."""
+  slots = streaming._Slots(6, (2, 4), np.uint8)  # pylint: disable=protected-access
+  worker = pickle.loads(pickle.dumps(slots))
+  assert worker.claim() is None  # not a Grain worker
+  monkeypatch.setattr(streaming, "_WORKER", (1, 2))
+  refs = []
+  for expected in (1, 3, 5):
+    view, ref = worker.claim()
+    assert ref == streaming._SlotRef(expected)  # pylint: disable=protected-access
+    view[...] = expected
+    refs.append(ref)
+  assert worker.claim() is None  # all three held: the worker writes a private array
+  x, label = slots.take((refs[0], "y"))
+  assert label == "y" and x.dtype == np.uint8 and x.shape == (2, 4) and (x == 1).all()
+  part = x[1:]
+  del x
+  assert worker.claim() is None  # a view still holds slot 1
+  del part
+  view, ref = worker.claim()
+  assert ref == refs[0]
+  view[...] = 9  # the same memory: the next batch written into the freed slot
+  (again,) = slots.take((ref,))
+  assert (again == 9).all() and slots.taken == 2
+
+
+@pytest.mark.slow
+def test_a_killed_process_leaves_no_workers_and_no_shared_memory(prepared, tmp_path):
+  """SIGKILL a process reading through two workers: the workers exit, and the resource
+  tracker then unlinks the slots' segment."""
+  data_dir, name = prepared
+  script = tmp_path / "reader.py"
+  script.write_text(textwrap.dedent(f"""
+      import time
+      import psutil
+      from mixjax.data import streaming
+
+      if __name__ == "__main__":  # the spawned workers import this module
+        split = streaming.open_split({name!r}, data_dir={data_dir!r}, split="train")
+        stream = streaming.TrainStream(split, batch_size=8, image_size=16, seed=5,
+                                       num_workers=2, process_index=0, process_count=1)
+        ds = stream.dataset(0, 100)
+        it = iter(ds)
+        batch = next(it)
+        workers = [c.pid for c in psutil.Process().children()
+                   if "spawn_main" in " ".join(c.cmdline())]
+        print(ds.slots.name, *workers, flush=True)
+        time.sleep(300)
+      """))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+      [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+  proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  try:
+    shm_name, *workers = proc.stdout.readline().split()
+  finally:
+    proc.kill()
+    proc.wait(timeout=30)
+  assert len(workers) == 2
+  shared_memory.SharedMemory(shm_name).close()  # it existed while the reader ran
+  deadline = time.monotonic() + 30
+  while time.monotonic() < deadline and (
+      any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+          for p in map(int, workers)) or os.path.exists(f"/dev/shm/{shm_name}")):
+    time.sleep(0.2)
+  assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                 for p in map(int, workers))
+  with pytest.raises(FileNotFoundError):
+    shared_memory.SharedMemory(shm_name)

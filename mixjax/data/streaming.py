@@ -68,16 +68,18 @@ padded at the end (`mask` = 0 on padding), sharded over processes like training.
 Workers: one Grain element is one batch (`grain.MapDataset.range(steps).map(...)`):
 Grain's `mp_prefetch` runs the pipeline in `num_workers` spawned processes (worker w
 the batches w, w + W, ...), read back in order; each worker writes the images straight
-into a batch array in shared memory, which the main process maps. `num_workers=0` runs
-it in this process. Decoding releases the GIL, so `num_threads` threads per process
-also help.
+into a batch buffer in shared memory that it reuses batch after batch (`_Slots`), and
+the main process reads the batch there (no copy). `num_workers=0` runs it in this process.
+Decoding releases the GIL, so `num_threads` threads per process also help.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import io
 import math
+import mmap
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -495,14 +497,152 @@ def _local_batch(batch_size: int, process_count: int) -> int:
 # ------------------------------------------------------------ Grain map functions
 # (module-level classes: they are pickled to the worker processes). One Grain element is
 # one batch: the images are written straight into the batch array, which a worker
-# allocates in shared memory (the main process maps it: no copy on the way).
+# takes from the iteration's shared-memory slots (`_Slots`).
 
 
-def _empty(shape, dtype, shared: bool) -> np.ndarray:
-  if shared:
-    from grain import multiprocessing as grain_mp  # pylint: disable=g-import-not-at-top
-    return grain_mp.SharedMemoryArray(shape, dtype)
-  return np.empty(shape, dtype)
+@dataclasses.dataclass(frozen=True)
+class _SlotRef:
+  """What a worker sends instead of a batch array: the slot holding it."""
+  slot: int
+
+
+# (w, W): this process is Grain worker w of W (`_set_worker`, in each worker); None in
+# a process that is not a worker.
+_WORKER: tuple[int, int] | None = None
+
+
+def _set_worker(index: int, count: int) -> None:
+  """Grain's `worker_init_fn`: records (w, W) and starts a daemon thread that ends the
+  worker once the process that started it is gone. (A killed main process's Grain
+  workers would otherwise live on, and while they do, Python's resource tracker, whose
+  pipe they hold, does not unlink the shared memory.)"""
+  import os  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  global _WORKER
+  _WORKER = (int(index), int(count))
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(0.5)
+    os._exit(0)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+class _Slots:
+  """Shared-memory batch buffers ("slots") that the worker processes of one iteration of
+  a pipeline reuse, batch after batch, in place of Grain's new shared-memory segment
+  per batch (`SharedMemoryArray`): a fresh segment's pages cost about 0.17 ms per
+  224 × 224 × 3 image to fault in, written in the worker and read in the main process
+  (about 9% of decoding and cropping the image, `benchmarks/bench_pipeline.py`), while a
+  reused slot's pages are in place.
+
+  Protocol. The `count` slots lie in one shared segment, each behind a flag byte
+  (0 free, 1 held). Worker w of W (`_set_worker`, Grain's `worker_init_fn`) uses the
+  slots w, w + W, w + 2W, ... only, so each slot has one writer process. For a batch it
+  claims the first free one (0 → 1, under a lock among its threads), writes the images
+  into it and sends `_SlotRef(slot)`. The main process turns that into an array over
+  the slot's memory (`take`, no copy) and frees the slot (1 → 0) when the last
+  reference to that array (or a view of it) is gone. A worker that finds all its
+  slots held writes a private array instead, which Grain sends as before, so nothing
+  waits for a slot. Slots are used lowest first and a page is allocated when first
+  written, so the memory used is that of the batches actually held; `count` is only
+  the bound. `taken` counts the batches that came through a slot.
+
+  The main process creates the segment and unlinks it when this object is collected
+  (the iteration and every batch it gave are) or at exit; if the process is killed,
+  Python's resource tracker, which the spawned workers share with it, unlinks it.
+  """
+
+  def __init__(self, count: int, shape: tuple[int, ...], dtype):
+    import weakref  # pylint: disable=g-import-not-at-top
+    from multiprocessing import shared_memory  # pylint: disable=g-import-not-at-top
+    self._setup(int(count), tuple(shape), np.dtype(dtype), None)
+    shm = shared_memory.SharedMemory(create=True, size=self._offset(self.count))
+    self.name, self._mem = shm.name, _mapped(shm)
+    self._flags = np.ndarray((self.count,), np.uint8, buffer=self._mem)
+    self._flags[:] = 0
+    # the object an array given by `take` is over (a ctypes array over the slot): one
+    # that can be weakly referenced, so that its collection frees the slot
+    n = math.prod(self.shape) * self.dtype.itemsize
+    self._lease = type("Lease", (ctypes.c_ubyte * n,), {})
+    weakref.finalize(self, _unlink, shm)
+
+  def _setup(self, count, shape, dtype, name):
+    self.count, self.shape, self.dtype, self.name = count, shape, dtype, name
+    page = mmap.PAGESIZE
+    self._bytes = -(-math.prod(shape) * dtype.itemsize // page) * page
+    self._head = -(-count // page) * page  # the flags, then the page-aligned slots
+    self._lock, self.taken = None, 0
+
+  def _offset(self, slot: int) -> int:
+    return self._head + slot * self._bytes
+
+  def __getstate__(self):
+    return {"count": self.count, "shape": self.shape, "dtype": self.dtype.str,
+            "name": self.name}
+
+  def __setstate__(self, state):  # in a worker
+    import threading  # pylint: disable=g-import-not-at-top
+    from multiprocessing import shared_memory  # pylint: disable=g-import-not-at-top
+    self._setup(state["count"], tuple(state["shape"]), np.dtype(state["dtype"]),
+                state["name"])
+    self._mem = _mapped(shared_memory.SharedMemory(self.name))
+    self._flags = np.ndarray((self.count,), np.uint8, buffer=self._mem)
+    self._lock = threading.Lock()
+
+  def _view(self, slot: int) -> np.ndarray:
+    return np.ndarray(self.shape, self.dtype, buffer=self._mem, offset=self._offset(slot))
+
+  def claim(self) -> tuple[np.ndarray, _SlotRef] | None:
+    """In a worker (its unpickled copy): (the buffer of its first free slot, its
+    reference), or None when all its slots are held (or this is not a Grain worker)."""
+    if _WORKER is None or self._lock is None:
+      return None
+    w, num = _WORKER
+    with self._lock:
+      for slot in range(w, self.count, num):
+        if not self._flags[slot]:
+          self._flags[slot] = 1
+          return self._view(slot), _SlotRef(slot)
+    return None
+
+  def take(self, element):
+    """In the main process: `element` with each `_SlotRef` replaced by an array over its
+    slot, which is freed when that array is no longer referenced."""
+    import weakref  # pylint: disable=g-import-not-at-top
+
+    def one(a):
+      if not isinstance(a, _SlotRef):
+        return a
+      lease = self._lease.from_buffer(self._mem, self._offset(a.slot))
+      x = np.frombuffer(lease, self.dtype).reshape(self.shape)
+      weakref.finalize(lease, self._free, a.slot)
+      self.taken += 1
+      return x
+
+    return tuple(one(a) for a in element)
+
+  def _free(self, slot: int) -> None:
+    self._flags[slot] = 0
+
+
+def _mapped(shm) -> mmap.mmap:
+  """A mapping of `shm`'s segment of its own, `shm`'s closed: the arrays over the
+  mapping keep it alive, and it is unmapped when the last of them goes (a
+  `SharedMemory` refuses to close while arrays over its buffer live)."""
+  mem = mmap.mmap(shm._fd, shm.size)  # pylint: disable=protected-access
+  shm.close()
+  return mem
+
+
+def _unlink(shm) -> None:
+  try:
+    shm.unlink()  # the name: the memory is freed when the last mapping goes
+  except FileNotFoundError:
+    pass
 
 
 class _Batches:
@@ -512,12 +652,19 @@ class _Batches:
                process_index: int, image_size: int, dtype: str, reduce_jpeg: bool):
     self.split, self.B, self.b, self.p = split, batch_size, local_batch, process_index
     self.size, self.dtype, self.reduce = image_size, dtype, reduce_jpeg
-    self.shared = False  # set by `_pipeline` for worker processes
+    self.slots: _Slots | None = None  # set by `_pipeline` for worker processes
     self.n = split.num_examples
 
+  def shape(self) -> tuple[int, int, int, int]:
+    return (self.b, self.size, self.size, 3)
+
   def _buffers(self):
-    x = _empty((self.b, self.size, self.size, 3), np.dtype(self.dtype), self.shared)
-    return x, np.empty((self.b,), np.int32)
+    """(x to write, what to send for x, y)."""
+    claimed = self.slots.claim() if self.slots is not None else None
+    if claimed is None:
+      x = np.empty(self.shape(), np.dtype(self.dtype))
+      claimed = x, x
+    return (*claimed, np.empty((self.b,), np.int32))
 
   def _put(self, x: np.ndarray, j: int, image: np.ndarray) -> None:
     if self.dtype == "float32":
@@ -542,7 +689,7 @@ class _TrainBatch(_Batches):
   def __call__(self, s: int):
     s = int(s)
     source = self.split.source()
-    x, y = self._buffers()
+    x, out, y = self._buffers()
     for j in range(self.b):
       r = self.p * self.b + j
       example = source[self.record(s, r)]
@@ -551,7 +698,7 @@ class _TrainBatch(_Batches):
                               reduce_jpeg=self.reduce)
       self._put(x, j, image)
       y[j] = example[self.split.label_key]
-    return x, y
+    return out, y
 
 
 class _EvalBatch(_Batches):
@@ -560,7 +707,7 @@ class _EvalBatch(_Batches):
 
   def __call__(self, t: int):
     source = self.split.source()
-    x, y = self._buffers()
+    x, out, y = self._buffers()
     mask = np.zeros((self.b,), bool)
     for j in range(self.b):
       g = int(t) * self.B + self.p * self.b + j
@@ -571,27 +718,62 @@ class _EvalBatch(_Batches):
       self._put(x, j, eval_transform(example[self.split.image_key], self.size,
                                      reduce_jpeg=self.reduce))
       y[j], mask[j] = example[self.split.label_key], True
-    return x, y, mask
+    return out, y, mask
 
 
 def _pipeline(fn: _Batches, start: int, stop: int, *, num_workers: int,
               num_threads: int, worker_buffer: int):
   """Grain: the batches fn(start), ..., fn(stop − 1), in `num_workers` processes (each of
-  its `num_threads` threads a batch ahead)."""
-  import copy  # pylint: disable=g-import-not-at-top
+  its `num_threads` threads a batch ahead), through `_Slots` made for each iteration."""
   import grain  # pylint: disable=g-import-not-at-top
-  fn = copy.copy(fn)
-  fn.shared = num_workers > 0
-  ds = grain.MapDataset.range(start, stop).map(fn)
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                            prefetch_buffer_size=num_threads))
-  if num_workers > 0:
+
+  def build():
+    import copy  # pylint: disable=g-import-not-at-top
+    f = copy.copy(fn)
+    slots = None
+    if num_workers > 0:
+      # a bound (unused slots cost no memory): per worker, what it holds unread (its
+      # buffer, a batch per thread, the one it writes) and 8 the consumer holds
+      # (`to_device` puts 4 ahead)
+      count = num_workers * (worker_buffer + max(num_threads, 1) + 1 + 8)
+      slots = f.slots = _Slots(count, fn.shape(), fn.dtype)
+    ds = grain.MapDataset.range(start, stop).map(f)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                              prefetch_buffer_size=num_threads))
+    if slots is None:
+      return ds, None
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags (defaults)
       flags.FLAGS.mark_as_parsed()
+    # labels and masks are pickled, not sent through a shared-memory segment each
+    ds = grain.experimental.WithOptionsIterDataset(
+        ds, grain.experimental.DatasetOptions(min_shm_size=1 << 16))
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=worker_buffer))
-  return ds
+        num_workers=num_workers, per_worker_buffer_size=worker_buffer),
+        worker_init_fn=_set_worker)
+    return ds.map(slots.take), slots
+
+  return _each_iteration()(build)
+
+
+@functools.cache
+def _each_iteration():
+  """A Grain `IterDataset` class whose pipeline is built anew for each iteration (a
+  class made on first use: Grain is imported only by the streaming path)."""
+  import grain  # pylint: disable=g-import-not-at-top
+
+  class EachIteration(grain.IterDataset):
+    """`slots`: the last iteration's `_Slots` (None without worker processes)."""
+
+    def __init__(self, build):
+      super().__init__([])
+      self._build, self.slots = build, None
+
+    def __iter__(self):
+      ds, self.slots = self._build()
+      return iter(ds)
+
+  return EachIteration
 
 
 # ------------------------------------------------------------------ the streams
