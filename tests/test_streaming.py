@@ -323,6 +323,36 @@ def test_stream_feeder_normalizes_a_uint8_stream_on_device(prepared):
   feed.close()
 
 
+def test_evaluation_normalizes_a_uint8_stream_on_device(prepared):
+  """The trainer's evaluation (`load_streamed(...).eval_batches`: uint8, normalized by
+  the evaluation program with the stream's `decode`) gives exactly the logits of the
+  float32 stream, of a convolutional model on 3-channel images."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from mixjax.eval import predict as predict_lib  # pylint: disable=g-import-not-at-top
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.relu(nn.Conv(4, (3, 3))(x))
+      return nn.Dense(4)(x.reshape(x.shape[0], -1))
+
+  data_dir, name = prepared
+  ds = streaming.load_streamed(name, data_dir=data_dir, image_size=16)
+  stream = ds.eval_batches("test", 8)
+  assert stream.decode is not None
+  net = Net()
+  variables = net.init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
+  predict = predict_lib.Predictor(net, 8, sharding.make_mesh())
+  got, labels = predict_lib.split_logits(predict, variables, ds, "test", rescale=False)
+  ref_stream = streaming.EvalStream(ds.test, batch_size=8, image_size=16,
+                                    process_index=0, process_count=1)
+  assert ref_stream.decode is None
+  ref = predict.batches(variables, ((x, m) for x, _, m in ref_stream))
+  assert got.shape == (NUM_TEST, 4) and labels.shape == (NUM_TEST,)
+  np.testing.assert_array_equal(got, ref)
+  np.testing.assert_array_equal(labels, ds.test_y)
+
+
 TWO_PROCESS_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np

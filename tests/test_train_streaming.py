@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +22,7 @@ from scipy import stats
 
 from helpers import ROOT, comparable, get_config, one_line_error, read_summary, run_main  # pylint: disable=g-bad-import-order
 from mixjax.data import image_folder
+from mixjax.data import shift as shift_lib
 from mixjax.train import checkpoint as checkpoint_lib
 from mixjax.train import config as config_lib
 from mixjax.train import groups
@@ -221,6 +223,51 @@ def test_num_classes_that_disagrees_is_one_line_before_compute(prepared, tmp_pat
   assert "blue_triangle" in line
   assert not os.path.exists(workdir / "checkpoints")
   assert not os.path.exists(workdir / setup.STATS_FILE)
+
+
+def _as_shift_config(data_dir, name, shift_name, config):
+  """Copies the prepared dataset `name` as config `config` of a tfds dataset
+  `shift_name` in `data_dir` (the layout `tfds build` gives ImageNet-C's configs:
+  `data_dir/<name>/<config>/<version>/`, files named by the dataset)."""
+  (version,) = os.listdir(os.path.join(data_dir, name))
+  dst = os.path.join(data_dir, shift_name, config, version)
+  shutil.copytree(os.path.join(data_dir, name, version), dst)
+  for f in os.listdir(dst):
+    if f.startswith(f"{name}-"):
+      os.rename(os.path.join(dst, f), os.path.join(dst, shift_name + f[len(name):]))
+  info_path = os.path.join(dst, "dataset_info.json")
+  with open(info_path) as f:
+    info = json.load(f)
+  info.update(name=shift_name, configName=config)
+  with open(info_path, "w") as f:
+    json.dump(info, f)
+  return version
+
+
+def test_a_streamed_shifted_set_is_evaluated(prepared, tmp_path, monkeypatch):
+  """`eval.shift` with a streamed shifted dataset (how ImageNet-C and ImageNetV2 are
+  read): here the test split copied as config "a" of a tfds dataset `shapes_shift`.
+  The final evaluation reports it with the clean test split's numbers exactly (the
+  same images, normalized like the clean dataset), and predictions.npz holds its
+  logits and its labels."""
+  data_dir, name = prepared
+  data_dir = shutil.copytree(data_dir, tmp_path / "data")
+  version = _as_shift_config(str(data_dir), name, "shapes_shift", "a")
+  monkeypatch.setitem(shift_lib.SHIFT_DATASETS, "shapes_shift", shift_lib.ShiftDataset(
+      name="shapes_shift", clean=name, configs=("a",), version=version, streamed=True))
+  workdir = tmp_path / "run"
+  run_main(_args((str(data_dir), name), workdir, num_epochs=1,
+                 **{"eval.shift": '("shapes_shift",)'}), monkeypatch)
+  summary = read_summary(workdir)
+  assert summary["status"] == "ok"
+  for suffix in ("", "_rescaled"):
+    shifted, test = summary["shift" + suffix]["a"], summary["test" + suffix]
+    for k in ("accuracy", "nll", "ece", "brier"):
+      assert shifted[k] == test[k], (suffix, k)
+  with np.load(workdir / writers.PREDICTIONS_FILE) as preds:
+    np.testing.assert_array_equal(preds["shift_a_logits"], preds["test_logits"])
+    np.testing.assert_array_equal(preds["shift_a_labels"], preds["test_labels"])
+    assert preds["shift_a_labels"].shape == (NUM_CLASSES * TEST_PER_CLASS,)
 
 
 def test_auto_keeps_registered_datasets_in_memory(prepared):

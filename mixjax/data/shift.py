@@ -38,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -261,6 +261,23 @@ def check_shift_prepared(name: str, data_dir: str | None,
   return configs
 
 
+def _streamed_sets(spec: ShiftDataset, root: str, ds, configs
+                   ) -> dict[str, Any]:
+  """{config: `streaming.EvalSet`} of a streamed shifted dataset (ImageNet-C,
+  ImageNetV2): each config's split, normalized like `ds` (a `StreamedDataset`), read
+  at its image size by its evaluation workers."""
+  from mixjax.data import streaming  # pylint: disable=g-import-not-at-top
+  out = {}
+  for c in configs:
+    split = streaming.open_split(f"{spec.name}/{c}", data_dir=root, split=spec.split,
+                                 norm=(ds.norm_mean, ds.norm_std))
+    if split.num_classes != ds.num_classes:
+      raise ValueError(f"{spec.name}/{c} has {split.num_classes} classes, the model "
+                       f"{ds.num_classes}.")
+    out[c] = streaming.EvalSet(split, ds.image_size, ds.num_workers)
+  return out
+
+
 def shift_test_sets(name: str, *, data_dir: str | None, ds: ds_lib.Dataset,
                     configs: Sequence[str] | None = None, cache_dir: str | None = None
                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -278,7 +295,10 @@ def shift_test_sets(name: str, *, data_dir: str | None, ds: ds_lib.Dataset,
 
   Returns:
     {config: (x float32 (n, 28, 28, 1), y int32 (n,))}, in `configs` order; example j
-    of each is the shift of clean test example j (labels equal `ds.test_y`).
+    of each is the shift of clean test example j (labels equal `ds.test_y`). For a
+    streamed dataset (`ShiftDataset.streamed`: ImageNet-C, ImageNetV2; `ds` a
+    `streaming.StreamedDataset`), {config: `streaming.EvalSet`}: read when evaluated,
+    with labels of its own.
 
   Raises:
     FileNotFoundError (with the prepare command) when a config is not prepared;
@@ -287,14 +307,13 @@ def shift_test_sets(name: str, *, data_dir: str | None, ds: ds_lib.Dataset,
   from mixjax.data import cache as cache_lib  # pylint: disable=g-import-not-at-top
   from mixjax.data import tfds_data  # pylint: disable=g-import-not-at-top
   spec = get_shift_dataset(name)
-  if spec.streamed:
-    raise ValueError(f"{name} is evaluated by streaming (its images have no fixed size "
-                     "and do not fit in memory), not read into arrays.")
   if ds.name != spec.clean:
     raise ValueError(f"{name} shifts the test split of {spec.clean}, but the model was "
                      f"trained on {ds.name!r}; evaluate it on a shift of its own data.")
   configs = check_shift_prepared(name, data_dir, configs)
   root = os.path.expanduser(data_dir) if data_dir else tfds_data.default_data_dir()
+  if spec.streamed:
+    return _streamed_sets(spec, root, ds, configs)
   out = {}
   for c in configs:
     builder = config_builder(spec, c, root)

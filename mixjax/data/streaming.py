@@ -63,7 +63,9 @@ floats): normalizing on the host cost about 1 ms per 224 × 224 image in the wor
 half again the decode and crop, and float32 batches are four times the shared memory.
 
 Evaluation (`EvalStream`) reads a split once in record order, in global batches of B
-padded at the end (`mask` = 0 on padding), sharded over processes like training.
+padded at the end (`mask` = 0 on padding), sharded over processes like training; the
+trainer's evaluations stream uint8 too, normalized on the device by the evaluation
+program (`EvalStream.decode`, `mixjax.eval.Predictor.batches`).
 
 Workers: one Grain element is one batch (`grain.MapDataset.range(steps).map(...)`):
 Grain's `mp_prefetch` runs the pipeline in `num_workers` spawned processes (worker w
@@ -167,10 +169,11 @@ def normalization(name: str, builder) -> tuple[tuple[float, ...], tuple[float, .
 
 
 def open_split(name: str, *, data_dir: str | None, split: str, builder=None,
-               label_key: str = "label") -> EncodedSplit:
+               label_key: str = "label", norm=None) -> EncodedSplit:
   """The split `split` of the prepared tfds dataset `name` (checked as
   `tfds_data.check_prepared` does: local metadata only, the preparation command when
-  it is missing)."""
+  it is missing), normalized by `norm` = (mean, std) when given (a shifted copy of
+  another dataset's test split takes that dataset's), else by `normalization`."""
   from mixjax.data import tfds_data  # pylint: disable=g-import-not-at-top
   builder = builder or tfds_data.check_prepared(name, data_dir)
   splits = builder.info.splits
@@ -178,7 +181,7 @@ def open_split(name: str, *, data_dir: str | None, split: str, builder=None,
     raise ValueError(f"Dataset {name!r} has no split {split!r}; it has "
                      f"{', '.join(sorted(splits))}.")
   label = builder.info.features[label_key]
-  mean, std = normalization(name, builder)
+  mean, std = norm if norm is not None else normalization(name, builder)
   return EncodedSplit(name=name, data_dir=data_dir, split=split,
                       num_records=int(splits[split].num_examples),
                       num_classes=int(label.num_classes),
@@ -224,11 +227,9 @@ class StreamedDataset:
 
   def eval_batches(self, split: str, batch_size: int) -> "EvalStream":
     """The split ("test" or "val") read once in record order, in (x, y, mask) batches of
-    `batch_size` rows, the last one padded; every process reads all of it (the
-    evaluation is computed by every process, `mixjax.eval.Predictor`)."""
-    return EvalStream(getattr(self, split), batch_size=batch_size,
-                      image_size=self.image_size, num_workers=self.num_workers,
-                      process_index=0, process_count=1)
+    `batch_size` rows, the last one padded (`EvalSet.eval_batches`)."""
+    return EvalSet(getattr(self, split), self.image_size,
+                   self.num_workers).eval_batches(batch_size)
 
   @functools.cached_property
   def test_y(self) -> np.ndarray:
@@ -257,6 +258,25 @@ class StreamedDataset:
     return (f"{self.name} (streamed, {self.image_size}x{self.image_size}): train "
             f"{self.num_train}, val {val}, test {self.test.num_examples}, "
             f"{self.num_classes} classes")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+  """A split evaluated by streaming: a `StreamedDataset`'s test or validation split, or
+  a shifted test set read alone (ImageNet-C's configs, ImageNetV2:
+  `mixjax.data.shift.shift_test_sets`, `mixjax.eval.evaluate_shift`)."""
+  split: EncodedSplit
+  image_size: int
+  num_workers: int = 0
+
+  def eval_batches(self, batch_size: int) -> "EvalStream":
+    """The split read once in record order, in (x, y, mask) batches of `batch_size`
+    rows, the last one padded; every process reads all of it (the evaluation is
+    computed by every process, `mixjax.eval.Predictor`). x is uint8, normalized on the
+    device by the evaluation program (`EvalStream.decode`)."""
+    return EvalStream(self.split, batch_size=batch_size, image_size=self.image_size,
+                      num_workers=self.num_workers, process_index=0, process_count=1,
+                      dtype="uint8")
 
 
 def labels(split: EncodedSplit) -> np.ndarray:
@@ -880,6 +900,16 @@ class EvalStream:
     self._fn = _EvalBatch(split, batch_size=self.batch_size, local_batch=self.local_batch,
                           process_index=self.process_index, image_size=self.image_size,
                           dtype=dtype, reduce_jpeg=reduce_jpeg)
+
+  @property
+  def decode(self):
+    """How a consumer turns x into the normalized floats on its device: (f, aux) with
+    f(x, aux) = `dequantize(x, normalization_table(...))` for a uint8 stream (as the
+    trainer's `feeding.StreamFeeder` does), None for a float32 one
+    (`mixjax.eval.Predictor.batches` takes it)."""
+    if self._fn.dtype != "uint8":
+      return None
+    return dequantize, normalization_table(self.split.norm_mean, self.split.norm_std)
 
   def dataset(self):
     """The batches as a Grain `IterDataset` of (x, y, mask)."""

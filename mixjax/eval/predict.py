@@ -67,6 +67,12 @@ class Predictor:
 
     self._fn = jax.jit(logits, static_argnums=(4,), out_shardings=self._batch)
 
+    def decoded_logits(variables, x, stats, theta_bar, rescale: bool, decode, aux):
+      return logits(variables, decode(x, aux), stats, theta_bar, rescale)
+
+    self._decoded_fn = jax.jit(decoded_logits, static_argnums=(4, 5),
+                               out_shardings=self._batch)
+
   def with_theta_bar(self, theta_bar) -> "Predictor":
     """The same predictor (same compiled program) for a law with another θ̄ (or mask
     moments of the same shapes)."""
@@ -88,27 +94,40 @@ class Predictor:
     chunks = ((x[i:i + self.batch_size], None) for i in range(0, n, self.batch_size))
     return self.batches(variables, chunks, rescale=rescale)
 
-  def batches(self, variables, batches, *, rescale: bool = False) -> np.ndarray:
+  def batches(self, variables, batches, *, rescale: bool = False, decode=None
+              ) -> np.ndarray:
     """Logits (n, c) of the kept rows of `batches`, an iterable of (x (b, ...), keep
     (b,) bool or None for all) with b ≤ batch_size: e.g. a split streamed in padded
     batches (`mixjax.data.streaming.EvalStream`'s (x, y, mask)). The same numbers as
-    `__call__` on the kept rows stacked."""
+    `__call__` on the kept rows stacked.
+
+    `decode`: None (x are the model's float32 inputs), or (f, aux) with f(x, aux) the
+    inputs, computed on the device in the same compiled program (`EvalStream.decode`:
+    uint8 images normalized by a lookup, so 4× fewer bytes travel and the host does
+    no arithmetic); f must be hashable (a module-level function)."""
     # Everything is put on this process's devices explicitly (multi-process jit refuses
     # host arrays with non-trivial shardings).
     variables = jax.device_put(_local(variables), self._rep)
     stats = None if self.stats is None else jax.device_put(self.stats, self._rep)
     theta_bar = self._rescaling() if rescale else None
+    if decode is not None:
+      f, aux = decode
+      aux = jax.device_put(aux, self._rep)
     out = []
     for xb, keep in batches:
-      xb = np.asarray(xb, np.float32)
+      xb = np.asarray(xb) if decode is not None else np.asarray(xb, np.float32)
       b = xb.shape[0]
       if b > self.batch_size:
         raise ValueError(f"A batch of {b} rows is larger than the predictor's batch size "
                          f"{self.batch_size}.")
       if b < self.batch_size:
         xb = np.concatenate([xb, np.zeros((self.batch_size - b,) + xb.shape[1:], xb.dtype)])
-      logits = np.asarray(self._fn(variables, jax.device_put(xb, self._batch), stats,
-                                   theta_bar, rescale))[:b]
+      xb = jax.device_put(xb, self._batch)
+      if decode is None:
+        logits = self._fn(variables, xb, stats, theta_bar, rescale)
+      else:
+        logits = self._decoded_fn(variables, xb, stats, theta_bar, rescale, f, aux)
+      logits = np.asarray(logits)[:b]
       out.append(logits if keep is None else logits[np.asarray(keep, bool)])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
@@ -141,19 +160,29 @@ def split_logits(predict: Predictor, variables, ds, split: str, *, rescale: bool
   """(logits (n, c), labels (n,)) of `ds`'s split "test" or "val": from host arrays
   (`<split>_x`, `<split>_y`), or streamed when `ds` has `eval_batches(split, batch_size)`
   (an iterable of (x, y, mask) batches, e.g. `mixjax.data.streaming.StreamedDataset`'s:
-  the split is never held whole)."""
+  the split is never held whole; `stream_logits`)."""
   if not hasattr(ds, "eval_batches"):
     return (predict(variables, getattr(ds, f"{split}_x"), rescale=rescale),
             getattr(ds, f"{split}_y"))
+  return stream_logits(predict, variables, ds.eval_batches(split, predict.batch_size),
+                       rescale=rescale)
+
+
+def stream_logits(predict: Predictor, variables, stream, *, rescale: bool
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(logits (n, c), labels (n,)) of the kept rows of `stream`, an iterable of
+  (x, y, mask) batches (`mixjax.data.streaming.EvalStream`), with its `decode`, if any,
+  applied on the device (`Predictor.batches`)."""
   labels = []
 
   def kept():
-    for x, y, mask in ds.eval_batches(split, predict.batch_size):
+    for x, y, mask in stream:
       mask = np.asarray(mask, bool)
       labels.append(np.asarray(y, np.int32)[mask])
       yield x, mask
 
-  out = predict.batches(variables, kept(), rescale=rescale)
+  out = predict.batches(variables, kept(), rescale=rescale,
+                        decode=getattr(stream, "decode", None))
   return out, np.concatenate(labels) if labels else np.zeros((0,), np.int32)
 
 
@@ -189,23 +218,28 @@ def evaluate(predict: Predictor, variables, ds, *, num_bins: int, rescale: bool,
 
 
 def evaluate_shift(predict: Predictor, variables,
-                   test_sets: Mapping[str, tuple[np.ndarray, np.ndarray]], *, num_bins: int,
+                   test_sets: Mapping[str, Any], *, num_bins: int,
                    rescale: bool, temperature: float | None = None,
-                   logits: dict[str, np.ndarray] | None = None
+                   logits: dict[str, np.ndarray] | None = None,
+                   labels: dict[str, np.ndarray] | None = None
                    ) -> dict[str, dict[str, float]]:
   """The model's metrics on each shifted test set, and their mean over the sets.
 
   Args:
     predict: as for `evaluate`.
     variables: as for `evaluate`.
-    test_sets: name -> (x, y), inputs preprocessed like the clean test split (e.g.
-      `mixjax.data.shift_test_sets`: one entry per corruption).
+    test_sets: name -> (x, y), inputs preprocessed like the clean test split, or a set
+      read by streaming (with `eval_batches(batch_size)`, `mixjax.data.streaming.EvalSet`:
+      ImageNet-C, ImageNetV2); e.g. `mixjax.data.shift_test_sets`, one entry per
+      corruption.
     num_bins: ECE bins (`config.eval.num_bins`).
     rescale: the test-time rescaled model's logits (as `evaluate`).
     temperature: if given (the T that `evaluate` fitted on the clean validation split),
       also ece/nll/brier of softmax(u / T) as `*_temp_scaled`: calibration fitted
       in-distribution, measured under shift.
     logits: if a dict, each set's logits (n, c) are stored in it under its name.
+    labels: if a dict, each streamed set's labels (n,) are stored in it under its name
+      (an in-memory set's are its y).
 
   Returns:
     {name: metrics_of(...) [+ temperature-scaled], ..., "mean": the mean over the sets
@@ -216,8 +250,16 @@ def evaluate_shift(predict: Predictor, variables,
   if "mean" in test_sets:
     raise ValueError('A shifted test set cannot be named "mean" (the key of the average).')
   out = {}
-  for name, (x, y) in test_sets.items():
-    set_logits = predict(variables, x, rescale=rescale)
+  for name, test_set in test_sets.items():
+    if hasattr(test_set, "eval_batches"):  # streamed
+      set_logits, y = stream_logits(predict, variables,
+                                    test_set.eval_batches(predict.batch_size),
+                                    rescale=rescale)
+      if labels is not None:
+        labels[name] = y
+    else:
+      x, y = test_set
+      set_logits = predict(variables, x, rescale=rescale)
     if logits is not None:
       logits[name] = set_logits
     res = metrics_of(set_logits, y, num_bins)

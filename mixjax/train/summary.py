@@ -131,11 +131,13 @@ def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds,
                      shift_sets=None):
   """{"test", "val"} and, where the method is rescalable (`Method.rescalable`, the mixup
   family) and config.eval.rescale, {"test_rescaled", "val_rescaled"} (module
-  docstring); with `shift_sets` ({name: (x, y)}, `load_shift_sets`), "shift" (and
-  "shift_rescaled"): {name: metrics, "mean": their mean over the sets} (`eval.evaluate_shift`, temperature-scaled with the T fitted on
-  the clean validation split). Also the logits they were computed from (plain,
-  rescaled; the shifted sets' as "shift_<name>")."""
-  logits, logits_rescaled = {}, {}
+  docstring); with `shift_sets` ({name: (x, y) or a streamed set}, `load_shift_sets`),
+  "shift" (and "shift_rescaled"): {name: metrics, "mean": their mean over the sets}
+  (`eval.evaluate_shift`, temperature-scaled with the T fitted on the clean validation
+  split). Also the logits they were computed from (plain, rescaled; the shifted sets'
+  as "shift_<name>") and the labels of the streamed shifted sets ("shift_<name>": their
+  examples are not the clean test split's, ImageNetV2's not even in number)."""
+  logits, logits_rescaled, labels = {}, {}, {}
   results = {}
   rescale = [False]
   if config.eval.rescale and methods_lib.get(config).rescalable:
@@ -146,12 +148,14 @@ def final_evaluation(config: ml_collections.ConfigDict, predict, state, ds,
         predict, state.variables, ds, num_bins=config.eval.num_bins, rescale=r,
         logits=out))
     if shift_sets:
-      shifted = {}
+      shifted, shifted_labels = {}, {}
       results["shift" + suffix] = eval_lib.evaluate_shift(
           predict, state.variables, shift_sets, num_bins=config.eval.num_bins, rescale=r,
-          temperature=results["val" + suffix].get("temperature"), logits=shifted)
+          temperature=results["val" + suffix].get("temperature"), logits=shifted,
+          labels=shifted_labels)
       out.update({f"shift_{k}": v for k, v in shifted.items()})
-  return results, logits, logits_rescaled
+      labels.update({f"shift_{k}": v for k, v in shifted_labels.items()})
+  return results, logits, logits_rescaled, labels
 
 
 def finish_runs(program, dirs, state, *, writer, train_time: float, resumed_from_step,
@@ -193,10 +197,10 @@ def finish_runs(program, dirs, state, *, writer, train_time: float, resumed_from
       summary["status"] = "ok"
       run_predict = program.predict if moments is None else program.predict.with_theta_bar(
           setup.rescaling(moments))
-      results, logits, logits_rescaled = final_evaluation(c, run_predict, run_state, ds,
-                                                          shift_sets)
+      results, logits, logits_rescaled, labels = final_evaluation(
+          c, run_predict, run_state, ds, shift_sets)
       summary.update(results)
       writer.write_run(r, total, final_records(summary))
-      writers.write_summary(d, summary, ds, logits, logits_rescaled)
+      writers.write_summary(d, summary, ds, logits, logits_rescaled, labels)
     summaries[os.path.basename(d)] = summary
   return summaries

@@ -234,19 +234,23 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def save_predictions(path: str, ds, logits: dict[str, np.ndarray],
-                     logits_rescaled: dict[str, np.ndarray]) -> None:
+                     logits_rescaled: dict[str, np.ndarray],
+                     labels: dict[str, np.ndarray] | None = None) -> None:
   """Writes the final evaluation's inputs to `path` (.npz, atomically).
 
   Arrays: `<split>_logits` (n, c) float32 for every split evaluated ("test", "val" —
-  the split temperature scaling is fitted on —, and "shift_<name>" for each shifted test
-  set, whose example j is the shift of test example j), `<split>_logits_rescaled` with
-  test-time rescaling, and the labels `test_labels` (n_test,) int32 (also those of the
-  shifted sets) and `val_labels`. Every number of summary.json's evaluations can be
-  recomputed from them.
+  the split temperature scaling is fitted on —, and "shift_<name>" for each shifted
+  test set: of an in-memory one, example j is the shift of test example j),
+  `<split>_logits_rescaled` with test-time rescaling, and the labels `test_labels`
+  (n_test,) int32 (also those of the in-memory shifted sets) and `val_labels`, and
+  `<split>_labels` for each split of `labels` (a streamed shifted set's,
+  "shift_<name>"). Every number of summary.json's evaluations can be recomputed from
+  them.
   """
   arrays = {"test_labels": ds.test_y}
   if "val" in logits:
     arrays["val_labels"] = ds.val_y
+  arrays.update({f"{split}_labels": a for split, a in (labels or {}).items()})
   arrays.update({f"{split}_logits": a for split, a in logits.items()})
   arrays.update({f"{split}_logits_rescaled": a for split, a in logits_rescaled.items()})
   tmp = path + ".tmp.npz"
@@ -255,13 +259,15 @@ def save_predictions(path: str, ds, logits: dict[str, np.ndarray],
 
 
 def write_summary(workdir: str, summary: dict[str, Any], ds, logits: dict[str, np.ndarray],
-                  logits_rescaled: dict[str, np.ndarray]) -> None:
+                  logits_rescaled: dict[str, np.ndarray],
+                  labels: dict[str, np.ndarray] | None = None) -> None:
   """Process 0: `predictions.npz` (`save_predictions`), `summary.json`, and the table
   (`format_summary`) on stdout. The other processes (which evaluate too) write their
   summary to `summary.process_<i>.json`, for comparison."""
   text = format_summary(summary)
   if jax.process_index() == 0:
-    save_predictions(os.path.join(workdir, PREDICTIONS_FILE), ds, logits, logits_rescaled)
+    save_predictions(os.path.join(workdir, PREDICTIONS_FILE), ds, logits, logits_rescaled,
+                     labels)
     write_json(os.path.join(workdir, SUMMARY_FILE), summary)
     print(text, flush=True)
   else:
