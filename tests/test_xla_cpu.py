@@ -72,3 +72,35 @@ def test_no_backend_probe_line_at_default_verbosity():
     import pytest  # pylint: disable=g-import-not-at-top
     pytest.skip("every platform this jax probes is present here: nothing to quiet")
   assert "Unable to initialize backend" not in run("import mixjax")
+
+
+FAULTS_SCRIPT = """
+import resource, sys
+import mixjax
+import jax, jax.numpy as jnp
+f = jax.jit(lambda x: jnp.exp(x) + 1.0)  # an output of 96 MB, allocated by every call
+x = jnp.ones((24 << 20,), jnp.float32)
+for _ in range(20):  # the heap grows to hold the few outputs alive at once, then stays
+  f(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+  f(x).block_until_ready()  # the result is freed at once
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_import_mixjax_keeps_freed_buffers_for_reuse():
+  """A program whose 96 MB output is allocated and freed by every call: with mixjax's
+  malloc settings, once the heap holds what is alive at once, the pages are reused (no
+  call faults its output's pages in); with MIXJAX_KEEP_MALLOC (glibc's defaults: a
+  block that large is mapped fresh each time) every call faults its 24,576 pages in
+  again."""
+  env = {k: v for k, v in os.environ.items() if k != "MIXJAX_KEEP_MALLOC"}
+  env["JAX_PLATFORMS"] = "cpu"
+  run = lambda e: int(subprocess.run(
+      [sys.executable, "-c", FAULTS_SCRIPT], env=e, capture_output=True, text=True,
+      check=True, timeout=120).stdout.split()[-1])
+  pages = (24 << 20) * 4 // 4096
+  assert run(env | {"MIXJAX_KEEP_MALLOC": "1"}) >= 5 * pages * 0.9
+  assert run(env) < 0.1 * pages
+  assert _xla_cpu.reuse_freed_memory() is True  # glibc took all three settings
