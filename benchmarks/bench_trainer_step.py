@@ -27,7 +27,11 @@ at batch 128:
 
 Timing: every variant is compiled and warmed up, then the variants run `--steps` steps
 each, `--repeats` times, in a fresh random order each repeat; the median time per step
-and its ratio to `trainer` are printed, with the load average. `--profile=<variant>`
+and its ratio to `trainer` are printed, with the process CPU time and the minor page
+faults per step, and the load average. The faults show whether each step maps its
+buffers in afresh: run it once as it is and once with `MIXJAX_KEEP_MALLOC=1`
+(`mixjax._xla_cpu.reuse_freed_memory`, applied at import, so only across processes)
+to see what reusing freed memory buys. `--profile=<variant>`
 also traces that variant with `jax.profiler` and prints its longest ops (by HLO
 metadata). Printed, never asserted.
 """
@@ -39,6 +43,7 @@ import dataclasses
 import functools
 import itertools
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -232,26 +237,32 @@ def main(argv=None) -> dict[str, float]:
     r(2)
   times = {n: [] for n in names}
   cpu = {n: [] for n in names}
+  faults = {n: [] for n in names}
   order = np.random.default_rng(0)
   for _ in range(args.repeats):
     for n in order.permutation(names):
       time.sleep(0.05)
       t0, c0 = time.perf_counter(), time.process_time()
+      f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
       runs[n](args.steps)
       times[n].append((time.perf_counter() - t0) / args.steps)
       cpu[n].append((time.process_time() - c0) / args.steps)
+      faults[n].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+                       / args.steps)
   med = {n: statistics.median(t) for n, t in times.items()}
   med_cpu = {n: statistics.median(t) for n, t in cpu.items()}
   ref = med.get("trainer", next(iter(med.values())))
   ref_cpu = med_cpu.get("trainer", next(iter(med_cpu.values())))
   print(f"\nrecipe step, median of {args.repeats} repeats of {args.steps} steps; load "
         f"{load0[0]:.2f} at start, {os.getloadavg()[0]:.2f} at the end. cpu ms: this "
-        "process's CPU time per step (all threads), steadier than wall time under load")
+        "process's CPU time per step (all threads), steadier than wall time under load; "
+        "faults: minor page faults per step (memory the kernel maps in afresh)")
   print(f"  {'variant':<28}{'ms':>9}{'min ms':>9}{'/ trainer':>11}{'cpu ms':>9}"
-        f"{'/ trainer':>11}")
+        f"{'/ trainer':>11}{'faults':>9}")
   for n in names:
     print(f"  {n:<28}{med[n] * 1e3:>9.2f}{min(times[n]) * 1e3:>9.2f}{med[n] / ref:>11.3f}"
-          f"{med_cpu[n] * 1e3:>9.2f}{med_cpu[n] / ref_cpu:>11.3f}")
+          f"{med_cpu[n] * 1e3:>9.2f}{med_cpu[n] / ref_cpu:>11.3f}"
+          f"{statistics.median(faults[n]):>9.0f}")
   if args.profile:
     from benchmarks import profile_recipe  # pylint: disable=g-import-not-at-top
     profile_recipe.print_trace(runs[args.profile], args.steps, args.ops)
