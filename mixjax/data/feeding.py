@@ -126,10 +126,10 @@ class StreamFeeder:
     self.stream, self.mesh, self.total, self.buffer = stream, mesh, int(total_steps), buffer
     self._sharding = jax.sharding.NamedSharding(mesh, sharding.P(sharding.AXIS))
     self._it, self._next = None, None
-    self._to_float = lambda x: x
-    if stream.dtype == "uint8":
-      table = streaming.normalization_table(stream.split.norm_mean, stream.split.norm_std)
-      self._to_float = jax.jit(lambda x: streaming.dequantize(x, table))
+    self._to_float, decode = (lambda x: x), stream.decode
+    if decode is not None:
+      f, table = decode
+      self._to_float = jax.jit(lambda x: f(x, table))
 
   def _open(self, s: int) -> None:
     from mixjax.data import streaming  # pylint: disable=g-import-not-at-top

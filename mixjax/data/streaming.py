@@ -76,13 +76,19 @@ Decoding releases the GIL, so `num_threads` threads per process also help.
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import dataclasses
 import functools
 import io
 import math
 import mmap
+from multiprocessing import shared_memory
+import os
+import threading
+import time
 from typing import Any, Iterator, Sequence
+import weakref
 
 import numpy as np
 
@@ -536,9 +542,6 @@ def _set_worker(index: int, count: int) -> None:
   worker once the process that started it is gone. (A killed main process's Grain
   workers would otherwise live on, and while they do, Python's resource tracker, whose
   pipe they hold, does not unlink the shared memory.)"""
-  import os  # pylint: disable=g-import-not-at-top
-  import threading  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
   global _WORKER
   _WORKER = (int(index), int(count))
   parent = os.getppid()
@@ -577,8 +580,6 @@ class _Slots:
   """
 
   def __init__(self, count: int, shape: tuple[int, ...], dtype):
-    import weakref  # pylint: disable=g-import-not-at-top
-    from multiprocessing import shared_memory  # pylint: disable=g-import-not-at-top
     self._setup(int(count), tuple(shape), np.dtype(dtype), None)
     shm = shared_memory.SharedMemory(create=True, size=self._offset(self.count))
     self.name, self._mem = shm.name, _mapped(shm)
@@ -605,8 +606,6 @@ class _Slots:
             "name": self.name}
 
   def __setstate__(self, state):  # in a worker
-    import threading  # pylint: disable=g-import-not-at-top
-    from multiprocessing import shared_memory  # pylint: disable=g-import-not-at-top
     self._setup(state["count"], tuple(state["shape"]), np.dtype(state["dtype"]),
                 state["name"])
     self._mem = _mapped(shared_memory.SharedMemory(self.name))
@@ -632,7 +631,6 @@ class _Slots:
   def take(self, element):
     """In the main process: `element` with each `_SlotRef` replaced by an array over its
     slot, which is freed when that array is no longer referenced."""
-    import weakref  # pylint: disable=g-import-not-at-top
 
     def one(a):
       if not isinstance(a, _SlotRef):
@@ -741,6 +739,15 @@ class _EvalBatch(_Batches):
     return out, y, mask
 
 
+def _decode(fn: _Batches):
+  """How a consumer turns a stream's x into the normalized floats on its device: (f, aux)
+  with f(x, aux) = `dequantize(x, normalization_table(...))` for a uint8 stream, None
+  for a float32 one (already normalized)."""
+  if fn.dtype != "uint8":
+    return None
+  return dequantize, normalization_table(fn.split.norm_mean, fn.split.norm_std)
+
+
 def _pipeline(fn: _Batches, start: int, stop: int, *, num_workers: int,
               num_threads: int, worker_buffer: int):
   """Grain: the batches fn(start), ..., fn(stop − 1), in `num_workers` processes (each of
@@ -748,7 +755,6 @@ def _pipeline(fn: _Batches, start: int, stop: int, *, num_workers: int,
   import grain  # pylint: disable=g-import-not-at-top
 
   def build():
-    import copy  # pylint: disable=g-import-not-at-top
     f = copy.copy(fn)
     slots = None
     if num_workers > 0:
@@ -839,6 +845,11 @@ class TrainStream:
                            image_size=self.image_size, dtype=dtype,
                            reduce_jpeg=reduce_jpeg)
 
+  @property
+  def decode(self):
+    """`_decode` of this stream (`feeding.StreamFeeder` applies it)."""
+    return _decode(self._fn)
+
   def records(self, step: int) -> np.ndarray:
     """The record indices (B,) int64 of global batch `step` (all processes' rows)."""
     return np.asarray([self._fn.record(int(step), r) for r in range(self.batch_size)],
@@ -903,13 +914,8 @@ class EvalStream:
 
   @property
   def decode(self):
-    """How a consumer turns x into the normalized floats on its device: (f, aux) with
-    f(x, aux) = `dequantize(x, normalization_table(...))` for a uint8 stream (as the
-    trainer's `feeding.StreamFeeder` does), None for a float32 one
-    (`mixjax.eval.Predictor.batches` takes it)."""
-    if self._fn.dtype != "uint8":
-      return None
-    return dequantize, normalization_table(self.split.norm_mean, self.split.norm_std)
+    """`_decode` of this stream (`mixjax.eval.Predictor.batches` takes it)."""
+    return _decode(self._fn)
 
   def dataset(self):
     """The batches as a Grain `IterDataset` of (x, y, mask)."""
