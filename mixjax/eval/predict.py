@@ -59,19 +59,15 @@ class Predictor:
     self._batch = jax.sharding.NamedSharding(self.local_mesh, P(axis))
     self._rep = jax.sharding.NamedSharding(self.local_mesh, P())
 
-    def logits(variables, x, stats, theta_bar, rescale: bool):
+    def logits(variables, x, stats, theta_bar, rescale: bool, decode=None, aux=None):
+      if decode is not None:  # `batches`' decode: the model's inputs from x
+        x = decode(x, aux)
       fn = lambda z: model.apply(variables, z, train=False)
       if rescale:
         fn = rescaling.rescaled(fn, stats, theta_bar)
       return fn(x)
 
-    self._fn = jax.jit(logits, static_argnums=(4,), out_shardings=self._batch)
-
-    def decoded_logits(variables, x, stats, theta_bar, rescale: bool, decode, aux):
-      return logits(variables, decode(x, aux), stats, theta_bar, rescale)
-
-    self._decoded_fn = jax.jit(decoded_logits, static_argnums=(4, 5),
-                               out_shardings=self._batch)
+    self._fn = jax.jit(logits, static_argnums=(4, 5), out_shardings=self._batch)
 
   def with_theta_bar(self, theta_bar) -> "Predictor":
     """The same predictor (same compiled program) for a law with another θ̄ (or mask
@@ -110,8 +106,8 @@ class Predictor:
     variables = jax.device_put(_local(variables), self._rep)
     stats = None if self.stats is None else jax.device_put(self.stats, self._rep)
     theta_bar = self._rescaling() if rescale else None
-    if decode is not None:
-      f, aux = decode
+    f, aux = decode if decode is not None else (None, None)
+    if aux is not None:
       aux = jax.device_put(aux, self._rep)
     out = []
     for xb, keep in batches:
@@ -122,12 +118,8 @@ class Predictor:
                          f"{self.batch_size}.")
       if b < self.batch_size:
         xb = np.concatenate([xb, np.zeros((self.batch_size - b,) + xb.shape[1:], xb.dtype)])
-      xb = jax.device_put(xb, self._batch)
-      if decode is None:
-        logits = self._fn(variables, xb, stats, theta_bar, rescale)
-      else:
-        logits = self._decoded_fn(variables, xb, stats, theta_bar, rescale, f, aux)
-      logits = np.asarray(logits)[:b]
+      logits = np.asarray(self._fn(variables, jax.device_put(xb, self._batch), stats,
+                                   theta_bar, rescale, f, aux))[:b]
       out.append(logits if keep is None else logits[np.asarray(keep, bool)])
     return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
