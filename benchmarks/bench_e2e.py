@@ -146,8 +146,8 @@ def prime_mixjax(epochs: int, data_dir: str, workdir: str) -> float:
   (SIGTERM): the compilation cache then holds the step and the evaluation programs of
   the timed runs. Returns the seconds it ran."""
   t0 = time.time()
-  proc = subprocess.Popen(_mixjax_cmd(epochs, data_dir, workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, env=_env())
+  proc = subprocess.Popen(_mixjax_cmd(epochs, data_dir, workdir), cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
   log = os.path.join(workdir, "log.txt")
   try:
     while proc.poll() is None:

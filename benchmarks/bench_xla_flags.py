@@ -13,7 +13,8 @@ its ratio to `default` (what `import mixjax` sets: YNNPACK fusions off); every o
 variant changes one thing from it. This times the bare step: a flag that speeds it up
 must also be timed in the trainer's step (`bench_trainer_step`, under the flag in its
 environment) before it is adopted: turning the concurrency-optimized scheduler off made
-the bare step 0.84× and the trainer's step slower (docs/speed.md). A flag this jaxlib does not know fails its child, and the row says so.
+the bare step 0.84× and the trainer's step slower (docs/speed.md). A flag this jaxlib
+does not know fails its child, and the row says so.
 Printed, never asserted.
 
 The variants are the XLA:CPU flags of jaxlib 0.10.2 that could change a convolution

@@ -74,7 +74,8 @@ def test_damaged_checkpoints_are_one_short_line(what, tmp_path, absl_records,
   nothing of Orbax's is logged above INFO. No unraisable exception reaches the hook."""
   unraisable = []
   monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-  checkpoint_lib._drop_abandoned_reads()  # as the next test: a previous read may finish  # pylint: disable=protected-access
+  # A previous test's abandoned read may finish at any point: filter it over this hook.
+  checkpoint_lib._drop_abandoned_reads()  # pylint: disable=protected-access
   _saved(tmp_path)
   if what == "every file":
     _truncate_all(tmp_path)
