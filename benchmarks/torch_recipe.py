@@ -104,6 +104,22 @@ def augment(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
                 rows[:, None, :, None], cols[:, None, None, :]]
 
 
+def mixjax_init(model: nn.Module) -> None:
+  """Re-initializes `model` as mixjax's CNN is initialized (`mixjax.models.base.conv_init`
+  and flax's `nn.Dense` defaults): convolution kernels N(0, 2/fan_out) (He normal over
+  fan-out, fan_out = k·k·C_out), dense kernels LeCun truncated normal (variance 1/fan_in,
+  truncated at ±2σ of the underlying normal, σ rescaled by 1/0.8796 so the variance is
+  1/fan_in), dense biases 0. BatchNorm's scale 1 and bias 0 are the same in both."""
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+      elif isinstance(m, nn.Linear):
+        std = (1.0 / m.in_features) ** 0.5 / 0.87962566103423978
+        nn.init.trunc_normal_(m.weight, std=std, a=-2 * std, b=2 * std)
+        nn.init.zeros_(m.bias)
+
+
 def main(argv=None) -> None:
   t_start = time.time()
   print(f"T_START {t_start:.6f}", flush=True)
@@ -112,6 +128,9 @@ def main(argv=None) -> None:
   parser.add_argument("--idx_dir", default="/usr/share/datasets/fashion-mnist")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+  parser.add_argument("--init", choices=("torch", "mixjax"), default="torch",
+                      help="torch: PyTorch's default initialization; mixjax: the "
+                      "initialization of mixjax's CNN (`mixjax_init`).")
   args = parser.parse_args(argv)
   torch.set_num_threads(args.threads)
   torch.manual_seed(args.seed)
@@ -131,6 +150,8 @@ def main(argv=None) -> None:
   test_y = torch.from_numpy(raw["test_y"].astype(np.int64))
 
   model = torch_reference.cnn((28, 28, 1), 10, stages=((32,), (64,)), dense_sizes=(256,))
+  if args.init == "mixjax":
+    mixjax_init(model)
   batch, n = 128, train_x.shape[0]
   spe = n // batch
   total = spe * args.epochs

@@ -214,6 +214,66 @@ def test_registry_and_errors():
     m.init(KEY, jnp.zeros((2, 40)))
 
 
+# Each parameter's law under each `models.INITS` scheme, as scipy distributions built from
+# the layer's shape alone: convolution kernels (k, k, C_in, C_out) have fan_in k²·C_in and
+# fan_out k²·C_out; dense kernels (D_in, D_out) have fan_in D_in. "he": N(0, 2/fan_out)
+# convolutions, LeCun normal dense kernels (a normal truncated at ±2σ, σ = √(1/fan_in) /
+# 0.8796, the truncation's standard deviation), biases 0. "torch": PyTorch's
+# `kaiming_uniform_(a=√5)` and bias default, U(±1/√fan_in) for every kernel and bias.
+def _init_law(scheme, name, shape, fan_in):
+  if name == "bias":
+    if scheme == "he":
+      return None  # exactly zero
+    b = 1.0 / np.sqrt(fan_in)
+    return stats.uniform(-b, 2 * b)
+  if scheme == "torch":
+    b = 1.0 / np.sqrt(fan_in)
+    return stats.uniform(-b, 2 * b)
+  if len(shape) == 4:
+    return stats.norm(0.0, np.sqrt(2.0 / (shape[0] * shape[1] * shape[3])))
+  return stats.truncnorm(-2.0, 2.0, scale=np.sqrt(1.0 / fan_in) / 0.87962566103423978)
+
+
+@pytest.mark.parametrize("scheme", ["he", "torch"])
+@pytest.mark.parametrize("name,kwargs,shape", [
+    ("cnn", {"stages": ((32,), (64,)), "dense_sizes": (256,)}, (1, 28, 28, 1)),
+    ("lenet", {"features": (16, 32), "dense_sizes": (64,)}, (1, 28, 28, 1)),
+    ("mlp", {"hidden_sizes": (300, 100)}, (1, 784)),
+])
+def test_weight_init_schemes_draw_their_stated_laws(scheme, name, kwargs, shape):
+  model = get_model(name, 10, weight_init=scheme, **kwargs)
+  params = jax.jit(model.init)(jax.random.key(3), jnp.zeros(shape))["params"]
+  checked = 0
+  for layer, p in params.items():
+    if "kernel" not in p:
+      continue  # BatchNorm: scale 1, bias 0 under every scheme
+    kernel = np.asarray(p["kernel"], np.float64)
+    fan_in = int(np.prod(kernel.shape[:-1]))
+    for pname, x in (("kernel", kernel), ("bias", p.get("bias"))):
+      if x is None:
+        continue
+      law = _init_law(scheme, pname, kernel.shape, fan_in)
+      x = np.asarray(x, np.float64).ravel()
+      if law is None:
+        np.testing.assert_array_equal(x, 0.0, err_msg=f"{layer}/{pname}")
+        continue
+      lo, hi = law.support()
+      assert lo <= x.min() and x.max() <= hi, (layer, pname, x.min(), x.max(), lo, hi)
+      # At most 40 arrays are tested in all: at α = 1e-4 each, a false alarm has
+      # probability < 0.4%. A law off by √2 in scale is rejected for the kernels (≥ 2,560
+      # entries); the biases have 10 to 300 entries, so their test is weaker, and the
+      # support check above bounds them.
+      assert stats.kstest(x, law.cdf).pvalue > 1e-4, (layer, pname, x.std(), law.std())
+      checked += 1
+  assert checked >= sum("kernel" in p for p in params.values()) >= 3
+
+
+def test_weight_init_unknown_name_lists_the_schemes():
+  with pytest.raises(ValueError, match="Unknown initialization 'pytorch'.*he, torch.*"
+                     "Did you mean 'torch'"):
+    get_model("cnn", 10, weight_init="pytorch")
+
+
 @pytest.mark.parametrize("stages,dense,expected", [
     # conv 3×3 kernels (no bias) + BatchNorm scale/shift per conv, then 7×7×C_last →
     # dense (+bias) → head (+bias), on 28×28×1 (two 2×2 pools: 28 → 14 → 7).

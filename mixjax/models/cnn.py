@@ -34,6 +34,8 @@ class CNN(nn.Module):
     dropout_rate: dropout before each hidden dense layer and the head (0: none); needs a
       `"dropout"` rng when training.
     activation: a name in `base.ACTIVATIONS`.
+    weight_init: a name in `base.INITS` ("he": convolutions N(0, 2/fan_out), dense
+      LeCun normal, biases 0; "torch": PyTorch's U(±1/√fan_in) for kernels and biases).
     bn_axis_name: None, or the mesh axis name ("data") to average BatchNorm statistics.
     dtype: computation dtype; parameters stay float32.
   """
@@ -43,12 +45,14 @@ class CNN(nn.Module):
   batch_norm: bool = True
   dropout_rate: float = 0.0
   activation: str = "relu"
+  weight_init: str = base.DEFAULT_INIT
   bn_axis_name: str | None = None
   dtype: base.Dtype = jnp.float32
 
   def __post_init__(self):
     base.check_common(self)
     base.ACTIVATIONS.get(self.activation)
+    base.INITS.get(self.weight_init)
     if not self.stages or any(not s or any(int(f) < 1 for f in s) for s in self.stages):
       raise ValueError(f"CNN: stages must be a non-empty list of non-empty lists of "
                        f"positive ints, got {self.stages}.")
@@ -60,12 +64,13 @@ class CNN(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     base.check_input(self, x, 4)
     act = base.ACTIVATIONS.get(self.activation)
+    init = base.INITS.get(self.weight_init)
     x = x.astype(self.dtype)
     for i, stage in enumerate(self.stages):
       for j, f in enumerate(stage):
         x = nn.Conv(int(f), (3, 3), padding="SAME", use_bias=not self.batch_norm,
                     dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=base.conv_init,
+                    kernel_init=init.conv, bias_init=init.bias(9 * x.shape[-1]),
                     conv_general_dilated=layers.conv_general_dilated,
                     name=f"conv{i}_{j}")(x)
         if self.batch_norm:
@@ -80,9 +85,10 @@ class CNN(nn.Module):
       if self.dropout_rate > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       x = act(nn.Dense(int(h), dtype=self.dtype, param_dtype=jnp.float32,
+                       kernel_init=init.dense, bias_init=init.bias(x.shape[-1]),
                        name=f"dense{i}")(x))
     if self.dropout_rate > 0:
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-                 name="head")(x)
+                 kernel_init=init.dense, bias_init=init.bias(x.shape[-1]), name="head")(x)
     return x.astype(jnp.float32)

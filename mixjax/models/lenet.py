@@ -27,6 +27,7 @@ class LeNet(nn.Module):
     kernel_size: convolution window.
     dense_sizes: hidden dense layers after flattening.
     activation: a name in `base.ACTIVATIONS`.
+    weight_init: a name in `base.INITS` (see `CNN`).
     bn_axis_name: accepted for a uniform interface; unused (no BatchNorm).
     dtype: computation dtype; parameters stay float32.
   """
@@ -35,12 +36,14 @@ class LeNet(nn.Module):
   kernel_size: int = 5
   dense_sizes: Sequence[int] = (256,)
   activation: str = "relu"
+  weight_init: str = base.DEFAULT_INIT
   bn_axis_name: str | None = None
   dtype: base.Dtype = jnp.float32
 
   def __post_init__(self):
     base.check_common(self)
     base.ACTIVATIONS.get(self.activation)
+    base.INITS.get(self.weight_init)
     if not self.features or any(int(f) < 1 for f in self.features):
       raise ValueError(f"LeNet: features must be a non-empty list of positive ints, "
                        f"got {self.features}.")
@@ -53,16 +56,20 @@ class LeNet(nn.Module):
     del train
     base.check_input(self, x, 4)
     act = base.ACTIVATIONS.get(self.activation)
+    init = base.INITS.get(self.weight_init)
     x = x.astype(self.dtype)
     k = self.kernel_size
     for i, f in enumerate(self.features):
-      x = nn.Conv(f, (k, k), padding="SAME", dtype=self.dtype, kernel_init=base.conv_init,
+      x = nn.Conv(f, (k, k), padding="SAME", dtype=self.dtype, kernel_init=init.conv,
+                  bias_init=init.bias(k * k * x.shape[-1]),
                   conv_general_dilated=layers.conv_general_dilated, name=f"conv{i}")(x)
       window = tuple(min(2, s) for s in x.shape[1:3])
       x = layers.activate_and_pool(x, act, window,
                                    self.activation in layers.NONDECREASING)
     x = jnp.reshape(x, (x.shape[0], -1))
     for i, h in enumerate(self.dense_sizes):
-      x = act(nn.Dense(h, dtype=self.dtype, name=f"dense{i}")(x))
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+      x = act(nn.Dense(h, dtype=self.dtype, kernel_init=init.dense,
+                       bias_init=init.bias(x.shape[-1]), name=f"dense{i}")(x))
+    x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=init.dense,
+                 bias_init=init.bias(x.shape[-1]), name="head")(x)
     return x.astype(jnp.float32)
