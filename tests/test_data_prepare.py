@@ -354,7 +354,7 @@ def test_fashion_mnist_configs():
   module = sweeps.load_config_module(os.path.join(ROOT, "experiments",
                                                       "fashion_mnist.py"))
   base_keys = set(config_lib.base_config().to_dict())
-  for arg in (None, "cpu", "gpu"):
+  for arg in (None, *module.VARIANTS):
     c = module.get_config(arg)
     assert c.dataset.name == "fashion_mnist" and set(c.to_dict()) == base_keys
     assert c.augment.enabled and c.augment.flip and 2 <= c.augment.crop_padding <= 4
@@ -367,8 +367,13 @@ def test_fashion_mnist_configs():
   assert (gpu.optimizer.name, gpu.optimizer.lr, gpu.optimizer.momentum) == ("sgd", 0.1, 0.9)
   assert (gpu.optimizer.schedule, gpu.optimizer.weight_decay) == ("cosine", 5e-4)
   assert {p.get("method.name") for p in module.get_sweep()} == {"erm", "mixup"}
-  with pytest.raises(ValueError, match="cpu, gpu"):
+  with pytest.raises(ValueError, match="cpu, gpu, cpu_he"):
     module.get_config("tpu")
+  # The CPU recipe initializes as PyTorch does; "cpu_he" is the same recipe with the
+  # models' default initialization (the studies' base), and differs in nothing else.
+  cpu, he = module.get_config("cpu").to_dict(), module.get_config("cpu_he").to_dict()
+  assert cpu["model"]["kwargs"].pop("weight_init") == "torch"
+  assert "weight_init" not in he["model"]["kwargs"] and cpu == he
 
 
 # ------------------------------------------------------------------------- real data

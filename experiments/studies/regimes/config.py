@@ -31,6 +31,9 @@ from mixjax.train import sweeps
 
 RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
                       "fashion_mnist.py")
+# Its "cpu_he" variant: the CPU recipe with the models' default initialization ("he"),
+# which this study's recorded runs used (the recipe itself initializes as PyTorch does
+# since 7 December).
 # No augmentation, no weight decay; folded λ (θ = max(λ, 1 − λ), the theory's law);
 # final evaluation only; a checkpoint every 400 steps (a sweep stopped mid-run resumes).
 COMMON = {"augment.enabled": False, "optimizer.weight_decay": 0.0, "mixing.fold": True,
@@ -66,7 +69,7 @@ def get_config(setting: str = "overfit"):
   """The recipe without its regularizers (`COMMON`), with the setting's data and length."""
   if setting not in SETTINGS:
     raise ValueError(f"Unknown setting {setting!r}; known: {', '.join(SETTINGS)}.")
-  return sweeps.sweep_config(sweeps.load_config_module(RECIPE).get_config(),
+  return sweeps.sweep_config(sweeps.load_config_module(RECIPE).get_config("cpu_he"),
                              {**COMMON, **SETTINGS[setting]["config"]})
 
 
