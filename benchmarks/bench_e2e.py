@@ -12,8 +12,9 @@ PyTorch first in odd ones), each timed from its launch to its exit:
   evaluation every epoch, the final evaluation with every metric, summary and
   predictions written);
 - PyTorch: `python -m benchmarks.torch_recipe --epochs=N --idx_dir=IDX` (the same
-  network, optimizer, schedule, batch, augmentation, mixup and evaluation cadence; its
-  docstring states its choices), reading the IDX files a PyTorch user reads.
+  network and initialization law, optimizer, schedule, batch, augmentation, mixup and
+  evaluation cadence; its docstring states its choices), reading the IDX files a
+  PyTorch user reads.
 
 Measured from each run's own log (mixjax: WORKDIR/log.txt; PyTorch: its stdout):
   wall         launch to exit;
@@ -26,7 +27,8 @@ Measured from each run's own log (mixjax: WORKDIR/log.txt; PyTorch: its stdout):
   evals+other  what the loop spent besides its steps: wall of the loop minus steps × step
                (the per-epoch evaluations, checkpoints, logging);
   tail         after the last step: the final evaluation, summaries, exit;
-  accuracy     the final test accuracy (one seed each; not the same initialization).
+  accuracy     the final test accuracy (one seed each: the same laws, not the same
+               draws; docs/speed.md has three seeds a side).
 Each cell is the median over repeats; the ratios are mixjax / PyTorch of the medians. The
 load average is printed before every run: on a shared machine only the ratios of runs
 taken side by side mean something. Printed, never asserted.

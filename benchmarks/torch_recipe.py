@@ -7,7 +7,8 @@ The recipe is `experiments/fashion_mnist.py`'s CPU default:
 - the network `benchmarks.torch_reference.cnn` with stages ((32,), (64,)) and dense (256,):
   conv32-BN-ReLU-pool-conv64-BN-ReLU-pool-dense256-head, 824,554 parameters (the same
   module `benchmarks.bench_steps` times against mixjax's bare step); PyTorch's default
-  initialization;
+  initialization, which the recipe's CNN also uses (`weight_init="torch"`; `--init=mixjax`
+  initializes as the models' default, "he", for the accuracy comparison in docs/speed.md);
 - `torch.optim.SGD(lr=0.025, momentum=0.9, nesterov=True, weight_decay=5e-4)` (coupled L2
   on every parameter, as mixjax's `add_decayed_weights` + SGD) and
   `CosineAnnealingLR(T_max=total steps)` stepped after every update (mixjax's cosine

@@ -269,6 +269,7 @@ def test_weight_init_schemes_draw_their_stated_laws(scheme, name, kwargs, shape)
 
 
 def test_weight_init_unknown_name_lists_the_schemes():
+  assert models.INITS.names() == ["he", "torch"]
   with pytest.raises(ValueError, match="Unknown initialization 'pytorch'.*he, torch.*"
                      "Did you mean 'torch'"):
     get_model("cnn", 10, weight_init="pytorch")
