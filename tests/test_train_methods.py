@@ -212,6 +212,7 @@ def test_train_and_evaluate_trains_and_first_loss_is_the_library_objective(name,
 
 def _stats_config(**overrides):
   c = config_lib.base_config()
+  c.method.name = "approx"  # needs the covariances: the full statistics are cached
   c.dataset.name = "two_moons"
   c.dataset.val_fraction = 0.2
   c.dataset.kwargs = {"num_features": 6, "n_samples": 200}
@@ -298,6 +299,51 @@ def test_stats_cache_reused_and_invalidated(tmp_path, monkeypatch):
   ds_seed1 = _load(_stats_config(**{"dataset.split_seed": 1}))
   assert ds_seed1.train_x.shape == ds.train_x.shape
   assert not np.allclose(ds_seed1.train_x.mean(0), ds.train_x.mean(0))
+
+
+@pytest.mark.parametrize("method", ["mixup", "erm_transformed", "label_smoothing_matched"])
+def test_methods_without_covariances_cache_the_means_alone(tmp_path, monkeypatch, method):
+  """A method that does not need Σ (and the rescaled evaluation) gets x̄ and ȳ only: the
+  same bits as the full statistics' means, equal to NumPy's means of the training split,
+  Σ None, and a cache file that an `approx` run (which needs Σ) does not take for its own."""
+  wd = str(tmp_path)
+  path = os.path.join(wd, setup.STATS_FILE)
+  config = _stats_config(**{"method.name": method})
+  ds = _load(config)
+  means = setup.load_or_compute_stats(config, ds, wd)
+  assert means.sxx is None and means.sxy is None and means.syy is None
+  assert means.eigvecs is None and means.n == ds.train_x.shape[0]
+  with np.load(path) as z:
+    assert "sxx" not in z.files and "x_mean" in z.files
+  onehot = np.eye(ds.num_classes)[ds.train_y]
+  np.testing.assert_allclose(np.asarray(means.x_mean), ds.train_x.astype(np.float64).mean(0),
+                             rtol=1e-6, atol=1e-7)  # float32 (x64 off)
+  np.testing.assert_allclose(np.asarray(means.y_mean), onehot.mean(0), rtol=1e-6)
+  full = setup.load_or_compute_stats(_stats_config(), ds, wd)  # approx: recomputed in full
+  assert full.sxx is not None and full.sxy is not None
+  for f in ("x_mean", "y_mean"):
+    np.testing.assert_array_equal(np.asarray(getattr(means, f)), np.asarray(getattr(full, f)))
+  _assert_stats_equal_direct(full, ds, None)
+
+
+def test_means_only_accumulator_matches_the_full_one_bit_for_bit():
+  """Over uneven chunks the means-only accumulator does the full one's mean arithmetic:
+  identical bits; it refuses eigenpairs (it has no Σ) and merging with a full one."""
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(1000, 5, 3)), np.eye(4)[rng.integers(0, 4, 1000)]
+  full, means = stats_lib.StatsAccumulator(), stats_lib.StatsAccumulator(means_only=True)
+  for lo, hi in ((0, 7), (7, 400), (400, 401), (401, 1000)):
+    full.update(x[lo:hi], y[lo:hi])
+    means.update(x[lo:hi], y[lo:hi])
+  a, b = full.finalize(), means.finalize()
+  chex.assert_shape((b.x_mean, b.y_mean), ((15,), (4,)))
+  np.testing.assert_array_equal(np.asarray(a.x_mean), np.asarray(b.x_mean))
+  np.testing.assert_array_equal(np.asarray(a.y_mean), np.asarray(b.y_mean))
+  assert b.sxx is None and b.sxy is None and b.syy is None and b.n == 1000
+  with pytest.raises(ValueError, match="means-only accumulator has no covariance"):
+    means.finalize(rank=2)
+  with pytest.raises(ValueError, match="means-only accumulator with a full one"):
+    full.merge(means)
 
 
 # ----------------------------------------------------------------------------------------

@@ -46,8 +46,9 @@ class DataStats:
     x_mean: x̄, (d,).
     y_mean: ȳ, (c,).
     sxx: Σ_xx, (d, d), or None when only the top-k eigenpairs were kept (`rank=k`).
-    sxy: Σ_xy, (d, c).
-    syy: Σ_yy, (c, c).
+    sxy: Σ_xy, (d, c), or None for means-only statistics (`StatsAccumulator(means_only=True)`,
+      a streamed split's).
+    syy: Σ_yy, (c, c), or None likewise.
     eigvecs: (d, k) orthonormal top-k eigenvectors of Σ_xx (columns, eigenvalues in
       decreasing order), or None.
     eigvals: (k,) the matching eigenvalues (≥ 0, decreasing), or None.
@@ -58,8 +59,8 @@ class DataStats:
   x_mean: jax.Array
   y_mean: jax.Array
   sxx: Optional[jax.Array]
-  sxy: jax.Array
-  syy: jax.Array
+  sxy: Optional[jax.Array]
+  syy: Optional[jax.Array]
   eigvecs: Optional[jax.Array]
   eigvals: Optional[jax.Array]
   n: int = flax.struct.field(pytree_node=False)
@@ -112,6 +113,10 @@ class StatsAccumulator:
   which is exact in exact arithmetic and numerically stable, so any split of the data
   into batches (uneven included) gives the one-shot statistics to rounding error.
 
+  `means_only=True` keeps n and z̄ alone (the same arithmetic, so the same means bit for
+  bit) and skips C, the (d + c)² cost: for users of x̄ and ȳ only (test-time rescaling,
+  the methods without `needs_covariance`); its `finalize` has Σ = None.
+
   Usage:
     acc = StatsAccumulator()
     for x, y in batches:
@@ -119,14 +124,15 @@ class StatsAccumulator:
     stats = acc.finalize(rank=None)
   """
 
-  def __init__(self):
+  def __init__(self, means_only: bool = False):
+    self.means_only = bool(means_only)
     self.n = 0
     self._mean: Optional[np.ndarray] = None
     self._comoment: Optional[np.ndarray] = None
     self._input_shape: Optional[Tuple[int, ...]] = None
     self._num_classes: Optional[int] = None
 
-  def _merge(self, n_b: int, mean_b: np.ndarray, comoment_b: np.ndarray) -> None:
+  def _merge(self, n_b: int, mean_b: np.ndarray, comoment_b: Optional[np.ndarray]) -> None:
     if self.n == 0:
       self.n, self._mean, self._comoment = n_b, mean_b, comoment_b
       return
@@ -134,7 +140,9 @@ class StatsAccumulator:
     n = n_a + n_b
     delta = mean_b - self._mean
     self._mean = self._mean + delta * (n_b / n)
-    self._comoment = self._comoment + comoment_b + np.outer(delta, delta) * (n_a * n_b / n)
+    if not self.means_only:
+      self._comoment = (self._comoment + comoment_b
+                        + np.outer(delta, delta) * (n_a * n_b / n))
     self.n = n
 
   def update(self, x: Any, y: Any) -> "StatsAccumulator":
@@ -155,6 +163,9 @@ class StatsAccumulator:
       return self
     z = np.concatenate([x2, y2], axis=1)
     mean_b = z.mean(axis=0)
+    if self.means_only:
+      self._merge(z.shape[0], mean_b, None)
+      return self
     zc = z - mean_b
     self._merge(z.shape[0], mean_b, zc.T @ zc)
     return self
@@ -163,13 +174,16 @@ class StatsAccumulator:
     """Adds everything `other` has seen (e.g. another host's shard). Returns self."""
     if other.n == 0:
       return self
+    if other.means_only != self.means_only:
+      raise ValueError("Cannot merge a means-only accumulator with a full one.")
     if self._input_shape is not None and (
         other._input_shape != self._input_shape or other._num_classes != self._num_classes):
       raise ValueError(
           f"Cannot merge accumulators with different shapes: inputs {self._input_shape} vs "
           f"{other._input_shape}, classes {self._num_classes} vs {other._num_classes}.")
     self._input_shape, self._num_classes = other._input_shape, other._num_classes
-    self._merge(other.n, other._mean.copy(), other._comoment.copy())
+    self._merge(other.n, other._mean.copy(),
+                None if other._comoment is None else other._comoment.copy())
     return self
 
   def finalize(self, rank: Optional[int] = None) -> DataStats:
@@ -181,11 +195,19 @@ class StatsAccumulator:
         no dense Σ_xx, for large d.
 
     Returns:
-      `DataStats` with jnp arrays (float64 when x64 is enabled, float32 otherwise).
+      `DataStats` with jnp arrays (float64 when x64 is enabled, float32 otherwise); for a
+      means-only accumulator, x̄, ȳ and n, with Σ_xx, Σ_xy, Σ_yy and the eigenpairs None.
     """
     if self.n == 0:
       raise ValueError("No data: call update(x, y) with at least one example before finalize().")
     d = math.prod(self._input_shape)
+    if self.means_only:
+      if rank is not None:
+        raise ValueError("A means-only accumulator has no covariance to take eigenpairs "
+                         "of: use rank=None, or StatsAccumulator(means_only=False).")
+      return DataStats(x_mean=jnp.asarray(self._mean[:d]), y_mean=jnp.asarray(self._mean[d:]),
+                       sxx=None, sxy=None, syy=None, eigvecs=None, eigvals=None,
+                       n=int(self.n), input_shape=tuple(self._input_shape))
     if rank is not None:
       if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
         raise ValueError(f"rank must be None or an integer in [1, d={d}]; got {rank!r}.")
@@ -252,7 +274,8 @@ _STATS_ARRAYS = ("x_mean", "y_mean", "sxx", "sxy", "syy", "eigvecs", "eigvals")
 
 def cached_data_stats(path: str, fingerprint: Mapping[str, Any], x: Any, y: Any, *,
                       num_classes: Optional[int] = None, rank: Optional[int] = None,
-                      write: bool = True, chunk_size: int = 4096) -> DataStats:
+                      write: bool = True, chunk_size: int = 4096,
+                      means_only: bool = False) -> DataStats:
   """`data_stats(x, y, rank=rank)`, cached in the .npz file `path`.
 
   The file is used when the fingerprint stored in it equals `fingerprint` (a JSON-able
@@ -271,6 +294,8 @@ def cached_data_stats(path: str, fingerprint: Mapping[str, Any], x: Any, y: Any,
     rank: as for `data_stats`.
     write: save the computed statistics (e.g. only on process 0 of a multi-host run).
     chunk_size: rows per accumulated chunk.
+    means_only: x̄ and ȳ alone (`StatsAccumulator(means_only=True)`); the fingerprint
+      should say so, so that a cached file serves only the kind it holds.
   """
   if os.path.exists(path):
     with np.load(path, allow_pickle=False) as z:
@@ -282,7 +307,7 @@ def cached_data_stats(path: str, fingerprint: Mapping[str, Any], x: Any, y: Any,
             syy=get("syy"), eigvecs=get("eigvecs"), eigvals=get("eigvals"), n=int(z["n"]),
             input_shape=tuple(int(s) for s in z["input_shape"]))
   t0 = time.time()
-  acc = StatsAccumulator()
+  acc = StatsAccumulator(means_only=means_only)
   for i in range(0, x.shape[0], chunk_size):
     yb = y[i:i + chunk_size]
     if num_classes is not None:
