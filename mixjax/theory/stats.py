@@ -276,7 +276,8 @@ def cached_data_stats(path: str, fingerprint: Mapping[str, Any], x: Any, y: Any,
                       num_classes: Optional[int] = None, rank: Optional[int] = None,
                       write: bool = True, chunk_size: int = 4096,
                       means_only: bool = False) -> DataStats:
-  """`data_stats(x, y, rank=rank)`, cached in the .npz file `path`.
+  """`data_stats(x, y, rank=rank)` (or, with `means_only`, x̄ and ȳ alone), cached in
+  the .npz file `path`.
 
   The file is used when the fingerprint stored in it equals `fingerprint` (a JSON-able
   dict that identifies the data and `rank`, e.g. dataset, split, seed, n); otherwise
